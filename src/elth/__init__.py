@@ -1,0 +1,2 @@
+"""elth: elastic lottery tickets."""
+__version__ = "0.1.0"

@@ -1,0 +1,52 @@
+"""`elth` command line: thin subcommands over the Python API.
+
+Each subcommand lives in `elth.commands.<module>` and defines `HELP` (one line),
+`add_arguments(parser)` and `run(args) -> int`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from elth.errors import ElthError
+
+#: subcommand name -> module in elth.commands
+COMMANDS = {
+    "train": "train",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="elth",
+        description="Elastic lottery tickets: find a winning ticket once per model family by IMP, "
+        "then stretch or squeeze it to other depths.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(f"elth.commands.{module}")
+        p = sub.add_parser(
+            name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except ElthError as e:
+        print(f"elth {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"elth {args.command}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

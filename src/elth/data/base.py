@@ -1,0 +1,211 @@
+"""Datasets as tensors, with batching and augmentation vectorised over the batch.
+
+Every dataset offers the same small interface (`Dataset`): deterministic epochs (the order and the
+augmentation of epoch e depend only on (seed, e), so training can resume mid-epoch), test batches,
+and a fixed set of scoring examples for pruning-at-initialisation methods.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import torch
+import torch.nn.functional as F
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and a ticket need to know about a dataset."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "input_shape": list(self.input_shape), "num_classes": self.num_classes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetInfo":
+        return cls(d["name"], tuple(int(v) for v in d["input_shape"]), int(d["num_classes"]))
+
+
+class Dataset(Protocol):
+    info: DatasetInfo
+    num_train: int
+    num_test: int
+
+    def iterations_per_epoch(self, batch_size: int) -> int: ...
+
+    def train_epoch(
+        self, epoch: int, batch_size: int, seed: int, start: int = 0, augment: bool = True
+    ) -> Iterator[Batch]:
+        """Batches `start`, `start`+1, ... of epoch `epoch` (normalised float inputs, int64 labels)."""
+        ...
+
+    def test_batches(self, batch_size: int) -> Iterator[Batch]: ...
+
+    def scoring_examples(self, per_class: int, seed: int) -> Batch:
+        """A fixed, seeded, class-balanced set of un-augmented training examples."""
+        ...
+
+    def to(self, device: torch.device | str) -> "Dataset": ...
+
+
+def _generator(device: torch.device, *seeds: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    # Mix the seeds into one 63-bit integer (a fixed odd multiplier keeps nearby tuples apart).
+    s = 0
+    for v in seeds:
+        s = (s * 1_000_003 + int(v) + 1) % (2**63 - 1)
+    g.manual_seed(s)
+    return g
+
+
+class InMemoryDataset:
+    """Train and test images as uint8 tensors [N, C, H, W] on one device, labels as int64.
+
+    `augment` is "crop_flip" (random crop with `pad` pixels of zero padding + horizontal flip, the
+    CIFAR recipe) or "none". Normalisation uses per-channel `mean` and `std` in [0, 1] units.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        test_x: torch.Tensor,
+        test_y: torch.Tensor,
+        num_classes: int,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        augment: str = "none",
+        pad: int = 4,
+    ):
+        if train_x.dtype != torch.uint8 or test_x.dtype != torch.uint8:
+            raise TypeError("images must be uint8 tensors [N, C, H, W]")
+        if train_x.ndim != 4 or test_x.shape[1:] != train_x.shape[1:]:
+            raise ValueError(f"bad image shapes: train {tuple(train_x.shape)}, test {tuple(test_x.shape)}")
+        if augment not in ("crop_flip", "none"):
+            raise ValueError(f"augment must be 'crop_flip' or 'none', got {augment!r}")
+        self.train_x, self.train_y = train_x, train_y.long()
+        self.test_x, self.test_y = test_x, test_y.long()
+        c = train_x.shape[1]
+        if mean is None or std is None:
+            xf = train_x.float().div_(255)
+            mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
+            std = tuple(xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+        self.mean, self.std = tuple(mean), tuple(std)
+        if len(self.mean) != c or len(self.std) != c:
+            raise ValueError("mean and std need one value per channel")
+        self.augment, self.pad = augment, pad
+        self.info = DatasetInfo(name, tuple(train_x.shape[1:]), int(num_classes))
+        self._perm_cache: tuple[tuple[int, int], torch.Tensor] | None = None
+        self._set_affine()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _set_affine(self) -> None:
+        dev = self.train_x.device
+        std = torch.tensor(self.std, device=dev)
+        self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
+        self._shift = (-torch.tensor(self.mean, device=dev) / std).view(1, -1, 1, 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    @property
+    def num_train(self) -> int:
+        return self.train_x.shape[0]
+
+    @property
+    def num_test(self) -> int:
+        return self.test_x.shape[0]
+
+    def to(self, device: torch.device | str) -> "InMemoryDataset":
+        device = torch.device(device)
+        for k in ("train_x", "train_y", "test_x", "test_y"):
+            setattr(self, k, getattr(self, k).to(device))
+        self._perm_cache = None
+        self._set_affine()
+        return self
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> normalised float32."""
+        return torch.addcmul(self._shift, x.float(), self._scale)
+
+    # -- batches ----------------------------------------------------------------------------
+    def iterations_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(self.num_train / batch_size)
+
+    def _permutation(self, epoch: int, seed: int) -> torch.Tensor:
+        key = (epoch, seed)
+        if self._perm_cache is None or self._perm_cache[0] != key:
+            g = _generator(self.device, seed, epoch)
+            self._perm_cache = (key, torch.randperm(self.num_train, generator=g, device=self.device))
+        return self._perm_cache[1]
+
+    def train_epoch(
+        self, epoch: int, batch_size: int, seed: int, start: int = 0, augment: bool = True
+    ) -> Iterator[Batch]:
+        perm = self._permutation(epoch, seed)
+        for b in range(start, self.iterations_per_epoch(batch_size)):
+            idx = perm[b * batch_size : (b + 1) * batch_size]
+            x = self.train_x[idx]
+            if augment and self.augment == "crop_flip":
+                x = self._crop_flip(x, _generator(self.device, seed, epoch, b))
+            yield self.normalize(x), self.train_y[idx]
+
+    def _crop_flip(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        p = self.pad
+        offsets = torch.randint(0, 2 * p + 1, (2, n), generator=g, device=x.device)
+        flips = torch.rand(n, generator=g, device=x.device) < 0.5
+        padded = F.pad(x, (p, p, p, p))
+        rows = (offsets[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = torch.arange(w, device=x.device).expand(n, w)
+        # A flip reverses the column order of the crop window.
+        cols = torch.where(flips[:, None], cols.flip(1), cols) + offsets[1, :, None]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        return padded[batch, chan, rows, cols[:, None, None, :]]
+
+    def test_batches(self, batch_size: int) -> Iterator[Batch]:
+        for i in range(0, self.num_test, batch_size):
+            yield self.normalize(self.test_x[i : i + batch_size]), self.test_y[i : i + batch_size]
+
+    def scoring_examples(self, per_class: int, seed: int) -> Batch:
+        g = _generator(self.device, seed, 7919)
+        order = torch.randperm(self.num_train, generator=g, device=self.device)
+        labels = self.train_y[order]
+        chosen = []
+        for c in range(self.info.num_classes):
+            chosen.append(order[labels == c][:per_class])
+        idx = torch.cat(chosen)
+        return self.normalize(self.train_x[idx]), self.train_y[idx]
+
+
+def synthetic(
+    input_shape: tuple[int, int, int] = (3, 32, 32),
+    num_classes: int = 10,
+    num_train: int = 512,
+    num_test: int = 256,
+    seed: int = 0,
+    augment: str = "crop_flip",
+) -> InMemoryDataset:
+    """A tiny learnable dataset: each class is a fixed random template plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.rand((num_classes, *input_shape), generator=g) * 255
+
+    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n) % num_classes
+        y = y[torch.randperm(n, generator=g)]
+        noise = torch.randn((n, *input_shape), generator=g) * 60
+        x = (templates[y] + noise).clamp(0, 255).to(torch.uint8)
+        return x, y
+
+    tx, ty = split(num_train)
+    vx, vy = split(num_test)
+    return InMemoryDataset("synthetic", tx, ty, vx, vy, num_classes, augment=augment)

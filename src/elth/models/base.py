@@ -1,0 +1,43 @@
+"""Common interface of every elth model."""
+from __future__ import annotations
+
+from torch import nn
+
+from elth.models.structure import ElasticStructure
+
+
+class ElasticModel(nn.Module):
+    """A model that knows its name, its family and its elastic structure.
+
+    Subclasses set `family` (models of one family and width can exchange tickets), build their
+    modules, then call `init_weights`.
+    """
+
+    family: str = ""
+    #: Whether the output layer is pruned by default (ResNets: yes; VGGs and MLPs: no).
+    prune_output_layer: bool = True
+    #: Whether the model is convolutional (channels_last pays off).
+    is_conv: bool = True
+
+    def __init__(self, name: str, input_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        self.name = name
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+
+    def structure(self) -> ElasticStructure:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    @property
+    def output_layer(self) -> str:
+        """Name of the final linear layer's weight."""
+        return "fc.weight"
+
+    def prunable_names(self) -> list[str]:
+        """Every conv and linear weight, in model order (the tensors a mask can cover)."""
+        return [
+            f"{n}.weight" for n, m in self.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+        ]
+
+    def default_excluded(self) -> list[str]:
+        return [] if self.prune_output_layer else [self.output_layer]

@@ -1,0 +1,67 @@
+"""CIFAR ResNets (He et al. 2016, Section 4.2) as in the paper's framework: ResNet-(6n+2)."""
+from __future__ import annotations
+
+from torch import nn
+import torch.nn.functional as F
+
+from elth.models.base import ElasticModel
+from elth.models.init import init_weights
+from elth.models.structure import ElasticStructure
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+        else:
+            self.shortcut = nn.Sequential()
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(ElasticModel):
+    family = "cifar_resnet"
+
+    def __init__(self, name: str, depth: int, width: int, input_shape, num_classes: int):
+        super().__init__(name, input_shape, num_classes)
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth}")
+        self.family = f"cifar_resnet_w{width}"
+        n = (depth - 2) // 6
+        self.depth, self.width, self.blocks_per_stage = depth, width, n
+        self.conv = nn.Conv2d(input_shape[0], width, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        c_in = width
+        for s, c_out in enumerate((width, 2 * width, 4 * width)):
+            blocks = []
+            for u in range(n):
+                stride = 2 if (s > 0 and u == 0) else 1
+                blocks.append(BasicBlock(c_in, c_out, stride))
+                c_in = c_out
+            setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(4 * width, num_classes)
+        init_weights(self)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+    def structure(self) -> ElasticStructure:
+        n = self.blocks_per_stage
+        return ElasticStructure(
+            stem=("conv", "bn"),
+            stages=tuple(tuple(f"layer{s}.{u}" for u in range(n)) for s in (1, 2, 3)),
+            head=("fc",),
+        )

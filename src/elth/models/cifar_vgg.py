@@ -1,0 +1,78 @@
+"""CIFAR VGGs as in the paper's framework: conv3x3(+bias)+BN+ReLU units in five stages."""
+from __future__ import annotations
+
+from torch import nn
+import torch.nn.functional as F
+
+from elth.models.base import ElasticModel
+from elth.models.init import init_weights
+from elth.models.structure import ElasticStructure
+
+LAYOUTS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
+WIDTHS = (64, 128, 256, 512, 512)
+FC_WIDTH = 512
+
+
+class ConvUnit(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, 1, 1, bias=True)
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+class LinearUnit(nn.Module):
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        return F.relu(self.linear(x))
+
+
+class CifarVGG(ElasticModel):
+    """VGG-D; with `fc_layers` = K > 1, K-1 hidden linear layers of width 512 precede the output.
+
+    Between stages a 2x2 max-pool (ceil mode, so small inputs such as 8x8 still work; identical to
+    the usual floor mode on 32x32); a global average pool feeds the head.
+    """
+
+    family = "cifar_vgg"
+    prune_output_layer = False
+
+    def __init__(self, name: str, depth: int, fc_layers: int, input_shape, num_classes: int):
+        super().__init__(name, input_shape, num_classes)
+        if depth not in LAYOUTS:
+            raise ValueError(f"CIFAR VGG depth must be one of {sorted(LAYOUTS)}, got {depth}")
+        if fc_layers < 1:
+            raise ValueError(f"a VGG needs at least one fully connected layer, got {fc_layers}")
+        self.depth, self.layout, self.fc_layers = depth, LAYOUTS[depth], fc_layers
+        self.family = "cifar_vgg" if fc_layers == 1 else "cifar_vgg_fc"
+        c_in = input_shape[0]
+        for s, (n, c_out) in enumerate(zip(self.layout, WIDTHS)):
+            units = []
+            for _ in range(n):
+                units.append(ConvUnit(c_in, c_out))
+                c_in = c_out
+            setattr(self, f"layer{s + 1}", nn.Sequential(*units))
+        self.classifier = nn.Sequential(
+            *[LinearUnit(c_in if i == 0 else FC_WIDTH, FC_WIDTH) for i in range(fc_layers - 1)]
+        )
+        self.fc = nn.Linear(FC_WIDTH if fc_layers > 1 else c_in, num_classes)
+        init_weights(self)
+
+    def forward(self, x):
+        for s in range(5):
+            if s:
+                x = F.max_pool2d(x, 2, ceil_mode=True)
+            x = getattr(self, f"layer{s + 1}")(x)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(self.classifier(x))
+
+    def structure(self) -> ElasticStructure:
+        stages = [tuple(f"layer{s + 1}.{u}" for u in range(n)) for s, n in enumerate(self.layout)]
+        if self.fc_layers > 1:
+            stages.append(tuple(f"classifier.{i}" for i in range(self.fc_layers - 1)))
+        return ElasticStructure(stem=(), stages=tuple(stages), head=("fc",))

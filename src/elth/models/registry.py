@@ -1,0 +1,111 @@
+"""Model names -> models. Names: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from elth.errors import ElthError
+from elth.models.base import ElasticModel
+from elth.models.cifar_resnet import CifarResNet
+from elth.models.cifar_vgg import LAYOUTS as VGG_LAYOUTS, CifarVGG
+from elth.models.imagenet_resnet import LAYOUTS as IMAGENET_LAYOUTS, ImageNetResNet
+from elth.models.mlp import MLP
+
+NAME_FORMS = (
+    "cifar_resnet_<D>[_<W>] (D = 6n+2: 8, 14, 20, 32, 44, 56, 110, ...; width W, default 16)",
+    "imagenet_resnet_<D> (D in 18, 26, 34)",
+    "cifar_vgg_<D>[_fc<K>] (D in 11, 13, 16, 19; K fully connected layers, default 1)",
+    "mlp_<n> (n hidden layers of width 300, then 100)",
+)
+
+
+class UnknownModelError(ElthError, ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str
+    depth: int
+    width: int = 16
+    fc_layers: int = 1
+
+    @property
+    def family(self) -> str:
+        """Models of one family (and width) share units, so tickets can move between them."""
+        if self.kind == "cifar_resnet":
+            return f"cifar_resnet (width {self.width})"
+        if self.kind == "cifar_vgg":
+            return "cifar_vgg with fully connected layers" if self.fc_layers > 1 else "cifar_vgg"
+        return self.kind
+
+
+_PATTERNS = (
+    (re.compile(r"cifar_resnet_(\d+)(?:_(\d+))?"), "cifar_resnet"),
+    (re.compile(r"imagenet_resnet_(\d+)"), "imagenet_resnet"),
+    (re.compile(r"cifar_vgg_(\d+)(?:_fc(\d+))?"), "cifar_vgg"),
+    (re.compile(r"mlp_(\d+)"), "mlp"),
+)
+
+
+def _unknown(name: str, why: str) -> UnknownModelError:
+    forms = "\n  ".join(NAME_FORMS)
+    return UnknownModelError(f"unknown model {name!r}: {why}. Model names have the forms:\n  {forms}")
+
+
+def parse_model_name(name: str) -> ModelSpec:
+    for pattern, kind in _PATTERNS:
+        m = pattern.fullmatch(name)
+        if not m:
+            continue
+        depth = int(m.group(1))
+        if kind == "cifar_resnet":
+            if depth < 8 or (depth - 2) % 6:
+                raise _unknown(name, f"a CIFAR ResNet's depth is 6n+2 (8, 14, 20, 32, ...), not {depth}")
+            width = int(m.group(2)) if m.group(2) else 16
+            if width < 1:
+                raise _unknown(name, "the width must be positive")
+            return ModelSpec(kind, depth, width=width)
+        if kind == "imagenet_resnet":
+            if depth not in IMAGENET_LAYOUTS:
+                raise _unknown(name, f"ImageNet ResNet depths are {sorted(IMAGENET_LAYOUTS)}")
+            return ModelSpec(kind, depth, width=64)
+        if kind == "cifar_vgg":
+            if depth not in VGG_LAYOUTS:
+                raise _unknown(name, f"CIFAR VGG depths are {sorted(VGG_LAYOUTS)}")
+            fc = int(m.group(2)) if m.group(2) else 1
+            if fc < 1:
+                raise _unknown(name, "a VGG needs at least one fully connected layer")
+            return ModelSpec(kind, depth, width=64, fc_layers=fc)
+        if depth < 1:
+            raise _unknown(name, "an MLP needs at least one hidden layer")
+        return ModelSpec(kind, depth, width=300)
+    raise _unknown(name, "no model family matches")
+
+
+def build_model(
+    name: str,
+    input_shape: tuple[int, int, int] = (3, 32, 32),
+    num_classes: int = 10,
+    seed: int | None = 0,
+) -> ElasticModel:
+    """Build a freshly initialised model. `seed` makes the initialisation reproducible (None: global RNG)."""
+    spec = parse_model_name(name)
+    shape = tuple(int(d) for d in input_shape)
+
+    def make() -> ElasticModel:
+        if spec.kind == "cifar_resnet":
+            return CifarResNet(name, spec.depth, spec.width, shape, num_classes)
+        if spec.kind == "imagenet_resnet":
+            return ImageNetResNet(name, spec.depth, shape, num_classes)
+        if spec.kind == "cifar_vgg":
+            return CifarVGG(name, spec.depth, spec.fc_layers, shape, num_classes)
+        return MLP(name, spec.depth, shape, num_classes)
+
+    if seed is None:
+        return make()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
