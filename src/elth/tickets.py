@@ -2,13 +2,14 @@
 
 File layout: tensors `state.<key>` (every parameter and buffer at the rewind point, pruned weights
 zero) and `mask.<key>` (uint8 0/1, one per prunable weight); metadata key `elth` holds a JSON object
-with format version, model, dataset, rewind point, protocol, provenance, sparsity and warnings.
+with format version, model, dataset, rewind point, protocol, provenance, sparsity, warnings and a
+SHA-256 checksum of the tensors (so a corrupted file is caught, not silently used).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +18,16 @@ import torch
 from elth.data.base import DatasetInfo
 from elth.errors import ElthError
 from elth.models import ElasticModel, build_model
+from elth.runs import atomic_path, hparams_hash
 from elth.sparsity.masks import Mask, apply_mask, layer_stats, sparsity
 
 FORMAT = "elth-ticket"
 FORMAT_VERSION = 1
+#: Metadata every ticket file must carry.
+REQUIRED_METADATA = (
+    "format", "version", "model", "dataset", "rewind", "rewind_step", "protocol", "provenance",
+    "sparsity", "layer_sparsity", "warnings", "checksum",
+)
 
 
 class TicketError(ElthError, ValueError):
@@ -48,11 +55,29 @@ class Ticket:
 
     def build(self, device: torch.device | str = "cpu") -> ElasticModel:
         """The model with the rewind weights loaded and the mask applied."""
-        model = build_model(self.model, self.dataset.input_shape, self.dataset.num_classes, seed=None)
+        model = build_model(self.model, self.dataset.input_shape, self.dataset.num_classes, seed=0)
         model.load_state_dict(self.state)
         model.to(device)
         apply_mask(model, {k: v.to(device) for k, v in self.mask.items()})
         return model
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors as stored in the file (CPU, contiguous; masks as uint8)."""
+        tensors = {f"state.{k}": v.detach().cpu().contiguous() for k, v in self.state.items()}
+        tensors.update({f"mask.{k}": v.detach().cpu().to(torch.uint8).contiguous() for k, v in self.mask.items()})
+        return tensors
+
+    def checksum(self) -> str:
+        return tensors_checksum(self.file_tensors())
+
+    def content_hash(self) -> str:
+        """A short hash of everything that determines how this ticket trains (not its provenance)."""
+        return hparams_hash({
+            "model": self.model,
+            "dataset": self.dataset.to_dict(),
+            "rewind_step": self.rewind_step,
+            "tensors": self.checksum(),
+        })
 
     def metadata(self) -> dict:
         return {
@@ -67,7 +92,37 @@ class Ticket:
             "sparsity": self.sparsity,
             "layer_sparsity": {k: v["sparsity"] for k, v in self.layer_stats().items()},
             "warnings": self.warnings,
+            "checksum": self.checksum(),
         }
+
+    def summary(self) -> dict:
+        """What `elth inspect --json` prints: identity, provenance and sparsity per layer."""
+        kept = sum(v["kept"] for v in self.layer_stats().values())
+        total = sum(v["numel"] for v in self.layer_stats().values())
+        return {
+            "model": self.model,
+            "dataset": self.dataset.to_dict(),
+            "rewind": self.rewind,
+            "rewind_step": self.rewind_step,
+            "protocol": self.protocol,
+            "provenance": self.provenance,
+            "sparsity": self.sparsity,
+            "kept": kept,
+            "prunable": total,
+            "layers": self.layer_stats(),
+            "warnings": self.warnings,
+            "content_hash": self.content_hash(),
+        }
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of `tensors`, in sorted name order."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def from_model(
@@ -93,22 +148,15 @@ def from_model(
 
 
 def save_ticket(ticket: Ticket, path: str | os.PathLike) -> Path:
-    """Validate and write atomically (temporary file in the same directory, then rename)."""
+    """Validate and write atomically: a crash leaves either no file or the old one, never half a ticket."""
     from safetensors.torch import save_file
 
     validate(ticket)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"state.{k}": v.contiguous() for k, v in ticket.state.items()}
-    tensors.update({f"mask.{k}": v.to(torch.uint8).contiguous() for k, v in ticket.mask.items()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"elth": json.dumps(ticket.metadata())})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    tensors = ticket.file_tensors()
+    meta = ticket.metadata()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"elth": json.dumps(meta)})
     return path
 
 
@@ -129,53 +177,77 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
         raise TicketError(f"{path}: safetensors file without elth ticket metadata")
     try:
         meta = json.loads(raw_meta)
-        if meta.get("format") != FORMAT:
-            raise KeyError("format")
-        if int(meta.get("version", 0)) > FORMAT_VERSION:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise TicketError(f"{path}: metadata is not an elth ticket's")
+        missing = [k for k in REQUIRED_METADATA if k not in meta]
+        if missing:
+            raise TicketError(f"{path}: ticket metadata lacks {', '.join(missing)}")
+        if int(meta["version"]) > FORMAT_VERSION:
             raise TicketError(f"{path}: ticket format version {meta['version']} is newer than this elth reads")
+        if tensors_checksum(tensors) != meta["checksum"]:
+            raise TicketError(f"{path}: tensor data does not match its checksum (the file is corrupted)")
+        masks_raw = {k[5:]: v for k, v in tensors.items() if k.startswith("mask.")}
+        for k, v in masks_raw.items():
+            if v.dtype != torch.uint8 or bool(((v != 0) & (v != 1)).any()):
+                raise TicketError(f"{path}: mask of {k!r} is not binary")
         ticket = Ticket(
-            model=meta["model"],
+            model=str(meta["model"]),
             dataset=DatasetInfo.from_dict(meta["dataset"]),
             state={k[6:]: v for k, v in tensors.items() if k.startswith("state.")},
-            mask={k[5:]: v.bool() for k, v in tensors.items() if k.startswith("mask.")},
-            rewind_step=int(meta.get("rewind_step", 0)),
-            rewind=str(meta.get("rewind", "0")),
-            protocol=meta.get("protocol", {}),
-            provenance=meta.get("provenance", {}),
-            warnings=list(meta.get("warnings", [])),
+            mask={k: v.bool() for k, v in masks_raw.items()},
+            rewind_step=int(meta["rewind_step"]),
+            rewind=str(meta["rewind"]),
+            protocol=dict(meta["protocol"]),
+            provenance=dict(meta["provenance"]),
+            warnings=[str(w) for w in meta["warnings"]],
         )
-        masks_raw = {k[5:]: v for k, v in tensors.items() if k.startswith("mask.")}
+        unknown = [k for k in tensors if not k.startswith(("state.", "mask."))]
+        if unknown:
+            raise TicketError(f"{path}: unexpected tensors {unknown[:5]}")
     except TicketError:
         raise
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise TicketError(f"{path}: ticket metadata is incomplete or malformed ({e})") from None
-    for k, v in masks_raw.items():
-        if v.dtype != torch.uint8 or bool(((v != 0) & (v != 1)).any()):
-            raise TicketError(f"{path}: mask of {k!r} is not binary")
     try:
         validate(ticket)
     except TicketError as e:
         raise TicketError(f"{path}: {e}") from None
+    if abs(float(meta["sparsity"]) - ticket.sparsity) > 1e-9:
+        raise TicketError(f"{path}: metadata says sparsity {meta['sparsity']} but the mask has {ticket.sparsity}")
     return ticket
 
 
-def validate(ticket: Ticket) -> None:
-    """Keys and shapes against the model, binary mask, pruned weights zero."""
+def _shapes_of(model_name: str, info: DatasetInfo) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """State-dict tensors (on the meta device: shapes and dtypes only) and prunable names."""
     try:
-        model = build_model(ticket.model, ticket.dataset.input_shape, ticket.dataset.num_classes, seed=None)
+        with torch.device("meta"):
+            model = build_model(model_name, info.input_shape, info.num_classes, seed=None)
     except ValueError as e:
         raise TicketError(str(e)) from None
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    return dict(model.state_dict()), model.prunable_names()
+
+
+def validate(ticket: Ticket) -> None:
+    """Keys, shapes and dtypes against the model, binary mask covering every prunable weight,
+    pruned weights zero, finite weights."""
+    if ticket.rewind_step < 0:
+        raise TicketError(f"rewind step must be >= 0, got {ticket.rewind_step}")
+    expected, prunable_list = _shapes_of(ticket.model, ticket.dataset)
     missing = sorted(set(expected) - set(ticket.state))
     unexpected = sorted(set(ticket.state) - set(expected))
     if missing or unexpected:
         raise TicketError(
             f"weights do not match {ticket.model}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    for k, shape in expected.items():
-        if ticket.state[k].shape != shape:
-            raise TicketError(f"{k}: shape {tuple(ticket.state[k].shape)} but {ticket.model} has {tuple(shape)}")
-    prunable = set(model.prunable_names())
+    for k, ref in expected.items():
+        t = ticket.state[k]
+        if t.shape != ref.shape:
+            raise TicketError(f"{k}: shape {tuple(t.shape)} but {ticket.model} has {tuple(ref.shape)}")
+        if t.dtype.is_floating_point != ref.dtype.is_floating_point:
+            raise TicketError(f"{k}: dtype {t.dtype} but {ticket.model} has {ref.dtype}")
+        if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+            raise TicketError(f"{k}: weights are not all finite")
+    prunable = set(prunable_list)
     if set(ticket.mask) != prunable:
         raise TicketError(
             f"mask does not cover the prunable weights of {ticket.model}: "
@@ -184,7 +256,18 @@ def validate(ticket: Ticket) -> None:
     for k, m in ticket.mask.items():
         if m.dtype != torch.bool:
             raise TicketError(f"mask of {k!r} is not boolean")
-        if m.shape != expected[k]:
-            raise TicketError(f"mask of {k!r} has shape {tuple(m.shape)}, weight has {tuple(expected[k])}")
-        if bool((ticket.state[k][~m] != 0).any()):
+        if m.shape != expected[k].shape:
+            raise TicketError(f"mask of {k!r} has shape {tuple(m.shape)}, weight has {tuple(expected[k].shape)}")
+        if bool((ticket.state[k][~m.to(ticket.state[k].device)] != 0).any()):
             raise TicketError(f"weights of {k!r} are non-zero where the mask prunes them")
+
+
+def check_dataset(ticket: Ticket, info: DatasetInfo) -> None:
+    """A ticket trains on a dataset only if input shape and class count are those it was made for."""
+    mine = ticket.dataset
+    if tuple(info.input_shape) != tuple(mine.input_shape) or info.num_classes != mine.num_classes:
+        raise TicketError(
+            f"the ticket's {ticket.model} was made for {mine.name} (input {tuple(mine.input_shape)}, "
+            f"{mine.num_classes} classes) and cannot train on {info.name} "
+            f"(input {tuple(info.input_shape)}, {info.num_classes} classes)"
+        )

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
+#: augmentation recipes of `InMemoryDataset`
+AUGMENTATIONS = ("crop_flip", "crop", "none")
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -68,7 +71,8 @@ class InMemoryDataset:
     """Train and test images as uint8 tensors [N, C, H, W] on one device, labels as int64.
 
     `augment` is "crop_flip" (random crop with `pad` pixels of zero padding + horizontal flip, the
-    CIFAR recipe) or "none". Normalisation uses per-channel `mean` and `std` in [0, 1] units.
+    CIFAR recipe), "crop" (the same crop, never mirrored: for digits) or "none". Normalisation uses
+    per-channel `mean` and `std` in [0, 1] units.
     """
 
     def __init__(
@@ -88,8 +92,8 @@ class InMemoryDataset:
             raise TypeError("images must be uint8 tensors [N, C, H, W]")
         if train_x.ndim != 4 or test_x.shape[1:] != train_x.shape[1:]:
             raise ValueError(f"bad image shapes: train {tuple(train_x.shape)}, test {tuple(test_x.shape)}")
-        if augment not in ("crop_flip", "none"):
-            raise ValueError(f"augment must be 'crop_flip' or 'none', got {augment!r}")
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
         self.train_x, self.train_y = train_x, train_y.long()
         self.test_x, self.test_y = test_x, test_y.long()
         c = train_x.shape[1]
@@ -154,23 +158,27 @@ class InMemoryDataset:
         for b in range(start, self.iterations_per_epoch(batch_size)):
             idx = perm[b * batch_size : (b + 1) * batch_size]
             x = self.train_x[idx]
-            if augment and self.augment == "crop_flip":
-                x = self._crop_flip(x, _generator(self.device, seed, epoch, b))
+            if augment and self.augment != "none":
+                g = _generator(self.device, seed, epoch, b)
+                x = self._crop_flip(x, g, flip=self.augment == "crop_flip")
             yield self.normalize(x), self.train_y[idx]
 
-    def _crop_flip(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        n, _, h, w = x.shape
+    def _crop_flip(self, x: torch.Tensor, g: torch.Generator, flip: bool = True) -> torch.Tensor:
+        n, c, h, w = x.shape
         p = self.pad
+        # Both recipes draw the same random numbers, so "crop" is "crop_flip" without the mirror.
         offsets = torch.randint(0, 2 * p + 1, (2, n), generator=g, device=x.device)
         flips = torch.rand(n, generator=g, device=x.device) < 0.5
         padded = F.pad(x, (p, p, p, p))
-        rows = (offsets[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        # Two gathers (rows, then columns) with broadcast index tensors: no per-image Python.
+        rows = offsets[0, :, None] + torch.arange(h, device=x.device)
+        x = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * p))
         cols = torch.arange(w, device=x.device).expand(n, w)
-        # A flip reverses the column order of the crop window.
-        cols = torch.where(flips[:, None], cols.flip(1), cols) + offsets[1, :, None]
-        batch = torch.arange(n, device=x.device)[:, None, None, None]
-        chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-        return padded[batch, chan, rows, cols[:, None, None, :]]
+        if flip:
+            # A flip reverses the column order of the crop window.
+            cols = torch.where(flips[:, None], cols.flip(1), cols)
+        cols = cols + offsets[1, :, None]
+        return x.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
     def test_batches(self, batch_size: int) -> Iterator[Batch]:
         for i in range(0, self.num_test, batch_size):
