@@ -1,0 +1,138 @@
+"""`elth transform`: stretch or squeeze a ticket into a deeper or shallower model of its family."""
+from __future__ import annotations
+
+import argparse
+
+from elth.elastic import ORDERS, SQUEEZE_MODES, Plan, parse_plan, replica_units, transform
+from elth.elastic.plan import model_view
+from elth.errors import ElthError
+from elth.sparsity.masks import count
+from elth.tickets import Ticket, load_ticket, save_ticket
+
+HELP = "stretch or squeeze a ticket to another depth of its model family"
+
+DESCRIPTION = """\
+Stretch or squeeze a ticket into another depth of its model family (an Elastic Ticket
+Transformation). The stem, the head and every stage's transition unit (unit 0) are copied
+unchanged; every other target unit takes the rewind weights, mask and BN parameters and buffers
+of the source unit the plan names. The number of stages never changes. Units are numbered from 0
+within each stage; unit 0 is the transition. Replicating or dropping units changes the overall
+sparsity a little; both the source's and the result's are printed.
+
+Strategies (per stage: identity when the lengths agree, else stretch or squeeze):
+  stretch   replicate units 1..n-1 as evenly as possible, earlier ones first (--units to choose);
+            appending:     the copies follow the last replicated unit  (3 -> 5: 0,1,2,1,2)
+            interpolation: each copy right after its source unit       (3 -> 5: 0,1,1,2,2)
+            A stage of one unit replicates its transition when the shapes allow.
+  squeeze   consecutive: drop the latest units                 (5 -> 3: 0,1,2)
+            interval:    keep the first unit of N-1 even runs  (5 -> 3: 0,1,3; 9 -> 5: 0,1,3,5,7)
+            --drop:      drop exactly these units (never unit 0)
+
+Plan syntax (--plan): for each target unit in order, the index of the source unit that fills it;
+units separated by ',', stages by ';'. One list applies to every stage.
+  --plan 0,1,2,1,2                      ResNet-20 -> ResNet-32, the same list for all 3 stages
+  --plan "0,1,2,1,2;0,1,1,2,2;0,1,2,3,4" one list per stage
+
+Examples:
+  elth transform r20.safetensors --to cifar_resnet_56 --dry-run
+  elth transform r32.safetensors --to cifar_resnet_56 --order interpolation -o r56.safetensors
+  elth transform r56.safetensors --to cifar_resnet_32 --drop 5,6,7,8 -o r32.safetensors
+"""
+
+
+def _unit_list(text: str) -> tuple[int, ...]:
+    try:
+        units = tuple(int(u) for u in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected unit indices like 1,2, got {text!r}") from None
+    if any(u < 0 for u in units):
+        raise argparse.ArgumentTypeError(f"unit indices are non-negative, got {text!r}")
+    return units
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ticket", metavar="TICKET", help="source ticket (.safetensors)")
+    parser.add_argument("--to", required=True, metavar="MODEL", help="target model, e.g. cifar_resnet_56")
+    parser.add_argument(
+        "--order", choices=ORDERS, default=None,
+        help="how stretched stages order their copies (default: appending)",
+    )
+    parser.add_argument(
+        "--units", type=_unit_list, default=None, metavar="1,2",
+        help="replicate only these units in every stretched stage (default: units 1..n-1)",
+    )
+    parser.add_argument(
+        "--squeeze", choices=SQUEEZE_MODES, default=None,
+        help="which units shortened stages drop (default: consecutive, the latest ones)",
+    )
+    parser.add_argument(
+        "--drop", type=_unit_list, default=None, metavar="5,6,7,8",
+        help="drop exactly these units in every shortened stage",
+    )
+    parser.add_argument(
+        "--plan", default=None, metavar="PLAN",
+        help="explicit plan instead of a strategy, e.g. 0,1,2,1,2 or '0,1,2,1,2;0,1,1,2,2;0,1,2,2,2' (see above)",
+    )
+    parser.add_argument(
+        "--random-replicas", action="store_true",
+        help="ablation: give every replicated unit a random permutation of its source mask per layer "
+        "(layerwise sparsity kept; weights as copied, zero where the new mask prunes)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for --random-replicas (default 0)")
+    parser.add_argument("-o", "--output", metavar="OUT.safetensors", help="where to write the new ticket")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the sparsity, write nothing")
+
+
+def _sparsity_line(source: Ticket, target: Ticket) -> str:
+    (ks, ts), (kt, tt) = count(source.mask), count(target.mask)
+    return (
+        f"sparsity: source {100 * source.sparsity:.2f}% ({ks:,} of {ts:,} weights kept) -> "
+        f"target {100 * target.sparsity:.2f}% ({kt:,} of {tt:,} weights kept)"
+    )
+
+
+def plan_table(source: Ticket, target: Ticket, plan: Plan, random_replicas: bool) -> list[str]:
+    """One row per target unit (stage, target <- source, note) plus one per dropped source unit."""
+    shape, classes = tuple(source.dataset.input_shape), source.dataset.num_classes
+    src = model_view(source.model, shape, classes).structure
+    tgt = model_view(target.model, shape, classes).structure
+    replicas = set(replica_units(plan))
+    rows = [("stage", "target unit", "", "source unit", "")]
+    for s, stage in enumerate(plan):
+        for j, i in enumerate(stage):
+            note = "transition" if j == 0 else ""
+            if (s, j) in replicas:
+                note = "replica, random mask" if random_replicas else "replica"
+            rows.append((str(s + 1), tgt.stages[s][j], "<-", src.stages[s][i], note))
+        for i in sorted(set(range(len(src.stages[s]))) - set(stage)):
+            rows.append((str(s + 1), "-", "", src.stages[s][i], "dropped"))
+    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    lines.append(f"stem ({', '.join(tgt.stem) or 'none'}) and head ({', '.join(tgt.head)}) copied unchanged")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.output is None and not args.dry_run:
+        raise ElthError("say where to write the new ticket with -o OUT.safetensors (or use --dry-run)")
+    if args.plan is not None and (args.order or args.squeeze or args.units or args.drop):
+        raise ElthError("--plan replaces the strategy options; drop --order/--units/--squeeze/--drop")
+    source = load_ticket(args.ticket)
+    result = transform(
+        source, args.to, plan=args.plan, order=args.order or "appending",
+        squeeze_mode=args.squeeze or "consecutive", units=args.units, drop=args.drop,
+        random_replicas=args.random_replicas, seed=args.seed, source_path=str(args.ticket),
+    )
+    plan_text = result.provenance["plan"]
+    plan = parse_plan(plan_text, plan_text.count(";") + 1)
+    print(f"{source.model} -> {result.model}")
+    print(f"plan: {plan_text}")
+    if args.dry_run:
+        print("\n".join(plan_table(source, result, plan, args.random_replicas)))
+        print(_sparsity_line(source, result))
+        print("dry run: nothing written")
+        return 0
+    path = save_ticket(result, args.output)
+    print(_sparsity_line(source, result))
+    print(f"wrote {path}")
+    return 0
