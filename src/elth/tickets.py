@@ -7,6 +7,7 @@ SHA-256 checksum of the tensors (so a corrupted file is caught, not silently use
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -214,17 +215,49 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
         raise TicketError(f"{path}: {e}") from None
     if abs(float(meta["sparsity"]) - ticket.sparsity) > 1e-9:
         raise TicketError(f"{path}: metadata says sparsity {meta['sparsity']} but the mask has {ticket.sparsity}")
+    # The file stores tensors sorted by name; give them back in model order.
+    expected, prunable = _shapes_of(ticket.model, ticket.dataset)
+    ticket.state = {k: ticket.state[k] for k in expected}
+    ticket.mask = {k: ticket.mask[k] for k in prunable}
     return ticket
 
 
-def _shapes_of(model_name: str, info: DatasetInfo) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """State-dict tensors (on the meta device: shapes and dtypes only) and prunable names."""
+@dataclass(frozen=True)
+class ModelLayout:
+    """What validation and mask bookkeeping need to know about a model, without its weights:
+    tensor shapes and dtypes, prunable weights, default exclusions (same methods as the model)."""
+
+    name: str
+    shapes: dict[str, tuple[torch.Size, torch.dtype]]
+    prunable: tuple[str, ...]
+    excluded_by_default: tuple[str, ...]
+
+    def prunable_names(self) -> list[str]:
+        return list(self.prunable)
+
+    def default_excluded(self) -> list[str]:
+        return list(self.excluded_by_default)
+
+
+@functools.lru_cache(maxsize=32)
+def model_layout(model_name: str, input_shape: tuple[int, ...], num_classes: int) -> ModelLayout:
+    """The layout of `model_name` for a dataset (built once per process and remembered)."""
+    model = build_model(model_name, tuple(input_shape), num_classes, seed=0)
+    return ModelLayout(
+        model_name,
+        {k: (v.shape, v.dtype) for k, v in model.state_dict().items()},
+        tuple(model.prunable_names()),
+        tuple(model.default_excluded()),
+    )
+
+
+def _shapes_of(model_name: str, info: DatasetInfo) -> tuple[dict[str, tuple[torch.Size, torch.dtype]], list[str]]:
+    """(key -> (shape, dtype)) of the model's state dict, and its prunable weights."""
     try:
-        with torch.device("meta"):
-            model = build_model(model_name, info.input_shape, info.num_classes, seed=None)
+        layout = model_layout(model_name, tuple(info.input_shape), info.num_classes)
     except ValueError as e:
         raise TicketError(str(e)) from None
-    return dict(model.state_dict()), model.prunable_names()
+    return layout.shapes, list(layout.prunable)
 
 
 def validate(ticket: Ticket) -> None:
@@ -239,12 +272,12 @@ def validate(ticket: Ticket) -> None:
         raise TicketError(
             f"weights do not match {ticket.model}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    for k, ref in expected.items():
+    for k, (shape, dtype) in expected.items():
         t = ticket.state[k]
-        if t.shape != ref.shape:
-            raise TicketError(f"{k}: shape {tuple(t.shape)} but {ticket.model} has {tuple(ref.shape)}")
-        if t.dtype.is_floating_point != ref.dtype.is_floating_point:
-            raise TicketError(f"{k}: dtype {t.dtype} but {ticket.model} has {ref.dtype}")
+        if t.shape != shape:
+            raise TicketError(f"{k}: shape {tuple(t.shape)} but {ticket.model} has {tuple(shape)}")
+        if t.dtype.is_floating_point != dtype.is_floating_point:
+            raise TicketError(f"{k}: dtype {t.dtype} but {ticket.model} has {dtype}")
         if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
             raise TicketError(f"{k}: weights are not all finite")
     prunable = set(prunable_list)
@@ -256,8 +289,8 @@ def validate(ticket: Ticket) -> None:
     for k, m in ticket.mask.items():
         if m.dtype != torch.bool:
             raise TicketError(f"mask of {k!r} is not boolean")
-        if m.shape != expected[k].shape:
-            raise TicketError(f"mask of {k!r} has shape {tuple(m.shape)}, weight has {tuple(expected[k].shape)}")
+        if m.shape != expected[k][0]:
+            raise TicketError(f"mask of {k!r} has shape {tuple(m.shape)}, weight has {tuple(expected[k][0])}")
         if bool((ticket.state[k][~m.to(ticket.state[k].device)] != 0).any()):
             raise TicketError(f"weights of {k!r} are non-zero where the mask prunes them")
 

@@ -10,7 +10,17 @@ import math
 import torch
 from torch import nn
 
+from elth.errors import ElthError
+
 Mask = dict[str, torch.Tensor]
+
+
+class UnknownLayerError(ElthError, ValueError):
+    """A layer name that is not one of the model's prunable weights."""
+
+
+class PruningError(ElthError, ValueError):
+    """Pruning asked for more weights than remain eligible."""
 
 
 def prunable_names(model: nn.Module) -> list[str]:
@@ -20,24 +30,42 @@ def prunable_names(model: nn.Module) -> list[str]:
     return [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def eligible_names(model: nn.Module, exclude: list[str] | None = None) -> list[str]:
-    """The prunable weights that pruning may touch: all minus the model's defaults minus `exclude`.
+def excluded_names(model: nn.Module, exclude: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """The prunable weights kept dense, in model order.
 
-    `exclude` entries are weight names or module names ('fc' means 'fc.weight').
+    `exclude=None` means the model's defaults (the output layer of VGGs and MLPs, nothing for
+    ResNets); a list replaces the defaults (an empty list prunes every layer). Entries are weight
+    names or module names ('fc' means 'fc.weight').
     """
     names = prunable_names(model)
-    excluded = set(getattr(model, "default_excluded", lambda: [])()) if exclude is None else set()
-    for e in exclude or []:
-        e = e if e.endswith(".weight") else e + ".weight"
-        if e not in names:
-            raise ValueError(f"cannot exclude {e!r}: the model has no such prunable weight")
-        excluded.add(e)
-    return [n for n in names if n not in excluded]
+    if exclude is None:
+        excluded = set(getattr(model, "default_excluded", lambda: [])())
+    else:
+        excluded = set()
+        for e in exclude:
+            e = e if e.endswith(".weight") else e + ".weight"
+            if e not in names:
+                raise UnknownLayerError(
+                    f"cannot exclude {e!r}: {getattr(model, 'name', 'the model')} has no such prunable weight "
+                    f"(its prunable weights are {', '.join(names[:4])}, ...)"
+                )
+            excluded.add(e)
+    return [n for n in names if n in excluded]
+
+
+def eligible_names(model: nn.Module, exclude: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """The prunable weights that pruning may touch: all but `excluded_names(model, exclude)`."""
+    excluded = set(excluded_names(model, exclude))
+    return [n for n in prunable_names(model) if n not in excluded]
 
 
 def full_mask(model: nn.Module) -> Mask:
     params = dict(model.named_parameters())
-    return {n: torch.ones_like(params[n], dtype=torch.bool) for n in prunable_names(model)}
+    # Contiguous even for channels_last weights: masks are indexed through flat views.
+    return {
+        n: torch.ones_like(params[n], dtype=torch.bool, memory_format=torch.contiguous_format)
+        for n in prunable_names(model)
+    }
 
 
 def count(mask: Mask) -> tuple[int, int]:
@@ -78,6 +106,35 @@ def prune_count(remaining: int, fraction: float) -> int:
     return math.ceil(fraction * remaining)
 
 
+def imp_kept_counts(total: int, fraction: float, levels: int) -> list[int]:
+    """Weights kept at IMP levels 0..levels when each level removes ceil(fraction x remaining).
+
+    `remaining` counts every prunable weight still alive, excluded layers included (as in the
+    paper's framework), so the sparsity after L levels is 1 - (1 - fraction)^L up to rounding.
+    """
+    kept = [total]
+    for _ in range(levels):
+        kept.append(kept[-1] - prune_count(kept[-1], fraction))
+    return kept
+
+
+def magnitude_prune(
+    weights: dict[str, torch.Tensor], mask: Mask, fraction: float, names: list[str]
+) -> Mask:
+    """One IMP level: remove ceil(fraction x remaining) of the smallest-magnitude weights among `names`.
+
+    `remaining` counts all of `mask` (excluded layers too); only `names` lose weights.
+    """
+    kept, _ = count(mask)
+    n_prune = prune_count(kept, fraction)
+    eligible = sum(int(mask[n].sum()) for n in names)
+    if n_prune > eligible:
+        raise PruningError(
+            f"cannot prune {n_prune} more weights: only {eligible} remain outside the excluded layers"
+        )
+    return prune_lowest({n: weights[n].abs() for n in names}, mask, n_prune, names)
+
+
 def count_for_sparsity(total: int, target_sparsity: float) -> int:
     """Kept weights that give `target_sparsity` over `total` (rounded to the nearest weight)."""
     if not 0.0 <= target_sparsity < 1.0:
@@ -97,11 +154,11 @@ def prune_lowest(scores: dict[str, torch.Tensor], mask: Mask, n_prune: int, name
     flat_scores, flat_index = [], []
     for n in names:
         alive = mask[n].flatten().nonzero().squeeze(1)
-        flat_scores.append(scores[n].detach().flatten()[alive].double().cpu())
+        flat_scores.append(scores[n].detach().flatten().cpu()[alive.cpu()].double())
         flat_index.append(alive.cpu())
     all_scores = torch.cat(flat_scores)
     if n_prune > all_scores.numel():
-        raise ValueError(f"cannot prune {n_prune} weights: only {all_scores.numel()} remain eligible")
+        raise PruningError(f"cannot prune {n_prune} weights: only {all_scores.numel()} remain eligible")
     # Stable sort: among equal scores, the earlier position is pruned first.
     order = torch.sort(all_scores, stable=True).indices[:n_prune]
     offsets = torch.tensor([0] + [s.numel() for s in flat_scores]).cumsum(0)

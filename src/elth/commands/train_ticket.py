@@ -1,0 +1,89 @@
+"""`elth train-ticket TICKET`: train a ticket from its rewind point with its mask fixed; test accuracy."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from elth.commands.imp import resolve_device
+from elth.commands.train import add_protocol_arguments, protocol_from_args
+
+HELP = "train a ticket from its rewind point to the end with its mask fixed, and report test accuracy"
+DESCRIPTION = """\
+Evaluate a ticket the way every ticket is evaluated, however it was made (IMP, an elastic
+transformation, a pruning method): load its rewind weights and mask, train from its rewind step to
+the end of the protocol with the pruned weights held at zero, and report the test accuracy.
+
+The protocol is the one recorded in the ticket unless --preset is given (then the preset for the
+dataset and model); --epochs/--length, --lr, --batch-size, --milestones and --warmup override
+parts of either. The dataset defaults to the ticket's; another one must have the same input shape
+and number of classes.
+
+Outputs go to OUT/train-<hash of the ticket's content, dataset, protocol and data seed>/, so
+training the same ticket again costs nothing and an interrupted training resumes.
+
+examples:
+  elth train-ticket runs/imp-*/level_5/ticket.safetensors
+  elth train-ticket r56.safetensors --preset short --seed 1
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ticket", metavar="TICKET", help="a ticket file (.safetensors)")
+    parser.add_argument("--dataset", help="dataset to train on (default: the ticket's)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
+    add_protocol_arguments(parser)
+    parser.set_defaults(preset=None)
+    parser.add_argument("--seed", type=int, metavar="SEED",
+                        help="seed of the data order and augmentation (default: the one that made the "
+                        "ticket, if recorded, else 0); the weights come from the ticket")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="fp32, or bf16 autocast (fast on GPUs and CPUs with bf16 units; default: fp32)")
+    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    parser.add_argument("--out", metavar="DIR", default="runs",
+                        help="root of the output directories (default: ./runs)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    for action in parser._actions:
+        if action.dest == "preset":
+            action.help = "protocol preset for the dataset and model family (default: the ticket's protocol)"
+
+
+def run(args: argparse.Namespace) -> int:
+    from elth.data import canonical_name, dataset_info, load_dataset
+    from elth.sparsity.ticket_training import ticket_run_dir, train_ticket
+    from elth.tickets import check_dataset, load_ticket
+    from elth.training import Protocol, preset
+
+    ticket = load_ticket(args.ticket)
+    dataset_key = canonical_name(args.dataset or ticket.dataset.name)
+    if args.preset is not None:
+        base = preset(args.preset, dataset_key, ticket.model)
+        source = f"preset {args.preset}"
+    elif ticket.protocol:
+        base = Protocol.from_dict(ticket.protocol)
+        source = "the ticket's protocol"
+    else:
+        base = preset("paper", dataset_key, ticket.model)
+        source = "preset paper (the ticket records no protocol)"
+    protocol = protocol_from_args(args, dataset_key, ticket.model, base=base)
+    data_seed = args.seed if args.seed is not None else int(ticket.provenance.get("data_seed", 0))
+    device = resolve_device(args.device)
+
+    check_dataset(ticket, dataset_info(dataset_key, args.data_dir))  # before loading any images
+    data = load_dataset(dataset_key, args.data_dir, device=device)
+    check_dataset(ticket, data.info)
+    ipe = data.iterations_per_epoch(protocol.batch_size)
+    print(
+        f"training a {100 * ticket.sparsity:.2f}% sparse {ticket.model} ticket on {data.info.name} from step "
+        f"{ticket.rewind_step} to {protocol.total_steps(ipe)} ({protocol.length}, {source}), data seed "
+        f"{data_seed}, {args.precision} on {device}",
+        flush=True,
+    )
+    result = train_ticket(
+        ticket, data, protocol, data_seed=data_seed, root=Path(args.out), device=device,
+        progress=not args.no_progress, precision=args.precision,
+    )
+    print(f"test accuracy {100 * result.test_accuracy:.2f}% (test loss {result.test_loss:.4f}) "
+          f"after step {result.step}, {result.seconds:.1f} s of training")
+    print(f"outputs: {ticket_run_dir(ticket, data, protocol, data_seed, Path(args.out), args.precision)}/")
+    return 0

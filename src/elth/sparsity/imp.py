@@ -1,0 +1,258 @@
+"""Iterative Magnitude Pruning with rewinding.
+
+Level 0 trains the dense network from the rewind point to the end of the protocol. Each later level
+k keeps the weights of level k-1 with the largest trained magnitudes (removing ceil(fraction x
+remaining), globally over the eligible layers), resets the survivors to their rewind values and
+trains again from the rewind step with that mask fixed.
+
+Layout of `root/imp-<hash>/` (the hash covers everything but the number of levels, so a larger
+`levels` extends a run):
+
+    hparams.json
+    level_<k>/ticket.safetensors   rewind weights masked + mask; provenance "IMP level k of run ..."
+    level_<k>/train/               the level's training (checkpoints; resumable)
+    level_<k>/result.json          the level's test accuracy, loss and steps, once trained
+    levels.json                    every finished level's result, in order (ticket paths relative
+                                   to the run directory)
+
+Each file is written atomically and only after the work it records, so a run killed at any moment
+resumes from its last checkpoint and produces the same masks and weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from elth.errors import ElthError
+from elth.models import build_model
+from elth.runs import run_dir, write_json_atomic
+from elth.sparsity.masks import count, excluded_names, full_mask, magnitude_prune
+from elth.sparsity.rewind import rewind_point, rewind_step_of
+from elth.tickets import ModelLayout, Ticket, from_model, load_ticket, model_layout, save_ticket
+from elth.training import Protocol, train
+
+SUMMARY_FILE = "levels.json"
+
+
+class IMPError(ElthError, ValueError):
+    """IMP settings that cannot work."""
+
+
+@dataclass(frozen=True)
+class IMPConfig:
+    """Everything that determines an IMP run except how many levels it goes to.
+
+    `exclude=None` keeps the model's default dense layers (the output layer of VGGs and MLPs);
+    a tuple replaces them (an empty tuple prunes every conv/linear weight).
+    """
+
+    model: str
+    dataset: str
+    protocol: Protocol
+    rewind: str
+    prune_fraction: float = 0.2
+    exclude: tuple[str, ...] | None = None
+    seed: int = 0
+    data_seed: int = 0
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    level: int
+    sparsity: float
+    kept: int
+    prunable: int
+    test_accuracy: float
+    test_loss: float
+    train_loss: float
+    rewind_step: int
+    end_step: int
+    train_steps: int
+    seconds: float
+    ticket_path: Path = field(compare=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ticket_path"] = str(self.ticket_path)
+        return d
+
+
+def resolved_exclusions(config: IMPConfig, info) -> list[str]:
+    """The excluded layers by name (defaults resolved), so equivalent configs hash alike."""
+    return excluded_names(_layout(config, info), None if config.exclude is None else list(config.exclude))
+
+
+def _layout(config: IMPConfig, info) -> ModelLayout:
+    return model_layout(config.model, tuple(info.input_shape), info.num_classes)
+
+
+def imp_hparams(config: IMPConfig, data) -> dict:
+    return {
+        "model": config.model,
+        "dataset": data.info.to_dict(),
+        "protocol": config.protocol.to_dict(),
+        "rewind_step": rewind_step_of(config.rewind, data, config.protocol),
+        "prune_fraction": config.prune_fraction,
+        "excluded": resolved_exclusions(config, data.info),
+        "seed": config.seed,
+        "data_seed": config.data_seed,
+        "precision": config.precision,
+    }
+
+
+def imp_run_dir(config: IMPConfig, data, root: str | os.PathLike) -> Path:
+    """`root/imp-<hash>`: where `run_imp(config, data, ..., root)` keeps its levels."""
+    return run_dir(root, "imp", imp_hparams(config, data))
+
+
+def level_dir(run: Path, level: int) -> Path:
+    return Path(run) / f"level_{level}"
+
+
+def _check(config: IMPConfig, data, levels: int) -> None:
+    if data.info.name != config.dataset:
+        raise IMPError(f"the IMP config is for dataset {config.dataset!r} but the data is {data.info.name!r}")
+    if not 0.0 < config.prune_fraction < 1.0:
+        raise IMPError(f"the prune fraction must be between 0 and 1 (exclusive), got {config.prune_fraction}")
+    if levels < 0:
+        raise IMPError(f"the number of levels must be >= 0, got {levels}")
+
+
+def run_imp(
+    config: IMPConfig,
+    data,
+    levels: int,
+    root: str | os.PathLike,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    on_level: Callable[[LevelResult], None] | None = None,
+) -> list[LevelResult]:
+    """Run (or resume, or extend) IMP to level `levels`; one result per level 0..levels.
+
+    `on_level(result)` is called as each level's result is known (e.g. to print it at once).
+    """
+    _check(config, data, levels)
+    hp = imp_hparams(config, data)
+    eligible = [n for n in _prunable(config, data.info) if n not in set(hp["excluded"])]
+    if not eligible and levels > 0:
+        raise IMPError("every prunable layer is excluded: nothing to prune")
+    run = run_dir(root, "imp", hp)
+    results: list[LevelResult] = []
+    rewind_state: dict[str, torch.Tensor] = {}
+    for k in range(levels + 1):
+        ticket_path = level_dir(run, k) / "ticket.safetensors"
+        if k == 0 and not ticket_path.is_file():
+            _write_level_zero(config, data, run, ticket_path, hp, root, device, progress)
+        ticket = load_ticket(ticket_path)
+        if k == 0:
+            rewind_state = ticket.state  # level 0 is the rewind weights, unmasked
+        model = None
+        result_path = level_dir(run, k) / "result.json"
+        if not result_path.is_file():
+            model, result = _train_level(config, data, ticket, k, levels, run, device, progress)
+            write_json_atomic(result_path, result)
+        results.append(_level_result(json.loads(result_path.read_text()), ticket_path))
+        _write_summary(run)
+        if on_level is not None:
+            on_level(results[-1])
+        next_path = level_dir(run, k + 1) / "ticket.safetensors"
+        if k < levels and not next_path.is_file():
+            if model is None:  # trained in an earlier, interrupted call: its training reloads the final weights
+                model, _ = _train_level(config, data, ticket, k, levels, run, device, progress)
+            trained = {n: p.detach() for n, p in model.named_parameters()}
+            mask = magnitude_prune(trained, ticket.mask, config.prune_fraction, eligible)
+            save_ticket(_level_ticket(config, data, run, k + 1, rewind_state, mask, hp), next_path)
+    return results
+
+
+def _prunable(config: IMPConfig, info) -> list[str]:
+    return list(_layout(config, info).prunable)
+
+
+def _write_level_zero(config, data, run, ticket_path, hp, root, device, progress) -> None:
+    model, step = rewind_point(
+        config.model, data, config.protocol, config.rewind,
+        seed=config.seed, data_seed=config.data_seed, root=root, device=device, progress=progress,
+        precision=config.precision,
+    )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_ticket(_level_ticket(config, data, run, 0, state, full_mask(model), hp), ticket_path)
+
+
+def _level_ticket(config, data, run: Path, level: int, rewind_state, mask, hp) -> Ticket:
+    """IMP level `level`: the rewind weights with `mask` applied."""
+    model = build_model(config.model, data.info.input_shape, data.info.num_classes, seed=0)
+    model.load_state_dict(rewind_state)
+    return from_model(
+        model, data.info, {k: v.cpu() for k, v in mask.items()},
+        rewind_step=hp["rewind_step"], rewind=config.rewind, protocol=config.protocol.to_dict(),
+        provenance={
+            "method": "imp",
+            "description": f"IMP level {level} of run {run.name}",
+            "run": run.name,
+            "level": level,
+            "prune_fraction": config.prune_fraction,
+            "excluded": hp["excluded"],
+            "seed": config.seed,
+            "data_seed": config.data_seed,
+        },
+    )
+
+
+def _train_level(config, data, ticket: Ticket, level: int, levels: int, run: Path, device, progress):
+    """Train level `level` from the rewind step to the end with its mask fixed (resumable)."""
+    model = ticket.build(device if device is not None else "cpu")
+    res = train(
+        model, data, config.protocol, data_seed=config.data_seed, start_step=ticket.rewind_step,
+        mask=ticket.mask, out_dir=level_dir(run, level) / "train", precision=config.precision,
+        device=device, progress=progress,
+        desc=f"IMP level {level}/{levels} ({100 * ticket.sparsity:.1f}% sparse)",
+    )
+    kept, total = count(ticket.mask)
+    result = {
+        "level": level,
+        "sparsity": ticket.sparsity,
+        "kept": kept,
+        "prunable": total,
+        "rewind_step": ticket.rewind_step,
+        "test_accuracy": float(res.test_accuracy),
+        "test_loss": float(res.test_loss),
+        "train_loss": float(res.train_loss),
+        "end_step": int(res.step),
+        "seconds": float(res.seconds),
+    }
+    return model, result
+
+
+def _level_result(r: dict, ticket_path: Path) -> LevelResult:
+    return LevelResult(
+        level=r["level"], sparsity=r["sparsity"], kept=r["kept"], prunable=r["prunable"],
+        test_accuracy=r["test_accuracy"], test_loss=r["test_loss"], train_loss=r["train_loss"],
+        rewind_step=r["rewind_step"], end_step=r["end_step"], train_steps=r["end_step"] - r["rewind_step"],
+        seconds=r["seconds"], ticket_path=ticket_path,
+    )
+
+
+def _write_summary(run: Path) -> None:
+    """levels.json: every finished level of the run (also those of earlier, longer calls)."""
+    rows = []
+    k = 0
+    while (level_dir(run, k) / "result.json").is_file():
+        r = json.loads((level_dir(run, k) / "result.json").read_text())
+        row = _level_result(r, level_dir(run, k) / "ticket.safetensors").to_dict()
+        row["ticket_path"] = f"level_{k}/ticket.safetensors"  # relative to the run directory
+        rows.append(row)
+        k += 1
+    write_json_atomic(run / SUMMARY_FILE, rows)
+
+
+def read_summary(run: str | os.PathLike) -> list[dict]:
+    """The finished levels of an IMP run directory."""
+    path = Path(run) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else []

@@ -1,0 +1,93 @@
+"""The rewind point: a freshly initialised network trained dense for the first few steps.
+
+IMP and every pruning method start from the same rewind weights when their settings agree, so the
+dense training to the rewind point runs once per (model, dataset, protocol, rewind step, seeds) and
+is kept under `root/rewind-<hash>/`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from elth.errors import ElthError
+from elth.models import ElasticModel, build_model
+from elth.runs import atomic_path, run_dir
+from elth.training import Protocol, parse_steps, train
+
+WEIGHTS_FILE = "rewind.safetensors"
+
+
+class RewindError(ElthError, ValueError):
+    """A rewind point that the protocol cannot reach."""
+
+
+def rewind_step_of(rewind: str, data, protocol: Protocol) -> int:
+    """The global step of rewind point `rewind` ('1000it', '5ep', '0') under `protocol` on `data`."""
+    ipe = data.iterations_per_epoch(protocol.batch_size)
+    step = parse_steps(rewind, ipe)
+    total = protocol.total_steps(ipe)
+    if step >= total:
+        raise RewindError(
+            f"rewind point {rewind} (step {step}) is not before the end of training ({protocol.length}, {total} steps)"
+        )
+    return step
+
+
+def rewind_hparams(
+    model_name: str, data, protocol: Protocol, rewind_step: int, seed: int, data_seed: int, precision: str = "fp32"
+) -> dict:
+    """Everything that determines the rewind weights."""
+    return {
+        "model": model_name,
+        "dataset": data.info.to_dict(),
+        "protocol": protocol.to_dict(),
+        "rewind_step": rewind_step,
+        "seed": seed,
+        "data_seed": data_seed,
+        "precision": precision,
+    }
+
+
+def rewind_point(
+    model_name: str,
+    data,
+    protocol: Protocol,
+    rewind: str,
+    *,
+    seed: int,
+    data_seed: int,
+    root: str | os.PathLike,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    precision: str = "fp32",
+) -> tuple[ElasticModel, int]:
+    """The model initialised with `seed` and trained dense to `rewind`, and the rewind step.
+
+    Rewind 0 means no training (the initial weights). Otherwise the training is resumable and its
+    result is cached in `root/rewind-<hash>/rewind.safetensors`.
+    """
+    from safetensors.torch import load_file, save_file
+
+    step = rewind_step_of(rewind, data, protocol)
+    info = data.info
+    model = build_model(model_name, info.input_shape, info.num_classes, seed=seed)
+    if device is not None:
+        model.to(device)
+    if step == 0:
+        return model, 0
+    out = run_dir(root, "rewind", rewind_hparams(model_name, data, protocol, step, seed, data_seed, precision))
+    weights = Path(out) / WEIGHTS_FILE
+    if weights.is_file():
+        model.load_state_dict(load_file(str(weights)))
+        return model, step
+    train(
+        model, data, protocol, data_seed=data_seed, start_step=0, end_step=step,
+        out_dir=Path(out) / "train", eval_every=None, precision=precision, device=device, progress=progress,
+        desc=f"{model_name}: dense to rewind point {rewind}",
+    )
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp))
+    return model, step

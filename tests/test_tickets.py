@@ -1,0 +1,287 @@
+"""Ticket files: round trip, validation of every kind of bad file, atomic writes."""
+import json
+
+import pytest
+import safetensors.torch
+import torch
+from safetensors.torch import save_file
+
+from elth.data.base import DatasetInfo
+from elth.errors import ElthError
+from elth.models import build_model
+from elth.sparsity.masks import eligible_names, full_mask, magnitude_prune
+from elth.tickets import (
+    Ticket,
+    TicketError,
+    check_dataset,
+    from_model,
+    load_ticket,
+    save_ticket,
+    tensors_checksum,
+    validate,
+)
+
+INFO = DatasetInfo("digits", (1, 8, 8), 10)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors are fastest on one thread (and do not fight other processes for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_ticket(model_name="mlp_1", seed=0, fraction=0.5) -> Ticket:
+    model = build_model(model_name, INFO.input_shape, INFO.num_classes, seed=seed)
+    mask = magnitude_prune(dict(model.named_parameters()), full_mask(model), fraction, eligible_names(model))
+    return from_model(
+        model, INFO, mask, rewind_step=7, rewind="7it",
+        protocol={"length": "2ep", "batch_size": 128},
+        provenance={"method": "imp", "level": 3, "description": "IMP level 3 of run imp-test"},
+    )
+
+
+def write_raw(path, tensors, meta):
+    """A ticket-like file with chosen tensors and metadata (checksum recomputed unless given)."""
+    meta = dict(meta)
+    meta.setdefault("checksum", tensors_checksum(tensors))
+    save_file(tensors, str(path), metadata={"elth": json.dumps(meta)})
+
+
+def test_round_trip(tmp_path):
+    ticket = make_ticket()
+    path = save_ticket(ticket, tmp_path / "sub" / "t.safetensors")
+    back = load_ticket(path)
+    assert back.model == "mlp_1" and back.dataset == INFO
+    assert (back.rewind_step, back.rewind) == (7, "7it")
+    assert back.protocol == ticket.protocol and back.provenance == ticket.provenance
+    assert list(back.state) == list(ticket.state) and list(back.mask) == list(ticket.mask)
+    for k in ticket.state:
+        assert torch.equal(back.state[k], ticket.state[k])
+    for k in ticket.mask:
+        assert back.mask[k].dtype == torch.bool and torch.equal(back.mask[k], ticket.mask[k])
+    assert back.sparsity == pytest.approx(ticket.sparsity)
+    assert back.content_hash() == ticket.content_hash()
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["t.safetensors"]
+
+
+def test_build_gives_the_masked_rewind_weights():
+    ticket = make_ticket()
+    model = ticket.build()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ticket.state[k])
+    weights = dict(model.named_parameters())
+    for k, m in ticket.mask.items():
+        assert bool((weights[k][~m] == 0).all())
+
+
+def test_content_hash_follows_weights_not_provenance():
+    a, b = make_ticket(), make_ticket()
+    b.provenance = {"method": "other"}
+    assert a.content_hash() == b.content_hash()
+    assert make_ticket(seed=1).content_hash() != a.content_hash()
+    c = make_ticket()
+    c.rewind_step = 8
+    assert c.content_hash() != a.content_hash()
+
+
+def test_save_refuses_nonzero_pruned_weights(tmp_path):
+    ticket = make_ticket()
+    k = "hidden.0.weight"
+    ticket.state[k] = ticket.state[k].clone()
+    ticket.state[k][~ticket.mask[k]] = 1.0
+    with pytest.raises(TicketError, match="non-zero where the mask prunes"):
+        save_ticket(ticket, tmp_path / "t.safetensors")
+    assert not (tmp_path / "t.safetensors").exists()
+
+
+def test_crash_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    dest = tmp_path / "t.safetensors"
+
+    def crashing_save_file(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\x00" * 100)  # half a file...
+        raise OSError("disk full")  # ...then the process dies
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crashing_save_file)
+    with pytest.raises(OSError):
+        save_ticket(make_ticket(), dest)
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.undo()
+    old = make_ticket(seed=0)
+    save_ticket(old, dest)
+    monkeypatch.setattr(safetensors.torch, "save_file", crashing_save_file)
+    with pytest.raises(OSError):
+        save_ticket(make_ticket(seed=1), dest)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
+    assert load_ticket(dest).content_hash() == old.content_hash()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(TicketError, match="no such ticket file"):
+        load_ticket(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("keep", [0, 5, 100, 0.5, 0.99])
+def test_truncated_file(tmp_path, keep):
+    path = save_ticket(make_ticket(), tmp_path / "t.safetensors")
+    data = path.read_bytes()
+    n = int(len(data) * keep) if isinstance(keep, float) else keep
+    path.write_bytes(data[:n])
+    with pytest.raises(TicketError, match="truncated or corrupted"):
+        load_ticket(path)
+
+
+def test_garbage_file(tmp_path):
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(b"this is not a ticket at all" * 10)
+    with pytest.raises(TicketError):
+        load_ticket(path)
+
+
+def test_corrupted_tensor_bytes(tmp_path):
+    path = save_ticket(make_ticket(), tmp_path / "t.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-1000] ^= 0x40  # flip one bit of some weight
+    path.write_bytes(bytes(data))
+    with pytest.raises(TicketError, match="checksum"):
+        load_ticket(path)
+
+
+def test_plain_safetensors_without_metadata(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_file({"x": torch.zeros(3)}, str(path))
+    with pytest.raises(TicketError, match="without elth ticket metadata"):
+        load_ticket(path)
+
+
+@pytest.mark.parametrize("key", ["model", "dataset", "rewind_step", "provenance", "protocol", "checksum"])
+def test_missing_metadata(tmp_path, key):
+    ticket = make_ticket()
+    meta = ticket.metadata()
+    del meta[key]
+    path = tmp_path / "t.safetensors"
+    save_file(ticket.file_tensors(), str(path), metadata={"elth": json.dumps(meta)})
+    with pytest.raises(TicketError, match=f"lacks {key}"):
+        load_ticket(path)
+
+
+def test_malformed_metadata(tmp_path):
+    ticket = make_ticket()
+    path = tmp_path / "t.safetensors"
+    save_file(ticket.file_tensors(), str(path), metadata={"elth": "{broken json"})
+    with pytest.raises(TicketError, match="malformed"):
+        load_ticket(path)
+    meta = ticket.metadata()
+    meta["dataset"] = {"name": "x"}
+    write_raw(path, ticket.file_tensors(), meta)
+    with pytest.raises(TicketError, match="malformed"):
+        load_ticket(path)
+
+
+def test_other_model_than_the_weights(tmp_path):
+    ticket = make_ticket("mlp_1")
+    meta = ticket.metadata()
+    meta["model"] = "mlp_2"
+    path = tmp_path / "t.safetensors"
+    write_raw(path, ticket.file_tensors(), meta)
+    with pytest.raises(TicketError, match="do not match mlp_2"):
+        load_ticket(path)
+
+
+def test_other_dataset_shape_than_the_weights(tmp_path):
+    ticket = make_ticket("mlp_1")
+    meta = ticket.metadata()
+    meta["dataset"] = {"name": "cifar10", "input_shape": [3, 32, 32], "num_classes": 10}
+    path = tmp_path / "t.safetensors"
+    write_raw(path, ticket.file_tensors(), meta)
+    with pytest.raises(TicketError, match="hidden.0.weight: shape"):
+        load_ticket(path)
+
+
+def test_unknown_model(tmp_path):
+    ticket = make_ticket()
+    meta = ticket.metadata()
+    meta["model"] = "transformer_9"
+    path = tmp_path / "t.safetensors"
+    write_raw(path, ticket.file_tensors(), meta)
+    with pytest.raises(TicketError, match="unknown model"):
+        load_ticket(path)
+
+
+def test_non_binary_mask(tmp_path):
+    ticket = make_ticket()
+    tensors = ticket.file_tensors()
+    tensors["mask.hidden.0.weight"] = tensors["mask.hidden.0.weight"].clone()
+    tensors["mask.hidden.0.weight"][0, 0] = 2
+    path = tmp_path / "t.safetensors"
+    write_raw(path, tensors, ticket.metadata() | {"checksum": tensors_checksum(tensors)})
+    with pytest.raises(TicketError, match="not binary"):
+        load_ticket(path)
+
+
+def test_missing_mask_tensor(tmp_path):
+    ticket = make_ticket()
+    tensors = ticket.file_tensors()
+    del tensors["mask.bottleneck.weight"]
+    path = tmp_path / "t.safetensors"
+    write_raw(path, tensors, ticket.metadata() | {"checksum": tensors_checksum(tensors)})
+    with pytest.raises(TicketError, match="mask does not cover"):
+        load_ticket(path)
+
+
+def test_pruned_weight_not_zero_in_file(tmp_path):
+    ticket = make_ticket()
+    tensors = ticket.file_tensors()
+    w = tensors["state.hidden.0.weight"].clone()
+    w[~ticket.mask["hidden.0.weight"]] = 0.5
+    tensors["state.hidden.0.weight"] = w
+    path = tmp_path / "t.safetensors"
+    write_raw(path, tensors, ticket.metadata() | {"checksum": tensors_checksum(tensors)})
+    with pytest.raises(TicketError, match="non-zero where the mask prunes"):
+        load_ticket(path)
+
+
+def test_sparsity_metadata_must_match_the_mask(tmp_path):
+    ticket = make_ticket()
+    path = tmp_path / "t.safetensors"
+    write_raw(path, ticket.file_tensors(), ticket.metadata() | {"sparsity": 0.1})
+    with pytest.raises(TicketError, match="metadata says sparsity"):
+        load_ticket(path)
+
+
+def test_non_finite_weights_are_rejected():
+    ticket = make_ticket()
+    ticket.state["hidden.0.bias"] = ticket.state["hidden.0.bias"].clone()
+    ticket.state["hidden.0.bias"][0] = float("nan")
+    with pytest.raises(TicketError, match="not all finite"):
+        validate(ticket)
+
+
+def test_errors_are_user_errors_naming_the_file(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"")
+    with pytest.raises(ElthError, match="bad.safetensors"):
+        load_ticket(path)
+
+
+def test_dataset_compatibility():
+    ticket = make_ticket()
+    check_dataset(ticket, DatasetInfo("synthetic_1x8x8", (1, 8, 8), 10))  # same shape and classes: fine
+    with pytest.raises(TicketError, match="cannot train on cifar10"):
+        check_dataset(ticket, DatasetInfo("cifar10", (3, 32, 32), 10))
+    with pytest.raises(TicketError, match="100 classes"):
+        check_dataset(ticket, DatasetInfo("other", (1, 8, 8), 100))
+
+
+def test_resnet_ticket_round_trip_keeps_buffers(tmp_path):
+    model = build_model("cifar_resnet_8", seed=0)
+    model.bn.running_mean.add_(1.5)
+    mask = magnitude_prune(dict(model.named_parameters()), full_mask(model), 0.2, eligible_names(model))
+    ticket = from_model(model, DatasetInfo("cifar10", (3, 32, 32), 10), mask)
+    back = load_ticket(save_ticket(ticket, tmp_path / "r.safetensors"))
+    assert torch.equal(back.state["bn.running_mean"], model.bn.running_mean)
+    assert back.state["bn.num_batches_tracked"].dtype == torch.int64
