@@ -2,7 +2,7 @@
 
 Source tickets carry values unique to every key and unit (random weights, BN affine parameters and
 running statistics, a distinct `num_batches_tracked` per key, random masks with the weights zeroed
-where pruned), so a tensor copied from the wrong unit cannot pass.
+where pruned, and the dense weights before masking), so a tensor copied from the wrong unit cannot pass.
 """
 import dataclasses
 
@@ -13,7 +13,9 @@ from elth.data.base import DatasetInfo
 from elth.elastic import PlanError, apply_plan, make_plan, transform, validate_plan
 from elth.elastic.plan import model_view, skeleton_model
 from elth.errors import ElthError
-from elth.tickets import Ticket, validate
+from elth.models import build_model
+from elth.sparsity.masks import eligible_names, full_mask, magnitude_prune
+from elth.tickets import Ticket, TicketError, from_model, validate
 
 CIFAR = (3, 32, 32)
 SMALL = (3, 8, 8)
@@ -40,11 +42,13 @@ def distinct_ticket(name: str, shape=CIFAR, classes: int = 10, seed: int = 0, de
             value = torch.randn(key_shape, generator=g)
             state[key] = value.abs() + 0.1 if key.endswith("running_var") else value
     mask = {k: torch.rand(state[k].shape, generator=g) < density for k in view.prunable}
+    dense = {k: state[k] for k in mask}
     for k, m in mask.items():
         state[k] = state[k] * m
     return Ticket(
         name, DatasetInfo("synthetic", shape, classes), state, mask, rewind_step=7, rewind="7it",
         protocol={"length": "10it"}, provenance={"method": "test source"}, warnings=["a source warning"],
+        dense=dense,
     )
 
 
@@ -76,6 +80,8 @@ def assert_follows_plan(source: Ticket, result: Ticket, target_model: str, plan,
     assert set(result.mask) == set(target.prunable_names()) and set(result.state) == set(target.state_dict())
     for key, m in result.mask.items():
         assert torch.equal(m, source.mask[expected[key]]), f"mask of {key} should be that of {expected[key]}"
+        assert torch.equal(result.dense[key], source.dense[expected[key]]), f"dense {key} should be {expected[key]}'s"
+    assert list(result.dense) == list(result.mask)
     if full_check:
         validate(result)
     assert result.model == target_model and result.dataset == source.dataset
@@ -87,7 +93,7 @@ def assert_identical(a: Ticket, b: Ticket) -> None:
     for k in a.state:
         assert a.state[k].dtype == b.state[k].dtype and torch.equal(a.state[k], b.state[k])
     for k in a.mask:
-        assert torch.equal(a.mask[k], b.mask[k])
+        assert torch.equal(a.mask[k], b.mask[k]) and torch.equal(a.dense[k], b.dense[k])
     assert a.checksum() == b.checksum()
 
 
@@ -113,6 +119,8 @@ def test_source_tickets_really_are_distinct_per_unit(r20):
         assert not torch.equal(values[0], values[1]) and not torch.equal(values[1], values[2])
     masks = [r20.mask[f"layer3.{u}.conv2.weight"] for u in range(3)]
     assert not torch.equal(masks[1], masks[2])
+    dense = [r20.dense[f"layer3.{u}.conv2.weight"] for u in range(3)]
+    assert not torch.equal(dense[1], dense[2])
 
 
 def test_resnet20_to_32_appending(r20):
@@ -262,10 +270,11 @@ def test_random_replicas_keep_layerwise_sparsity_and_differ_from_plain_copy(r20)
     for key, m in rand.mask.items():
         assert int(m.sum()) == int(plain.mask[key].sum()), key
         unit = ".".join(key.split(".")[:2])
+        assert torch.equal(rand.dense[key], plain.dense[key])
         if unit in replicas:
             assert not torch.equal(m, plain.mask[key]), f"{key} is a replica and should get a new mask"
-            # weights as copied where the new mask keeps them, zero where it prunes
-            assert torch.equal(rand.state[key], plain.state[key] * m)
+            # the copied dense rewind weights where the new mask keeps them, zero where it prunes
+            assert torch.equal(rand.state[key], plain.dense[key] * m)
         else:
             assert torch.equal(m, plain.mask[key]) and torch.equal(rand.state[key], plain.state[key])
     for key in rand.state:
@@ -291,6 +300,37 @@ def test_random_replicas_of_a_single_unit_stage():
         key = f"hidden.{u}.weight"
         assert not torch.equal(rand.mask[key], plain.mask[key])
         assert int(rand.mask[key].sum()) == int(plain.mask[key].sum())
+
+
+def test_random_replicas_select_real_rewind_values():
+    """A ticket from a Kaiming-initialised model: the new masks of replicas select dense values, so
+    (almost) no kept weight is zero; copying the pruned zeros instead would make ~74% of them zero."""
+    model = build_model("cifar_resnet_20", CIFAR, 10, seed=0)
+    mask = magnitude_prune(dict(model.named_parameters()), full_mask(model), 0.7379, eligible_names(model))
+    ticket = from_model(model, DatasetInfo("cifar10", CIFAR, 10), mask)
+    plain = transform(ticket, "cifar_resnet_56", order="interpolation")
+    rand = transform(ticket, "cifar_resnet_56", order="interpolation", random_replicas=True, seed=1)
+    replicas = {f"layer{s}.{u}" for s in (1, 2, 3) for u in (2, 3, 4, 6, 7, 8)}
+    kept = zeros = masked_zeros = 0
+    for key, m in rand.mask.items():
+        if ".".join(key.split(".")[:2]) in replicas:
+            kept += int(m.sum())
+            zeros += int((rand.state[key][m] == 0).sum())
+            masked_zeros += int((plain.state[key][m] == 0).sum())  # what the masked weights would give
+        assert int(m.sum()) == int(plain.mask[key].sum()), key  # layerwise sparsity kept
+    assert kept > 100_000 and zeros / kept < 1e-4 and masked_zeros / kept > 0.6
+    assert ticket.sparsity == pytest.approx(0.7379, abs=1e-4)
+    assert rand.sparsity == pytest.approx(plain.sparsity, abs=0)
+    validate(rand)
+
+
+def test_random_replicas_need_dense_weights(r20):
+    no_dense = dataclasses.replace(r20, dense=None)
+    with pytest.raises(TicketError, match="random replicas need a ticket with dense rewind weights"):
+        transform(no_dense, "cifar_resnet_32", random_replicas=True)
+    plain = transform(no_dense, "cifar_resnet_32")  # a plain copy does not need them
+    assert plain.dense is None
+    assert plain.content_hash() == transform(r20, "cifar_resnet_32").content_hash()
 
 
 # --- errors -----------------------------------------------------------------------------------------

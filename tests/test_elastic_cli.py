@@ -27,9 +27,11 @@ def random_ticket(name: str, seed: int, density: float = 0.3) -> Ticket:
         for k, shape in view.shapes
     }
     mask = {k: torch.rand(state[k].shape, generator=g) < density for k in view.prunable}
+    dense = {k: state[k] for k in mask}
     for k, m in mask.items():
         state[k] = state[k] * m
-    return Ticket(name, DatasetInfo("cifar10", (3, 32, 32), 10), state, mask, provenance={"method": "test"})
+    return Ticket(name, DatasetInfo("cifar10", (3, 32, 32), 10), state, mask, provenance={"method": "test"},
+                  dense=dense)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +127,16 @@ def test_errors_exit_2_and_write_nothing(elth, tickets, tmp_path, args, fragment
     code, out, err = elth(tickets[0], *args, "-o", out_path)
     assert code == 2 and fragment in err and err.startswith("elth transform: error: ")
     assert not out_path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_random_replicas_of_a_ticket_without_dense_weights_exit_2(elth, tmp_path):
+    source = random_ticket("cifar_resnet_20", 2)
+    source.dense = None
+    path = save_ticket(source, tmp_path / "old.safetensors")
+    out_path = tmp_path / "never.safetensors"
+    code, _, err = elth(path, "--to", "cifar_resnet_32", "--random-replicas", "-o", out_path)
+    assert code == 2 and "random replicas need a ticket with dense rewind weights" in err
+    assert not out_path.exists()
 
 
 def test_missing_output_or_ticket_exit_2(elth, tickets, tmp_path):

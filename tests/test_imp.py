@@ -103,6 +103,7 @@ def test_tickets_are_rewind_weights_under_shrinking_masks(reference):
             assert not bool((m & ~prev.mask[k]).any()), "a pruned weight came back"
             w = rewind[k] * m
             assert torch.equal(ticket.state[k], w), "surviving weights must be the rewind weights"
+            assert torch.equal(ticket.dense[k], rewind[k]), "every level keeps the dense rewind weights"
         for k in ticket.state:
             if k not in ticket.mask:
                 assert torch.equal(ticket.state[k], rewind[k])

@@ -78,10 +78,11 @@ def test_inspect_text_and_json(imp_run):
     assert re.search(r"provenance  IMP level 2 of run imp-[0-9a-f]{12}", text)
     assert re.search(r"sparsity    36\.00% \(32,128 of 50,200 prunable weights kept\)", text)
     assert re.search(r"fc\.weight\s+1,000\s+1,000\s+0\.00%", text)
+    assert "dense       yes: the rewind weights before masking are kept" in text
 
     info = json.loads(run_cli(["inspect", "--json", str(ticket)]))
     assert {"model", "sparsity", "layers", "dataset", "provenance", "rewind_step", "protocol"} <= set(info)
-    assert info["model"] == "mlp_1" and info["sparsity"] == pytest.approx(0.36)
+    assert info["model"] == "mlp_1" and info["sparsity"] == pytest.approx(0.36) and info["has_dense"] is True
     assert info["dataset"]["name"] == DATASET and info["provenance"]["level"] == 2
     assert list(info["layers"]) == ["hidden.0.weight", "bottleneck.weight", "fc.weight"]
     for layer in info["layers"].values():

@@ -285,3 +285,112 @@ def test_resnet_ticket_round_trip_keeps_buffers(tmp_path):
     back = load_ticket(save_ticket(ticket, tmp_path / "r.safetensors"))
     assert torch.equal(back.state["bn.running_mean"], model.bn.running_mean)
     assert back.state["bn.num_batches_tracked"].dtype == torch.int64
+
+
+# --- dense rewind weights ---------------------------------------------------------------------------
+
+def test_from_model_keeps_the_dense_rewind_weights():
+    model = build_model("mlp_1", INFO.input_shape, INFO.num_classes, seed=0)
+    ticket = make_ticket()
+    assert ticket.has_dense and list(ticket.dense) == list(ticket.mask)
+    weights = dict(model.named_parameters())
+    for k, m in ticket.mask.items():
+        assert torch.equal(ticket.dense[k], weights[k].detach())
+        assert bool((ticket.dense[k][~m] != 0).all())  # pruned positions keep their real values
+    assert from_model(model, INFO, ticket.mask, keep_dense=False).dense is None
+
+
+def test_round_trip_with_dense(tmp_path):
+    ticket = make_ticket()
+    back = load_ticket(save_ticket(ticket, tmp_path / "t.safetensors"))
+    assert back.has_dense and list(back.dense) == list(ticket.mask)
+    for k, d in ticket.dense.items():
+        assert back.dense[k].dtype == d.dtype and torch.equal(back.dense[k], d)
+    assert back.checksum() == ticket.checksum() and back.content_hash() == ticket.content_hash()
+    assert back.summary()["has_dense"] is True
+
+
+def test_dense_weights_are_in_the_checksum_but_not_the_content_hash(tmp_path):
+    with_dense = make_ticket()
+    without = make_ticket()
+    without.dense = None
+    assert with_dense.checksum() != without.checksum()
+    assert with_dense.content_hash() == without.content_hash()  # both train the same
+    path = save_ticket(with_dense, tmp_path / "t.safetensors")
+    data = bytearray(path.read_bytes())
+    header_size = int.from_bytes(data[:8], "little")
+    start, _ = json.loads(data[8:8 + header_size])["dense.hidden.0.weight"]["data_offsets"]
+    data[8 + header_size + start + 2] ^= 0x40  # one bit of one dense weight
+    path.write_bytes(bytes(data))
+    with pytest.raises(TicketError, match="checksum"):
+        load_ticket(path)
+
+
+def test_old_ticket_without_dense_still_loads(tmp_path):
+    ticket = make_ticket()
+    ticket.dense = None
+    tensors = ticket.file_tensors()
+    assert not any(k.startswith("dense.") for k in tensors)
+    path = tmp_path / "old.safetensors"
+    write_raw(path, tensors, ticket.metadata() | {"version": 1})
+    back = load_ticket(path)
+    assert back.dense is None and not back.summary()["has_dense"]
+    assert back.content_hash() == make_ticket().content_hash()
+
+
+def _drop_a_layer(dense, mask):
+    del dense["hidden.0.weight"]
+
+
+def _wrong_shape(dense, mask):
+    dense["hidden.0.weight"] = dense["hidden.0.weight"][:, :-1].clone()
+
+
+def _wrong_dtype(dense, mask):
+    dense["fc.weight"] = dense["fc.weight"].double()
+
+
+def _not_finite(dense, mask):
+    dense["hidden.0.weight"].view(-1)[0] = float("inf")
+
+
+def _differs_where_kept(dense, mask):
+    k = "hidden.0.weight"
+    kept_position = int(mask[k].view(-1).nonzero()[0])
+    dense[k].view(-1)[kept_position] += 1e-3
+
+
+@pytest.mark.parametrize(
+    "spoil, fragment",
+    [(_drop_a_layer, "dense weights do not cover"), (_wrong_shape, "have shape"),
+     (_wrong_dtype, "are torch.float64"), (_not_finite, "not all finite"),
+     (_differs_where_kept, "differ from the weights where the mask keeps them")],
+)
+def test_validation_of_dense_weights(spoil, fragment):
+    ticket = make_ticket()
+    ticket.dense = {k: v.clone() for k, v in ticket.dense.items()}
+    spoil(ticket.dense, ticket.mask)
+    with pytest.raises(TicketError, match=fragment):
+        validate(ticket)
+
+
+def test_dense_weights_may_differ_from_zero_only_where_pruned():
+    ticket = make_ticket()
+    k = "hidden.0.weight"
+    dense = ticket.dense[k].clone()
+    dense[~ticket.mask[k]] = 123.0  # any value where pruned: the mask does not select it
+    ticket.dense[k] = dense
+    validate(ticket)
+
+
+def test_file_with_dense_disagreeing_with_state_is_rejected(tmp_path):
+    ticket = make_ticket()
+    tensors = ticket.file_tensors()
+    k = "hidden.0.weight"
+    d = tensors[f"dense.{k}"].clone()
+    d[ticket.mask[k]] += 1.0
+    tensors[f"dense.{k}"] = d
+    path = tmp_path / "t.safetensors"
+    write_raw(path, tensors, ticket.metadata() | {"checksum": tensors_checksum(tensors)})
+    with pytest.raises(TicketError, match="differ from the weights where the mask keeps them"):
+        load_ticket(path)

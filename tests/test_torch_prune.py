@@ -1,4 +1,6 @@
 """Export to and import from torch.nn.utils.prune's weight_orig/weight_mask form."""
+import dataclasses
+
 import pytest
 import torch
 from torch.nn.utils import prune
@@ -53,7 +55,8 @@ def test_round_trip_gives_back_the_same_ticket():
     ticket = resnet_ticket()
     pruned = ticket_to_torch_prune(ticket)
     back = ticket_from_torch_prune(pruned, SMALL, rewind_step=3)
-    assert back.checksum() == ticket.checksum()
+    assert back.dense is None  # the pruned entries' rewind values do not survive torch.nn.utils.prune form
+    assert back.checksum() == dataclasses.replace(ticket, dense=None).checksum()
     assert not any(k.endswith(("_orig", "_mask")) for k in pruned.state_dict())
 
 

@@ -1,9 +1,11 @@
 """The ticket: model name + dataset + rewind weights + mask + provenance, in one safetensors file.
 
 File layout: tensors `state.<key>` (every parameter and buffer at the rewind point, pruned weights
-zero) and `mask.<key>` (uint8 0/1, one per prunable weight); metadata key `elth` holds a JSON object
-with format version, model, dataset, rewind point, protocol, provenance, sparsity, warnings and a
-SHA-256 checksum of the tensors (so a corrupted file is caught, not silently used).
+zero), `mask.<key>` (uint8 0/1, one per prunable weight) and, optionally, `dense.<key>` (the rewind
+values of every prunable weight before masking, so that another mask over the same weights selects
+real values); metadata key `elth` holds a JSON object with format version, model, dataset, rewind
+point, protocol, provenance, sparsity, warnings and a SHA-256 checksum of the tensors (so a corrupted
+file is caught, not silently used). Version 1 files have no dense weights and load unchanged.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from elth.runs import atomic_path, hparams_hash
 from elth.sparsity.masks import Mask, apply_mask, layer_stats, sparsity
 
 FORMAT = "elth-ticket"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional `dense.<key>` tensors
 #: Metadata every ticket file must carry.
 REQUIRED_METADATA = (
     "format", "version", "model", "dataset", "rewind", "rewind_step", "protocol", "provenance",
@@ -46,6 +48,12 @@ class Ticket:
     protocol: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: Rewind values of the prunable weights before masking (keys and shapes of `mask`), or None.
+    dense: dict[str, torch.Tensor] | None = None
+
+    @property
+    def has_dense(self) -> bool:
+        return self.dense is not None
 
     @property
     def sparsity(self) -> float:
@@ -64,20 +72,31 @@ class Ticket:
 
     def file_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors as stored in the file (CPU, contiguous; masks as uint8)."""
+        tensors = self._training_tensors()
+        if self.dense is not None:
+            tensors.update({f"dense.{k}": v.detach().cpu().contiguous() for k, v in self.dense.items()})
+        return tensors
+
+    def _training_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"state.{k}": v.detach().cpu().contiguous() for k, v in self.state.items()}
         tensors.update({f"mask.{k}": v.detach().cpu().to(torch.uint8).contiguous() for k, v in self.mask.items()})
         return tensors
 
     def checksum(self) -> str:
+        """SHA-256 of every tensor of the file, dense weights included (what the file's metadata records)."""
         return tensors_checksum(self.file_tensors())
 
     def content_hash(self) -> str:
-        """A short hash of everything that determines how this ticket trains (not its provenance)."""
+        """A short hash of everything that determines how this ticket trains (not its provenance).
+
+        Training uses `state` and `mask` only, so the dense weights are left out: a ticket hashes the
+        same with or without them (and as it did before tickets carried them).
+        """
         return hparams_hash({
             "model": self.model,
             "dataset": self.dataset.to_dict(),
             "rewind_step": self.rewind_step,
-            "tensors": self.checksum(),
+            "tensors": tensors_checksum(self._training_tensors()),
         })
 
     def metadata(self) -> dict:
@@ -111,6 +130,7 @@ class Ticket:
             "kept": kept,
             "prunable": total,
             "layers": self.layer_stats(),
+            "has_dense": self.has_dense,
             "warnings": self.warnings,
             "content_hash": self.content_hash(),
         }
@@ -136,15 +156,21 @@ def from_model(
     protocol: dict | None = None,
     provenance: dict | None = None,
     warnings: list[str] | None = None,
+    keep_dense: bool = True,
 ) -> Ticket:
-    """A ticket from a model's current weights (taken as the rewind weights) and a mask."""
+    """A ticket from a model's current weights (taken as the rewind weights) and a mask.
+
+    `keep_dense`: keep the model's prunable weights as they are, before masking, as the ticket's
+    `dense` weights (so the ticket is a mask over real rewind values, as in the paper's framework).
+    """
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     mask = {k: v.detach().to("cpu", torch.bool) for k, v in mask.items()}
+    dense = {k: state[k] for k in mask} if keep_dense else None
     for k, m in mask.items():
         state[k] = state[k] * m.to(state[k].dtype)
     return Ticket(
         model.name, dataset, state, mask, rewind_step, rewind,
-        protocol or {}, provenance or {}, list(warnings or []),
+        protocol or {}, provenance or {}, list(warnings or []), dense,
     )
 
 
@@ -201,8 +227,9 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
             protocol=dict(meta["protocol"]),
             provenance=dict(meta["provenance"]),
             warnings=[str(w) for w in meta["warnings"]],
+            dense={k[6:]: v for k, v in tensors.items() if k.startswith("dense.")} or None,
         )
-        unknown = [k for k in tensors if not k.startswith(("state.", "mask."))]
+        unknown = [k for k in tensors if not k.startswith(("state.", "mask.", "dense."))]
         if unknown:
             raise TicketError(f"{path}: unexpected tensors {unknown[:5]}")
     except TicketError:
@@ -219,6 +246,8 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
     expected, prunable = _shapes_of(ticket.model, ticket.dataset)
     ticket.state = {k: ticket.state[k] for k in expected}
     ticket.mask = {k: ticket.mask[k] for k in prunable}
+    if ticket.dense is not None:
+        ticket.dense = {k: ticket.dense[k] for k in prunable}
     return ticket
 
 
@@ -262,7 +291,8 @@ def _shapes_of(model_name: str, info: DatasetInfo) -> tuple[dict[str, tuple[torc
 
 def validate(ticket: Ticket) -> None:
     """Keys, shapes and dtypes against the model, binary mask covering every prunable weight,
-    pruned weights zero, finite weights."""
+    pruned weights zero, finite weights; dense weights (if any) finite and equal to the weights
+    wherever the mask keeps them."""
     if ticket.rewind_step < 0:
         raise TicketError(f"rewind step must be >= 0, got {ticket.rewind_step}")
     expected, prunable_list = _shapes_of(ticket.model, ticket.dataset)
@@ -293,6 +323,27 @@ def validate(ticket: Ticket) -> None:
             raise TicketError(f"mask of {k!r} has shape {tuple(m.shape)}, weight has {tuple(expected[k][0])}")
         if bool((ticket.state[k][~m.to(ticket.state[k].device)] != 0).any()):
             raise TicketError(f"weights of {k!r} are non-zero where the mask prunes them")
+    if ticket.dense is not None:
+        _validate_dense(ticket)
+
+
+def _validate_dense(ticket: Ticket) -> None:
+    dense = ticket.dense
+    if set(dense) != set(ticket.mask):
+        raise TicketError(
+            f"dense weights do not cover the masked weights: missing {sorted(set(ticket.mask) - set(dense))[:5]}, "
+            f"unexpected {sorted(set(dense) - set(ticket.mask))[:5]}"
+        )
+    for k, m in ticket.mask.items():
+        d, w = dense[k], ticket.state[k]
+        if d.shape != m.shape:
+            raise TicketError(f"dense weights of {k!r} have shape {tuple(d.shape)}, the mask has {tuple(m.shape)}")
+        if d.dtype != w.dtype:
+            raise TicketError(f"dense weights of {k!r} are {d.dtype}, the weights are {w.dtype}")
+        if not bool(torch.isfinite(d).all()):
+            raise TicketError(f"dense weights of {k!r} are not all finite")
+        if bool(((d != w.to(d.device)) & m.to(d.device)).any()):
+            raise TicketError(f"dense weights of {k!r} differ from the weights where the mask keeps them")
 
 
 def check_dataset(ticket: Ticket, info: DatasetInfo) -> None:

@@ -14,7 +14,8 @@ weights (numel), weights kept and sparsity. The file is fully validated first.
 
 With --json, print the same as one JSON object with keys model, dataset, rewind, rewind_step,
 protocol, provenance, sparsity, kept, prunable, layers (name -> {numel, kept, sparsity}),
-warnings and content_hash (a hash of what determines how the ticket trains).
+has_dense (whether the file keeps the dense rewind weights, which random-replica transformations
+need), warnings and content_hash (a hash of what determines how the ticket trains).
 """
 
 
@@ -54,6 +55,10 @@ def _short(v) -> str:
     return str(v)
 
 
+DENSE_YES = "yes: the rewind weights before masking are kept"
+DENSE_NO = "no: only the masked rewind weights"
+
+
 def render(ticket: Ticket, path: str) -> str:
     s = ticket.summary()
     d = ticket.dataset
@@ -66,6 +71,7 @@ def render(ticket: Ticket, path: str) -> str:
         f"protocol    {describe_protocol(ticket.protocol)}",
         f"provenance  {describe_provenance(ticket.provenance)}",
         f"sparsity    {100 * s['sparsity']:.2f}% ({s['kept']:,} of {s['prunable']:,} prunable weights kept)",
+        f"dense       {DENSE_YES if s['has_dense'] else DENSE_NO}",
     ]
     for w in ticket.warnings:
         lines.append(f"warning     {w}")

@@ -76,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--random-replicas", action="store_true",
         help="ablation: give every replicated unit a random permutation of its source mask per layer "
-        "(layerwise sparsity kept; weights as copied, zero where the new mask prunes)",
+        "(layerwise sparsity kept; the new mask selects the copied dense rewind weights, so the ticket must "
+        "keep them, as tickets made by elth imp do)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-replicas (default 0)")
     parser.add_argument("-o", "--output", metavar="OUT.safetensors", help="where to write the new ticket")

@@ -2,9 +2,9 @@
 
 Every state-dict key of the target model is filled by copying one key of the source ticket: stem
 and head keys from themselves, a unit key from the same relative key of the unit the plan names
-(``layer2.3.conv1.weight`` <- ``layer2.1.conv1.weight``). Masks follow their weights; BN parameters
-and buffers (running statistics, ``num_batches_tracked``) follow their unit. Nothing is ever left
-at a fresh initialisation: a key with no source is an error.
+(``layer2.3.conv1.weight`` <- ``layer2.1.conv1.weight``). Masks and dense rewind weights follow
+their weights; BN parameters and buffers (running statistics, ``num_batches_tracked``) follow their
+unit. Nothing is ever left at a fresh initialisation: a key with no source is an error.
 """
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ from elth.elastic.strategies import make_plan
 from elth.models import ElasticStructure
 from elth.sparsity.masks import count
 from elth.tickets import Ticket, TicketError
+
+#: Why random replicas refuse a ticket without dense rewind weights.
+NEEDS_DENSE = (
+    "random replicas need a ticket with dense rewind weights (tickets made by elth imp have them), "
+    "so that a permuted mask selects real rewind values instead of the zeros of pruned positions"
+)
 
 METHOD = "elastic_ticket_transformation"
 
@@ -44,17 +50,18 @@ def replica_units(plan: Plan) -> list[tuple[int, int]]:
 
 
 def _permute_replica_masks(
-    state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], plan: Plan,
-    target: ElasticStructure, seed: int,
+    state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], dense: dict[str, torch.Tensor],
+    plan: Plan, target: ElasticStructure, seed: int,
 ) -> None:
-    """Give every replica a random permutation of its copied mask, layer by layer (in place)."""
+    """Give every replica a random permutation of its copied mask, layer by layer, and the copied
+    dense rewind weights where the new mask keeps them (in place)."""
     g = torch.Generator().manual_seed(seed)
     for s, j in replica_units(plan):
         for key in target.keys_of(target.stages[s][j], list(mask)):
             m = mask[key]
             permuted = m.reshape(-1)[torch.randperm(m.numel(), generator=g)].view_as(m)
             mask[key] = permuted
-            state[key] = state[key] * permuted.to(state[key].dtype)
+            state[key] = dense[key] * permuted.to(dense[key].dtype)
 
 
 def apply_plan(
@@ -64,13 +71,16 @@ def apply_plan(
     """The ticket for `target_model` that `plan` makes of `ticket` (validated first; PlanError if unusable).
 
     `random_replicas`: every replica's mask is a seeded random permutation of its source mask within
-    each layer (layerwise sparsity kept); its weights are the copied ones, zeroed where the new mask
-    prunes. `source_path` (the ticket's file, when known) is recorded in the provenance.
+    each layer (layerwise sparsity kept); its weights are the copied dense rewind weights where the
+    new mask keeps them (TicketError if the ticket has no dense weights). `source_path` (the
+    ticket's file, when known) is recorded in the provenance.
     """
     shape, classes = tuple(ticket.dataset.input_shape), ticket.dataset.num_classes
     source, target = model_view(ticket.model, shape, classes), model_view(target_model, shape, classes)
     validate_plan(plan, source, target)
     plan = tuple(tuple(int(i) for i in stage) for stage in plan)
+    if random_replicas and ticket.dense is None and replica_units(plan):
+        raise TicketError(NEEDS_DENSE)
     src_struct, tgt_struct = source.structure, target.structure
 
     state: dict[str, torch.Tensor] = {}
@@ -84,15 +94,19 @@ def apply_plan(
             raise TicketError(f"{k!r} of the ticket has shape {tuple(ticket.state[k].shape)}, not {shape_}")
         state[key] = ticket.state[k].clone()
     mask: dict[str, torch.Tensor] = {}
+    dense: dict[str, torch.Tensor] | None = None if ticket.dense is None else {}
     for key in target.prunable:
         k = source_key(key, plan, src_struct, tgt_struct)
-        if k not in ticket.mask:
+        if k not in ticket.mask or (dense is not None and k not in ticket.dense):
+            what = "mask" if k not in ticket.mask else "dense weights"
             raise TicketError(
-                f"the {ticket.model} ticket has no mask for {k!r}, which {key!r} of {target_model} needs"
+                f"the {ticket.model} ticket has no {what} for {k!r}, which {key!r} of {target_model} needs"
             )
         mask[key] = ticket.mask[k].clone()
-    if random_replicas:
-        _permute_replica_masks(state, mask, plan, tgt_struct, seed)
+        if dense is not None:
+            dense[key] = ticket.dense[k].clone()
+    if random_replicas and dense is not None:
+        _permute_replica_masks(state, mask, dense, plan, tgt_struct, seed)
 
     kept, total = count(mask)
     source_sparsity = ticket.sparsity
@@ -123,6 +137,7 @@ def apply_plan(
         protocol=copy.deepcopy(ticket.protocol),
         provenance=provenance,
         warnings=[f"source ticket: {w}" for w in ticket.warnings],
+        dense=dense,
     )
 
 

@@ -70,7 +70,7 @@ def full_mask(model: nn.Module) -> Mask:
 
 def count(mask: Mask) -> tuple[int, int]:
     """(kept, total) over all mask tensors."""
-    kept = sum(int(m.sum()) for m in mask.values())
+    kept = sum(int(torch.count_nonzero(m)) for m in mask.values())
     total = sum(m.numel() for m in mask.values())
     return kept, total
 
@@ -83,7 +83,7 @@ def sparsity(mask: Mask) -> float:
 def layer_stats(mask: Mask) -> dict[str, dict]:
     out = {}
     for n, m in mask.items():
-        kept = int(m.sum())
+        kept = int(torch.count_nonzero(m))
         out[n] = {"numel": m.numel(), "kept": kept, "sparsity": 1.0 - kept / m.numel()}
     return out
 
@@ -127,7 +127,7 @@ def magnitude_prune(
     """
     kept, _ = count(mask)
     n_prune = prune_count(kept, fraction)
-    eligible = sum(int(mask[n].sum()) for n in names)
+    eligible = sum(int(torch.count_nonzero(mask[n])) for n in names)
     if n_prune > eligible:
         raise PruningError(
             f"cannot prune {n_prune} more weights: only {eligible} remain outside the excluded layers"

@@ -106,9 +106,13 @@ def ticket_to_torch_prune(ticket: Ticket, device: torch.device | str = "cpu") ->
 def ticket_from_torch_prune(model: ElasticModel, dataset: DatasetInfo, **ticket_fields) -> Ticket:
     """A ticket from an elth model in `torch.nn.utils.prune` form (its current weights become the
     rewind weights). The model is left with its pruning made permanent. `ticket_fields` go to
-    `elth.tickets.from_model` (rewind_step, rewind, protocol, provenance, warnings)."""
+    `elth.tickets.from_model` (rewind_step, rewind, protocol, provenance, warnings).
+
+    The ticket has no dense weights: once the pruning is permanent the pruned entries are zero
+    (and an exported ticket's `weight_orig` is zero there too), so there are no rewind values to keep.
+    """
     mask = from_torch_prune(model)
-    return from_model(model, dataset, mask, **ticket_fields)
+    return from_model(model, dataset, mask, keep_dense=False, **ticket_fields)
 
 
 def _binary(buf: torch.Tensor, name: str) -> torch.Tensor:
