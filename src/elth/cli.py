@@ -14,6 +14,14 @@ from elth.errors import ElthError
 #: subcommand name -> module in elth.commands
 COMMANDS = {
     "train": "train",
+    "imp": "imp",
+    "inspect": "inspect",
+    "train-ticket": "train_ticket",
+    "transform": "transform",
+    "prune": "prune",
+    "experiment": "experiment",
+    "report": "report",
+    "demo": "demo",
 }
 
 
@@ -43,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     except ElthError as e:
         print(f"elth {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into a command that stopped reading (e.g. `| head`): not an error.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"elth {args.command}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
         return 130
