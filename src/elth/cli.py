@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from elth.errors import ElthError
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         # Output piped into a command that stopped reading (e.g. `| head`): not an error.
-        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         print(f"elth {args.command}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
