@@ -1,0 +1,28 @@
+"""Training: protocols (the paper's Table 4 as presets), the resumable loop, checkpoints, metrics."""
+from elth.training.checkpoint import CheckpointError
+from elth.training.loop import PRECISIONS, TrainResult, default_device, evaluate, train
+from elth.training.masking import MaskError
+from elth.training.protocol import (
+    PRESETS,
+    Protocol,
+    ProtocolError,
+    default_rewind,
+    parse_steps,
+    preset,
+)
+
+__all__ = [
+    "CheckpointError",
+    "MaskError",
+    "PRECISIONS",
+    "PRESETS",
+    "Protocol",
+    "ProtocolError",
+    "TrainResult",
+    "default_device",
+    "default_rewind",
+    "evaluate",
+    "parse_steps",
+    "preset",
+    "train",
+]
