@@ -1,0 +1,55 @@
+"""What tickets cost, and the E-LTH saving: one IMP run serving k targets vs IMP on each target."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from elth.experiments.aggregate import Point
+
+
+@dataclass(frozen=True)
+class Saving:
+    """Tickets at IMP level `level` for `source` and `targets`, found two ways.
+
+    E-LTH: IMP on the source (its mask cost and its ticket's training), then one training per
+    target of the transformed ticket. IMP each: IMP on every one of those networks (mask cost and
+    training of its level-`level` ticket).
+    """
+
+    source: str
+    level: int
+    targets: tuple[str, ...]
+    elth_flops: float
+    imp_each_flops: float
+
+    @property
+    def ratio(self) -> float:
+        return self.imp_each_flops / self.elth_flops if self.elth_flops else float("nan")
+
+
+def _index(points: list[Point]) -> dict[tuple, Point]:
+    return {(p.target, p.method, p.source, p.level): p for p in points}
+
+
+def elth_savings(points: list[Point]) -> list[Saving]:
+    idx = _index(points)
+    pairs = sorted({(p.source, p.level) for p in points if p.method == "ett"})
+    out = []
+    for source, level in pairs:
+        src_imp = idx.get((source, "imp", "", level))
+        if src_imp is None:
+            continue
+        etts = [p for p in points if p.method == "ett" and p.source == source and p.level == level]
+        targets = tuple(sorted({p.target for p in etts}))
+        imp_targets = [idx.get((t, "imp", "", level)) for t in targets]
+        if any(p is None for p in imp_targets):
+            continue
+        elth = src_imp.total_flops + sum(p.train_flops for p in etts)
+        each = src_imp.total_flops + sum(p.total_flops for p in imp_targets)
+        out.append(Saving(source, level, targets, elth, each))
+    return out
+
+
+def dense_training_flops(points: list[Point]) -> float:
+    """One full dense training of the largest member (the paper's unit for FLOPs)."""
+    dense = [p.total_flops for p in points if p.method == "dense"]
+    return max(dense) if dense else 0.0

@@ -1,0 +1,293 @@
+"""`report.md` and its figures from a results directory (see `results.py` for the table).
+
+Accuracies are means +- sample standard deviations over seeds, in percent; every cell states its
+tickets' actual sparsity. Comparisons at "the same sparsity" read the other curve at the ETT ticket's
+sparsity by interpolation (`aggregate.interpolate`), never by level number.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from elth.experiments.aggregate import (
+    Comparison,
+    Point,
+    Reading,
+    aggregate,
+    compare_ett,
+    curve_label,
+    curves,
+    imp_curve,
+    read_at,
+    short_name,
+    targets_of,
+)
+from elth.experiments.compute import dense_training_flops, elth_savings
+from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
+from elth.experiments.results import Row, read_results
+from elth.runs import write_text_atomic
+
+REPORT = "report.md"
+FIGURE = "accuracy_vs_sparsity.png"
+META = "experiment.json"
+
+
+def nominal_sparsity(level: int, fraction: float = 0.2) -> float:
+    return 1.0 - (1.0 - fraction) ** level
+
+
+def acc_cell(p: Point, with_sparsity: bool = True) -> str:
+    text = f"{100 * p.accuracy:.2f}" + (f" ± {100 * p.accuracy_std:.2f}" if p.n > 1 else "")
+    return text + (f" ({100 * p.sparsity:.1f}%)" if with_sparsity else "")
+
+
+def delta(a: float | None, b: Reading | None) -> str:
+    if a is None or b is None:
+        return "n/a"
+    return ("≈" if b.extrapolated else "") + f"{100 * (a - b.accuracy):+.2f}"
+
+
+def reading(r: Reading | None) -> str:
+    if r is None:
+        return "n/a"
+    return ("≈" if r.extrapolated else "") + f"{100 * r.accuracy:.2f}"
+
+
+def flops(x: float) -> str:
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def evaluated_levels(points: list[Point]) -> list[int]:
+    """Levels with tickets other than IMP's own (ETTs or baselines); IMP's levels when there are none."""
+    levels = sorted({p.level for p in points if p.method not in ("imp", "dense")})
+    return levels or sorted({p.level for p in points if p.method == "imp"})
+
+
+def _meta(results_dir: Path) -> dict:
+    f = results_dir / META
+    if f.is_file():
+        try:
+            return json.loads(f.read_text())
+        except ValueError:
+            return {}
+    return {}
+
+
+# -- sections ---------------------------------------------------------------------------------
+def _header(meta: dict, rows: list[Row], points: list[Point]) -> str:
+    title = meta.get("title") or (rows[0].experiment if rows else "experiment")
+    out = [f"# {title}\n"]
+    facts = []
+    if meta.get("paper"):
+        facts.append(f"Reproduces: {meta['paper']}.")
+    if rows:
+        scale = meta.get("scale", rows[0].scale)
+        datasets = ", ".join(f"`{d}`" for d in sorted({r.dataset for r in rows}))
+        facts.append(f"Scale `{scale}` on {datasets}.")
+    seeds = sorted({r.seed for r in rows})
+    facts.append(f"Seeds: {len(seeds)}; accuracies are mean ± standard deviation over seeds, in %.")
+    out.append(" ".join(facts) + "\n")
+    if meta.get("description"):
+        out.append(meta["description"].strip() + "\n")
+    if meta.get("note"):
+        out.append(f"**This scale:** {meta['note'].strip()}\n")
+    for part in meta.get("parts", []):
+        if part.get("imp_levels", 0) > max(part.get("levels", [0])):
+            out.append(
+                f"On `{part['dataset']}`, tickets are compared at IMP levels {', '.join(map(str, part['levels']))}; "
+                f"IMP itself runs to level {part['imp_levels']}, so that transformed tickets, whose sparsity "
+                "drifts from their source level's, can be compared with IMP at their own sparsity.\n")
+    if meta.get("protocols"):
+        lines = [f"- `{m}`: {p}" for m, p in meta["protocols"].items()]
+        out.append("Training protocol per network (IMP rounds and every ticket's training):\n\n" + "\n".join(lines) + "\n")
+    if meta.get("command"):
+        out.append(f"Command: `{meta['command']}`\n")
+    return "\n".join(out)
+
+
+def _key_findings(comparisons: list[Comparison]) -> str:
+    if not comparisons:
+        return ""
+    rows = []
+    for c in comparisons:
+        rows.append([
+            short_name(c.target), short_name(c.source), str(c.level), f"{100 * c.sparsity:.2f}%",
+            f"{100 * c.accuracy:.2f}" + (f" ± {100 * c.accuracy_std:.2f}" if c.accuracy_std else ""),
+            reading(c.imp_at_sparsity), delta(c.accuracy, c.imp_at_sparsity),
+            c.best_baseline or "n/a", reading(c.baseline_at_sparsity), delta(c.accuracy, c.baseline_at_sparsity),
+        ])
+    head = ["target", "ETT from", "level", "ETT sparsity", "ETT acc", "IMP at that sparsity", "ETT − IMP",
+            "best baseline", "its acc at that sparsity", "ETT − baseline"]
+    text = (
+        "## ETT tickets against IMP and the best baseline at the same sparsity\n\n"
+        "Each ETT ticket is compared at its own actual sparsity: IMP's and each baseline's accuracy are read "
+        "there by linear interpolation along log density between their neighbouring points. ≈ marks a "
+        "reading up to half an IMP level beyond the other curve's last point (its end segment extended, or "
+        "its only point's value); n/a: further out. The best baseline is the one most accurate at that "
+        "sparsity.\n\n"
+    )
+    return text + table(head, rows)
+
+
+def _per_target_tables(points: list[Point], levels: list[int]) -> str:
+    out = ["## Accuracy per target network\n",
+           "Cells: test accuracy mean ± std (%) and, in parentheses, the tickets' actual mean sparsity. "
+           "Columns are IMP levels; baselines are matched to the sparsity of the target's own IMP ticket "
+           "at that level, ETT tickets keep whatever sparsity the transformation gives.\n"]
+    header = ["method"] + [f"level {lv} ({100 * nominal_sparsity(lv):.2f}%)" for lv in levels]
+    for target in targets_of(points):
+        cs = curves(points, target)
+        out.append(f"### {short_name(target)} (`{target}`)\n")
+        dense = cs.get(("dense", "", ""))
+        if dense:
+            out.append(f"Dense: {acc_cell(dense[0], with_sparsity=False)}\n")
+        rows = []
+        for key, pts in cs.items():
+            if key[0] == "dense":
+                continue
+            by_level = {p.level: p for p in pts}
+            rows.append([curve_label(key)] + [acc_cell(by_level[lv]) if lv in by_level else "" for lv in levels])
+        out.append(table(header, rows))
+    return "\n".join(out)
+
+
+def _imp_all_levels(points: list[Point]) -> str:
+    imp = [p for p in points if p.method == "imp"]
+    levels = sorted({p.level for p in imp})
+    if not levels:
+        return ""
+    rows = []
+    for target in targets_of(points):
+        by_level = {p.level: p for p in imp if p.target == target}
+        rows.append([short_name(target)] + [acc_cell(by_level[lv]) if lv in by_level else "" for lv in levels])
+    return ("## IMP at every level\n\n" + table(["target"] + [f"L{lv}" for lv in levels], rows))
+
+
+def _matrix(points: list[Point], levels: list[int]) -> str:
+    """Source x target matrices (the layout of the paper's Table 5): ETT accuracy, IMP on the diagonal."""
+    etts = [p for p in points if p.method == "ett"]
+    if not etts:
+        return ""
+    targets = targets_of(points)
+    sources = [t for t in targets if any(p.source == t for p in etts)]
+    out = ["## Source × target\n",
+           "Rows: the network IMP ran on; columns: the target. Off the diagonal, the accuracy of the "
+           "transformed ticket (its actual sparsity in parentheses); on the diagonal, IMP on the target "
+           "itself. The second table gives ETT − IMP with IMP read at the ETT ticket's sparsity.\n"]
+    idx = {(p.target, p.method, p.source, p.level): p for p in points}
+
+    for lv in levels:
+        acc_rows, gap_rows = [], []
+        for s in sources:
+            acc_row, gap_row = [short_name(s)], [short_name(s)]
+            for t in targets:
+                p = idx.get((t, "imp", "", lv)) if s == t else idx.get((t, "ett", s, lv))
+                acc_row.append(acc_cell(p) if p else "")
+                if s == t or p is None:
+                    gap_row.append("—" if s == t else "")
+                else:
+                    gap_row.append(delta(p.accuracy, read_at(imp_curve(points, t), p.sparsity)))
+            acc_rows.append(acc_row)
+            gap_rows.append(gap_row)
+        header = ["source \\ target"] + [short_name(t) for t in targets]
+        out.append(f"### Level {lv} (IMP sparsity {100 * nominal_sparsity(lv):.2f}%)\n")
+        out.append(table(header, acc_rows))
+        out.append("ETT − IMP at matched sparsity (points):\n")
+        out.append(table(header, gap_rows))
+    return "\n".join(out)
+
+
+def _compute(points: list[Point], levels: list[int]) -> str:
+    unit = dense_training_flops(points)
+    out = ["## Compute\n",
+           "FLOPs count multiply-adds × 2 of conv and linear layers over unpruned weights, 3 forward passes' "
+           "worth per training example. *Training* is the ticket's own training from its rewind point to "
+           "the end; *mask cost* is what finding the mask cost: for IMP and ETT tickets the dense training "
+           "to the rewind point plus every IMP round before the ticket's level (on the source network for "
+           "ETTs); for magnitude, SNIP, GraSP and SynFlow the dense training to the rewind point plus "
+           "scoring; random and reinit tickets reuse the layerwise sparsities or mask of the target's IMP "
+           "ticket, so they carry its mask cost. "
+           + (f"Normalised columns divide by one full dense training of the largest member ({flops(unit)}FLOP)." if unit else "")
+           + "\n"]
+    top = max(levels)
+    rows = []
+    for target in targets_of(points):
+        for key, pts in curves(points, target).items():
+            for p in pts:
+                if p.level != top and key[0] != "dense":
+                    continue
+                rows.append([short_name(target), curve_label(key), str(p.level), f"{100 * p.sparsity:.1f}%",
+                             f"{p.train_steps:.0f}", flops(p.train_flops), flops(p.mask_cost_flops),
+                             flops(p.total_flops), f"{p.total_flops / unit:.2f}" if unit else ""])
+    out.append(f"### Cost of each ticket at level {top} (dense for reference)\n")
+    out.append(table(["target", "method", "level", "sparsity", "training steps", "training FLOPs",
+                      "mask cost FLOPs", "total FLOPs", "total / dense"], rows))
+    savings = elth_savings(points)
+    if savings:
+        out.append("### The E-LTH saving: tickets for k+1 networks from one IMP run\n")
+        out.append("E-LTH: IMP on the source (mask cost and training of its own ticket) plus one training "
+                   "of the transformed ticket on each of the k targets. IMP each: IMP (mask cost and ticket "
+                   "training) on the source and on every target. Same level, same networks.\n")
+        rows = [[short_name(s.source), ", ".join(short_name(t) for t in s.targets), str(s.level),
+                 flops(s.elth_flops), flops(s.imp_each_flops), f"{s.ratio:.2f}x"] for s in savings]
+        out.append(table(["source", "targets", "level", "E-LTH FLOPs", "IMP-each FLOPs", "saving (IMP-each / E-LTH)"], rows))
+    return "\n".join(out)
+
+
+def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+    """Write `report.md` and its PNG figure; return the report's path.
+
+    `results_dir` is an experiment's output directory or a results file in one; the report goes to
+    `out_dir` (default: that directory).
+    """
+    source = Path(results_dir)
+    results_dir = source if source.is_dir() else source.parent
+    out = Path(out_dir) if out_dir else results_dir
+    rows = read_results(source)
+    meta = _meta(results_dir)
+    points = aggregate(rows)
+    levels = evaluated_levels(points)
+    title = meta.get("title", "")
+    if len(levels) == 1:
+        plot_single_level(points, out / FIGURE, title)
+        caption = f"Test accuracy at IMP level {levels[0]} per target network (mean ± std over seeds; bar labels give each ticket's actual sparsity; pruning baselines hatched)."
+    else:
+        plot_accuracy_vs_sparsity(points, out / FIGURE, title)
+        caption = "Test accuracy against actual sparsity per target network (mean ± std over seeds; pruning baselines dashed; dense network dotted)."
+    parts = [
+        _header(meta, rows, points),
+        f"![{caption}]({FIGURE})\n\n*{caption}*\n",
+        _key_findings(compare_ett(points)),
+        _matrix(points, levels),
+        _per_target_tables(points, levels),
+        _imp_all_levels(points),
+        _compute(points, levels),
+        "The raw rows (one per trained ticket and seed) are in `results.csv` and `results.jsonl`.\n",
+    ]
+    return write_text_atomic(out / REPORT, "\n".join(p for p in parts if p))
+
+
+def summary_text(rows: list[Row]) -> str:
+    """A plain-text table for the terminal: every target, method and compared level (and dense)."""
+    points = aggregate(rows)
+    levels = set(evaluated_levels(points))
+    lines = [f"{'target':<22} {'method':<28} {'level':>5} {'sparsity':>9} {'accuracy (%)':>15} {'seeds':>5}"]
+    for target in targets_of(points):
+        for key, pts in curves(points, target).items():
+            for p in pts:
+                if p.level not in levels and key[0] != "dense":
+                    continue
+                acc = f"{100 * p.accuracy:.2f}" + (f" ± {100 * p.accuracy_std:.2f}" if p.n > 1 else "")
+                lines.append(f"{short_name(target):<22} {curve_label(key):<28} {p.level:>5} "
+                             f"{100 * p.sparsity:>8.2f}% {acc:>15} {p.n:>5}")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""The tidy results table: one row per trained ticket, kept as JSON lines and CSV.
+
+Anyone can re-plot an experiment from `results.csv` alone. Columns:
+
+| column | meaning |
+|---|---|
+| experiment, scale, dataset | which experiment and where it ran |
+| target | the network the ticket is for |
+| method | dense, imp, ett, magnitude, snip, grasp, synflow, random, reinit, snip-extra |
+| source, strategy | ETTs (and snip-extra): the member the ticket came from and how (appending, ...) |
+| level | the IMP level the ticket corresponds to (0 = dense) |
+| sparsity | the ticket's actual sparsity (pruned fraction of all prunable weights) |
+| seed | the seed of the IMP run(s) and of training |
+| accuracy | test accuracy after training (fraction in [0, 1]) |
+| train_steps, train_flops | the ticket's own training (from its rewind point to the end) |
+| mask_cost_flops | what finding the mask cost: IMP rewind training and rounds for IMP and ETT tickets, the rewind training and scoring for pruning baselines |
+| ticket | the ticket file |
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from elth.errors import ElthError
+from elth.runs import write_text_atomic
+
+RESULTS_JSONL = "results.jsonl"
+RESULTS_CSV = "results.csv"
+
+#: methods that prune the target directly (drawn dashed in plots)
+PRUNING_BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra")
+
+
+@dataclass(frozen=True)
+class Row:
+    experiment: str
+    scale: str
+    dataset: str
+    target: str
+    method: str
+    source: str
+    strategy: str
+    level: int
+    sparsity: float
+    seed: int
+    accuracy: float
+    train_steps: int
+    train_flops: float
+    mask_cost_flops: float
+    ticket: str
+
+    @property
+    def total_flops(self) -> float:
+        return self.train_flops + self.mask_cost_flops
+
+
+COLUMNS = tuple(f.name for f in fields(Row))
+_TYPES = {f.name: f.type for f in fields(Row)}
+
+
+def _coerce(name: str, value) -> object:
+    kind = _TYPES[name]
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    return "" if value is None else str(value)
+
+
+def row_from_dict(d: dict) -> Row:
+    missing = [c for c in COLUMNS if c not in d]
+    if missing:
+        raise ElthError(f"results row lacks the columns {', '.join(missing)}")
+    return Row(**{c: _coerce(c, d[c]) for c in COLUMNS})
+
+
+def sort_key(r: Row) -> tuple:
+    order = {"dense": 0, "imp": 1, "ett": 2}
+    return (r.target, order.get(r.method, 3), r.method, r.source, r.level, r.seed)
+
+
+def write_results(rows: list[Row], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write `results.jsonl` and `results.csv` (atomically), rows in a stable order."""
+    out = Path(out_dir)
+    rows = sorted(rows, key=sort_key)
+    jsonl = "".join(json.dumps(asdict(r), sort_keys=False) + "\n" for r in rows)
+    p_jsonl = write_text_atomic(out / RESULTS_JSONL, jsonl)
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _csv_value(v) for k, v in asdict(r).items()})
+    p_csv = write_text_atomic(out / RESULTS_CSV, buf.getvalue())
+    return p_jsonl, p_csv
+
+
+def _csv_value(v):
+    if isinstance(v, float) and not math.isnan(v):
+        return repr(v)
+    return v
+
+
+def read_results(path: str | os.PathLike) -> list[Row]:
+    """Rows from a results directory (or a results.jsonl / results.csv file)."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / RESULTS_JSONL).is_file():
+            p = p / RESULTS_JSONL
+        elif (p / RESULTS_CSV).is_file():
+            p = p / RESULTS_CSV
+        else:
+            raise ElthError(f"{path}: no {RESULTS_JSONL} or {RESULTS_CSV} here (run `elth experiment` first)")
+    if not p.is_file():
+        raise ElthError(f"{path}: no such results file or directory")
+    try:
+        if p.suffix == ".csv":
+            with open(p, newline="") as f:
+                return [row_from_dict(d) for d in csv.DictReader(f)]
+        rows = []
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            if line.strip():
+                rows.append(row_from_dict(json.loads(line)))
+        return rows
+    except (ValueError, TypeError) as e:
+        raise ElthError(f"{p}: unreadable results table ({e})") from None

@@ -1,0 +1,370 @@
+"""Run an experiment: expand its spec, execute the runs (cached, resumable, optionally in parallel),
+and write the tidy results table.
+
+IMP runs go first (every other ticket derives from an IMP ticket: the source's for ETTs, the
+target's for the sparsity-matched baselines). Runs whose results are already in the store are read
+back, not trained; a failing run is reported with its traceback and the others go on; the
+experiment then ends with an error naming the failures.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from tqdm import tqdm
+
+from elth.errors import ElthError
+from elth.experiments.jobs import (
+    Context,
+    ImpOutcome,
+    LevelCost,
+    TicketOutcome,
+    imp_cached,
+    protocol_for,
+    rewind_for,
+    run_imp_job,
+    run_ticket_job,
+    ticket_cached,
+)
+from elth.experiments.results import Row, write_results
+from elth.experiments.spec import Experiment, ImpRun, Setup, TicketRun, expand
+from elth.runs import write_json_atomic
+
+META_FILE = "experiment.json"
+
+
+class ExperimentFailed(ElthError):
+    """Some runs of an experiment failed (the others finished and are kept)."""
+
+
+@dataclass
+class Outcome:
+    rows: list[Row]
+    out_dir: Path
+    trained: int = 0
+    cached: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Task:
+    label: str
+    fn: Callable
+    args: tuple
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class _Progress:
+    """'[i/N] label' lines, and with workers an overall bar (the runs' own bars are off then)."""
+
+    def __init__(self, total: int, enabled: bool, bar: bool):
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.bar = tqdm(total=total, desc="experiment runs", unit="run", file=sys.stderr,
+                        dynamic_ncols=True) if enabled and bar else None
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text, file=sys.stderr)
+
+    def start(self, label: str) -> None:
+        if self.bar is None:
+            self.say(f"[{self.done + 1}/{self.total}] {label}")
+
+    def finish(self, label: str, note: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.say(f"[{self.done}/{self.total}] {label}: {note}")
+        elif note:
+            self.say(f"        {label}: {note}")
+
+    def skip(self, label: str, note: str) -> None:
+        """A run that needs no work (read from the store) or cannot run: one line."""
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        self.say(f"[{self.done}/{self.total}] {label}: {note}")
+
+    def running(self, labels: list[str]) -> None:
+        """Show what the workers are busy with (the bar's postfix)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str("running: " + "; ".join(labels) if labels else "", refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def worker_threads(workers: int, threads: int | None = None) -> int:
+    """Torch threads per worker process: `threads`, else the cores shared out evenly."""
+    return threads if threads else max(1, (os.cpu_count() or 1) // workers)
+
+
+def _execute(tasks: list[_Task], workers: int, progress: _Progress, describe: Callable[[object], str],
+             threads: int | None = None):
+    """Run `tasks`; yields (task, result or None, error text or None) as they finish."""
+    if not tasks:
+        return
+    if workers <= 1:
+        for t in tasks:
+            progress.start(t.label)
+            try:
+                result = t.fn(*t.args)
+            except Exception:  # reported and counted; the other runs go on
+                err = traceback.format_exc()
+                progress.finish(t.label, "FAILED")
+                yield t, None, err
+                continue
+            progress.finish(t.label, describe(result))
+            yield t, result, None
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=_init_worker, initargs=(worker_threads(workers, threads),)) as pool:
+        futures = {pool.submit(t.fn, *t.args): t for t in tasks}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+            for fut in done:
+                t = futures[fut]
+                exc = fut.exception()
+                if exc is not None:
+                    err = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                    progress.finish(t.label, "FAILED")
+                    yield t, None, err
+                else:
+                    progress.finish(t.label, describe(fut.result()))
+                    yield t, fut.result(), None
+            progress.running([futures[f].label for f in pending if f.running()])
+
+
+def _describe_imp(o: ImpOutcome) -> str:
+    last = o.levels[-1]
+    return f"level {last.level} at {100 * last.sparsity:.2f}% sparsity: {100 * last.accuracy:.2f}%"
+
+
+def _describe_ticket(o: TicketOutcome) -> str:
+    return f"{100 * o.accuracy:.2f}% at {100 * o.sparsity:.2f}% sparsity ({o.seconds:.0f}s)"
+
+
+def context_for(setup: Setup, root: str | os.PathLike, *, data_dir=None, device=None, progress=True) -> Context:
+    return Context(
+        root=str(root), dataset=setup.dataset, data_dir=None if data_dir is None else str(data_dir),
+        device=device, preset=setup.preset, protocol=setup.protocol, rewind=setup.rewind,
+        prune_fraction=setup.prune_fraction, progress=progress,
+    )
+
+
+def run_experiment(
+    experiment: Experiment,
+    scale: str,
+    *,
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    seeds: int | None = None,
+    workers: int = 1,
+    data_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+    setups: tuple[Setup, ...] | None = None,
+    command: str | None = None,
+) -> Outcome:
+    """Execute every run of `experiment` at `scale` and write `results.jsonl`/`.csv` to `out_dir`.
+
+    `workers` > 1 runs independent runs in that many spawned processes with `threads` torch
+    threads each (default: the cores shared out); with one worker everything runs here, with
+    `threads` torch threads when given. `setups` replaces the spec's parts for `scale` (the demo
+    uses it to pick its dataset). Raises `ExperimentFailed` after writing the results of the runs
+    that finished.
+    """
+    if workers < 1:
+        raise ElthError(f"--workers must be at least 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise ElthError(f"--threads must be at least 1, got {threads}")
+    if workers == 1 and threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    start = time.time()
+    parts = tuple(s.with_seeds(seeds) for s in (setups or experiment.setups(scale)))
+    plans = [expand(s) for s in parts]
+    ctxs = [context_for(s, root, data_dir=data_dir, device=device, progress=progress and workers == 1)
+            for s in parts]
+    out = Path(out_dir)
+    total = sum(p.total for p in plans)
+    bar = _Progress(total, progress, bar=workers > 1)
+    outcome = Outcome(rows=[], out_dir=out)
+    bar.say(f"{experiment.name} ({scale}): {sum(len(p.imp) for p in plans)} IMP runs, "
+            f"{sum(len(p.tickets) for p in plans)} other tickets, {parts[0].seeds} seed(s); store {root}")
+    try:
+        imp = _run_imp_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.imp], workers, threads, bar,
+                             outcome)
+        tickets = _run_ticket_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.tickets], imp, workers,
+                                    threads, bar, outcome)
+    finally:
+        bar.close()
+    outcome.rows = _imp_rows(experiment.name, scale, imp) + _ticket_rows(experiment.name, scale, tickets)
+    outcome.seconds = time.time() - start
+    write_results(outcome.rows, out)
+    write_json_atomic(out / META_FILE, _meta(experiment, scale, parts, ctxs, outcome, command))
+    if outcome.failures:
+        for label, err in outcome.failures:
+            print(f"\n--- run failed: {label}\n{err}", file=sys.stderr)
+        names = "; ".join(label for label, _ in outcome.failures[:5])
+        more = f" and {len(outcome.failures) - 5} more" if len(outcome.failures) > 5 else ""
+        raise ExperimentFailed(
+            f"{len(outcome.failures)} of {total} runs failed ({names}{more}); the results of the others "
+            f"are in {out}, and a re-run retries only the failed ones"
+        )
+    return outcome
+
+
+def _dataset_name(ctx: Context) -> str:
+    from elth.experiments.jobs import dataset
+
+    return dataset(ctx).info.name
+
+
+ImpKey = tuple[str, str, int]  # (dataset, model, seed)
+
+
+def _run_imp_phase(runs: list[tuple[Context, ImpRun]], workers, threads, bar, outcome) -> dict[ImpKey, ImpOutcome]:
+    done: dict[ImpKey, ImpOutcome] = {}
+    todo = []
+    for ctx, run in runs:
+        if imp_cached(ctx, run):
+            done[(_dataset_name(ctx), run.model, run.seed)] = run_imp_job(ctx, run)
+            outcome.cached += 1
+            bar.skip(run.label, "read from the store")
+        else:
+            todo.append(_Task(run.label, run_imp_job, (ctx, run)))
+    for task, result, err in _execute(todo, workers, bar, _describe_imp, threads):
+        if err is not None:
+            outcome.failures.append((task.label, err))
+        else:
+            done[(_dataset_name(task.args[0]), result.model, result.seed)] = result
+            outcome.trained += 1
+    return done
+
+
+def _bases(ctx: Context, run: TicketRun, imp: dict) -> tuple[LevelCost, LevelCost] | str:
+    """(basis, like) of a ticket run, or why it cannot run."""
+    ds = _dataset_name(ctx)
+    target = imp.get((ds, run.target, run.seed))
+    source = imp.get((ds, run.source, run.seed)) if run.source else target
+    if target is None or source is None:
+        missing = run.target if target is None else run.source
+        return f"skipped: IMP on {missing} (seed {run.seed}) failed"
+    if len(source.levels) <= run.level or len(target.levels) <= run.level:
+        return f"skipped: IMP did not reach level {run.level}"
+    return source.levels[run.level], target.levels[run.level]
+
+
+TicketKey = tuple[str, TicketRun]  # (dataset, run)
+
+
+def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, workers, threads, bar, outcome) -> dict[TicketKey, TicketOutcome]:
+    done: dict[TicketKey, TicketOutcome] = {}
+    todo = []
+    for ctx, run in runs:
+        bases = _bases(ctx, run, imp)
+        if isinstance(bases, str):
+            outcome.failures.append((run.label, bases))
+            bar.skip(run.label, bases)
+            continue
+        cached = ticket_cached(ctx, run, *bases)
+        if cached is not None:
+            done[(_dataset_name(ctx), run)] = cached
+            outcome.cached += 1
+            bar.skip(run.label, "read from the store")
+        else:
+            todo.append(_Task(run.label, run_ticket_job, (ctx, run, *bases)))
+    for task, result, err in _execute(todo, workers, bar, _describe_ticket, threads):
+        ctx, run = task.args[0], task.args[1]
+        if err is not None:
+            outcome.failures.append((task.label, err))
+        else:
+            done[(_dataset_name(ctx), run)] = result
+            outcome.trained += 1
+    return done
+
+
+def _imp_rows(name: str, scale: str, imp: dict) -> list[Row]:
+    rows = []
+    for (dataset, model, seed), o in imp.items():
+        for lv in o.levels:
+            rows.append(Row(
+                experiment=name, scale=scale, dataset=dataset, target=model,
+                method="dense" if lv.level == 0 else "imp", source="", strategy="", level=lv.level,
+                sparsity=lv.sparsity, seed=seed, accuracy=lv.accuracy, train_steps=lv.train_steps,
+                train_flops=lv.train_flops, mask_cost_flops=lv.mask_cost_flops, ticket=lv.ticket,
+            ))
+    return rows
+
+
+def _strategy(run: TicketRun) -> str:
+    if not run.source:
+        return ""
+    from elth.experiments.spec import is_stretch
+
+    return run.order if is_stretch(run.source, run.target) else run.squeeze_mode
+
+
+def _ticket_rows(name: str, scale: str, tickets: dict) -> list[Row]:
+    rows = []
+    for (dataset, run), o in tickets.items():
+        rows.append(Row(
+            experiment=name, scale=scale, dataset=dataset, target=run.target, method=run.method,
+            source=run.source, strategy=_strategy(run), level=run.level, sparsity=o.sparsity, seed=run.seed,
+            accuracy=o.accuracy, train_steps=o.train_steps, train_flops=o.train_flops,
+            mask_cost_flops=o.mask_cost_flops, ticket=o.ticket,
+        ))
+    return rows
+
+
+def describe_protocol(ctx: Context, model: str) -> str:
+    p = protocol_for(ctx, model)
+    decay = f", x{p.gamma} at {', '.join(p.milestones)}" if p.milestones else ", constant LR"
+    warm = f", warmup {p.warmup}" if p.warmup not in ("0", "0it") else ""
+    return (f"{p.length} at batch {p.batch_size}, SGD lr {p.lr} (momentum {p.momentum}, weight decay "
+            f"{p.weight_decay}){decay}{warm}; rewind to {rewind_for(ctx, model)}")
+
+
+def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, command) -> dict:
+    return {
+        "name": experiment.name,
+        "title": experiment.title,
+        "paper": experiment.paper,
+        "description": experiment.description,
+        "scale": scale,
+        "note": " ".join(s.note for s in parts if s.note),
+        "parts": [
+            {
+                "dataset": s.dataset,
+                "members": list(s.members),
+                "levels": list(s.levels),
+                "imp_levels": s.imp_levels,
+                "seeds": s.seeds,
+                "transfers": [asdict(t) for t in s.expand_transfers()],
+                "baselines": list(s.baselines),
+            }
+            for s in parts
+        ],
+        "protocols": {m: describe_protocol(c, m) for s, c in zip(parts, ctxs) for m in s.members},
+        "command": command or "",
+        "wall_seconds": round(outcome.seconds, 1),
+        "runs": {"trained": outcome.trained, "cached": outcome.cached, "failed": len(outcome.failures)},
+    }

@@ -1,0 +1,218 @@
+"""Experiments as declarative specs: what to run, at each scale, and nothing about how.
+
+An `Experiment` names a figure or table of the paper and holds one `Setup` per scale:
+
+- `paper`: the paper's protocol exactly (Table 4; CIFAR-10 for ResNets/VGGs, MNIST for MLPs);
+- `cpu`: a reduced protocol a 2-core CPU finishes in a few hours on Fashion-MNIST (fewer epochs,
+  narrower networks, the same IMP fraction and rewinding);
+- `smoke`: seconds on synthetic data, for tests.
+
+A setup (one part of an experiment at one scale, on one dataset) lists the family members (every member is a target; IMP runs on each), the IMP levels at
+which tickets are compared (level L has sparsity 1 - 0.8^L), the transfers, the baselines and the
+number of seeds. `expand` turns it into the runs the runner executes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from elth.errors import ElthError
+from elth.models import parse_model_name
+
+SCALES = ("paper", "cpu", "smoke")
+#: `Setup.transfers` shorthand: every source to every other member.
+ALL_PAIRS = "all"
+#: Baseline methods a setup may list (see `elth.sparsity` for each one's definition).
+BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra")
+STRETCH_ORDERS = ("appending", "interpolation")
+SQUEEZE_MODES = ("consecutive", "interval")
+
+
+class SpecError(ElthError, ValueError):
+    """An experiment spec or a request for one that cannot be run."""
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One elastic ticket transformation: source member's IMP tickets -> target member."""
+
+    source: str
+    target: str
+    order: str = "appending"  # how a stretch orders its replicas
+    squeeze_mode: str = "consecutive"  # how a squeeze drops units
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One scale of an experiment."""
+
+    dataset: str
+    members: tuple[str, ...]
+    levels: tuple[int, ...]
+    #: training preset name (None: elth's default for each model and dataset)
+    preset: str | None = None
+    #: protocol fields that replace the preset's, as (field, value) pairs
+    protocol: tuple[tuple[str, object], ...] = ()
+    #: rewind point (None: elth's default for each model: 1000it ResNets, 200it VGGs, ...)
+    rewind: str | None = None
+    prune_fraction: float = 0.2
+    #: IMP runs this many levels past the deepest compared level: transformed tickets' sparsity
+    #: drifts (stretching adds copies of sparse units), and IMP's curve must reach it to be read there
+    imp_beyond: int = 1
+    #: members whose IMP tickets are transferred (None: every member)
+    sources: tuple[str, ...] | None = None
+    transfers: tuple[Transfer, ...] | str = ALL_PAIRS
+    order: str = "appending"
+    squeeze_mode: str = "consecutive"
+    baselines: tuple[str, ...] = ()
+    seeds: int = 3
+    #: what this scale changes with respect to the paper, in one or two sentences
+    note: str = ""
+
+    @property
+    def max_level(self) -> int:
+        return max(self.levels)
+
+    @property
+    def imp_levels(self) -> int:
+        """How deep IMP runs on every member."""
+        return self.max_level + self.imp_beyond
+
+    def source_members(self) -> tuple[str, ...]:
+        return self.members if self.sources is None else self.sources
+
+    def expand_transfers(self) -> tuple[Transfer, ...]:
+        if self.transfers == ALL_PAIRS:
+            return tuple(
+                Transfer(s, t, self.order, self.squeeze_mode)
+                for s in self.source_members()
+                for t in self.members
+                if t != s
+            )
+        return tuple(self.transfers)
+
+    def with_seeds(self, seeds: int | None) -> "Setup":
+        return self if seeds is None else replace(self, seeds=seeds)
+
+    def validate(self) -> None:
+        if not self.members:
+            raise SpecError("a setup needs at least one member")
+        for m in self.members:
+            parse_model_name(m)
+        if len(set(self.members)) != len(self.members):
+            raise SpecError(f"members listed twice: {self.members}")
+        if not self.levels or min(self.levels) < 1:
+            raise SpecError(f"IMP levels must be positive, got {self.levels}")
+        if self.imp_beyond < 0:
+            raise SpecError(f"imp_beyond must be >= 0, got {self.imp_beyond}")
+        if self.seeds < 1:
+            raise SpecError(f"the number of seeds must be positive, got {self.seeds}")
+        for s in self.source_members():
+            if s not in self.members:
+                raise SpecError(f"source {s!r} is not a member of the setup")
+        if self.transfers != ALL_PAIRS and isinstance(self.transfers, str):
+            raise SpecError(f"transfers must be a tuple of Transfer or {ALL_PAIRS!r}, got {self.transfers!r}")
+        for t in self.expand_transfers():
+            for name in (t.source, t.target):
+                if name not in self.members:
+                    raise SpecError(f"transfer {t.source} -> {t.target}: {name!r} is not a member")
+            if t.order not in STRETCH_ORDERS:
+                raise SpecError(f"unknown stretch order {t.order!r} (one of {', '.join(STRETCH_ORDERS)})")
+            if t.squeeze_mode not in SQUEEZE_MODES:
+                raise SpecError(f"unknown squeeze mode {t.squeeze_mode!r} (one of {', '.join(SQUEEZE_MODES)})")
+        for b in self.baselines:
+            if b not in BASELINES:
+                raise SpecError(f"unknown baseline {b!r} (one of {', '.join(BASELINES)})")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A figure or table of the paper: per scale, one or more parts (a part has one dataset)."""
+
+    name: str
+    title: str
+    #: where the paper shows it ("Figure 6", "Appendix C, Table 5")
+    paper: str
+    description: str
+    scales: tuple[tuple[str, tuple[Setup, ...]], ...] = field(default=())
+
+    def scale_names(self) -> tuple[str, ...]:
+        return tuple(s for s, _ in self.scales)
+
+    def setups(self, scale: str) -> tuple[Setup, ...]:
+        for name, setups in self.scales:
+            if name == scale:
+                return setups
+        raise SpecError(
+            f"experiment {self.name!r} has no {scale!r} scale (it has {', '.join(self.scale_names())})"
+        )
+
+
+# -- expansion into runs ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImpRun:
+    """IMP with rewinding on one member and seed, to the setup's deepest level."""
+
+    model: str
+    seed: int
+    levels: int
+
+    @property
+    def label(self) -> str:
+        return f"imp {self.model} seed {self.seed} ({self.levels} levels)"
+
+
+@dataclass(frozen=True)
+class TicketRun:
+    """Make one ticket for `target` (an ETT or a baseline at an IMP level's sparsity), then train it."""
+
+    method: str  # "ett" or a baseline name
+    target: str
+    level: int
+    seed: int
+    source: str = ""  # ETTs and snip-extra: the source member
+    order: str = ""
+    squeeze_mode: str = ""
+
+    @property
+    def label(self) -> str:
+        src = f" <- {self.source}" if self.source else ""
+        return f"{self.method} {self.target}{src} level {self.level} seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    imp: tuple[ImpRun, ...]
+    tickets: tuple[TicketRun, ...]
+
+    @property
+    def total(self) -> int:
+        return len(self.imp) + len(self.tickets)
+
+
+def is_stretch(source: str, target: str) -> bool:
+    """Whether `target` is deeper than `source` (more units in total)."""
+    a, b = parse_model_name(source), parse_model_name(target)
+    return b.depth + b.fc_layers > a.depth + a.fc_layers
+
+
+def expand(setup: Setup) -> Plan:
+    """Every run a setup needs: IMP per (member, seed), then ETTs and baselines per level and seed."""
+    setup.validate()
+    seeds = range(setup.seeds)
+    imp = tuple(ImpRun(m, s, setup.imp_levels) for s in seeds for m in setup.members)
+    tickets: list[TicketRun] = []
+    transfers = setup.expand_transfers()
+    for s in seeds:
+        for level in sorted(setup.levels):
+            for t in transfers:
+                tickets.append(TicketRun("ett", t.target, level, s, t.source, t.order, t.squeeze_mode))
+            for target in setup.members:
+                for b in setup.baselines:
+                    if b == "snip-extra":
+                        # Only defined for stretching: one run per source shallower than the target.
+                        for t in transfers:
+                            if t.target == target and is_stretch(t.source, t.target):
+                                tickets.append(TicketRun(b, target, level, s, t.source, t.order, t.squeeze_mode))
+                    else:
+                        tickets.append(TicketRun(b, target, level, s))
+    return Plan(imp, tuple(tickets))

@@ -1,0 +1,137 @@
+"""The whole pipeline at smoke scale: `elth experiment`, the store's reuse, workers, failures."""
+import dataclasses
+import json
+import shutil
+import sys
+
+import pytest
+
+from elth.cli import main
+from elth.experiments import get_experiment, read_results, run_experiment
+from elth.experiments.runner import ExperimentFailed
+from elth.experiments.spec import Setup, Transfer, expand
+from elth.tickets import load_ticket
+
+SMOKE = get_experiment("smoke")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("smoke")
+    store, out = base / "store", base / "out"
+    code = main(["experiment", "smoke", "--scale", "smoke", "--seeds", "1", "--threads", "1",
+                 "--root", str(store), "--out", str(out), "--no-progress"])
+    assert code == 0
+    return store, out
+
+
+def _key(r):
+    return (r.target, r.method, r.source, r.level, r.seed)
+
+
+def test_smoke_experiment_writes_the_table_and_the_report(smoke_run):
+    store, out = smoke_run
+    setup = SMOKE.setups("smoke")[0].with_seeds(1)
+    rows = read_results(out)
+    members = setup.members
+    imp_levels = setup.imp_levels
+    # IMP: level 0 is the dense network, then one row per level, for each member.
+    assert sorted((r.target, r.level) for r in rows if r.method in ("dense", "imp")) == sorted(
+        (m, lv) for m in members for lv in range(imp_levels + 1))
+    assert {r.level for r in rows if r.method == "dense"} == {0}
+    plan = expand(setup)
+    tickets = {(r.target, r.method, r.source, r.level) for r in rows if r.method not in ("dense", "imp")}
+    assert tickets == {(t.target, t.method, t.source, t.level) for t in plan.tickets}
+    assert {r.source for r in rows if r.method == "ett"} == {"mlp_2"}
+    assert {r.strategy for r in rows if r.method == "ett"} == {"appending", "consecutive"}
+    by_key = {_key(r): r for r in rows}
+    for r in rows:
+        assert 0.0 <= r.accuracy <= 1.0 and r.train_steps > 0 and r.train_flops > 0
+        if r.method in ("snip", "random"):
+            # sparsity-matched to the target's IMP ticket at the same level, to the weight
+            imp = by_key[(r.target, "imp", "", r.level, r.seed)]
+            assert r.sparsity == pytest.approx(imp.sparsity, abs=1e-4)
+        if r.method == "ett":
+            # the ticket's own sparsity (a squeeze or stretch moves it off the source level's)
+            assert r.sparsity != pytest.approx(1 - 0.8 ** r.level, abs=1e-4)
+            src = by_key[(r.source, "imp", "", r.level, r.seed)]
+            assert r.mask_cost_flops == pytest.approx(src.mask_cost_flops)
+    imp = sorted((r for r in rows if r.target == "mlp_2" and r.method in ("dense", "imp")), key=lambda r: r.level)
+    assert all(b.mask_cost_flops == pytest.approx(a.mask_cost_flops + a.train_flops) for a, b in zip(imp, imp[1:]))
+    assert (out / "results.csv").is_file() and (out / "report.md").is_file()
+    assert (out / "accuracy_vs_sparsity.png").stat().st_size > 10_000
+    meta = json.loads((out / "experiment.json").read_text())
+    assert meta["runs"]["failed"] == 0 and meta["runs"]["trained"] == plan.total
+
+
+def test_a_finished_experiment_is_read_back_without_training(smoke_run, monkeypatch, tmp_path):
+    store, out = smoke_run
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("elth") and hasattr(module, "train"):
+            if getattr(module.train, "__name__", "") == "train":
+                monkeypatch.setattr(module, "train", no_training)
+    outcome = run_experiment(SMOKE, "smoke", root=store, out_dir=tmp_path, seeds=1, progress=False)
+    assert outcome.trained == 0 and outcome.cached == expand(SMOKE.setups("smoke")[0].with_seeds(1)).total
+    assert sorted(outcome.rows, key=_key) == sorted(read_results(out), key=_key)
+
+
+def test_interrupted_work_is_redone_alone(smoke_run, tmp_path):
+    store, out = smoke_run
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    # As if killed after the ticket was made but before its training finished.
+    ticket_dir = sorted(copy.glob("ticket-*"))[0]
+    (ticket_dir / "result.json").unlink()
+    ticket = load_ticket(ticket_dir / "ticket.safetensors")
+    for train_dir in copy.glob("train-*"):
+        if json.loads((train_dir / "hparams.json").read_text())["ticket"] == ticket.content_hash():
+            shutil.rmtree(train_dir)
+    outcome = run_experiment(SMOKE, "smoke", root=copy, out_dir=tmp_path / "out", seeds=1, progress=False)
+    assert outcome.trained == 1
+    ours = {_key(r): dataclasses.replace(r, ticket="") for r in outcome.rows}
+    assert ours == {_key(r): dataclasses.replace(r, ticket="") for r in read_results(out)}
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_same_results(smoke_run, tmp_path):
+    _, out = smoke_run
+    # Part of the smoke experiment, in a new store: every run is done again, in two spawned processes.
+    part = dataclasses.replace(SMOKE.setups("smoke")[0], members=("mlp_2", "mlp_3"), levels=(1,),
+                               baselines=("random",), seeds=1)
+    outcome = run_experiment(SMOKE, "smoke", root=tmp_path / "store", out_dir=tmp_path / "out", workers=2,
+                             threads=1, setups=(part,), progress=False)
+    assert outcome.trained == expand(part).total == 5
+    ours = {_key(r): r for r in read_results(tmp_path / "out")}
+    theirs = {_key(r): r for r in read_results(out)}
+    assert set(ours) <= set(theirs) and len(ours) == 2 * 3 + 1 + 2
+    for k, r in ours.items():
+        assert dataclasses.replace(r, ticket="") == dataclasses.replace(theirs[k], ticket="")
+
+
+def test_failing_runs_are_reported_and_the_others_kept(smoke_run, tmp_path, capsys):
+    store, _ = smoke_run
+    smoke = SMOKE.setups("smoke")[0]
+    # MLP-1's single hidden layer is its transition unit: there is nothing to stretch into MLP-2.
+    bad = Setup(dataset=smoke.dataset, members=("mlp_1", "mlp_2"), levels=(1,), preset="smoke",
+                transfers=(Transfer("mlp_1", "mlp_2"), Transfer("mlp_2", "mlp_1")), seeds=1)
+    with pytest.raises(ExperimentFailed, match="1 of 4 runs failed.*ett mlp_2 <- mlp_1"):
+        run_experiment(SMOKE, "smoke", root=store, out_dir=tmp_path, setups=(bad,), threads=1)
+    err = capsys.readouterr().err
+    assert "run failed: ett mlp_2 <- mlp_1" in err and "Traceback" in err
+    rows = read_results(tmp_path)
+    assert {(r.method, r.target) for r in rows if r.method == "ett"} == {("ett", "mlp_1")}
+
+
+def test_cli_errors_and_listing(capsys):
+    assert main(["experiment", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "resnet_family" in listing and "fc_table5" in listing and "Table 5" in listing
+    assert main(["experiment", "fc_table5", "--scale", "cpu", "--dry-run"]) == 0
+    assert "72 runs in all" in capsys.readouterr().out
+    assert main(["experiment", "smoke", "--scale", "paper"]) == 2
+    assert "no 'paper' scale" in capsys.readouterr().err
+    assert main(["experiment"]) == 2
