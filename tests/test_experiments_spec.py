@@ -1,5 +1,6 @@
 """Experiment specs: expansion into runs, validation, and the shipped specs' consistency."""
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -32,6 +33,17 @@ def test_expansion_counts_all_pairs():
     assert len(baselines) == 3 * 3 * 2 * 2  # members x methods x levels x seeds
     assert plan.total == 6 + 16 + 36
     assert len(set(plan.tickets)) == len(plan.tickets)
+
+
+def test_baselines_at_their_own_levels():
+    s = _setup(sources=("mlp_2",), levels=(2,), baseline_levels=(1, 2, 3), baselines=("snip",), seeds=1,
+               imp_beyond=0)
+    plan = expand(s)
+    assert {r.levels for r in plan.imp} == {3}  # deep enough for every baseline level
+    assert sorted({r.level for r in plan.tickets if r.method == "ett"}) == [2]
+    assert sorted(r.level for r in plan.tickets if r.method == "snip" and r.target == "mlp_1") == [1, 2, 3]
+    with pytest.raises(ElthError, match="baseline levels"):
+        expand(_setup(baseline_levels=(0,)))
 
 
 def test_explicit_transfers_and_strategies():
@@ -72,9 +84,10 @@ def test_unknown_experiment_and_scale():
         get_experiment("smoke").setups("cpu")
 
 
-def _stage_lengths(model: str, info_shape) -> tuple[int, ...]:
+@functools.lru_cache(maxsize=None)
+def _skeleton(model: str):
     with torch.device("meta"):
-        return build_model(model, info_shape, 10, seed=None).structure().stage_lengths
+        return build_model(model, (3, 32, 32), 10, seed=None)
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
@@ -87,9 +100,10 @@ def test_shipped_specs_expand_and_every_transfer_has_a_plan(name):
             assert plan.imp and plan.total > len(plan.imp)
             for t in setup.expand_transfers():
                 # Raises PlanError if the strategy cannot transform source into target.
-                plan = make_plan(_stage_lengths(t.source, (3, 32, 32)), _stage_lengths(t.target, (3, 32, 32)),
+                source, target = _skeleton(t.source), _skeleton(t.target)
+                plan = make_plan(source.structure().stage_lengths, target.structure().stage_lengths,
                                  order=t.order, squeeze_mode=t.squeeze_mode)
-                validate_plan(plan, t.source, t.target)
+                validate_plan(plan, source, target)
 
 
 def test_a_resnet_with_one_block_per_stage_cannot_be_a_source():

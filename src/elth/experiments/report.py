@@ -268,7 +268,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
         _header(meta, rows, points),
         f"![{caption}]({FIGURE})\n\n*{caption}*\n",
         _key_findings(compare_ett(points)),
-        _matrix(points, levels),
+        _matrix(points, sorted({p.level for p in points if p.method == "ett"})),
         _per_target_tables(points, levels),
         _imp_all_levels(points),
         _compute(points, levels),

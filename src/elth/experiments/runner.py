@@ -8,6 +8,7 @@ experiment then ends with an error naming the failures.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -113,12 +114,20 @@ def worker_threads(workers: int, threads: int | None = None) -> int:
     return threads if threads else max(1, (os.cpu_count() or 1) // workers)
 
 
-def _execute(tasks: list[_Task], workers: int, progress: _Progress, describe: Callable[[object], str],
-             threads: int | None = None):
-    """Run `tasks`; yields (task, result or None, error text or None) as they finish."""
+def _pool(workers: int, threads: int | None):
+    """The worker processes (spawned, so no state leaks in), or nothing for one worker."""
+    if workers <= 1:
+        return contextlib.nullcontext(None)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                               initializer=_init_worker, initargs=(worker_threads(workers, threads),))
+
+
+def _execute(tasks: list[_Task], pool: ProcessPoolExecutor | None, progress: _Progress,
+             describe: Callable[[object], str]):
+    """Run `tasks` (here, or in `pool`); yields (task, result or None, error text or None) as they finish."""
     if not tasks:
         return
-    if workers <= 1:
+    if pool is None:
         for t in tasks:
             progress.start(t.label)
             try:
@@ -131,23 +140,21 @@ def _execute(tasks: list[_Task], workers: int, progress: _Progress, describe: Ca
             progress.finish(t.label, describe(result))
             yield t, result, None
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=_init_worker, initargs=(worker_threads(workers, threads),)) as pool:
-        futures = {pool.submit(t.fn, *t.args): t for t in tasks}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
-            for fut in done:
-                t = futures[fut]
-                exc = fut.exception()
-                if exc is not None:
-                    err = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                    progress.finish(t.label, "FAILED")
-                    yield t, None, err
-                else:
-                    progress.finish(t.label, describe(fut.result()))
-                    yield t, fut.result(), None
-            progress.running([futures[f].label for f in pending if f.running()])
+    futures = {pool.submit(t.fn, *t.args): t for t in tasks}
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+        for fut in done:
+            t = futures[fut]
+            exc = fut.exception()
+            if exc is not None:
+                err = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                progress.finish(t.label, "FAILED")
+                yield t, None, err
+            else:
+                progress.finish(t.label, describe(fut.result()))
+                yield t, fut.result(), None
+        progress.running([futures[f].label for f in pending if f.running()])
 
 
 def _describe_imp(o: ImpOutcome) -> str:
@@ -210,10 +217,10 @@ def run_experiment(
     bar.say(f"{experiment.name} ({scale}): {sum(len(p.imp) for p in plans)} IMP runs, "
             f"{sum(len(p.tickets) for p in plans)} other tickets, {parts[0].seeds} seed(s); store {root}")
     try:
-        imp = _run_imp_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.imp], workers, threads, bar,
-                             outcome)
-        tickets = _run_ticket_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.tickets], imp, workers,
-                                    threads, bar, outcome)
+        with _pool(workers, threads) as pool:
+            imp = _run_imp_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.imp], pool, bar, outcome)
+            tickets = _run_ticket_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.tickets], imp, pool,
+                                        bar, outcome)
     finally:
         bar.close()
     outcome.rows = _imp_rows(experiment.name, scale, imp) + _ticket_rows(experiment.name, scale, tickets)
@@ -241,7 +248,7 @@ def _dataset_name(ctx: Context) -> str:
 ImpKey = tuple[str, str, int]  # (dataset, model, seed)
 
 
-def _run_imp_phase(runs: list[tuple[Context, ImpRun]], workers, threads, bar, outcome) -> dict[ImpKey, ImpOutcome]:
+def _run_imp_phase(runs: list[tuple[Context, ImpRun]], pool, bar, outcome) -> dict[ImpKey, ImpOutcome]:
     done: dict[ImpKey, ImpOutcome] = {}
     todo = []
     for ctx, run in runs:
@@ -251,7 +258,7 @@ def _run_imp_phase(runs: list[tuple[Context, ImpRun]], workers, threads, bar, ou
             bar.skip(run.label, "read from the store")
         else:
             todo.append(_Task(run.label, run_imp_job, (ctx, run)))
-    for task, result, err in _execute(todo, workers, bar, _describe_imp, threads):
+    for task, result, err in _execute(todo, pool, bar, _describe_imp):
         if err is not None:
             outcome.failures.append((task.label, err))
         else:
@@ -276,7 +283,7 @@ def _bases(ctx: Context, run: TicketRun, imp: dict) -> tuple[LevelCost, LevelCos
 TicketKey = tuple[str, TicketRun]  # (dataset, run)
 
 
-def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, workers, threads, bar, outcome) -> dict[TicketKey, TicketOutcome]:
+def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, outcome) -> dict[TicketKey, TicketOutcome]:
     done: dict[TicketKey, TicketOutcome] = {}
     todo = []
     for ctx, run in runs:
@@ -292,7 +299,7 @@ def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, workers, threa
             bar.skip(run.label, "read from the store")
         else:
             todo.append(_Task(run.label, run_ticket_job, (ctx, run, *bases)))
-    for task, result, err in _execute(todo, workers, bar, _describe_ticket, threads):
+    for task, result, err in _execute(todo, pool, bar, _describe_ticket):
         ctx, run = task.args[0], task.args[1]
         if err is not None:
             outcome.failures.append((task.label, err))

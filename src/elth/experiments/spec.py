@@ -64,13 +64,20 @@ class Setup:
     order: str = "appending"
     squeeze_mode: str = "consecutive"
     baselines: tuple[str, ...] = ()
+    #: IMP levels at which the baselines are made (None: `levels`); more levels around the compared
+    #: ones let ETT tickets, whose sparsity drifts, be compared with the baselines by interpolation
+    baseline_levels: tuple[int, ...] | None = None
     seeds: int = 3
     #: what this scale changes with respect to the paper, in one or two sentences
     note: str = ""
 
     @property
     def max_level(self) -> int:
-        return max(self.levels)
+        return max(self.levels + self.levels_of_baselines)
+
+    @property
+    def levels_of_baselines(self) -> tuple[int, ...]:
+        return self.levels if self.baseline_levels is None else self.baseline_levels
 
     @property
     def imp_levels(self) -> int:
@@ -102,6 +109,8 @@ class Setup:
             raise SpecError(f"members listed twice: {self.members}")
         if not self.levels or min(self.levels) < 1:
             raise SpecError(f"IMP levels must be positive, got {self.levels}")
+        if self.baseline_levels is not None and (not self.baseline_levels or min(self.baseline_levels) < 1):
+            raise SpecError(f"baseline levels must be positive, got {self.baseline_levels}")
         if self.imp_beyond < 0:
             raise SpecError(f"imp_beyond must be >= 0, got {self.imp_beyond}")
         if self.seeds < 1:
@@ -203,16 +212,19 @@ def expand(setup: Setup) -> Plan:
     tickets: list[TicketRun] = []
     transfers = setup.expand_transfers()
     for s in seeds:
-        for level in sorted(setup.levels):
-            for t in transfers:
-                tickets.append(TicketRun("ett", t.target, level, s, t.source, t.order, t.squeeze_mode))
+        for level in sorted(set(setup.levels) | set(setup.levels_of_baselines)):
+            if level in setup.levels:
+                for t in transfers:
+                    tickets.append(TicketRun("ett", t.target, level, s, t.source, t.order, t.squeeze_mode))
             for target in setup.members:
                 for b in setup.baselines:
                     if b == "snip-extra":
-                        # Only defined for stretching: one run per source shallower than the target.
-                        for t in transfers:
-                            if t.target == target and is_stretch(t.source, t.target):
-                                tickets.append(TicketRun(b, target, level, s, t.source, t.order, t.squeeze_mode))
-                    else:
+                        # Tied to the transfers: one run per source shallower than the target.
+                        if level in setup.levels:
+                            for t in transfers:
+                                if t.target == target and is_stretch(t.source, t.target):
+                                    tickets.append(TicketRun(b, target, level, s, t.source, t.order,
+                                                             t.squeeze_mode))
+                    elif level in setup.levels_of_baselines:
                         tickets.append(TicketRun(b, target, level, s))
     return Plan(imp, tuple(tickets))
