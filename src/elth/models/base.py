@@ -26,7 +26,7 @@ class ElasticModel(nn.Module):
         self.num_classes = num_classes
 
     def structure(self) -> ElasticStructure:  # pragma: no cover - every subclass overrides
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} does not describe its elastic structure")
 
     @property
     def output_layer(self) -> str:
