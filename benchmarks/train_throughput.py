@@ -11,10 +11,12 @@ Cases, for each model (batch 128, 32x32x3 in-memory synthetic data):
 * (with --untuned-malloc) elth with `ELTH_MALLOC_TUNING=0`, to show what the allocator settings buy.
 
 Each case runs in its own worker process (elth's allocator settings are process-wide, so the plain
-loop must not inherit them); the workers take turns, never run at once, round after round, so
-background load hits all cases alike. Each round times every one of `--steps` steps after
-`--warmup` untimed ones. Reported: images/s from the median step time over all rounds (robust to
-steps slowed by other processes), the mean as well, and the ratios elth/plain and masked/elth.
+loop must not inherit them); the workers take turns, never run at once, in an order that rotates
+from round to round, so background load hits all cases alike. Each round times every one of
+`--steps` steps after `--warmup` untimed ones. Reported: images/s from the median step time over
+all rounds (robust to steps slowed by other processes), the mean as well, and the ratios
+elth/plain and masked/elth. On a busy machine, `--threads 1 --clock cpu` measures CPU time
+instead, which other processes barely disturb.
 
     python benchmarks/train_throughput.py                  # both models, a few minutes on 2 cores
     python benchmarks/train_throughput.py --models cifar_resnet_20 --steps 20 --rounds 5
@@ -106,9 +108,9 @@ def _worker(conn, case: str, model_name: str, warmup: int, steps: int, sparsity:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="cifar_resnet_20,cifar_resnet_56", help="comma-separated model names")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per case and round (default 8)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each timing, at least 1 (default 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of alternating cases (default 3)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per case and round (default 4)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before each timing, at least 1 (default 1)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of alternating cases (default 6)")
     parser.add_argument("--sparsity", type=float, default=0.8, help="sparsity of the masked case (default 0.8)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads in every case (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -146,8 +148,10 @@ def main() -> None:
             workers[case] = (proc, parent)
         times: dict[str, list[float]] = {k: [] for k in names}
         try:
-            for _ in range(args.rounds):
-                for case, (_, conn) in workers.items():
+            for r in range(args.rounds):
+                order = names[r % len(names):] + names[: r % len(names)]  # each case leads in turn
+                for case in order:
+                    conn = workers[case][1]
                     conn.send("run")
                     times[case].extend(conn.recv())
         finally:
