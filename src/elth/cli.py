@@ -20,9 +20,11 @@ COMMANDS = {
     "train-ticket": "train_ticket",
     "transform": "transform",
     "prune": "prune",
+    "dst": "dst",
     "experiment": "experiment",
     "report": "report",
     "demo": "demo",
+    "lmc": "lmc",
 }
 
 

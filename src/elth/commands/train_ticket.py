@@ -48,14 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             action.help = "protocol preset for the dataset and model family (default: the ticket's protocol)"
 
 
-def run(args: argparse.Namespace) -> int:
-    from elth.data import canonical_name, dataset_info, load_dataset
-    from elth.sparsity.ticket_training import ticket_run_dir, train_ticket
-    from elth.tickets import check_dataset, load_ticket
+def ticket_protocol(args: argparse.Namespace, ticket, dataset_key: str):
+    """(protocol, where its base came from): --preset, else the ticket's, else paper; overrides applied."""
     from elth.training import Protocol, preset
 
-    ticket = load_ticket(args.ticket)
-    dataset_key = canonical_name(args.dataset or ticket.dataset.name)
     if args.preset is not None:
         base = preset(args.preset, dataset_key, ticket.model)
         source = f"preset {args.preset}"
@@ -65,7 +61,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         base = preset("paper", dataset_key, ticket.model)
         source = "preset paper (the ticket records no protocol)"
-    protocol = protocol_from_args(args, dataset_key, ticket.model, base=base)
+    return protocol_from_args(args, dataset_key, ticket.model, base=base), source
+
+
+def run(args: argparse.Namespace) -> int:
+    from elth.data import canonical_name, dataset_info, load_dataset
+    from elth.sparsity.ticket_training import ticket_run_dir, train_ticket
+    from elth.tickets import check_dataset, load_ticket
+
+    ticket = load_ticket(args.ticket)
+    dataset_key = canonical_name(args.dataset or ticket.dataset.name)
+    protocol, source = ticket_protocol(args, ticket, dataset_key)
     data_seed = args.seed if args.seed is not None else int(ticket.provenance.get("data_seed", 0))
     device = resolve_device(args.device)
 

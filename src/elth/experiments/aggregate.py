@@ -81,11 +81,18 @@ def curve_label(key: CurveKey) -> str:
     method, source, strategy = key
     names = {"dense": "Dense", "imp": "IMP", "ett": "ETT", "magnitude": "Magnitude", "snip": "SNIP",
              "grasp": "GraSP", "synflow": "SynFlow", "random": "Random", "reinit": "Reinit",
-             "snip-extra": "SNIP-extra"}
+             "snip-extra": "SNIP-extra", "ett-reinit": "ETT mask, reinit", "ett-random": "ETT weights, random mask",
+             "ett-random-reinit": "Random mask, reinit"}
     label = names.get(method, method)
     if source:
         label += f" \u2190 {short_name(source)}"
+    if strategy and strategy not in DEFAULT_STRATEGIES:
+        label += f" ({strategy})"
     return label
+
+
+#: strategies left out of curve labels (the defaults: appending stretches, consecutive squeezes)
+DEFAULT_STRATEGIES = ("appending", "consecutive")
 
 
 def short_name(model: str) -> str:

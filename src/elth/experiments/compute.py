@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from elth.experiments.aggregate import Point
+from elth.experiments.aggregate import DEFAULT_STRATEGIES, Point
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,13 @@ def elth_savings(points: list[Point]) -> list[Saving]:
         src_imp = idx.get((source, "imp", "", level))
         if src_imp is None:
             continue
-        etts = [p for p in points if p.method == "ett" and p.source == source and p.level == level]
-        targets = tuple(sorted({p.target for p in etts}))
+        # One ticket per target (ablations transfer several ways): the default strategy's if there is one.
+        per_target: dict[str, Point] = {}
+        for p in sorted((p for p in points if p.method == "ett" and p.source == source and p.level == level),
+                        key=lambda p: (p.strategy not in DEFAULT_STRATEGIES, p.strategy)):
+            per_target.setdefault(p.target, p)
+        etts = list(per_target.values())
+        targets = tuple(sorted(per_target))
         imp_targets = [idx.get((t, "imp", "", level)) for t in targets]
         if any(p is None for p in imp_targets):
             continue

@@ -167,7 +167,7 @@ def ticket_run_dir(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
     """`root/ticket-<hash>`: the hash covers the run, the ticket(s) it starts from and the protocol."""
     data = dataset(ctx)
     hp = {
-        **asdict(run),
+        **run.hparams(),
         "from_ticket": _relative(basis.ticket, ctx.root),
         "like_ticket": _relative(like.ticket, ctx.root),
         "dataset": data.info.to_dict(),
@@ -221,12 +221,36 @@ def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
 
 def make_ticket(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> Ticket:
     if run.method == "ett":
-        from elth.elastic import transform
-
-        source = load_ticket(basis.ticket)
-        return transform(source, run.target, order=run.order, squeeze_mode=run.squeeze_mode,
-                         source_path=basis.ticket)
+        return _transformed(run, basis)
+    if run.method in ("ett-reinit", "ett-random", "ett-random-reinit"):
+        return _ett_variant(ctx, run, basis)
     return make_baseline(ctx, run, basis, like)
+
+
+def _transformed(run: TicketRun, basis: LevelCost) -> Ticket:
+    """The source's IMP ticket at the run's level, stretched or squeezed as the run says."""
+    from elth.elastic import transform
+
+    return transform(
+        load_ticket(basis.ticket), run.target, order=run.order, squeeze_mode=run.squeeze_mode, units=run.units,
+        drop=run.drop, random_replicas=run.random_replicas, seed=run.seed, source_path=basis.ticket,
+    )
+
+
+def _ett_variant(ctx: Context, run: TicketRun, basis: LevelCost) -> Ticket:
+    """Figure 3's controls: the ETT ticket with fresh weights, with shuffled masks, or both."""
+    from elth.sparsity.pai import permute_ticket_mask, prune_ticket
+
+    ett = _transformed(run, basis)
+    if run.method in ("ett-random", "ett-random-reinit"):
+        ett = permute_ticket_mask(ett, seed=run.seed)
+    if run.method == "ett-random":
+        return ett
+    result = prune_ticket(
+        "reinit", run.target, dataset(ctx), protocol_for(ctx, run.target), rewind=rewind_for(ctx, run.target),
+        like=ett, seed=run.seed, data_seed=run.seed, root=ctx.root, device=ctx.device, progress=ctx.progress,
+    )
+    return result.ticket
 
 
 def make_baseline(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> Ticket:
@@ -247,7 +271,7 @@ def make_baseline(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCos
 
 def mask_cost(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> float:
     """FLOPs spent finding the ticket's mask (see the results table's documentation)."""
-    if run.method == "ett":
+    if run.method in ("ett", "ett-reinit", "ett-random", "ett-random-reinit"):
         return basis.mask_cost_flops
     if run.method in ("random", "reinit"):
         # Their masks come from the target's IMP ticket (its layerwise sparsities, or the mask itself).

@@ -21,6 +21,7 @@ _BASELINE_STYLES = {
     "magnitude": ("#7f7f7f", "o"), "snip": ("#e377c2", "^"), "grasp": ("#bcbd22", "v"),
     "synflow": ("#17becf", "D"), "random": ("#8c564b", "x"), "reinit": ("#9467bd", "+"),
     "snip-extra": ("#d62728", "*"),
+    "ett-reinit": ("#1f77b4", "1"), "ett-random": ("#ff7f0e", "2"), "ett-random-reinit": ("#2ca02c", "3"),
 }
 
 
@@ -33,12 +34,18 @@ def _matplotlib():
     return plt
 
 
-def _style(key: CurveKey, sources: list[str]) -> dict:
-    method, source, _ = key
+def _ett_curves(points: list[Point], targets: list[str]) -> list[tuple[str, str]]:
+    """Every (source, strategy) of the ETT curves, shallow sources first: one colour each, in every panel."""
+    keys = {(p.source, p.strategy) for p in points if p.method == "ett"}
+    return sorted(keys, key=lambda k: (targets.index(k[0]) if k[0] in targets else 99, k[0], k[1]))
+
+
+def _style(key: CurveKey, sources: list[tuple[str, str]]) -> dict:
+    method, source, strategy = key
     if method == "imp":
         return dict(color="black", marker="o", linestyle="-", linewidth=2.2, markersize=6, zorder=5)
     if method == "ett":
-        color, marker = _ETT_STYLES[sources.index(source) % len(_ETT_STYLES)]
+        color, marker = _ETT_STYLES[sources.index((source, strategy)) % len(_ETT_STYLES)]
         return dict(color=color, marker=marker, linestyle="-", linewidth=1.8, markersize=6, zorder=4)
     color, marker = _BASELINE_STYLES.get(method, ("#555555", "."))
     return dict(color=color, marker=marker, linestyle="--", linewidth=1.3, markersize=5, zorder=3)
@@ -67,7 +74,7 @@ def plot_accuracy_vs_sparsity(points: list[Point], path: str | os.PathLike, titl
     """One panel per target, accuracy (%) against sparsity; writes a PNG and returns its path."""
     plt = _matplotlib()
     targets = targets_of(points)
-    sources = sorted({p.source for p in points if p.method == "ett"}, key=lambda s: targets.index(s) if s in targets else 99)
+    sources = _ett_curves(points, targets)
     nrows, ncols = _panel_grid(len(targets))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False)
     handles: dict[str, object] = {}
@@ -119,8 +126,8 @@ def _legend(fig, handles: dict, ncols: int, order: list[str]) -> float:
     return height
 
 
-def _legend_order(sources: list[str]) -> list[str]:
-    keys = [("dense", "", ""), ("imp", "", "")] + [("ett", s, "") for s in sources]
+def _legend_order(sources: list[tuple[str, str]]) -> list[str]:
+    keys = [("dense", "", ""), ("imp", "", "")] + [("ett", s, strategy) for s, strategy in sources]
     keys += [(m, "", "") for m in _BASELINE_STYLES]
     return [curve_label(k) for k in keys]
 
@@ -132,7 +139,7 @@ def plot_single_level(points: list[Point], path: str | os.PathLike, title: str =
     """
     plt = _matplotlib()
     targets = targets_of(points)
-    sources = sorted({p.source for p in points if p.method == "ett"}, key=lambda s: targets.index(s) if s in targets else 99)
+    sources = _ett_curves(points, targets)
     nrows, ncols = _panel_grid(len(targets))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False)
     level = max((p.level for p in points if p.method == "ett" or p.method in _BASELINE_STYLES), default=None)

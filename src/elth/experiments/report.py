@@ -14,6 +14,7 @@ from elth.experiments.aggregate import (
     Comparison,
     Point,
     Reading,
+    DEFAULT_STRATEGIES,
     aggregate,
     compare_ett,
     curve_label,
@@ -121,7 +122,9 @@ def _key_findings(comparisons: list[Comparison]) -> str:
     rows = []
     for c in comparisons:
         rows.append([
-            short_name(c.target), short_name(c.source), str(c.level), f"{100 * c.sparsity:.2f}%",
+            short_name(c.target),
+            short_name(c.source) + (f" ({c.strategy})" if c.strategy not in DEFAULT_STRATEGIES else ""),
+            str(c.level), f"{100 * c.sparsity:.2f}%",
             f"{100 * c.accuracy:.2f}" + (f" ± {100 * c.accuracy_std:.2f}" if c.accuracy_std else ""),
             reading(c.imp_at_sparsity), delta(c.accuracy, c.imp_at_sparsity),
             c.best_baseline or "n/a", reading(c.baseline_at_sparsity), delta(c.accuracy, c.baseline_at_sparsity),
@@ -175,7 +178,8 @@ def _imp_all_levels(points: list[Point]) -> str:
 
 def _matrix(points: list[Point], levels: list[int]) -> str:
     """Source x target matrices (the layout of the paper's Table 5): ETT accuracy, IMP on the diagonal."""
-    etts = [p for p in points if p.method == "ett"]
+    # One transfer per source and target: the default strategies (ablations compare the others per target).
+    etts = [p for p in points if p.method == "ett" and p.strategy in DEFAULT_STRATEGIES]
     if not etts:
         return ""
     targets = targets_of(points)
@@ -184,7 +188,8 @@ def _matrix(points: list[Point], levels: list[int]) -> str:
            "Rows: the network IMP ran on; columns: the target. Off the diagonal, the accuracy of the "
            "transformed ticket (its actual sparsity in parentheses); on the diagonal, IMP on the target "
            "itself. The second table gives ETT − IMP with IMP read at the ETT ticket's sparsity.\n"]
-    idx = {(p.target, p.method, p.source, p.level): p for p in points}
+    idx = {(p.target, p.method, p.source, p.level): p for p in points
+           if p.method != "ett" or p.strategy in DEFAULT_STRATEGIES}
 
     for lv in levels:
         acc_rows, gap_rows = [], []

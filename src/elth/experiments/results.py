@@ -6,8 +6,8 @@ Anyone can re-plot an experiment from `results.csv` alone. Columns:
 |---|---|
 | experiment, scale, dataset | which experiment and where it ran |
 | target | the network the ticket is for |
-| method | dense, imp, ett, magnitude, snip, grasp, synflow, random, reinit, snip-extra |
-| source, strategy | ETTs (and snip-extra): the member the ticket came from and how (appending, ...) |
+| method | dense, imp, ett, magnitude, snip, grasp, synflow, random, reinit, snip-extra, ett-reinit, ett-random, ett-random-reinit |
+| source, strategy | ETTs and the transfer baselines: the member the ticket came from and how ("appending", "interpolation 1,2", "appending 1,2,3,4 random", "interval", "drop 1,3", ...) |
 | level | the IMP level the ticket corresponds to (0 = dense) |
 | sparsity | the ticket's actual sparsity (pruned fraction of all prunable weights) |
 | seed | the seed of the IMP run(s) and of training |
@@ -32,7 +32,8 @@ RESULTS_JSONL = "results.jsonl"
 RESULTS_CSV = "results.csv"
 
 #: methods that prune the target directly (drawn dashed in plots)
-PRUNING_BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra")
+PRUNING_BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra",
+                     "ett-reinit", "ett-random", "ett-random-reinit")
 
 
 @dataclass(frozen=True)

@@ -322,20 +322,12 @@ def _imp_rows(name: str, scale: str, imp: dict) -> list[Row]:
     return rows
 
 
-def _strategy(run: TicketRun) -> str:
-    if not run.source:
-        return ""
-    from elth.experiments.spec import is_stretch
-
-    return run.order if is_stretch(run.source, run.target) else run.squeeze_mode
-
-
 def _ticket_rows(name: str, scale: str, tickets: dict) -> list[Row]:
     rows = []
     for (dataset, run), o in tickets.items():
         rows.append(Row(
             experiment=name, scale=scale, dataset=dataset, target=run.target, method=run.method,
-            source=run.source, strategy=_strategy(run), level=run.level, sparsity=o.sparsity, seed=run.seed,
+            source=run.source, strategy=run.strategy, level=run.level, sparsity=o.sparsity, seed=run.seed,
             accuracy=o.accuracy, train_steps=o.train_steps, train_flops=o.train_flops,
             mask_cost_flops=o.mask_cost_flops, ticket=o.ticket,
         ))

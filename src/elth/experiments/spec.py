@@ -22,7 +22,13 @@ SCALES = ("paper", "cpu", "smoke")
 #: `Setup.transfers` shorthand: every source to every other member.
 ALL_PAIRS = "all"
 #: Baseline methods a setup may list (see `elth.sparsity` for each one's definition).
-BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra")
+BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra",
+             "ett-reinit", "ett-random", "ett-random-reinit")
+#: Baselines made from each transfer rather than from the target's IMP ticket (paper's Figure 3):
+#: snip-extra (the source's masks on the units it has, SNIP on the extra ones: stretches only),
+#: ett-reinit (the ETT ticket's mask on fresh weights), ett-random (the ETT ticket's weights under
+#: its masks permuted within each layer) and ett-random-reinit (fresh weights, permuted masks).
+TRANSFER_BASELINES = ("snip-extra", "ett-reinit", "ett-random", "ett-random-reinit")
 STRETCH_ORDERS = ("appending", "interpolation")
 SQUEEZE_MODES = ("consecutive", "interval")
 
@@ -39,6 +45,12 @@ class Transfer:
     target: str
     order: str = "appending"  # how a stretch orders its replicas
     squeeze_mode: str = "consecutive"  # how a squeeze drops units
+    #: the units a stretch replicates in every stretched stage (None: every replicable unit)
+    units: tuple[int, ...] | None = None
+    #: the units a squeeze drops in every squeezed stage (None: chosen by `squeeze_mode`)
+    drop: tuple[int, ...] | None = None
+    #: replicas get their source unit's masks permuted within each layer (Figure 4's "- Random")
+    random_replicas: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,13 @@ class Setup:
                 raise SpecError(f"unknown stretch order {t.order!r} (one of {', '.join(STRETCH_ORDERS)})")
             if t.squeeze_mode not in SQUEEZE_MODES:
                 raise SpecError(f"unknown squeeze mode {t.squeeze_mode!r} (one of {', '.join(SQUEEZE_MODES)})")
+            stretch = is_stretch(t.source, t.target)
+            if t.units is not None and not stretch:
+                raise SpecError(f"transfer {t.source} -> {t.target}: units to replicate given for a squeeze")
+            if (t.drop is not None) and stretch:
+                raise SpecError(f"transfer {t.source} -> {t.target}: units to drop given for a stretch")
+            if t.random_replicas and not stretch:
+                raise SpecError(f"transfer {t.source} -> {t.target}: random replicas need a stretch")
         for b in self.baselines:
             if b not in BASELINES:
                 raise SpecError(f"unknown baseline {b!r} (one of {', '.join(BASELINES)})")
@@ -178,14 +197,43 @@ class TicketRun:
     target: str
     level: int
     seed: int
-    source: str = ""  # ETTs and snip-extra: the source member
+    source: str = ""  # ETTs and the transfer baselines: the source member
     order: str = ""
     squeeze_mode: str = ""
+    units: tuple[int, ...] | None = None
+    drop: tuple[int, ...] | None = None
+    random_replicas: bool = False
 
     @property
     def label(self) -> str:
         src = f" <- {self.source}" if self.source else ""
-        return f"{self.method} {self.target}{src} level {self.level} seed {self.seed}"
+        how = f" ({self.strategy})" if self.strategy not in ("", "appending", "consecutive") else ""
+        return f"{self.method} {self.target}{src}{how} level {self.level} seed {self.seed}"
+
+    @property
+    def strategy(self) -> str:
+        """How a transfer run's ticket is made: 'appending', 'interpolation 1,2', 'drop 1,3', ..."""
+        if not self.source:
+            return ""
+        if is_stretch(self.source, self.target):
+            text = self.order
+            if self.units is not None:
+                text += " " + ",".join(str(u) for u in self.units)
+            return text + (" random" if self.random_replicas else "")
+        if self.drop is not None:
+            return "drop " + ",".join(str(u) for u in self.drop)
+        return self.squeeze_mode
+
+    def hparams(self) -> dict:
+        """The fields that identify the run (strategy details only where set, so that runs made
+        before they existed keep their identity)."""
+        d = {k: getattr(self, k) for k in ("method", "target", "level", "seed", "source", "order", "squeeze_mode")}
+        for k in ("units", "drop"):
+            if getattr(self, k) is not None:
+                d[k] = list(getattr(self, k))
+        if self.random_replicas:
+            d["random_replicas"] = True
+        return d
 
 
 @dataclass(frozen=True)
@@ -204,6 +252,11 @@ def is_stretch(source: str, target: str) -> bool:
     return b.depth + b.fc_layers > a.depth + a.fc_layers
 
 
+def _transfer_run(method: str, t: Transfer, level: int, seed: int) -> TicketRun:
+    return TicketRun(method, t.target, level, seed, t.source, t.order, t.squeeze_mode, t.units, t.drop,
+                     t.random_replicas)
+
+
 def expand(setup: Setup) -> Plan:
     """Every run a setup needs: IMP per (member, seed), then ETTs and baselines per level and seed."""
     setup.validate()
@@ -215,16 +268,15 @@ def expand(setup: Setup) -> Plan:
         for level in sorted(set(setup.levels) | set(setup.levels_of_baselines)):
             if level in setup.levels:
                 for t in transfers:
-                    tickets.append(TicketRun("ett", t.target, level, s, t.source, t.order, t.squeeze_mode))
+                    tickets.append(_transfer_run("ett", t, level, s))
             for target in setup.members:
                 for b in setup.baselines:
-                    if b == "snip-extra":
-                        # Tied to the transfers: one run per source shallower than the target.
+                    if b in TRANSFER_BASELINES:
+                        # Tied to the transfers (snip-extra: only those that stretch).
                         if level in setup.levels:
                             for t in transfers:
-                                if t.target == target and is_stretch(t.source, t.target):
-                                    tickets.append(TicketRun(b, target, level, s, t.source, t.order,
-                                                             t.squeeze_mode))
+                                if t.target == target and (b != "snip-extra" or is_stretch(t.source, t.target)):
+                                    tickets.append(_transfer_run(b, t, level, s))
                     elif level in setup.levels_of_baselines:
                         tickets.append(TicketRun(b, target, level, s))
     return Plan(imp, tuple(tickets))

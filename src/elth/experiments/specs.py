@@ -1,4 +1,4 @@
-"""The experiments elth ships: the paper's Figure 6 and Table 5, a smoke test and the demo.
+"""The experiments elth ships: the paper's figures and tables, a smoke test and the demo.
 
 At `cpu` scale the runs are sized for a 2-core CPU on Fashion-MNIST (a few hours at most); each
 setup's `note` says what differs from the paper. Lengths there are in iterations at batch 128
@@ -6,7 +6,7 @@ setup's `note` says what differs from the paper. Lengths there are in iterations
 """
 from __future__ import annotations
 
-from elth.experiments.spec import Experiment, Setup, SpecError
+from elth.experiments.spec import Experiment, Setup, SpecError, Transfer
 
 RESNETS_PAPER = tuple(f"cifar_resnet_{d}" for d in (14, 20, 32, 44, 56))
 FIG6_BASELINES = ("magnitude", "snip", "grasp", "random", "reinit")
@@ -138,7 +138,156 @@ DEMO = Experiment(
     ),
 )
 
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (RESNET_FAMILY, FC_TABLE5, SMOKE, DEMO)}
+# -- Section 4.1: the ablation study on ResNet-32 and ResNet-56 (Figures 3, 4 and 5) -------------
+#: At cpu scale the ablations move down one size: ResNet-20 (3 blocks per stage) <-> ResNet-32 (5
+#: blocks) at width 8 on Fashion-MNIST, with Figure 6's cpu protocol. Every choice the paper makes
+#: among ResNet-32's four replicable blocks is mirrored among ResNet-20's two.
+R32, R56 = "cifar_resnet_32", "cifar_resnet_56"
+R20C, R32C = "cifar_resnet_20_8", "cifar_resnet_32_8"
+CPU_ABLATION = dict(
+    dataset="fashion_mnist", levels=(2, 4, 6), preset="paper",
+    protocol=(("length", "300it"), ("milestones", ("225it",))), rewind="30it", seeds=1,
+)
+CPU_ABLATION_NOTE = ("Fashion-MNIST instead of CIFAR-10; ResNet-20 -> ResNet-32 at width 8 instead of "
+                     "ResNet-32 -> ResNet-56 (3 and 5 blocks per stage instead of 5 and 9); 300 iterations per "
+                     "training (LR x0.1 at 225), rewinding to iteration 30; IMP levels 2, 4, 6; one seed.")
+PAPER_ABLATION = dict(dataset="cifar10", levels=tuple(range(1, 11)), preset="paper", seeds=3)
+SMOKE_ABLATION = dict(dataset="synthetic_3x8x8_n128", levels=(1, 2), preset="smoke", rewind="2it", seeds=1)
+SMOKE_NOTE = "Synthetic 8x8 images, width-8 ResNet-14 -> ResNet-20, 12 iterations per training: a plumbing check only."
+R14S, R20S = "cifar_resnet_14_8", "cifar_resnet_20_8"
+
+ETT_CONTROLS = ("ett-reinit", "ett-random", "ett-random-reinit", "snip-extra")
+
+ETT_BASELINES = Experiment(
+    name="ett_baselines",
+    title="Do ETTs find winning tickets? ETT against its own controls",
+    paper="Figure 3 (Section 4.1)",
+    description=(
+        "The ResNet-32 IMP ticket stretched to ResNet-56 (appending), against (1) the same transformed mask on "
+        "re-initialised weights, (2) the transformed weights under a random mask with the same layerwise "
+        "sparsity, (3) random weights under a random mask, and SNIP-extra (the source's masks on the blocks "
+        "ResNet-32 has, SNIP masks on the extra blocks); IMP on ResNet-56 itself for reference."
+    ),
+    scales=(
+        ("paper", (Setup(members=(R32, R56), sources=(R32,), transfers=(Transfer(R32, R56),),
+                         baselines=ETT_CONTROLS, note="CIFAR-10, Table 4 protocol, IMP levels 1-10, three seeds.",
+                         **PAPER_ABLATION),)),
+        ("cpu", (Setup(members=(R20C, R32C), sources=(R20C,), transfers=(Transfer(R20C, R32C),),
+                       baselines=ETT_CONTROLS, note=CPU_ABLATION_NOTE, **CPU_ABLATION),)),
+        ("smoke", (Setup(members=(R14S, R20S), sources=(R14S,), transfers=(Transfer(R14S, R20S),),
+                         baselines=ETT_CONTROLS, note=SMOKE_NOTE, **SMOKE_ABLATION),)),
+    ),
+)
+
+
+def _replicate(source: str, target: str, options: tuple[tuple[str, tuple[int, ...], bool], ...]) -> tuple[Transfer, ...]:
+    return tuple(Transfer(source, target, order=o, units=u, random_replicas=r) for o, u, r in options)
+
+
+REPLICATE_UNITS = Experiment(
+    name="replicate_units",
+    title="Should we replicate more unique units? Which blocks a stretch copies, appended or interpolated",
+    paper="Figure 4 (Section 4.1)",
+    description=(
+        "The ResNet-32 IMP ticket stretched to ResNet-56 by replicating all four replicable blocks of each "
+        "stage, the first two, or only the first, each by appending and by interpolation (for one block the two "
+        "coincide), and by interpolating all four with the replicas' masks randomly permuted within each layer "
+        "(\"Interpolation 1234 - Random\"); IMP on ResNet-56 itself for reference."
+    ),
+    scales=(
+        ("paper", (Setup(members=(R32, R56), sources=(R32,), transfers=_replicate(R32, R56, (
+            ("appending", (1, 2, 3, 4), False), ("interpolation", (1, 2, 3, 4), False),
+            ("appending", (1, 2), False), ("interpolation", (1, 2), False), ("appending", (1,), False),
+            ("interpolation", (1, 2, 3, 4), True))),
+            note="CIFAR-10, Table 4 protocol, IMP levels 1-10, three seeds.", **PAPER_ABLATION),)),
+        ("cpu", (Setup(members=(R20C, R32C), sources=(R20C,), transfers=_replicate(R20C, R32C, (
+            ("appending", (1, 2), False), ("interpolation", (1, 2), False), ("appending", (1,), False),
+            ("interpolation", (1, 2), True))),
+            note=CPU_ABLATION_NOTE + " ResNet-20 has two replicable blocks per stage: all of them (1,2) or "
+                 "only the first (1).", **CPU_ABLATION),)),
+        ("smoke", (Setup(members=(R14S, R20S), sources=(R14S,), transfers=_replicate(R14S, R20S, (
+            ("appending", (1,), False), ("interpolation", (1,), True))), note=SMOKE_NOTE, **SMOKE_ABLATION),)),
+    ),
+)
+
+
+def _drop(source: str, target: str, drops: tuple[tuple[int, ...], ...]) -> tuple[Transfer, ...]:
+    return tuple(Transfer(source, target, drop=d) for d in drops)
+
+
+EARLIER_LATER = Experiment(
+    name="earlier_later",
+    title="The earlier or the later units? Replicating and dropping blocks at different positions",
+    paper="Figure 5 (Section 4.1)",
+    description=(
+        "Stretching the ResNet-32 IMP ticket to ResNet-56 by replicating blocks (1,2), (2,3) or (3,4), appended "
+        "or interpolated; squeezing the ResNet-56 IMP ticket to ResNet-32 by dropping four blocks of each stage "
+        "at different positions: the first four, the last four, every other one from the first or from the "
+        "second; IMP on each network itself for reference."
+    ),
+    scales=(
+        ("paper", (Setup(members=(R32, R56), transfers=_replicate(R32, R56, tuple(
+            (o, u, False) for u in ((1, 2), (2, 3), (3, 4)) for o in ("appending", "interpolation")))
+            + _drop(R56, R32, ((1, 2, 3, 4), (5, 6, 7, 8), (1, 3, 5, 7), (2, 4, 6, 8))),
+            note="CIFAR-10, Table 4 protocol, IMP levels 1-10, three seeds.", **PAPER_ABLATION),)),
+        ("cpu", (Setup(members=(R20C, R32C), transfers=_replicate(R20C, R32C, tuple(
+            (o, u, False) for u in ((1,), (2,)) for o in ("appending", "interpolation")))
+            + _drop(R32C, R20C, ((1, 2), (3, 4), (1, 3), (2, 4))),
+            note=CPU_ABLATION_NOTE + " With two replicable blocks per stage in ResNet-20, the earlier or "
+                 "later choice is block 1 or block 2; squeezing ResNet-32 drops two of its four replicable "
+                 "blocks: the first two, the last two, or every other one.", **CPU_ABLATION),)),
+        ("smoke", (Setup(members=(R14S, R20S), transfers=_replicate(R14S, R20S, (("interpolation", (1,), False),))
+                         + _drop(R20S, R14S, ((1,), (2,))), note=SMOKE_NOTE, **SMOKE_ABLATION),)),
+    ),
+)
+
+# -- Section 4.2 and 4.3: VGGs on CIFAR-10 (Figure 7) and ResNets on ImageNet (Table 1) -----------
+VGGS = ("cifar_vgg_13", "cifar_vgg_16", "cifar_vgg_19")
+
+VGG_FAMILY = Experiment(
+    name="vgg_family",
+    title="VGG family: ETTs between VGG-13, -16 and -19 vs IMP and pruning baselines",
+    paper="Figure 7 (Section 4.2)",
+    description=(
+        "IMP with rewinding on VGG-13, -16 and -19; each IMP ticket is stretched (conv layers replicated by "
+        "appending) or squeezed (the latest layers of each stage dropped) to the other depths and trained, and "
+        "compared with IMP on that depth and with the pruning baselines matched to its sparsity."
+    ),
+    scales=(
+        ("paper", (Setup(dataset="cifar10", members=VGGS, levels=tuple(range(1, 11)), preset="paper",
+                         baselines=FIG6_BASELINES, seeds=3,
+                         note="CIFAR-10, Table 4 protocol (160 epochs, rewind to iteration 200), IMP levels "
+                              "1-10, three seeds. There is no cpu scale: the VGGs' 64-512-channel convolutions "
+                              "at 32x32 need a GPU."),)),
+        ("smoke", (Setup(dataset="synthetic_3x32x32_n64", members=("cifar_vgg_13", "cifar_vgg_16"),
+                         levels=(1,), preset="smoke", rewind="2it", baselines=("snip", "random"), seeds=1,
+                         note="Synthetic 32x32 images, 12 iterations per training: a plumbing check only (VGG-13 and -16 are large: minutes on a CPU)."),)),
+    ),
+)
+
+IMAGENET_RESNETS = ("imagenet_resnet_18", "imagenet_resnet_26", "imagenet_resnet_34")
+
+IMAGENET_TABLE1 = Experiment(
+    name="imagenet_table1",
+    title="E-LTH for ResNets on ImageNet at 73.79% sparsity",
+    paper="Table 1 (Section 4.3)",
+    description=(
+        "IMP with rewinding (to epoch 5) on ResNet-18, -26 and -34, six levels to 73.79% sparsity (IMP runs one "
+        "level further so transformed tickets can be compared at their own sparsity); every ticket "
+        "transformed to the other two depths; reinit, random, magnitude, SNIP and GraSP tickets for reference."
+    ),
+    scales=(
+        ("paper", (Setup(dataset="imagenet", members=IMAGENET_RESNETS, levels=(6,), preset="paper",
+                         baselines=("reinit", "random", "magnitude", "snip", "grasp"), seeds=1,
+                         note="ImageNet, Table 4 protocol (90 epochs, batch 1024, lr 0.4, 5 warmup epochs), "
+                              "one seed as in the paper. Needs GPUs and the ImageNet folders; there is no "
+                              "reduced scale."),)),
+    ),
+)
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    RESNET_FAMILY, ETT_BASELINES, REPLICATE_UNITS, EARLIER_LATER, VGG_FAMILY, IMAGENET_TABLE1, FC_TABLE5,
+    SMOKE, DEMO)}
 
 
 def get_experiment(name: str) -> Experiment:

@@ -352,3 +352,32 @@ def _stage_lengths(model_name: str, info) -> tuple[int, ...]:
     with torch.device("meta"):
         model = build_model(model_name, info.input_shape, info.num_classes, seed=None)
     return model.structure().stage_lengths
+
+
+def permute_ticket_mask(ticket: Ticket, seed: int) -> Ticket:
+    """The ticket's rewind weights under its masks permuted within each layer (layerwise counts kept).
+
+    The newly unpruned positions need the ticket's real rewind values, so the ticket must carry its
+    dense weights (IMP tickets and their elastic transformations do). Used for the paper's Figure 3
+    control "the source's weights, a random mask".
+    """
+    import copy
+
+    if ticket.dense is None:
+        raise PruningError(
+            "permuting a ticket's masks needs its dense rewind weights, and this ticket has none "
+            "(tickets from `elth imp` and `elth transform` carry them)"
+        )
+    g = torch.Generator().manual_seed(derived_seed(seed, "random"))
+    mask = permuted_mask(ticket.mask, g)
+    state = dict(ticket.state)
+    for k, m in mask.items():
+        state[k] = ticket.dense[k] * m.to(ticket.dense[k].dtype)
+    provenance = {
+        "method": "permuted masks",
+        "description": f"the masks of a {ticket.model} ticket permuted within each layer, on its rewind weights",
+        "from": copy.deepcopy(ticket.provenance),
+        "seed": seed,
+    }
+    return Ticket(ticket.model, ticket.dataset, state, mask, ticket.rewind_step, ticket.rewind,
+                  dict(ticket.protocol), provenance, collapse_warnings(mask), dict(ticket.dense))

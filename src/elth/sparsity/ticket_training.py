@@ -64,3 +64,22 @@ def train_ticket(
         out_dir=out_dir, precision=precision, device=device, progress=progress,
         desc=f"{ticket.model} ticket ({100 * ticket.sparsity:.1f}% sparse)",
     )
+
+
+def trained_state(
+    ticket: Ticket,
+    data,
+    protocol: Protocol,
+    *,
+    data_seed: int = 0,
+    root: str | os.PathLike,
+    precision: str = "fp32",
+) -> dict[str, torch.Tensor]:
+    """The final weights and buffers (on CPU) of a finished `train_ticket(..., root=root)` run."""
+    from elth.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+
+    path = ticket_run_dir(ticket, data, protocol, data_seed, root, precision) / "train" / CHECKPOINT_FILE
+    ckpt = load_checkpoint(path)
+    if ckpt is None or ckpt.get("result") is None:
+        raise TicketError(f"{path.parent}: no finished training of this ticket (run train_ticket first)")
+    return ckpt["model"]

@@ -10,6 +10,17 @@ Speed: conv nets run in channels_last memory format; the optimiser step is one f
 and accuracy are summed on the device and read only at log points (no host sync per step); masks
 are one fused multiply of the gradients; cuDNN autotuning is on for CUDA; on CPUs, freed
 activation memory stays with the process (`allocator`); bf16 autocast is optional.
+
+Controllers (dynamic sparse training): `train(..., controller=c)` hands the step to an object
+that follows `TrainingController`. The loop calls `c.attach(model, optimizer)` once (weights on the
+device, before a checkpoint is resumed), then at every global step t (0-based, the step the LR
+schedule uses): `c.before_forward(t)`; forward and backward; `c.after_backward(t)` with the dense
+gradients still in `.grad` (it returns False to skip this step's optimiser update, as RigL does
+on its mask-update steps); the optimiser step; `c.after_step(t)`. `c.state_dict()` is saved in
+every checkpoint and handed back through `c.load_state_dict()` on resume, and `c.hparams()` joins
+the checkpoint's key, so a checkpoint of other controller settings is refused. A controller owns
+the sparsity, so it cannot be combined with a fixed `mask`. Without a controller the loop does
+exactly what it did before (no extra work per step).
 """
 from __future__ import annotations
 
@@ -19,7 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol as TypingProtocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +67,25 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@runtime_checkable
+class TrainingController(TypingProtocol):
+    """What `train(..., controller=)` calls (see the module docstring for when)."""
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def before_forward(self, step: int) -> None: ...
+
+    def after_backward(self, step: int) -> bool: ...
+
+    def after_step(self, step: int) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def hparams(self) -> dict: ...
 
 
 def default_device() -> torch.device:
@@ -174,6 +204,7 @@ def train(
     desc: str = "",
     callback: Callable[[int, nn.Module], None] | None = None,
     eval_batch_size: int = 1000,
+    controller: TrainingController | None = None,
 ) -> TrainResult:
     """Train `model` (holding the weights of global step `start_step`) in place up to `end_step`.
 
@@ -183,7 +214,8 @@ def train(
     resumed, and a run already finished returns its recorded result (the model gets its final
     weights). `eval_every` ("1ep", "500it", None = only at the end) sets test evaluations.
     `callback(step, model)` runs after every optimiser step (e.g. to keep the weights of a rewind
-    step); it must not change the weights.
+    step); it must not change the weights. `controller` (e.g. RigL or DPF) changes the weights and
+    the mask during training through the hooks of `TrainingController`; not together with `mask`.
     """
     if precision not in PRECISIONS:
         raise ElthError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -196,6 +228,8 @@ def train(
     eval_interval = None if eval_every is None else parse_steps(eval_every, ipe)
     if eval_interval == 0:
         raise ProtocolError("eval_every must be a positive number of steps (or None for only at the end)")
+    if controller is not None and mask is not None:
+        raise ElthError("give either a fixed mask or a controller that manages the sparsity, not both")
 
     channels_last = use_channels_last(model, device)
     model.to(device)
@@ -209,6 +243,8 @@ def train(
     if masker is not None:
         masker.apply_to_weights()
     optimizer = make_optimizer(model, protocol)
+    if controller is not None:
+        controller.attach(model, optimizer)
     schedule = LRSchedule(protocol, ipe)
 
     step, seconds_before = start_step, 0.0
@@ -217,6 +253,8 @@ def train(
     if out is not None:
         mask_fp = tensors_fingerprint({k: v.bool() for k, v in mask.items()}) if mask is not None else None
         key = _run_key(model, protocol, data, data_seed, mask_fp, precision)
+        if controller is not None:
+            key["controller"] = controller.hparams()
         origin = {"start_step": start_step, "weights": tensors_fingerprint(model.state_dict())}
         ckpt = load_checkpoint(out / CHECKPOINT_FILE)
         if ckpt is not None:
@@ -228,6 +266,8 @@ def train(
             origin = ckpt["origin"]
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
+            if controller is not None:
+                controller.load_state_dict(ckpt["controller"])
             step, seconds_before = int(ckpt["step"]), float(ckpt["seconds"])
             if step == end and ckpt.get("result") is not None:
                 return TrainResult(**ckpt["result"])
@@ -285,6 +325,7 @@ def train(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "result": result.to_dict() if result is not None else None,
+                **({"controller": controller.state_dict()} if controller is not None else {}),
             },
         )
 
@@ -300,6 +341,8 @@ def train(
                     group["lr"] = lr
                 x = _prepare_input(x, device, channels_last)
                 y = y.to(device, non_blocking=True)
+                if controller is not None:
+                    controller.before_forward(step)
                 with _autocast(device, precision):
                     logits = model(x)
                     loss = F.cross_entropy(logits, y)
@@ -307,7 +350,12 @@ def train(
                 loss.backward()
                 if masker is not None:
                     masker.apply_to_gradients()
-                optimizer.step()
+                if controller is None:
+                    optimizer.step()
+                else:
+                    if controller.after_backward(step):
+                        optimizer.step()
+                    controller.after_step(step)
                 stats.add(loss, logits, y)
                 clock.images += y.shape[0]
                 step += 1

@@ -1,0 +1,56 @@
+"""What the DST controllers share: schedules, settings checks, top-k selection, mask layouts."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from elth.sparsity.dst.densities import DSTError
+
+
+def rigl_drop_fraction(step: int, initial: float, end_step: int) -> float:
+    """alpha_t = initial (1 + cos(pi t / t_end)) / 2 (0 from t_end on)."""
+    if end_step <= 0 or step >= end_step:
+        return 0.0
+    return initial * (1.0 + math.cos(math.pi * step / end_step)) / 2.0
+
+
+def dpf_sparsity(progress: int, final: float, end_step: int) -> float:
+    """s_t = s_f (1 - (1 - t / t_end)^3), s_f from t_end on; `progress` = optimiser steps done."""
+    if end_step <= 0:
+        return final
+    frac = min(1.0, progress / end_step)
+    return final * (1.0 - (1.0 - frac) ** 3)
+
+
+def check_settings(sparsity: float, total_steps: int, update_every: int, end_fraction: float) -> None:
+    if not 0.0 <= sparsity < 1.0:
+        raise DSTError(f"sparsity must be at least 0 and below 1, got {sparsity}")
+    if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+        raise DSTError(f"the mask update interval must be a positive number of steps, got {update_every!r}")
+    if not 0.0 < end_fraction <= 1.0:
+        raise DSTError(f"the end fraction (when mask updates stop) must be in (0, 1], got {end_fraction}")
+    if total_steps < 1:
+        raise DSTError(f"dynamic sparse training needs at least one step, got {total_steps}")
+
+
+def layout_like(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`mask` as a 0/1 tensor with the dtype, device and strides of `p` (for fused multiplies)."""
+    return torch.empty_like(p, requires_grad=False).copy_(mask)
+
+
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """A flat boolean mask of the `k` highest of the 1-D `scores`; among equal scores at the
+    threshold, lower indices first (as a stable sort would choose, at the cost of one top-k)."""
+    n = scores.numel()
+    mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if k <= 0:
+        return mask
+    if k >= n:
+        return mask.fill_(True)
+    threshold = torch.topk(scores, k, sorted=False).values.min()
+    mask = scores > threshold
+    missing = k - int(mask.sum())
+    if missing > 0:
+        mask[(scores == threshold).nonzero().squeeze(1)[:missing]] = True
+    return mask

@@ -1,0 +1,137 @@
+"""RigL as a training-loop controller (see `elth.sparsity.dst` for the method)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from elth.sparsity.dst.densities import DISTRIBUTIONS, DSTError, kept_counts, layer_densities, param_shapes
+from elth.sparsity.dst.common import check_settings, layout_like, rigl_drop_fraction, top_k_mask
+from elth.sparsity.masks import Mask, count_for_sparsity, excluded_names
+
+
+class RigL:
+    """RigL as a `TrainingController` (the method is described in `elth.sparsity.dst`)."""
+
+    method = "rigl"
+
+    def __init__(
+        self, sparsity: float, total_steps: int, *, distribution: str = "erk", update_every: int = 100,
+        drop_fraction: float = 0.3, end_fraction: float = 0.75, exclude=None, seed: int = 0,
+    ):
+        check_settings(sparsity, total_steps, update_every, end_fraction)
+        if distribution not in DISTRIBUTIONS:
+            raise DSTError(f"unknown layer distribution {distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}")
+        if not 0.0 < drop_fraction < 1.0:
+            raise DSTError(f"the drop fraction must be in (0, 1), got {drop_fraction}")
+        self.sparsity, self.total_steps = float(sparsity), int(total_steps)
+        self.distribution, self.update_every = distribution, int(update_every)
+        self.drop_fraction, self.end_fraction = float(drop_fraction), float(end_fraction)
+        self.exclude = None if exclude is None else tuple(exclude)
+        self.seed = int(seed)
+        self.end_step = int(end_fraction * total_steps)
+        self.excluded: list[str] = []
+
+    def is_update_step(self, step: int) -> bool:
+        return 0 < step < self.end_step and step % self.update_every == 0
+
+    def update_steps(self) -> int:
+        """How many mask updates a full training makes."""
+        return (self.end_step - 1) // self.update_every if self.end_step > 0 else 0
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        from elth.sparsity.baselines import derived_seed
+
+        self.optimizer = optimizer
+        self.excluded = excluded_names(model, None if self.exclude is None else list(self.exclude))
+        shapes = param_shapes(model)
+        total = sum(s.numel() for s in shapes.values())
+        densities = layer_densities(model, 1.0 - self.sparsity, self.distribution, self.exclude)
+        counts = kept_counts(densities, shapes, count_for_sparsity(total, self.sparsity))
+        self.all_names = list(shapes)
+        self.shapes = shapes
+        params = dict(model.named_parameters())
+        g = torch.Generator().manual_seed(derived_seed(self.seed, "rigl-mask"))
+        self.names, self.params, self.masks, self.layouts = [], [], [], []
+        for n in shapes:
+            numel = shapes[n].numel()
+            if counts[n] >= numel:
+                continue  # dense layer: never masked
+            flat = torch.zeros(numel, dtype=torch.bool)
+            flat[torch.randperm(numel, generator=g)[: counts[n]]] = True
+            p = params[n]
+            self.names.append(n)
+            self.params.append(p)
+            self.masks.append(flat.view(shapes[n]).to(p.device))
+        self._refresh_layouts()
+        with torch.no_grad():
+            if self.params:
+                torch._foreach_mul_(self.params, self.layouts)
+
+    def _refresh_layouts(self) -> None:
+        self.layouts = [layout_like(p, m) for p, m in zip(self.params, self.masks)]
+
+    def before_forward(self, step: int) -> None:
+        pass
+
+    @torch.no_grad()
+    def after_backward(self, step: int) -> bool:
+        if self.is_update_step(step):
+            self.update(step)
+            return False
+        grads, layouts = [], []
+        for p, m in zip(self.params, self.layouts):
+            if p.grad is not None:
+                grads.append(p.grad)
+                layouts.append(m)
+        if grads:
+            torch._foreach_mul_(grads, layouts)
+        return True
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Drop and grow in every sparse layer, from the weights and dense gradients now in the model."""
+        alpha = rigl_drop_fraction(step, self.drop_fraction, self.end_step)
+        for i, (p, mask) in enumerate(zip(self.params, self.masks)):
+            if p.grad is None:
+                continue
+            active = mask.flatten()
+            n_active = int(active.sum())
+            k = min(int(alpha * n_active), active.numel() - n_active)
+            if k <= 0:
+                continue
+            dropped = top_k_mask(-p.detach().abs().flatten().float().masked_fill(~active, math.inf), k)
+            grown = top_k_mask(p.grad.abs().flatten().float().masked_fill(active, -1.0), k)
+            survivors = active & ~dropped
+            new = survivors | grown
+            keep = survivors.view(mask.shape)
+            p.mul_(keep)  # dropped weights to 0; grown ones were inactive, so already 0
+            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                buf.mul_(keep)  # dropped and grown weights start with zero momentum
+            self.masks[i] = new.view(mask.shape)
+            self.layouts[i] = layout_like(p, self.masks[i])
+
+    def mask(self) -> Mask:
+        """The current mask over every prunable weight (dense layers all ones), on the CPU."""
+        own = dict(zip(self.names, self.masks))
+        return {n: own[n].cpu() if n in own else torch.ones(self.shapes[n], dtype=torch.bool) for n in self.all_names}
+
+    def state_dict(self) -> dict:
+        return {"masks": {n: m.cpu() for n, m in zip(self.names, self.masks)}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.masks = [state["masks"][n].to(p.device, torch.bool) for n, p in zip(self.names, self.params)]
+        self._refresh_layouts()
+
+    def hparams(self) -> dict:
+        return {
+            "method": self.method, "sparsity": self.sparsity, "total_steps": self.total_steps,
+            "distribution": self.distribution, "update_every": self.update_every,
+            "drop_fraction": self.drop_fraction, "end_fraction": self.end_fraction,
+            "excluded": list(self.excluded), "seed": self.seed,
+        }

@@ -1,0 +1,235 @@
+"""`train_dst`: a network trained from scratch by RigL or DPF, with its options, result and run cache."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from elth.sparsity.dst.densities import DISTRIBUTIONS, DSTError, layer_densities
+from elth.sparsity.dst.dpf import DPF
+from elth.sparsity.dst.rigl import RigL
+from elth.sparsity.dst.common import check_settings
+from elth.sparsity.masks import count, excluded_names
+
+METHODS = ("rigl", "dpf")
+#: Defaults per method; options a method does not have are absent.
+DEFAULTS: dict[str, dict] = {
+    "rigl": {"distribution": "erk", "update_every": 100, "drop_fraction": 0.3, "end_fraction": 0.75},
+    "dpf": {"update_every": 16, "end_fraction": 0.75},
+}
+COMMON_OPTIONS = ("multiplier", "exclude")
+RESULT_FILE = "result.json"
+TICKET_FILE = "ticket.safetensors"
+
+
+def resolve_options(method: str, options: dict) -> dict:
+    """The method's options with defaults filled in (None means the default); unknown or
+    inapplicable options are a `DSTError`."""
+    if method not in METHODS:
+        raise DSTError(f"unknown dynamic sparse training method {method!r}; choose one of {', '.join(METHODS)}")
+    known = set(DEFAULTS["rigl"]) | set(DEFAULTS["dpf"]) | set(COMMON_OPTIONS)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise DSTError(f"unknown option(s) {', '.join(unknown)}; the options are {', '.join(sorted(known))}")
+    given = {k: v for k, v in options.items() if v is not None}
+    foreign = sorted(k for k in given if k not in DEFAULTS[method] and k not in COMMON_OPTIONS)
+    if foreign:
+        raise DSTError(f"{', '.join(foreign).replace('_', ' ')} applies to RigL only, not to {method.upper()}")
+    resolved = {**DEFAULTS[method], "multiplier": 1, "exclude": None, **given}
+    k = resolved["multiplier"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DSTError(f"the length multiplier must be a positive whole number, got {k!r}")
+    check_settings(0.0, 1, resolved["update_every"], resolved["end_fraction"])
+    if method == "rigl":
+        if resolved["distribution"] not in DISTRIBUTIONS:
+            raise DSTError(f"unknown layer distribution {resolved['distribution']!r}; "
+                           f"choose one of {', '.join(DISTRIBUTIONS)}")
+        if not 0.0 < resolved["drop_fraction"] < 1.0:
+            raise DSTError(f"the drop fraction must be above 0 and below 1, got {resolved['drop_fraction']}")
+    if resolved["exclude"] is not None:
+        resolved["exclude"] = tuple(resolved["exclude"])
+    return resolved
+
+
+_STEP_PARTS = re.compile(r"(?:(\d+)ep)?(?:(\d+)it)?")
+
+
+def _scaled_steps(text: str, k: int) -> str:
+    t = text.strip().lower()
+    m = _STEP_PARTS.fullmatch(t)
+    if t == "0" or m is None:
+        return t  # "0", or a malformed count that Protocol has already refused
+    epochs, its = int(m.group(1) or 0), int(m.group(2) or 0)
+    if not epochs and not its:
+        return "0"
+    return (f"{k * epochs}ep" if epochs else "") + (f"{k * its}it" if its else "")
+
+
+def scale_protocol(protocol, multiplier: int):
+    """The protocol `multiplier` times as long, with LR milestones and warmup scaled alike (RigL-Kx)."""
+    if multiplier == 1:
+        return protocol
+    return protocol.replace(
+        length=_scaled_steps(protocol.length, multiplier),
+        milestones=tuple(_scaled_steps(m, multiplier) for m in protocol.milestones),
+        warmup=_scaled_steps(protocol.warmup, multiplier),
+    )
+
+
+def make_controller(method: str, sparsity: float, total_steps: int, options: dict, seed: int):
+    if method == "rigl":
+        return RigL(
+            sparsity, total_steps, distribution=options["distribution"], update_every=options["update_every"],
+            drop_fraction=options["drop_fraction"], end_fraction=options["end_fraction"],
+            exclude=options["exclude"], seed=seed,
+        )
+    return DPF(sparsity, total_steps, update_every=options["update_every"], end_fraction=options["end_fraction"],
+               exclude=options["exclude"])
+
+
+@dataclass
+class DSTResult:
+    method: str
+    model: str
+    dataset: str
+    sparsity: float
+    test_accuracy: float
+    test_loss: float
+    train_steps: int
+    #: Training FLOPs by the conventions of `elth.flops`.
+    training_flops: float
+    #: FLOPs of one dense training of the same model under the protocol before any multiplier.
+    dense_training_flops: float
+    seconds: float
+    ticket_path: str | None = None
+
+    @property
+    def relative_flops(self) -> float:
+        return self.training_flops / self.dense_training_flops
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DSTResult":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def dst_hparams(model_name: str, data, protocol, method: str, sparsity: float, options: dict, excluded: list[str],
+                seed: int, data_seed: int, precision: str) -> dict:
+    """Everything that determines a DST run (the `dst-<hash>` directory name)."""
+    opts = {k: v for k, v in options.items() if k != "exclude"}
+    return {
+        "model": model_name, "dataset": data.info.to_dict(), "protocol": protocol.to_dict(), "method": method,
+        "sparsity": float(sparsity), "options": opts, "excluded": list(excluded), "seed": int(seed),
+        "data_seed": int(data_seed), "precision": precision,
+    }
+
+
+def train_dst(
+    model_name: str,
+    data,
+    protocol,
+    method: str,
+    sparsity: float,
+    *,
+    seed: int,
+    data_seed: int,
+    root: str | os.PathLike | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    precision: str = "fp32",
+    eval_every: str | None = None,
+    **method_options,
+) -> DSTResult:
+    """Train `model_name` from scratch with RigL or DPF to `sparsity` (over all prunable weights).
+
+    `method_options`: distribution, update_every, drop_fraction (RigL); update_every (DPF);
+    end_fraction; multiplier (K times the protocol's length, schedule scaled alike); exclude.
+    With `root`, the run lives in `root/dst-<hash>/` (train/ checkpoints, ticket.safetensors,
+    result.json): a finished run is returned as recorded, an interrupted one resumes exactly.
+    """
+    from elth.flops import dpf_training_flops, forward_macs, rigl_training_flops, training_flops, weight_positions
+    from elth.models import build_model
+    from elth.runs import run_dir, write_json_atomic
+    from elth.tickets import from_model, save_ticket
+    from elth.training import PRECISIONS, train
+
+    options = resolve_options(method, method_options)
+    if precision not in PRECISIONS:
+        raise DSTError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if not 0.0 <= sparsity < 1.0:
+        raise DSTError(f"sparsity must be at least 0 and below 1, got {sparsity}")
+    info = data.info
+    model = build_model(model_name, info.input_shape, info.num_classes, seed=seed)
+    excluded = excluded_names(model, None if options["exclude"] is None else list(options["exclude"]))
+    scaled = scale_protocol(protocol, options["multiplier"])
+    batch = scaled.batch_size
+    ipe = data.iterations_per_epoch(batch)
+    total = scaled.total_steps(ipe)
+    controller = make_controller(method, sparsity, total, options, seed)
+    # A sparsity the dense (excluded) layers make impossible fails here, before any run directory.
+    layer_densities(model, 1.0 - sparsity, options.get("distribution", "uniform"), options["exclude"])
+
+    run = None
+    if root is not None:
+        hp = dst_hparams(model_name, data, scaled, method, sparsity, options, excluded, seed, data_seed, precision)
+        run = run_dir(root, "dst", hp)
+        if (run / RESULT_FILE).is_file():
+            return DSTResult.from_dict(json.loads((run / RESULT_FILE).read_text()))
+
+    label = method_label(method, options)
+    result = train(
+        model, data, scaled, data_seed=data_seed, out_dir=None if run is None else run / "train",
+        eval_every=eval_every, precision=precision, device=device, progress=progress, controller=controller,
+        desc=f"{model_name} {label} {100 * sparsity:.1f}%",
+    )
+    mask = controller.mask()
+    kept, prunable = count(mask)
+    dense_macs = forward_macs(model)
+    if method == "rigl":
+        flops = rigl_training_flops(forward_macs(model, mask), dense_macs, total, batch,
+                                    controller.update_every, controller.end_step)
+    else:
+        positions = weight_positions(model)
+        weight_steps = controller.weight_steps(total)
+        sparse_sum = sum(positions[n] * weight_steps[n] for n in positions)
+        flops = dpf_training_flops(sparse_sum, dense_macs, total, batch)
+    dense_flops = training_flops(dense_macs, protocol.total_steps(data.iterations_per_epoch(protocol.batch_size)),
+                                 protocol.batch_size)
+    out = DSTResult(
+        method=method, model=model_name, dataset=info.name, sparsity=1.0 - kept / prunable,
+        test_accuracy=float(result.test_accuracy), test_loss=float(result.test_loss), train_steps=total,
+        training_flops=flops, dense_training_flops=dense_flops, seconds=result.seconds,
+    )
+    if run is not None:
+        provenance = {
+            "method": method,
+            "description": f"{label} training of {model_name} from scratch to {100 * out.sparsity:.2f}% sparsity "
+                           f"({total} steps)",
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
+            "excluded": list(excluded), "requested_sparsity": float(sparsity), "sparsity": out.sparsity,
+            "kept": kept, "prunable": prunable, "test_accuracy": out.test_accuracy,
+            "training_flops": flops, "seed": int(seed), "data_seed": int(data_seed), "precision": precision,
+        }
+        ticket = from_model(model, info, mask, rewind_step=total, rewind=f"{total}it", protocol=scaled.to_dict(),
+                            provenance=provenance, keep_dense=False)
+        if method == "dpf":
+            dense = controller.dense_weights()
+            ticket.dense = {n: dense[n] if n in dense else ticket.state[n].clone() for n in ticket.mask}
+        out.ticket_path = str(save_ticket(ticket, run / TICKET_FILE))
+        write_json_atomic(run / RESULT_FILE, out.to_dict())
+    return out
+
+
+def method_label(method: str, options: dict) -> str:
+    """A short name for the setting, e.g. 'RigL-5x (ERK)' or 'DPF'."""
+    k = options.get("multiplier", 1)
+    name = {"rigl": "RigL", "dpf": "DPF"}[method] + (f"-{k}x" if k != 1 else "")
+    if method == "rigl":
+        name += f" ({options['distribution'].upper() if options['distribution'] == 'erk' else 'uniform'})"
+    return name
