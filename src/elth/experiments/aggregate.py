@@ -82,7 +82,7 @@ def curve_label(key: CurveKey) -> str:
     names = {"dense": "Dense", "imp": "IMP", "ett": "ETT", "magnitude": "Magnitude", "snip": "SNIP",
              "grasp": "GraSP", "synflow": "SynFlow", "random": "Random", "reinit": "Reinit",
              "snip-extra": "SNIP-extra", "ett-reinit": "ETT mask, reinit", "ett-random": "ETT weights, random mask",
-             "ett-random-reinit": "Random mask, reinit"}
+             "ett-random-reinit": "Random mask, reinit", "rigl": "RigL", "rigl-5x": "RigL-5x", "dpf": "DPF"}
     label = names.get(method, method)
     if source:
         label += f" \u2190 {short_name(source)}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from elth.experiments.spec import ImpRun, TicketRun
+from elth.experiments.spec import DST_BASELINES, ImpRun, TicketRun
 from elth.flops import forward_macs, training_flops
 from elth.models import build_model
 from elth.runs import run_dir, write_json_atomic
@@ -197,6 +197,10 @@ def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
     result_file = directory / RESULT_FILE
     if result_file.is_file():
         return TicketOutcome(**json.loads(result_file.read_text()))
+    if run.method in DST_BASELINES:
+        outcome = _dst_outcome(ctx, run, like)
+        write_json_atomic(result_file, asdict(outcome))
+        return outcome
     start = time.time()
     data = dataset(ctx)
     protocol = protocol_for(ctx, run.target)
@@ -217,6 +221,22 @@ def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
     )
     write_json_atomic(result_file, asdict(outcome))
     return outcome
+
+
+def _dst_outcome(ctx: Context, run: TicketRun, like: LevelCost) -> TicketOutcome:
+    """RigL or DPF from scratch on the target, to the sparsity of the target's IMP ticket `like`."""
+    from elth.sparsity.dst import train_dst
+
+    start = time.time()
+    method, multiplier = ("rigl", 5) if run.method == "rigl-5x" else (run.method, 1)
+    res = train_dst(run.target, dataset(ctx), protocol_for(ctx, run.target), method, like.sparsity, seed=run.seed,
+                    data_seed=run.seed, root=ctx.root, device=ctx.device, progress=ctx.progress,
+                    multiplier=multiplier)
+    return TicketOutcome(
+        sparsity=res.sparsity, accuracy=res.test_accuracy, train_steps=res.train_steps,
+        train_flops=res.training_flops, mask_cost_flops=0.0, ticket=str(res.ticket_path),
+        seconds=time.time() - start,
+    )
 
 
 def make_ticket(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> Ticket:

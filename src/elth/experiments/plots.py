@@ -22,6 +22,7 @@ _BASELINE_STYLES = {
     "synflow": ("#17becf", "D"), "random": ("#8c564b", "x"), "reinit": ("#9467bd", "+"),
     "snip-extra": ("#d62728", "*"),
     "ett-reinit": ("#1f77b4", "1"), "ett-random": ("#ff7f0e", "2"), "ett-random-reinit": ("#2ca02c", "3"),
+    "rigl": ("#393b79", "h"), "rigl-5x": ("#637939", "H"), "dpf": ("#843c39", "p"),
 }
 
 

@@ -221,7 +221,8 @@ def _compute(points: list[Point], levels: list[int]) -> str:
            "to the rewind point plus every IMP round before the ticket's level (on the source network for "
            "ETTs); for magnitude, SNIP, GraSP and SynFlow the dense training to the rewind point plus "
            "scoring; random and reinit tickets reuse the layerwise sparsities or mask of the target's IMP "
-           "ticket, so they carry its mask cost. "
+           "ticket, so they carry its mask cost; RigL and DPF find their masks while training, so all their "
+           "cost is training (DPF computes dense gradients at every step, RigL at every mask update). "
            + (f"Normalised columns divide by one full dense training of the largest member ({flops(unit)}FLOP)." if unit else "")
            + "\n"]
     top = max(levels)

@@ -6,14 +6,14 @@ Anyone can re-plot an experiment from `results.csv` alone. Columns:
 |---|---|
 | experiment, scale, dataset | which experiment and where it ran |
 | target | the network the ticket is for |
-| method | dense, imp, ett, magnitude, snip, grasp, synflow, random, reinit, snip-extra, ett-reinit, ett-random, ett-random-reinit |
+| method | dense, imp, ett, magnitude, snip, grasp, synflow, random, reinit, snip-extra, ett-reinit, ett-random, ett-random-reinit, rigl, rigl-5x, dpf |
 | source, strategy | ETTs and the transfer baselines: the member the ticket came from and how ("appending", "interpolation 1,2", "appending 1,2,3,4 random", "interval", "drop 1,3", ...) |
 | level | the IMP level the ticket corresponds to (0 = dense) |
 | sparsity | the ticket's actual sparsity (pruned fraction of all prunable weights) |
 | seed | the seed of the IMP run(s) and of training |
 | accuracy | test accuracy after training (fraction in [0, 1]) |
 | train_steps, train_flops | the ticket's own training (from its rewind point to the end) |
-| mask_cost_flops | what finding the mask cost: IMP rewind training and rounds for IMP and ETT tickets, the rewind training and scoring for pruning baselines |
+| mask_cost_flops | what finding the mask cost: IMP rewind training and rounds for IMP and ETT tickets, the rewind training and scoring for pruning baselines, 0 for RigL and DPF (their training finds the mask: it is all in train_flops) |
 | ticket | the ticket file |
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ RESULTS_CSV = "results.csv"
 
 #: methods that prune the target directly (drawn dashed in plots)
 PRUNING_BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra",
-                     "ett-reinit", "ett-random", "ett-random-reinit")
+                     "ett-reinit", "ett-random", "ett-random-reinit", "rigl", "rigl-5x", "dpf")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,10 @@ SCALES = ("paper", "cpu", "smoke")
 ALL_PAIRS = "all"
 #: Baseline methods a setup may list (see `elth.sparsity` for each one's definition).
 BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra",
-             "ett-reinit", "ett-random", "ett-random-reinit")
+             "ett-reinit", "ett-random", "ett-random-reinit", "rigl", "rigl-5x", "dpf")
+#: Dynamic sparse training baselines: the target trained from scratch by RigL (5x as long for
+#: "rigl-5x") or DPF to the sparsity of its IMP ticket at the level (`elth.sparsity.dst`).
+DST_BASELINES = ("rigl", "rigl-5x", "dpf")
 #: Baselines made from each transfer rather than from the target's IMP ticket (paper's Figure 3):
 #: snip-extra (the source's masks on the units it has, SNIP on the extra ones: stretches only),
 #: ett-reinit (the ETT ticket's mask on fresh weights), ett-random (the ETT ticket's weights under
@@ -76,6 +79,8 @@ class Setup:
     order: str = "appending"
     squeeze_mode: str = "consecutive"
     baselines: tuple[str, ...] = ()
+    #: members the (non-transfer) baselines are made for (None: every member)
+    baseline_targets: tuple[str, ...] | None = None
     #: IMP levels at which the baselines are made (None: `levels`); more levels around the compared
     #: ones let ETT tickets, whose sparsity drifts, be compared with the baselines by interpolation
     baseline_levels: tuple[int, ...] | None = None
@@ -147,6 +152,9 @@ class Setup:
                 raise SpecError(f"transfer {t.source} -> {t.target}: units to drop given for a stretch")
             if t.random_replicas and not stretch:
                 raise SpecError(f"transfer {t.source} -> {t.target}: random replicas need a stretch")
+        for m in self.baseline_targets or ():
+            if m not in self.members:
+                raise SpecError(f"baseline target {m!r} is not a member of the setup")
         for b in self.baselines:
             if b not in BASELINES:
                 raise SpecError(f"unknown baseline {b!r} (one of {', '.join(BASELINES)})")
@@ -264,6 +272,7 @@ def expand(setup: Setup) -> Plan:
     imp = tuple(ImpRun(m, s, setup.imp_levels) for s in seeds for m in setup.members)
     tickets: list[TicketRun] = []
     transfers = setup.expand_transfers()
+    baseline_targets = setup.members if setup.baseline_targets is None else setup.baseline_targets
     for s in seeds:
         for level in sorted(set(setup.levels) | set(setup.levels_of_baselines)):
             if level in setup.levels:
@@ -277,6 +286,6 @@ def expand(setup: Setup) -> Plan:
                             for t in transfers:
                                 if t.target == target and (b != "snip-extra" or is_stretch(t.source, t.target)):
                                     tickets.append(_transfer_run(b, t, level, s))
-                    elif level in setup.levels_of_baselines:
+                    elif level in setup.levels_of_baselines and target in baseline_targets:
                         tickets.append(TicketRun(b, target, level, s))
     return Plan(imp, tuple(tickets))

@@ -30,6 +30,7 @@ _LAZY = {
     "run_imp": "elth.sparsity.imp",
     "rewind_point": "elth.sparsity.rewind",
     "train_ticket": "elth.sparsity.ticket_training",
+    "train_dst": "elth.sparsity.dst",
     "to_torch_prune": "elth.sparsity.torch_prune",
     "from_torch_prune": "elth.sparsity.torch_prune",
 }

@@ -1,6 +1,6 @@
 """Training: protocols (the paper's Table 4 as presets), the resumable loop, checkpoints, metrics."""
 from elth.training.checkpoint import CheckpointError
-from elth.training.loop import PRECISIONS, TrainResult, default_device, evaluate, train
+from elth.training.loop import PRECISIONS, TrainingController, TrainResult, default_device, evaluate, train
 from elth.training.masking import MaskError
 from elth.training.protocol import (
     PRESETS,
@@ -19,6 +19,7 @@ __all__ = [
     "Protocol",
     "ProtocolError",
     "TrainResult",
+    "TrainingController",
     "default_device",
     "default_rewind",
     "evaluate",
