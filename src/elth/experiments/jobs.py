@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from elth.experiments.spec import DST_BASELINES, ImpRun, TicketRun
+from elth.experiments.spec import DST_BASELINES, ImpRun, LMCRun, TicketRun
 from elth.flops import forward_macs, training_flops
 from elth.models import build_model
 from elth.runs import run_dir, write_json_atomic
@@ -309,3 +309,42 @@ def mask_cost(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -
     if run.method == "snip-extra":
         return basis.mask_cost_flops + scoring
     return rewind_cost + scoring
+
+
+# -- linear mode connectivity (Figure 8) ---------------------------------------------------------
+#: The second copy of a ticket trains with data seed `seed + LMC_SEED_OFFSET`; the first with `seed`,
+#: the same training the ticket's own accuracy comes from (shared through the store).
+LMC_SEED_OFFSET = 1000
+LMC_FILE = "lmc.json"
+
+
+def lmc_run_dir(ctx: Context, run: LMCRun, ticket_path: str) -> Path:
+    data = dataset(ctx)
+    hp = {
+        "ticket": _relative(ticket_path, ctx.root), "target": run.target, "level": run.level, "seed": run.seed,
+        "points": run.points, "dataset": data.info.to_dict(), "protocol": protocol_for(ctx, run.target).to_dict(),
+        "data_seeds": [run.seed, run.seed + LMC_SEED_OFFSET],
+    }
+    return run_dir(ctx.root, "lmc", hp)
+
+
+def lmc_cached(ctx: Context, run: LMCRun, ticket_path: str) -> dict | None:
+    f = lmc_run_dir(ctx, run, ticket_path) / LMC_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def run_lmc_job(ctx: Context, run: LMCRun, ticket_path: str, label: str) -> dict:
+    """Two copies of the ticket trained with different data seeds and the path between them (cached)."""
+    from elth.analysis import linear_mode_connectivity
+
+    cached = lmc_cached(ctx, run, ticket_path)
+    if cached is not None:
+        return cached
+    result = linear_mode_connectivity(
+        load_ticket(ticket_path), dataset(ctx), protocol_for(ctx, run.target),
+        data_seeds=(run.seed, run.seed + LMC_SEED_OFFSET), points=run.points, label=label,
+        ticket_path=ticket_path, root=ctx.root, device=ctx.device, progress=ctx.progress,
+    )
+    out = result.to_dict()
+    write_json_atomic(lmc_run_dir(ctx, run, ticket_path) / LMC_FILE, out)
+    return out

@@ -26,7 +26,7 @@ from elth.experiments.aggregate import (
 )
 from elth.experiments.compute import dense_training_flops, elth_savings
 from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
-from elth.experiments.results import Row, read_results
+from elth.experiments.results import Row, read_lmc, read_results
 from elth.runs import write_text_atomic
 
 REPORT = "report.md"
@@ -250,6 +250,51 @@ def _compute(points: list[Point], levels: list[int]) -> str:
     return "\n".join(out)
 
 
+def _lmc_section(paths: list[dict], out: Path) -> str:
+    """Figure 8's analysis: per target and level, every ticket's path between its two trained copies."""
+    if not paths:
+        return ""
+    import statistics
+    from dataclasses import fields
+
+    from elth.analysis import LMCResult, plot_lmc
+
+    names = {f.name for f in fields(LMCResult)}
+    text = ["## Linear mode connectivity\n",
+            "Two copies of each ticket are trained from its rewind weights with different data orders and "
+            "augmentation; the network (1 - α) W₁ + α W₂ is evaluated at evenly spaced α (BN statistics "
+            "re-estimated on training batches at every point). Instability = the largest test error along "
+            "the path minus the mean of the endpoints' errors, in points; mean ± std over seeds. Figures show "
+            "the first seed.\n"]
+    groups: dict[tuple, list[dict]] = {}
+    for d in paths:
+        groups.setdefault((d["target"], d["level"]), []).append(d)
+    for (target, level), group in sorted(groups.items()):
+        by_ticket: dict[str, list[dict]] = {}
+        for d in group:
+            by_ticket.setdefault(d["label"], []).append(d)
+        rows = []
+        for label, ds in by_ticket.items():
+            inst = [100 * d["instability"] for d in ds]
+            ends = [100 * statistics.fmean(d["endpoint_errors"]) for d in ds]
+            peak = [100 * max(d["test_errors"]) for d in ds]
+            spread = f" ± {statistics.stdev(inst):.2f}" if len(inst) > 1 else ""
+            rows.append([label, f"{100 * statistics.fmean(d['sparsity'] for d in ds):.2f}%", str(len(ds)),
+                         f"{statistics.fmean(ends):.2f}", f"{statistics.fmean(peak):.2f}",
+                         f"{statistics.fmean(inst):.2f}{spread}"])
+        first = min(d["seed"] for d in group)
+        results = [LMCResult.from_dict({k: v for k, v in d.items() if k in names})
+                   for d in group if d["seed"] == first]
+        figure = f"lmc_{target}_level{level}.png"
+        plot_lmc(results, out / figure, title=f"{short_name(target)}, IMP level {level} "
+                                              f"({100 * nominal_sparsity(level):.2f}%)")
+        text.append(f"### {short_name(target)}, level {level}\n")
+        text.append(f"![Test error along the linear path, {short_name(target)} level {level}]({figure})\n")
+        text.append(table(["ticket", "sparsity", "seeds", "endpoints' error (%)", "max error on the path (%)",
+                           "instability (points)"], rows))
+    return "\n".join(text)
+
+
 def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
     """Write `report.md` and its PNG figure; return the report's path.
 
@@ -278,6 +323,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
         _per_target_tables(points, levels),
         _imp_all_levels(points),
         _compute(points, levels),
+        _lmc_section(read_lmc(results_dir), out),
         "The raw rows (one per trained ticket and seed) are in `results.csv` and `results.jsonl`.\n",
     ]
     return write_text_atomic(out / REPORT, "\n".join(p for p in parts if p))

@@ -29,6 +29,8 @@ from elth.errors import ElthError
 from elth.runs import write_text_atomic
 
 RESULTS_JSONL = "results.jsonl"
+#: linear mode connectivity paths, one JSON object per ticket and seed (see `elth.analysis.LMCResult`)
+LMC_JSONL = "lmc.jsonl"
 RESULTS_CSV = "results.csv"
 
 #: methods that prune the target directly (drawn dashed in plots)
@@ -130,3 +132,21 @@ def read_results(path: str | os.PathLike) -> list[Row]:
         return rows
     except (ValueError, TypeError) as e:
         raise ElthError(f"{p}: unreadable results table ({e})") from None
+
+
+def write_lmc(paths: list[dict], out_dir: str | os.PathLike) -> Path:
+    """Write `lmc.jsonl`: one interpolation path per line, in a stable order."""
+    key = lambda d: (d["target"], d["level"], d["method"] != "imp", d["source"], d["strategy"], d["seed"])
+    text = "".join(json.dumps(d, sort_keys=True) + "\n" for d in sorted(paths, key=key))
+    return write_text_atomic(Path(out_dir) / LMC_JSONL, text)
+
+
+def read_lmc(results_dir: str | os.PathLike) -> list[dict]:
+    """The paths of `lmc.jsonl` in an experiment's directory ([] when it measured none)."""
+    p = Path(results_dir) / LMC_JSONL
+    if not p.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    except ValueError as e:
+        raise ElthError(f"{p}: unreadable ({e})") from None

@@ -28,14 +28,16 @@ from elth.experiments.jobs import (
     LevelCost,
     TicketOutcome,
     imp_cached,
+    lmc_cached,
     protocol_for,
     rewind_for,
     run_imp_job,
+    run_lmc_job,
     run_ticket_job,
     ticket_cached,
 )
-from elth.experiments.results import Row, write_results
-from elth.experiments.spec import Experiment, ImpRun, Setup, TicketRun, expand
+from elth.experiments.results import Row, write_lmc, write_results
+from elth.experiments.spec import Experiment, ImpRun, LMCRun, Setup, TicketRun, expand
 from elth.runs import write_json_atomic
 
 META_FILE = "experiment.json"
@@ -221,11 +223,15 @@ def run_experiment(
             imp = _run_imp_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.imp], pool, bar, outcome)
             tickets = _run_ticket_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.tickets], imp, pool,
                                         bar, outcome)
+            lmc = _run_lmc_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.lmc], imp, tickets, pool, bar,
+                                 outcome)
     finally:
         bar.close()
     outcome.rows = _imp_rows(experiment.name, scale, imp) + _ticket_rows(experiment.name, scale, tickets)
     outcome.seconds = time.time() - start
     write_results(outcome.rows, out)
+    if any(p.lmc for p in plans):
+        write_lmc(lmc, out)
     write_json_atomic(out / META_FILE, _meta(experiment, scale, parts, ctxs, outcome, command))
     if outcome.failures:
         for label, err in outcome.failures:
@@ -309,6 +315,54 @@ def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, out
     return done
 
 
+def _lmc_ticket(ctx: Context, run: LMCRun, imp: dict, tickets: dict) -> tuple[str, str] | str:
+    """(ticket path, label) of an LMC run, or why it cannot run."""
+    from elth.experiments.aggregate import curve_label
+
+    ds = _dataset_name(ctx)
+    if run.ticket is None:
+        o = imp.get((ds, run.target, run.seed))
+        if o is None or len(o.levels) <= run.level:
+            return f"skipped: IMP on {run.target} (seed {run.seed}) did not reach level {run.level}"
+        return o.levels[run.level].ticket, "IMP"
+    t = tickets.get((ds, run.ticket))
+    if t is None:
+        return f"skipped: the ticket run {run.ticket.label} failed"
+    return t.ticket, curve_label((run.ticket.method, run.ticket.source, run.ticket.strategy))
+
+
+def _run_lmc_phase(runs: list[tuple[Context, LMCRun]], imp, tickets, pool, bar, outcome) -> list[dict]:
+    done: list[dict] = []
+    todo = []
+
+    def record(ctx: Context, run: LMCRun, result: dict) -> None:
+        t = run.ticket
+        done.append({"dataset": _dataset_name(ctx), "target": run.target, "method": run.method,
+                     "source": t.source if t else "", "strategy": t.strategy if t else "", "level": run.level,
+                     "seed": run.seed, **result})
+
+    for ctx, run in runs:
+        found = _lmc_ticket(ctx, run, imp, tickets)
+        if isinstance(found, str):
+            outcome.failures.append((run.label, found))
+            bar.skip(run.label, found)
+            continue
+        cached = lmc_cached(ctx, run, found[0])
+        if cached is not None:
+            record(ctx, run, cached)
+            outcome.cached += 1
+            bar.skip(run.label, "read from the store")
+        else:
+            todo.append(_Task(run.label, run_lmc_job, (ctx, run, *found)))
+    for task, result, err in _execute(todo, pool, bar, lambda r: f"instability {100 * r['instability']:.2f} points"):
+        if err is not None:
+            outcome.failures.append((task.label, err))
+        else:
+            record(task.args[0], task.args[1], result)
+            outcome.trained += 1
+    return done
+
+
 def _imp_rows(name: str, scale: str, imp: dict) -> list[Row]:
     rows = []
     for (dataset, model, seed), o in imp.items():
@@ -359,6 +413,7 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
                 "seeds": s.seeds,
                 "transfers": [asdict(t) for t in s.expand_transfers()],
                 "baselines": list(s.baselines),
+                "lmc_levels": list(s.lmc_levels),
             }
             for s in parts
         ],

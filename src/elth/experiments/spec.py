@@ -85,6 +85,11 @@ class Setup:
     #: ones let ETT tickets, whose sparsity drifts, be compared with the baselines by interpolation
     baseline_levels: tuple[int, ...] | None = None
     seeds: int = 3
+    #: IMP levels at which linear mode connectivity is measured (Figure 8): for every transfer target,
+    #: its own IMP ticket and each ETT ticket into it, two copies trained with different data seeds
+    lmc_levels: tuple[int, ...] = ()
+    #: evenly spaced interpolation coefficients on each path, endpoints included
+    lmc_points: int = 30
     #: what this scale changes with respect to the paper, in one or two sentences
     note: str = ""
 
@@ -132,6 +137,11 @@ class Setup:
             raise SpecError(f"imp_beyond must be >= 0, got {self.imp_beyond}")
         if self.seeds < 1:
             raise SpecError(f"the number of seeds must be positive, got {self.seeds}")
+        for lv in self.lmc_levels:
+            if lv not in self.levels:
+                raise SpecError(f"linear mode connectivity at level {lv}, which is not a compared level {self.levels}")
+        if self.lmc_points < 2:
+            raise SpecError(f"an interpolation path needs at least 2 points, got {self.lmc_points}")
         for s in self.source_members():
             if s not in self.members:
                 raise SpecError(f"source {s!r} is not a member of the setup")
@@ -245,13 +255,34 @@ class TicketRun:
 
 
 @dataclass(frozen=True)
+class LMCRun:
+    """Linear mode connectivity of one ticket: IMP's on the target (`ticket` None) or an ETT's."""
+
+    target: str
+    level: int
+    seed: int
+    points: int
+    ticket: TicketRun | None = None
+
+    @property
+    def method(self) -> str:
+        return "imp" if self.ticket is None else self.ticket.method
+
+    @property
+    def label(self) -> str:
+        what = f"imp {self.target} level {self.level} seed {self.seed}" if self.ticket is None else self.ticket.label
+        return f"lmc of {what}"
+
+
+@dataclass(frozen=True)
 class Plan:
     imp: tuple[ImpRun, ...]
     tickets: tuple[TicketRun, ...]
+    lmc: tuple[LMCRun, ...] = ()
 
     @property
     def total(self) -> int:
-        return len(self.imp) + len(self.tickets)
+        return len(self.imp) + len(self.tickets) + len(self.lmc)
 
 
 def is_stretch(source: str, target: str) -> bool:
@@ -288,4 +319,12 @@ def expand(setup: Setup) -> Plan:
                                     tickets.append(_transfer_run(b, t, level, s))
                     elif level in setup.levels_of_baselines and target in baseline_targets:
                         tickets.append(TicketRun(b, target, level, s))
-    return Plan(imp, tuple(tickets))
+    lmc = []
+    for s in seeds:
+        for level in setup.lmc_levels:
+            for target in dict.fromkeys(t.target for t in transfers):
+                lmc.append(LMCRun(target, level, s, setup.lmc_points))
+                for t in transfers:
+                    if t.target == target:
+                        lmc.append(LMCRun(target, level, s, setup.lmc_points, _transfer_run("ett", t, level, s)))
+    return Plan(imp, tuple(tickets), tuple(lmc))

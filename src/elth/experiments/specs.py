@@ -343,9 +343,42 @@ RIGL_TABLE2 = Experiment(
     ),
 )
 
+# -- Section 4.4: linear mode connectivity (Figure 8) ---------------------------------------------
+LMC_FIGURE8 = Experiment(
+    name="lmc_figure8",
+    title="Linear mode connectivity of IMP and ETT tickets on ResNet-32",
+    paper="Figure 8 (Section 4.4)",
+    description=(
+        "The IMP ticket of ResNet-32 and the tickets stretched to it from ResNet-14 and ResNet-20 (appending): "
+        "two copies of each are trained with different data orders and augmentation, and the test error is "
+        "measured along the straight line between them. The paper finds IMP stable, the ETT from ResNet-20 "
+        "somewhat less and the one from ResNet-14 much less stable."
+    ),
+    scales=(
+        ("paper", (Setup(
+            dataset="cifar10", members=("cifar_resnet_14", "cifar_resnet_20", "cifar_resnet_32"),
+            transfers=(Transfer("cifar_resnet_14", "cifar_resnet_32"), Transfer("cifar_resnet_20", "cifar_resnet_32")),
+            levels=(6,), lmc_levels=(6,), preset="paper", seeds=3,
+            note="CIFAR-10, Table 4 protocol; the paper does not state the sparsity: IMP level 6 (73.79%), "
+                 "30 points per path, three seeds."),)),
+        ("cpu", (Setup(
+            dataset="fashion_mnist", members=("cifar_resnet_14_8", "cifar_resnet_20_8", "cifar_resnet_32_8"),
+            transfers=(Transfer("cifar_resnet_14_8", "cifar_resnet_32_8"),
+                       Transfer("cifar_resnet_20_8", "cifar_resnet_32_8")),
+            levels=(4,), lmc_levels=(4,), preset="paper", protocol=(("length", "300it"), ("milestones", ("225it",))),
+            rewind="30it", seeds=1, lmc_points=15,
+            note="Fashion-MNIST; width-8 ResNets; 300 iterations per training (LR x0.1 at 225), rewinding to "
+                 "iteration 30; IMP level 4 (59.04%); 15 points per path; one seed."),)),
+        ("smoke", (Setup(
+            dataset="synthetic_3x8x8_n128", members=(R14S, R20S), transfers=(Transfer(R14S, R20S),), levels=(1,),
+            lmc_levels=(1,), lmc_points=5, preset="smoke", rewind="2it", seeds=1,
+            note="Synthetic 8x8 images, 12 iterations per training, 5 points per path: a plumbing check only."),)),
+    ),
+)
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     RESNET_FAMILY, ETT_BASELINES, REPLICATE_UNITS, EARLIER_LATER, VGG_FAMILY, IMAGENET_TABLE1, DPF_TABLE3,
-    RIGL_TABLE2, FC_TABLE5, SMOKE, DEMO)}
+    RIGL_TABLE2, LMC_FIGURE8, FC_TABLE5, SMOKE, DEMO)}
 
 
 def get_experiment(name: str) -> Experiment:
