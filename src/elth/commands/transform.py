@@ -1,4 +1,5 @@
-"""`elth transform`: stretch or squeeze a ticket into a deeper or shallower model of its family."""
+"""`elth transform`: stretch or squeeze a ticket into a deeper or shallower model of its family,
+and/or move it to another dataset."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ from elth.errors import ElthError
 from elth.sparsity.masks import count
 from elth.tickets import Ticket, load_ticket, save_ticket
 
-HELP = "stretch or squeeze a ticket to another depth of its model family"
+HELP = "stretch or squeeze a ticket to another depth of its model family (and/or move it to another dataset)"
 
 DESCRIPTION = """\
 Stretch or squeeze a ticket into another depth of its model family (an Elastic Ticket
@@ -33,10 +34,17 @@ units separated by ',', stages by ';'. One list applies to every stage.
   --plan 0,1,2,1,2                      ResNet-20 -> ResNet-32, the same list for all 3 stages
   --plan "0,1,2,1,2;0,1,1,2,2;0,1,2,3,4" one list per stage
 
+Another dataset (--dataset, the paper's Appendix D): every weight and mask is kept when the
+inputs fit the same weights (conv nets: the same number of channels, any image size; MLPs: the
+same input size); when the class count differs, the output layer is replaced by a freshly
+initialised one (seeded by --seed) with the old layer's density at random positions. With --to as
+well, the depth changes first, then the dataset.
+
 Examples:
   elth transform r20.safetensors --to cifar_resnet_56 --dry-run
   elth transform r32.safetensors --to cifar_resnet_56 --order interpolation -o r56.safetensors
   elth transform r56.safetensors --to cifar_resnet_32 --drop 5,6,7,8 -o r32.safetensors
+  elth transform r20_svhn.safetensors --to cifar_resnet_32 --dataset cifar10 -o r32_cifar.safetensors
 """
 
 
@@ -52,7 +60,10 @@ def _unit_list(text: str) -> tuple[int, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ticket", metavar="TICKET", help="source ticket (.safetensors)")
-    parser.add_argument("--to", required=True, metavar="MODEL", help="target model, e.g. cifar_resnet_56")
+    parser.add_argument("--to", metavar="MODEL", help="target model, e.g. cifar_resnet_56 (default: the ticket's)")
+    parser.add_argument("--dataset", metavar="NAME",
+                        help="move the ticket to this dataset (e.g. cifar10 for a ticket found on svhn; see above)")
+    parser.add_argument("--data-dir", metavar="DIR", help="where --dataset's files are (ImageNet: to count its classes)")
     parser.add_argument(
         "--order", choices=ORDERS, default=None,
         help="how stretched stages order their copies (default: appending)",
@@ -79,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(layerwise sparsity kept; the new mask selects the copied dense rewind weights, so the ticket must "
         "keep them, as tickets made by elth imp do)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for --random-replicas (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for --random-replicas and for a new output layer on --dataset (default 0)")
     parser.add_argument("-o", "--output", metavar="OUT.safetensors", help="where to write the new ticket")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the sparsity, write nothing")
 
@@ -118,18 +130,33 @@ def run(args: argparse.Namespace) -> int:
         raise ElthError("say where to write the new ticket with -o OUT.safetensors (or use --dry-run)")
     if args.plan is not None and (args.order or args.squeeze or args.units or args.drop):
         raise ElthError("--plan replaces the strategy options; drop --order/--units/--squeeze/--drop")
+    if args.to is None and args.dataset is None:
+        raise ElthError("say what to transform the ticket into: --to MODEL (another depth), --dataset NAME, or both")
     source = load_ticket(args.ticket)
-    result = transform(
-        source, args.to, plan=args.plan, order=args.order or "appending",
-        squeeze_mode=args.squeeze or "consecutive", units=args.units, drop=args.drop,
-        random_replicas=args.random_replicas, seed=args.seed, source_path=str(args.ticket),
-    )
-    plan_text = result.provenance["plan"]
-    plan = parse_plan(plan_text, plan_text.count(";") + 1)
-    print(f"{source.model} -> {result.model}")
-    print(f"plan: {plan_text}")
+    result, plan = source, None
+    if args.to is not None:
+        result = transform(
+            source, args.to, plan=args.plan, order=args.order or "appending",
+            squeeze_mode=args.squeeze or "consecutive", units=args.units, drop=args.drop,
+            random_replicas=args.random_replicas, seed=args.seed, source_path=str(args.ticket),
+        )
+        plan_text = result.provenance["plan"]
+        plan = parse_plan(plan_text, plan_text.count(";") + 1)
+        print(f"{source.model} -> {result.model}")
+        print(f"plan: {plan_text}")
+    elif args.plan or args.order or args.squeeze or args.units or args.drop or args.random_replicas:
+        raise ElthError("the depth options (--plan, --order, --units, --squeeze, --drop, --random-replicas) need --to")
+    if args.dataset is not None:
+        from elth.data import dataset_info
+        from elth.transfer import to_dataset
+
+        depth_done = result
+        result = to_dataset(result, dataset_info(args.dataset, args.data_dir), seed=args.seed)
+        print(f"{depth_done.dataset.name} -> {result.dataset.name}: "
+              + ("output layer replaced" if result.provenance["replaced"] else "weights and masks kept"))
     if args.dry_run:
-        print("\n".join(plan_table(source, result, plan, args.random_replicas)))
+        if plan is not None:
+            print("\n".join(plan_table(source, result, plan, args.random_replicas)))
         print(_sparsity_line(source, result))
         print("dry run: nothing written")
         return 0
