@@ -150,8 +150,10 @@ def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=
         print(summary_text(rows))
     print(f"\nresults: {out / 'results.csv'} (and results.jsonl)")
     if rows and not getattr(args, "no_report", False):
+        from elth.experiments.report import report_figures
+
         report = write_report(out)
-        print(f"report:  {report} (figure {report.parent / 'accuracy_vs_sparsity.png'})")
+        print(f"report:  {report} (figures: {', '.join(str(f) for f in report_figures(report))})")
     if failed is not None:
         raise failed
     return 0

@@ -43,5 +43,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else results_dir
     report = write_report(src, out)
     print(f"report: {report}")
-    print(f"figure: {report.parent / 'accuracy_vs_sparsity.png'}")
+    from elth.experiments.report import report_figures
+
+    for figure in report_figures(report):
+        print(f"figure: {figure}")
     return 0

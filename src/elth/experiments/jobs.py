@@ -241,27 +241,34 @@ def _dst_outcome(ctx: Context, run: TicketRun, like: LevelCost) -> TicketOutcome
 
 def make_ticket(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> Ticket:
     if run.method == "ett":
-        return _transformed(run, basis)
+        return _transformed(ctx, run, basis)
     if run.method in ("ett-reinit", "ett-random", "ett-random-reinit"):
         return _ett_variant(ctx, run, basis)
     return make_baseline(ctx, run, basis, like)
 
 
-def _transformed(run: TicketRun, basis: LevelCost) -> Ticket:
-    """The source's IMP ticket at the run's level, stretched or squeezed as the run says."""
+def _transformed(ctx: Context, run: TicketRun, basis: LevelCost) -> Ticket:
+    """The source's IMP ticket at the run's level, stretched or squeezed as the run says, and moved
+    to the experiment's dataset when it was found on another."""
     from elth.elastic import transform
+    from elth.transfer import to_dataset
 
-    return transform(
-        load_ticket(basis.ticket), run.target, order=run.order, squeeze_mode=run.squeeze_mode, units=run.units,
-        drop=run.drop, random_replicas=run.random_replicas, seed=run.seed, source_path=basis.ticket,
-    )
+    ticket = load_ticket(basis.ticket)
+    if run.target != run.source:
+        ticket = transform(
+            ticket, run.target, order=run.order, squeeze_mode=run.squeeze_mode, units=run.units, drop=run.drop,
+            random_replicas=run.random_replicas, seed=run.seed, source_path=basis.ticket,
+        )
+    if run.source_dataset:
+        ticket = to_dataset(ticket, dataset(ctx).info, seed=run.seed)
+    return ticket
 
 
 def _ett_variant(ctx: Context, run: TicketRun, basis: LevelCost) -> Ticket:
     """Figure 3's controls: the ETT ticket with fresh weights, with shuffled masks, or both."""
     from elth.sparsity.pai import permute_ticket_mask, prune_ticket
 
-    ett = _transformed(run, basis)
+    ett = _transformed(ctx, run, basis)
     if run.method in ("ett-random", "ett-random-reinit"):
         ett = permute_ticket_mask(ett, seed=run.seed)
     if run.method == "ett-random":

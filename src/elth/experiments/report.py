@@ -306,31 +306,49 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     out = Path(out_dir) if out_dir else results_dir
     rows = read_results(source)
     meta = _meta(results_dir)
-    points = aggregate(rows)
-    levels = evaluated_levels(points)
+    datasets = sorted({r.dataset for r in rows})
     title = meta.get("title", "")
-    if len(levels) == 1:
-        plot_single_level(points, out / FIGURE, title)
-        caption = f"Test accuracy at IMP level {levels[0]} per target network (mean ± std over seeds; bar labels give each ticket's actual sparsity; pruning baselines hatched)."
+    parts = [_header(meta, rows, aggregate(rows))]
+    if len(datasets) <= 1:
+        parts += _sections(rows, out, FIGURE, title)
     else:
-        plot_accuracy_vs_sparsity(points, out / FIGURE, title)
-        caption = "Test accuracy against actual sparsity per target network (mean ± std over seeds; pruning baselines dashed; dense network dotted)."
-    parts = [
-        _header(meta, rows, points),
-        f"![{caption}]({FIGURE})\n\n*{caption}*\n",
-        _key_findings(compare_ett(points)),
-        _matrix(points, sorted({p.level for p in points if p.method == "ett"})),
-        _per_target_tables(points, levels),
-        _imp_all_levels(points),
-        _compute(points, levels),
+        # Networks trained on different datasets never share a curve: one set of sections each.
+        for ds in datasets:
+            parts.append(f"# On `{ds}`\n")
+            parts += _sections([r for r in rows if r.dataset == ds], out, f"accuracy_vs_sparsity_{ds}.png",
+                               f"{title} ({ds})" if title else ds)
+    parts += [
         _lmc_section(read_lmc(results_dir), out),
         "The raw rows (one per trained ticket and seed) are in `results.csv` and `results.jsonl`.\n",
     ]
     return write_text_atomic(out / REPORT, "\n".join(p for p in parts if p))
 
 
+def _sections(rows: list[Row], out: Path, figure: str, title: str) -> list[str]:
+    """The figure and tables of one dataset's rows."""
+    points = aggregate(rows)
+    levels = evaluated_levels(points)
+    if len(levels) == 1:
+        plot_single_level(points, out / figure, title)
+        caption = f"Test accuracy at IMP level {levels[0]} per target network (mean ± std over seeds; bar labels give each ticket's actual sparsity; pruning baselines hatched)."
+    else:
+        plot_accuracy_vs_sparsity(points, out / figure, title)
+        caption = "Test accuracy against actual sparsity per target network (mean ± std over seeds; pruning baselines dashed; dense network dotted)."
+    return [
+        f"![{caption}]({figure})\n\n*{caption}*\n",
+        _key_findings(compare_ett(points)),
+        _matrix(points, sorted({p.level for p in points if p.method == "ett"})),
+        _per_target_tables(points, levels),
+        _imp_all_levels(points),
+        _compute(points, levels),
+    ]
+
+
 def summary_text(rows: list[Row]) -> str:
     """A plain-text table for the terminal: every target, method and compared level (and dense)."""
+    datasets = sorted({r.dataset for r in rows})
+    if len(datasets) > 1:
+        return "\n\n".join(f"on {ds}:\n" + summary_text([r for r in rows if r.dataset == ds]) for ds in datasets)
     points = aggregate(rows)
     levels = set(evaluated_levels(points))
     lines = [f"{'target':<22} {'method':<28} {'level':>5} {'sparsity':>9} {'accuracy (%)':>15} {'seeds':>5}"]
@@ -343,3 +361,11 @@ def summary_text(rows: list[Row]) -> str:
                 lines.append(f"{short_name(target):<22} {curve_label(key):<28} {p.level:>5} "
                              f"{100 * p.sparsity:>8.2f}% {acc:>15} {p.n:>5}")
     return "\n".join(lines)
+
+
+def report_figures(report: str | os.PathLike) -> list[Path]:
+    """The PNG figures a written report shows, in order."""
+    import re
+
+    path = Path(report)
+    return [path.parent / name for name in dict.fromkeys(re.findall(r"\]\(([^)\s]+\.png)\)", path.read_text()))]

@@ -9,6 +9,7 @@ experiment then ends with an error naming the failures.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -213,14 +214,23 @@ def run_experiment(
     ctxs = [context_for(s, root, data_dir=data_dir, device=device, progress=progress and workers == 1)
             for s in parts]
     out = Path(out_dir)
-    total = sum(p.total for p in plans)
+    # One IMP run per network, dataset and seed, however many parts need it.
+    unique: dict[tuple, tuple[Context, ImpRun]] = {}
+    for c, p in zip(ctxs, plans):
+        for r in p.imp:
+            on = _on(c, r.dataset)
+            known = unique.get((on, r.model, r.seed))
+            if known is None or known[1].levels < r.levels:  # the deepest any part needs
+                unique[(on, r.model, r.seed)] = (on, r)
+    imp_runs = list(unique.values())
+    total = len(imp_runs) + sum(len(p.tickets) + len(p.lmc) for p in plans)
     bar = _Progress(total, progress, bar=workers > 1)
     outcome = Outcome(rows=[], out_dir=out)
-    bar.say(f"{experiment.name} ({scale}): {sum(len(p.imp) for p in plans)} IMP runs, "
+    bar.say(f"{experiment.name} ({scale}): {len(imp_runs)} IMP runs, "
             f"{sum(len(p.tickets) for p in plans)} other tickets, {parts[0].seeds} seed(s); store {root}")
     try:
         with _pool(workers, threads) as pool:
-            imp = _run_imp_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.imp], pool, bar, outcome)
+            imp = _run_imp_phase(imp_runs, pool, bar, outcome)
             tickets = _run_ticket_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.tickets], imp, pool,
                                         bar, outcome)
             lmc = _run_lmc_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.lmc], imp, tickets, pool, bar,
@@ -243,6 +253,11 @@ def run_experiment(
             f"are in {out}, and a re-run retries only the failed ones"
         )
     return outcome
+
+
+def _on(ctx: Context, dataset: str) -> Context:
+    """The context of `ctx`'s experiment on another dataset ("" or None: `ctx` itself)."""
+    return dataclasses.replace(ctx, dataset=dataset) if dataset else ctx
 
 
 def _dataset_name(ctx: Context) -> str:
@@ -277,7 +292,7 @@ def _bases(ctx: Context, run: TicketRun, imp: dict) -> tuple[LevelCost, LevelCos
     """(basis, like) of a ticket run, or why it cannot run."""
     ds = _dataset_name(ctx)
     target = imp.get((ds, run.target, run.seed))
-    source = imp.get((ds, run.source, run.seed)) if run.source else target
+    source = imp.get((_dataset_name(_on(ctx, run.source_dataset)), run.source, run.seed)) if run.source else target
     if target is None or source is None:
         missing = run.target if target is None else run.source
         return f"skipped: IMP on {missing} (seed {run.seed}) failed"

@@ -54,6 +54,9 @@ class Transfer:
     drop: tuple[int, ...] | None = None
     #: replicas get their source unit's masks permuted within each layer (Figure 4's "- Random")
     random_replicas: bool = False
+    #: the source's IMP runs on this dataset and its ticket moves to the setup's (Appendix D); with
+    #: it, source and target may be the same network (a dataset transfer alone)
+    source_dataset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,8 @@ class Setup:
             for name in (t.source, t.target):
                 if name not in self.members:
                     raise SpecError(f"transfer {t.source} -> {t.target}: {name!r} is not a member")
+            if t.source == t.target and t.source_dataset is None:
+                raise SpecError(f"transfer {t.source} -> {t.target}: the same network, from the same dataset")
             if t.order not in STRETCH_ORDERS:
                 raise SpecError(f"unknown stretch order {t.order!r} (one of {', '.join(STRETCH_ORDERS)})")
             if t.squeeze_mode not in SQUEEZE_MODES:
@@ -201,10 +206,13 @@ class ImpRun:
     model: str
     seed: int
     levels: int
+    #: the dataset it runs on ("": the setup's; another for the sources of cross-dataset transfers)
+    dataset: str = ""
 
     @property
     def label(self) -> str:
-        return f"imp {self.model} seed {self.seed} ({self.levels} levels)"
+        on = f" on {self.dataset}" if self.dataset else ""
+        return f"imp {self.model}{on} seed {self.seed} ({self.levels} levels)"
 
 
 @dataclass(frozen=True)
@@ -221,6 +229,7 @@ class TicketRun:
     units: tuple[int, ...] | None = None
     drop: tuple[int, ...] | None = None
     random_replicas: bool = False
+    source_dataset: str = ""
 
     @property
     def label(self) -> str:
@@ -232,6 +241,14 @@ class TicketRun:
     def strategy(self) -> str:
         """How a transfer run's ticket is made: 'appending', 'interpolation 1,2', 'drop 1,3', ..."""
         if not self.source:
+            return ""
+        if self.source_dataset:
+            how = self._depth_strategy()
+            return (f"{how} " if how else "") + f"from {self.source_dataset}"
+        return self._depth_strategy()
+
+    def _depth_strategy(self) -> str:
+        if self.source == self.target:
             return ""
         if is_stretch(self.source, self.target):
             text = self.order
@@ -251,6 +268,8 @@ class TicketRun:
                 d[k] = list(getattr(self, k))
         if self.random_replicas:
             d["random_replicas"] = True
+        if self.source_dataset:
+            d["source_dataset"] = self.source_dataset
         return d
 
 
@@ -293,16 +312,18 @@ def is_stretch(source: str, target: str) -> bool:
 
 def _transfer_run(method: str, t: Transfer, level: int, seed: int) -> TicketRun:
     return TicketRun(method, t.target, level, seed, t.source, t.order, t.squeeze_mode, t.units, t.drop,
-                     t.random_replicas)
+                     t.random_replicas, t.source_dataset or "")
 
 
 def expand(setup: Setup) -> Plan:
     """Every run a setup needs: IMP per (member, seed), then ETTs and baselines per level and seed."""
     setup.validate()
     seeds = range(setup.seeds)
-    imp = tuple(ImpRun(m, s, setup.imp_levels) for s in seeds for m in setup.members)
-    tickets: list[TicketRun] = []
     transfers = setup.expand_transfers()
+    imp = tuple(ImpRun(m, s, setup.imp_levels) for s in seeds for m in setup.members)
+    elsewhere = dict.fromkeys((t.source, t.source_dataset) for t in transfers if t.source_dataset)
+    imp += tuple(ImpRun(m, s, setup.imp_levels, d) for s in seeds for m, d in elsewhere)
+    tickets: list[TicketRun] = []
     baseline_targets = setup.members if setup.baseline_targets is None else setup.baseline_targets
     for s in seeds:
         for level in sorted(set(setup.levels) | set(setup.levels_of_baselines)):
