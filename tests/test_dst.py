@@ -47,14 +47,6 @@ CLASSES = 4
 PROTOCOL = Protocol(length="4ep", batch_size=8, lr=0.05, milestones=("2ep",), warmup="2it")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tmp_path():
     with tempfile.TemporaryDirectory(prefix="elth-dst-") as d:

@@ -22,15 +22,6 @@ SMALL = (3, 8, 8)
 MNIST = (1, 28, 28)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Copies and comparisons are memory-bound: one thread avoids OpenMP contention on shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def distinct_ticket(name: str, shape=CIFAR, classes: int = 10, seed: int = 0, density: float = 0.5) -> Ticket:
     view = model_view(name, shape, classes)
     g = torch.Generator().manual_seed(seed)

@@ -10,15 +10,6 @@ from elth.elastic import model_view
 from elth.tickets import Ticket, load_ticket, save_ticket
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Copies and comparisons are memory-bound: one thread avoids OpenMP contention on shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_ticket(name: str, seed: int, density: float = 0.3) -> Ticket:
     view = model_view(name, (3, 32, 32), 10)
     g = torch.Generator().manual_seed(seed)

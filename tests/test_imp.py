@@ -24,15 +24,6 @@ DATASET = "synthetic_1x8x8_n256"
 LEVELS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def data():
     return load_dataset(DATASET)
 

@@ -3,20 +3,11 @@ import json
 import re
 
 import pytest
-import torch
 
 from elth.cli import main
 
 DATASET = "synthetic_1x8x8_n64"
 IMP = ["imp", "--model", "mlp_1", "--dataset", DATASET, "--preset", "smoke", "--no-progress"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -31,15 +31,6 @@ PROTOCOL = Protocol(length="2ep", batch_size=32, lr=0.05, momentum=0.9, weight_d
                     warmup="0")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_ticket(model_name: str, dataset: str, density: float = 0.5, seed: int = 0) -> Ticket:
     data = load_dataset(dataset)
     model = build_model(model_name, data.info.input_shape, data.info.num_classes, seed=seed)

@@ -22,15 +22,6 @@ from elth.sparsity.masks import (
 MNIST = (1, 8, 8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors are fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_default_exclusions_follow_the_paper_framework():
     mlp = build_model("mlp_2", MNIST, 10)
     assert excluded_names(mlp) == ["fc.weight"]

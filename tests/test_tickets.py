@@ -24,15 +24,6 @@ from elth.tickets import (
 INFO = DatasetInfo("digits", (1, 8, 8), 10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors are fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_ticket(model_name="mlp_1", seed=0, fraction=0.5) -> Ticket:
     model = build_model(model_name, INFO.input_shape, INFO.num_classes, seed=seed)
     mask = magnitude_prune(dict(model.named_parameters()), full_mask(model), fraction, eligible_names(model))

@@ -21,15 +21,6 @@ from elth.tickets import from_model
 SMALL = DatasetInfo("small_images", (3, 8, 8), 10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors are fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def resnet_ticket():
     model = build_model("cifar_resnet_8", SMALL.input_shape, SMALL.num_classes, seed=0)
     mask = magnitude_prune(dict(model.named_parameters()), full_mask(model), 0.6, eligible_names(model))

@@ -3,18 +3,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from elth.cli import main
 from elth.data import DatasetNotFoundError, load_dataset
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -18,15 +18,6 @@ CLASSES = 4
 PROTOCOL = Protocol(length="3ep", batch_size=8, lr=0.05, milestones=("1ep", "2ep3it"), warmup="2it")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and one thread keeps a busy machine from stalling them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tmp_path():
     """A private temporary directory (not under pytest's shared, pruned base directory)."""
