@@ -26,6 +26,7 @@ DATASETS: dict[str, str] = {
     "digits": "scikit-learn's 8x8 handwritten digits, fixed 1,437 + 360 split, built in (no download)",
     "synthetic": "tiny random learnable images for tests: synthetic[_<C>x<H>x<W>][_c<classes>][_n<train size>]",
 }
+#: Any name may end in @SIZE: the dataset's batches resized to SIZE x SIZE (`elth.data.resize`).
 
 _ALIASES = {
     "cifar_10": "cifar10",
@@ -56,8 +57,11 @@ def _unknown(name: str) -> UnknownDatasetError:
 
 
 def canonical_name(name: str) -> str:
-    """The registry key for `name` (case and '-' vs '_' do not matter); raises for unknown names."""
-    key = name.strip().lower().replace("-", "_")
+    """The registry key for `name` (case and '-' vs '_' do not matter; an @SIZE suffix is left out);
+    raises for unknown names."""
+    from elth.data.resize import split_size
+
+    key = split_size(name)[0].strip().lower().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key in DATASETS or _SYNTHETIC.fullmatch(key):
         return key
@@ -111,6 +115,11 @@ def load_dataset(
     `DatasetNotFoundError`, an unknown name `UnknownDatasetError` (both `ElthError`s).
     Options: `imagenet` takes num_workers, crop_size, resize_size; `synthetic` see the module doc.
     """
+    from elth.data.resize import Resized, split_size
+
+    base, size = split_size(name)
+    if size is not None:
+        return Resized(load_dataset(base, data_dir, device, **options), size)
     key = canonical_name(name)
     if key == "imagenet":
         from elth.data.imagenet import load_imagenet
@@ -141,6 +150,11 @@ def load_dataset(
 
 def dataset_info(name: str, data_dir: str | os.PathLike | None = None, **options) -> DatasetInfo:
     """Shape and class count without loading images (ImageNet counts its class folders)."""
+    from elth.data.resize import resized_info, split_size
+
+    base, size = split_size(name)
+    if size is not None:
+        return resized_info(dataset_info(base, data_dir, **options), size)
     key = canonical_name(name)
     if key in _FIXED_INFO:
         return _FIXED_INFO[key]

@@ -151,9 +151,11 @@ class Setup:
         if self.transfers != ALL_PAIRS and isinstance(self.transfers, str):
             raise SpecError(f"transfers must be a tuple of Transfer or {ALL_PAIRS!r}, got {self.transfers!r}")
         for t in self.expand_transfers():
-            for name in (t.source, t.target):
+            # A source on another dataset need not be a member here (its IMP runs there).
+            for name in (t.source, t.target) if t.source_dataset is None else (t.target,):
                 if name not in self.members:
                     raise SpecError(f"transfer {t.source} -> {t.target}: {name!r} is not a member")
+            parse_model_name(t.source)
             if t.source == t.target and t.source_dataset is None:
                 raise SpecError(f"transfer {t.source} -> {t.target}: the same network, from the same dataset")
             if t.order not in STRETCH_ORDERS:
