@@ -2,6 +2,8 @@
 import pytest
 
 from elth.experiments import get_experiment, read_results, run_experiment
+from elth.experiments.aggregate import aggregate
+from elth.experiments.compute import dst_comparisons
 from elth.experiments.spec import Setup, SpecError, Transfer, expand
 from elth.tickets import load_ticket
 
@@ -40,6 +42,14 @@ def test_dst_baselines_train_from_scratch_at_the_imp_sparsity(tmp_path):
         assert ticket.provenance["method"] == method and ticket.model == "mlp_3"
     # DPF computes dense gradients every step: it costs more than RigL's sparse steps
     assert rows[("dpf", "mlp_3", 1)].train_flops > rows[("rigl", "mlp_3", 1)].train_flops
+    # Section 4.5's accounting: E-LTH = IMP on the source (mask cost + its ticket's training) + the ETT's training
+    comparisons = {c.method: c for c in dst_comparisons(aggregate(list(rows.values())))}
+    assert set(comparisons) == {"dpf", "rigl"}
+    c = comparisons["dpf"]
+    src, ett = rows[("imp", "mlp_2", 1)], rows[("ett", "mlp_3", 1)]
+    assert [r.network for r in c.rows] == ["mlp_3"] and c.rows[0].elth.method == "ett"
+    assert c.elth_flops == pytest.approx(src.mask_cost_flops + src.train_flops + ett.train_flops)
+    assert c.dst_flops == pytest.approx(rows[("dpf", "mlp_3", 1)].train_flops)
 
 
 @pytest.mark.parametrize("name", ["dpf_table3", "rigl_table2"])

@@ -58,3 +58,61 @@ def dense_training_flops(points: list[Point]) -> float:
     """One full dense training of the largest member (the paper's unit for FLOPs)."""
     dense = [p.total_flops for p in points if p.method == "dense"]
     return max(dense) if dense else 0.0
+
+
+DST_METHODS = ("rigl", "rigl-5x", "dpf")
+
+
+@dataclass(frozen=True)
+class DSTRow:
+    """One network at one level: its E-LTH ticket (the ETT into it, or IMP on it when it is only a
+    source) next to a dynamic sparse training run on it."""
+
+    network: str
+    elth: Point
+    dst: Point
+
+
+@dataclass(frozen=True)
+class DSTComparison:
+    """E-LTH against one DST method at one level, over the networks both cover (Section 4.5).
+
+    E-LTH's cost is IMP on every source used (its mask cost and its own ticket's training) plus one
+    training per transferred ticket; the DST method's is its training on each network.
+    """
+
+    method: str
+    level: int
+    rows: tuple[DSTRow, ...]
+    elth_flops: float
+    dst_flops: float
+
+
+def dst_comparisons(points: list[Point]) -> list[DSTComparison]:
+    idx = _index(points)
+    out = []
+    for method in DST_METHODS:
+        for level in sorted({p.level for p in points if p.method == method}):
+            rows, sources = [], {}
+            for dst in sorted((p for p in points if p.method == method and p.level == level), key=lambda p: p.target):
+                etts = sorted((p for p in points if p.method == "ett" and p.target == dst.target and p.level == level),
+                              key=lambda p: (p.strategy not in DEFAULT_STRATEGIES, p.source, p.strategy))
+                if etts:
+                    ticket = etts[0]
+                    src = idx.get((ticket.source, "imp", "", level))
+                    if src is None:
+                        continue
+                    sources[ticket.source] = src
+                else:
+                    ticket = idx.get((dst.target, "imp", "", level))
+                    if ticket is None or not any(p.method == "ett" and p.source == dst.target and p.level == level
+                                                 for p in points):
+                        continue  # neither transferred to nor a source: E-LTH has no ticket here
+                    sources[dst.target] = ticket
+                rows.append(DSTRow(dst.target, ticket, dst))
+            if not rows:
+                continue
+            elth = sum(p.total_flops for p in sources.values())
+            elth += sum(r.elth.train_flops for r in rows if r.elth.method != "imp")
+            out.append(DSTComparison(method, level, tuple(rows), elth, sum(r.dst.total_flops for r in rows)))
+    return out

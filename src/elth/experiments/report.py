@@ -24,7 +24,7 @@ from elth.experiments.aggregate import (
     short_name,
     targets_of,
 )
-from elth.experiments.compute import dense_training_flops, elth_savings
+from elth.experiments.compute import dense_training_flops, dst_comparisons, elth_savings
 from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
 from elth.experiments.results import Row, read_lmc, read_results
 from elth.runs import write_text_atomic
@@ -247,6 +247,17 @@ def _compute(points: list[Point], levels: list[int]) -> str:
         rows = [[short_name(s.source), ", ".join(short_name(t) for t in s.targets), str(s.level),
                  flops(s.elth_flops), flops(s.imp_each_flops), f"{s.ratio:.2f}x"] for s in savings]
         out.append(table(["source", "targets", "level", "E-LTH FLOPs", "IMP-each FLOPs", "saving (IMP-each / E-LTH)"], rows))
+    for c in dst_comparisons(points):
+        name = curve_label((c.method, "", ""))
+        out.append(f"### E-LTH against {name} at level {c.level} (Section 4.5)\n")
+        out.append(f"Per network: its E-LTH ticket (transferred to it, or IMP's own where it is only a source) and "
+                   f"{name} trained from scratch on it. E-LTH's total counts IMP on every source used (mask cost "
+                   f"and the source ticket's training) plus one training per transferred ticket.\n")
+        rows = [[short_name(r.network), curve_label(r.elth.key), acc_cell(r.elth), acc_cell(r.dst),
+                 flops(r.elth.train_flops), flops(r.dst.total_flops)] for r in c.rows]
+        rows.append(["**total**", "", "", "", f"**{flops(c.elth_flops)}** (with IMP)", f"**{flops(c.dst_flops)}**"])
+        out.append(table(["network", "E-LTH ticket", "E-LTH accuracy", f"{name} accuracy", "E-LTH training FLOPs",
+                          f"{name} FLOPs"], rows))
     return "\n".join(out)
 
 
