@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from elth.commands.prune import _positive, _sparsity
-from elth.commands.train import add_protocol_arguments, protocol_from_args
+from elth.commands.train import add_device_arguments, add_protocol_arguments, protocol_from_args
 from elth.sparsity.dst import DEFAULTS, DISTRIBUTIONS, METHODS
 
 HELP = "train a sparse network from scratch by dynamic sparse training (RigL, DPF)"
@@ -81,9 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of the model's initialisation and of RigL's initial mask (default: 0)")
     parser.add_argument("--data-seed", type=int, metavar="SEED",
                         help="seed of the data order and augmentation (default: the same as --seed)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="fp32, or bf16 autocast (default: fp32)")
-    parser.add_argument("--device", help="torch device such as cpu, cuda (default: cuda if available, else cpu)")
+    add_device_arguments(parser, "fp32, or bf16 autocast (default: fp32)")
     parser.add_argument("--eval-every", default="1ep", metavar="STEPS",
                         help="test-set evaluation interval, e.g. 1ep or 500it; 'none' for only at the end (default: 1ep)")
     parser.add_argument("--out", default="runs", metavar="DIR",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from elth.commands.train import add_protocol_arguments, protocol_from_args
+from elth.commands.train import add_device_arguments, add_protocol_arguments, add_seed_arguments, protocol_from_args
 from elth.errors import ElthError
 
 HELP = "find winning tickets by Iterative Magnitude Pruning with rewinding (one ticket per level)"
@@ -49,12 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default (the output layer of VGGs and MLPs, nothing for ResNets); "
                         "--exclude with no names prunes every layer")
     add_protocol_arguments(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation (default: 0)")
-    parser.add_argument("--data-seed", type=int, metavar="SEED",
-                        help="seed of the data order and augmentation (default: the same as --seed)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="fp32, or bf16 autocast (fast on GPUs and CPUs with bf16 units; default: fp32)")
-    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    add_seed_arguments(parser)
+    add_device_arguments(parser)
     parser.add_argument("--out", metavar="DIR", default="runs",
                         help="root of the output directories (default: ./runs)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")

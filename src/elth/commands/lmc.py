@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from elth.commands.imp import resolve_device
-from elth.commands.train import add_protocol_arguments
+from elth.commands.train import add_device_arguments, add_protocol_arguments
 from elth.errors import ElthError
 
 HELP = "train two copies of each ticket with different data seeds and measure their linear mode connectivity"
@@ -63,9 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--label", action="append", metavar="TEXT",
                    help="legend label of a ticket, once per ticket in order (default: from its provenance, "
                    "e.g. IMP or 'ETT <- ResNet-20')")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="fp32, or bf16 autocast for training and evaluation (default: fp32)")
-    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    add_device_arguments(parser, "fp32, or bf16 autocast for training and evaluation (default: fp32)")
     parser.add_argument("--root", metavar="DIR", default="runs",
                         help="root of the training directories (default: ./runs)")
     parser.add_argument("--out", metavar="DIR",

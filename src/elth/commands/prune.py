@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from elth.commands.train import add_protocol_arguments, protocol_from_args
+from elth.commands.train import add_device_arguments, add_protocol_arguments, protocol_from_args
 from elth.errors import ElthError
 from elth.sparsity.baselines import METHODS, SCORE_EXAMPLES_PER_CLASS, ScoringOptions
 from elth.sparsity.scores import SYNFLOW_ROUNDS
@@ -102,9 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
     parser.add_argument("--root", default="runs", metavar="DIR",
                         help="run cache shared with `elth imp` (rewind points; default: ./runs)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="precision of the dense training to the rewind point, as for `elth imp` (default: fp32)")
-    parser.add_argument("--device", help="torch device such as cpu, cuda (default: cuda if available, else cpu)")
+    add_device_arguments(parser, "precision of the dense training to the rewind point, as for `elth imp` (default: fp32)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.safetensors", help="where to write the ticket")
 

@@ -30,6 +30,21 @@ examples:
 """
 
 
+def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--seed (the model's initialisation) and --data-seed (shared by commands that train from scratch)."""
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation (default: 0)")
+    parser.add_argument("--data-seed", type=int, metavar="SEED",
+                        help="seed of the data order and augmentation (default: the same as --seed)")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, precision_help: str | None = None) -> None:
+    """--precision and --device (shared by commands that train)."""
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help=precision_help or "fp32, or bf16 autocast (fast on GPUs and CPUs with bf16 units; "
+                        "default: fp32)")
+    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+
+
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset and the protocol overrides (shared by commands that train)."""
     g = parser.add_argument_group("training protocol")
@@ -77,12 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
     add_protocol_arguments(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation (default: 0)")
-    parser.add_argument("--data-seed", type=int, metavar="SEED",
-                        help="seed of the data order and augmentation (default: the same as --seed)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="fp32, or bf16 autocast (fast on GPUs and CPUs with bf16 units; default: fp32)")
-    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    add_seed_arguments(parser)
+    add_device_arguments(parser)
     parser.add_argument("--eval-every", default="1ep", metavar="STEPS",
                         help="test-set evaluation interval, e.g. 1ep or 500it; 'none' for only at the end (default: 1ep)")
     parser.add_argument("--out", metavar="DIR",

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from elth.commands.imp import resolve_device
-from elth.commands.train import add_protocol_arguments, protocol_from_args
+from elth.commands.train import add_device_arguments, add_protocol_arguments, protocol_from_args
 
 HELP = "train a ticket from its rewind point to the end with its mask fixed, and report test accuracy"
 DESCRIPTION = """\
@@ -37,9 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, metavar="SEED",
                         help="seed of the data order and augmentation (default: the one that made the "
                         "ticket, if recorded, else 0); the weights come from the ticket")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="fp32, or bf16 autocast (fast on GPUs and CPUs with bf16 units; default: fp32)")
-    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    add_device_arguments(parser)
     parser.add_argument("--out", metavar="DIR", default="runs",
                         help="root of the output directories (default: ./runs)")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
