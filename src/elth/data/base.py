@@ -147,8 +147,10 @@ class InMemoryDataset:
     def _permutation(self, epoch: int, seed: int) -> torch.Tensor:
         key = (epoch, seed)
         if self._perm_cache is None or self._perm_cache[0] != key:
-            g = _generator(self.device, seed, epoch)
-            self._perm_cache = (key, torch.randperm(self.num_train, generator=g, device=self.device))
+            # Random numbers come from CPU generators and move to the device: the same data order and
+            # augmentation on every device, so a run continues on another device unchanged.
+            g = _generator(torch.device("cpu"), seed, epoch)
+            self._perm_cache = (key, torch.randperm(self.num_train, generator=g).to(self.device))
         return self._perm_cache[1]
 
     def train_epoch(
@@ -159,7 +161,7 @@ class InMemoryDataset:
             idx = perm[b * batch_size : (b + 1) * batch_size]
             x = self.train_x[idx]
             if augment and self.augment != "none":
-                g = _generator(self.device, seed, epoch, b)
+                g = _generator(torch.device("cpu"), seed, epoch, b)
                 x = self._crop_flip(x, g, flip=self.augment == "crop_flip")
             yield self.normalize(x), self.train_y[idx]
 
@@ -167,8 +169,8 @@ class InMemoryDataset:
         n, c, h, w = x.shape
         p = self.pad
         # Both recipes draw the same random numbers, so "crop" is "crop_flip" without the mirror.
-        offsets = torch.randint(0, 2 * p + 1, (2, n), generator=g, device=x.device)
-        flips = torch.rand(n, generator=g, device=x.device) < 0.5
+        offsets = torch.randint(0, 2 * p + 1, (2, n), generator=g).to(x.device, non_blocking=True)
+        flips = (torch.rand(n, generator=g) < 0.5).to(x.device, non_blocking=True)
         padded = F.pad(x, (p, p, p, p))
         # Two gathers (rows, then columns) with broadcast index tensors: no per-image Python.
         rows = offsets[0, :, None] + torch.arange(h, device=x.device)
@@ -185,8 +187,8 @@ class InMemoryDataset:
             yield self.normalize(self.test_x[i : i + batch_size]), self.test_y[i : i + batch_size]
 
     def scoring_examples(self, per_class: int, seed: int) -> Batch:
-        g = _generator(self.device, seed, 7919)
-        order = torch.randperm(self.num_train, generator=g, device=self.device)
+        g = _generator(torch.device("cpu"), seed, 7919)
+        order = torch.randperm(self.num_train, generator=g).to(self.device)
         labels = self.train_y[order]
         chosen = []
         for c in range(self.info.num_classes):
