@@ -21,10 +21,10 @@ COMMANDS = {
     "transform": "transform",
     "prune": "prune",
     "dst": "dst",
+    "lmc": "lmc",
     "experiment": "experiment",
     "report": "report",
     "demo": "demo",
-    "lmc": "lmc",
 }
 
 
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="elth",
         description="Elastic lottery tickets: find a winning ticket once per model family by IMP, "
-        "then stretch or squeeze it to other depths.",
+        "then stretch or squeeze it to other depths (and datasets); compare with pruning and dynamic "
+        "sparse training baselines; run the paper's experiments.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
