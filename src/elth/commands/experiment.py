@@ -80,13 +80,15 @@ def dry_run(name: str, scale: str, seeds: int | None) -> str:
     from elth.experiments.specs import get_experiment
 
     lines = []
-    total = 0
+    imp, others = set(), 0
     for setup in get_experiment(name).setups(scale):
         plan = expand(setup.with_seeds(seeds))
-        total += plan.total
-        lines.append(f"{setup.dataset}: {len(plan.imp)} IMP runs and {len(plan.tickets)} other tickets")
-        lines += [f"  {r.label}" for r in plan.imp + plan.tickets]
-    lines.append(f"{total} runs in all")
+        imp |= {(r.dataset or setup.dataset, r.model, r.seed) for r in plan.imp}  # shared IMP runs once
+        others += len(plan.tickets) + len(plan.lmc)
+        lmc = f" and {len(plan.lmc)} linear mode connectivity analyses" if plan.lmc else ""
+        lines.append(f"{setup.dataset}: {len(plan.imp)} IMP runs, {len(plan.tickets)} other tickets{lmc}")
+        lines += [f"  {r.label}" for r in plan.imp + plan.tickets + plan.lmc]
+    lines.append(f"{len(imp) + others} runs in all")
     return "\n".join(lines)
 
 
