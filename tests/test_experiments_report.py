@@ -126,3 +126,17 @@ def test_report_command(tmp_path, capsys):
     assert (tmp_path / "rep" / REPORT).is_file() and (tmp_path / "rep" / FIGURE).is_file()
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "no such results file" in capsys.readouterr().err
+
+
+def test_a_source_keeps_its_colour_whether_stretched_or_squeezed():
+    from dataclasses import replace
+
+    from elth.experiments.plots import _ett_curves, _style
+
+    rows = [replace(row(t, "ett", 2, 0.4, 0, 0.8, source="mlp_2"), strategy=s)
+            for t, s in (("mlp_3", "appending"), ("mlp_1", "consecutive"), ("mlp_3", "interpolation 1"))]
+    points = aggregate(rows)
+    keys = _ett_curves(points, ["mlp_1", "mlp_2", "mlp_3"])
+    colour = {p.strategy: _style(p.key, keys)["color"] for p in points}
+    assert colour["appending"] == colour["consecutive"]  # one source, one colour in every panel
+    assert colour["interpolation 1"] != colour["appending"]  # an ablation's other strategy stands apart

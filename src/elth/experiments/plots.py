@@ -13,7 +13,15 @@ import math
 import os
 from pathlib import Path
 
-from elth.experiments.aggregate import CurveKey, Point, curve_label, curves, short_name, targets_of
+from elth.experiments.aggregate import (
+    DEFAULT_STRATEGIES,
+    CurveKey,
+    Point,
+    curve_label,
+    curves,
+    short_name,
+    targets_of,
+)
 
 _ETT_STYLES = [("tab:blue", "s"), ("tab:orange", "^"), ("tab:green", "D"), ("tab:red", "v"),
                ("tab:purple", "P"), ("tab:brown", "X"), ("tab:cyan", "<"), ("tab:olive", ">")]
@@ -35,9 +43,15 @@ def _matplotlib():
     return plt
 
 
+def _shown(strategy: str) -> str:
+    """The strategy as curve labels show it ("" for the default ones: a source keeps one colour
+    whether it is stretched or squeezed)."""
+    return "" if strategy in DEFAULT_STRATEGIES else strategy
+
+
 def _ett_curves(points: list[Point], targets: list[str]) -> list[tuple[str, str]]:
-    """Every (source, strategy) of the ETT curves, shallow sources first: one colour each, in every panel."""
-    keys = {(p.source, p.strategy) for p in points if p.method == "ett"}
+    """Every (source, shown strategy) of the ETT curves, shallow sources first: one colour each, in every panel."""
+    keys = {(p.source, _shown(p.strategy)) for p in points if p.method == "ett"}
     return sorted(keys, key=lambda k: (targets.index(k[0]) if k[0] in targets else 99, k[0], k[1]))
 
 
@@ -46,7 +60,7 @@ def _style(key: CurveKey, sources: list[tuple[str, str]]) -> dict:
     if method == "imp":
         return dict(color="black", marker="o", linestyle="-", linewidth=2.2, markersize=6, zorder=5)
     if method == "ett":
-        color, marker = _ETT_STYLES[sources.index((source, strategy)) % len(_ETT_STYLES)]
+        color, marker = _ETT_STYLES[sources.index((source, _shown(strategy))) % len(_ETT_STYLES)]
         return dict(color=color, marker=marker, linestyle="-", linewidth=1.8, markersize=6, zorder=4)
     color, marker = _BASELINE_STYLES.get(method, ("#555555", "."))
     return dict(color=color, marker=marker, linestyle="--", linewidth=1.3, markersize=5, zorder=3)

@@ -85,6 +85,18 @@ def _meta(results_dir: Path) -> dict:
 
 
 # -- sections ---------------------------------------------------------------------------------
+def _spec_seeds(meta: dict) -> int | None:
+    """The number of seeds the shipped spec gives the reported scale (None for unknown experiments)."""
+    from elth.experiments.spec import SpecError
+    from elth.experiments.specs import get_experiment
+
+    try:
+        setups = get_experiment(meta.get("name", "")).setups(meta.get("scale", ""))
+    except SpecError:
+        return None
+    return max(s.seeds for s in setups)
+
+
 def _header(meta: dict, rows: list[Row], points: list[Point]) -> str:
     title = meta.get("title") or (rows[0].experiment if rows else "experiment")
     out = [f"# {title}\n"]
@@ -96,7 +108,10 @@ def _header(meta: dict, rows: list[Row], points: list[Point]) -> str:
         datasets = ", ".join(f"`{d}`" for d in sorted({r.dataset for r in rows}))
         facts.append(f"Scale `{scale}` on {datasets}.")
     seeds = sorted({r.seed for r in rows})
-    facts.append(f"Seeds: {len(seeds)}; accuracies are mean ± standard deviation over seeds, in %.")
+    spec_seeds = _spec_seeds(meta)
+    fewer = (f" (fewer than the {spec_seeds} this scale's spec asks for: the run was made with `--seeds "
+             f"{len(seeds)}`)") if spec_seeds and spec_seeds > len(seeds) else ""
+    facts.append(f"Seeds: {len(seeds)}{fewer}; accuracies are mean ± standard deviation over seeds, in %.")
     out.append(" ".join(facts) + "\n")
     if meta.get("description"):
         out.append(meta["description"].strip() + "\n")
