@@ -156,11 +156,16 @@ def plot_single_level(points: list[Point], path: str | os.PathLike, title: str =
 
     Each bar's label gives its tickets' actual sparsity; pruning baselines are hatched.
     """
+    import textwrap
+
     plt = _matplotlib()
     targets = targets_of(points)
     sources = _ett_curves(points, targets)
+    # Networks that are only sources (IMP alone) get no panel when others have tickets to compare.
+    compared = [t for t in targets if any(p.target == t and p.method not in ("imp", "dense") for p in points)]
+    targets = compared or targets
     nrows, ncols = _panel_grid(len(targets))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 5.0 * nrows), squeeze=False)
     level = max((p.level for p in points if p.method == "ett" or p.method in _BASELINE_STYLES), default=None)
     for i, target in enumerate(targets):
         ax = axes[i // ncols][i % ncols]
@@ -200,8 +205,8 @@ def plot_single_level(points: list[Point], path: str | os.PathLike, title: str =
             pad = max(0.5, 0.15 * (hi - lo))
             ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(xs)
-        ax.set_xticklabels([f"{lab}\n{100 * sp:.1f}%" for lab, sp in zip(labels, spars)],
-                           rotation=35, ha="right", fontsize=8)
+        ax.set_xticklabels([textwrap.fill(lab, 16) + f"\n{100 * sp:.1f}%" for lab, sp in zip(labels, spars)],
+                           rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
         ax.set_title(short_name(target), fontsize=11)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, axis="y", alpha=0.3)
