@@ -387,7 +387,7 @@ def _both_ways(dataset: str, other: str, small: str, big: str, **kw) -> Setup:
 
 DATASET_TABLE6 = Experiment(
     name="dataset_table6",
-    title="Transfer across datasets and depths: ResNet-20 tickets of SVHN and CIFAR-10",
+    title="Tickets moved across datasets, across depths, and both",
     paper="Appendix D, Table 6",
     description=(
         "On each of two datasets, IMP on ResNet-20 and ResNet-32; the ResNet-20 ticket is stretched to ResNet-32 "
