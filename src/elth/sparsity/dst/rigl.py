@@ -9,6 +9,7 @@ from torch import nn
 from elth.sparsity.dst.densities import DISTRIBUTIONS, DSTError, kept_counts, layer_densities, param_shapes
 from elth.sparsity.dst.common import check_settings, layout_like, rigl_drop_fraction, top_k_mask
 from elth.sparsity.masks import Mask, count_for_sparsity, excluded_names
+from elth.training.masking import mask_gradients
 
 
 class RigL:
@@ -80,13 +81,7 @@ class RigL:
         if self.is_update_step(step):
             self.update(step)
             return False
-        grads, layouts = [], []
-        for p, m in zip(self.params, self.layouts):
-            if p.grad is not None:
-                grads.append(p.grad)
-                layouts.append(m)
-        if grads:
-            torch._foreach_mul_(grads, layouts)
+        mask_gradients(self.params, self.layouts)
         return True
 
     def after_step(self, step: int) -> None:
