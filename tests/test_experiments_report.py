@@ -140,3 +140,11 @@ def test_a_source_keeps_its_colour_whether_stretched_or_squeezed():
     colour = {p.strategy: _style(p.key, keys)["color"] for p in points}
     assert colour["appending"] == colour["consecutive"]  # one source, one colour in every panel
     assert colour["interpolation 1"] != colour["appending"]  # an ablation's other strategy stands apart
+
+
+def test_a_collapsed_bar_does_not_set_the_axis():
+    from elth.experiments.plots import _far_below
+
+    assert _far_below([86.6, 85.7, 83.4, 32.2, 78.0]) == {3}
+    assert _far_below([86.6, 85.7, 83.4]) == set()  # nothing far below: every bar sets the axis
+    assert _far_below([50.0, 90.0]) == set()  # too few bars to call one an outlier

@@ -192,18 +192,28 @@ def plot_single_level(points: list[Point], path: str | os.PathLike, title: str =
         for b, h in zip(bars, hatches):
             b.set_hatch(h)
         tops = [v + e for v, e in zip(values, errs)]
-        for x, v, top in zip(xs, values, tops):
-            ax.annotate(f"{v:.2f}", (x, top), xytext=(0, 2), textcoords="offset points",
-                        ha="center", va="bottom", fontsize=7)
+        # A bar far below the others (e.g. a method that collapsed on some seed) would squash the
+        # axis: the axis spans the others and that bar runs off its bottom, its value written there.
+        low = _far_below(values)
         if dense is not None:
             ax.axhline(100 * dense.accuracy, color="0.2", linestyle=":", linewidth=1.5)
             ax.annotate(f"dense {100 * dense.accuracy:.2f}", (1.0, 100 * dense.accuracy), xycoords=("axes fraction", "data"),
                         xytext=(-2, 2), textcoords="offset points", ha="right", va="bottom", fontsize=8, color="0.2")
+        bottom = None
         if values:
-            lo = min(v - e for v, e in zip(values, errs))
-            hi = max(tops + ([100 * dense.accuracy] if dense else []))
+            kept = [i for i in xs if i not in low]
+            lo = min(values[i] - errs[i] for i in kept)
+            hi = max([tops[i] for i in kept] + ([100 * dense.accuracy] if dense else []))
             pad = max(0.5, 0.15 * (hi - lo))
-            ax.set_ylim(lo - pad, hi + pad)
+            bottom = lo - pad
+            ax.set_ylim(bottom, hi + pad)
+        for x, v, top in zip(xs, values, tops):
+            if x in low:
+                ax.annotate(f"{v:.2f}\n\u2193 below\nthe axis", (x, bottom), xytext=(0, 3), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=7, color=colors[x], fontweight="bold")
+            else:
+                ax.annotate(f"{v:.2f}", (x, top), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=7)
         ax.set_xticks(xs)
         ax.set_xticklabels([textwrap.fill(lab, 16) + f"\n{100 * sp:.1f}%" for lab, sp in zip(labels, spars)],
                            rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
@@ -216,6 +226,16 @@ def plot_single_level(points: list[Point], path: str | os.PathLike, title: str =
         fig.suptitle(title, fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.95 if title else 1))
     return _save(fig, path, plt)
+
+
+def _far_below(values: list[float], points: float = 15.0) -> set[int]:
+    """Indices of values more than `points` below the median (never all of them)."""
+    if len(values) < 3:
+        return set()
+    ordered = sorted(values)
+    median = ordered[len(ordered) // 2]
+    low = {i for i, v in enumerate(values) if v < median - points}
+    return low if len(low) < len(values) else set()
 
 
 def _save(fig, path, plt) -> Path:
