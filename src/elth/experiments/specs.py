@@ -230,12 +230,13 @@ EARLIER_LATER = Experiment(
             (o, u, False) for u in ((1, 2), (2, 3), (3, 4)) for o in ("appending", "interpolation")))
             + _drop(R56, R32, ((1, 2, 3, 4), (5, 6, 7, 8), (1, 3, 5, 7), (2, 4, 6, 8))),
             note="CIFAR-10, Table 4 protocol, IMP levels 1-10, three seeds.", **PAPER_ABLATION),)),
-        ("cpu", (Setup(members=(R20C, R32C), transfers=_replicate(R20C, R32C, tuple(
-            (o, u, False) for u in ((1,), (2,)) for o in ("appending", "interpolation")))
+        ("cpu", (Setup(members=(R20C, R32C), transfers=_replicate(R20C, R32C, (
+            ("appending", (1,), False), ("appending", (2,), False)))
             + _drop(R32C, R20C, ((1, 2), (3, 4), (1, 3), (2, 4))),
             note=CPU_ABLATION_NOTE + " With two replicable blocks per stage in ResNet-20, the earlier or "
-                 "later choice is block 1 or block 2; squeezing ResNet-32 drops two of its four replicable "
-                 "blocks: the first two, the last two, or every other one.", **CPU_ABLATION),)),
+                 "later choice is block 1 or block 2 (replicating a single block, appending and interpolation "
+                 "give the same network, so only one is run); squeezing ResNet-32 drops two of its four "
+                 "replicable blocks: the first two, the last two, or every other one.", **CPU_ABLATION),)),
         ("smoke", (Setup(members=(R14S, R20S), transfers=_replicate(R14S, R20S, (("interpolation", (1,), False),))
                          + _drop(R20S, R14S, ((1,), (2,))), note=SMOKE_NOTE, **SMOKE_ABLATION),)),
     ),
