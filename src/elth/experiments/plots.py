@@ -29,8 +29,9 @@ _BASELINE_STYLES = {
     "magnitude": ("#7f7f7f", "o"), "snip": ("#e377c2", "^"), "grasp": ("#bcbd22", "v"),
     "synflow": ("#17becf", "D"), "random": ("#8c564b", "x"), "reinit": ("#9467bd", "+"),
     "snip-extra": ("#d62728", "*"),
-    "ett-reinit": ("#1f77b4", "1"), "ett-random": ("#ff7f0e", "2"), "ett-random-reinit": ("#2ca02c", "3"),
-    "rigl": ("#393b79", "h"), "rigl-5x": ("#637939", "H"), "dpf": ("#843c39", "p"),
+    # hues of their own, apart from the ETT curves' (tab10) that share their panels
+    "ett-reinit": ("#5254a3", "1"), "ett-random": ("#d6616b", "2"), "ett-random-reinit": ("#8ca252", "3"),
+    "rigl": ("#7b4173", "h"), "rigl-5x": ("#637939", "H"), "dpf": ("#843c39", "p"),
 }
 
 
