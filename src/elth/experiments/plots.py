@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 from elth.experiments.aggregate import (
@@ -168,6 +169,7 @@ def plot_single_level(points: list[Point], path: str | os.PathLike, title: str =
     nrows, ncols = _panel_grid(len(targets))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 5.0 * nrows), squeeze=False)
     level = max((p.level for p in points if p.method == "ett" or p.method in _BASELINE_STYLES), default=None)
+    label_lines = 0
     for i, target in enumerate(targets):
         ax = axes[i // ncols][i % ncols]
         cs = curves(points, target)
@@ -199,7 +201,8 @@ def plot_single_level(points: list[Point], path: str | os.PathLike, title: str =
         if dense is not None:
             ax.axhline(100 * dense.accuracy, color="0.2", linestyle=":", linewidth=1.5)
             ax.annotate(f"dense {100 * dense.accuracy:.2f}", (1.0, 100 * dense.accuracy), xycoords=("axes fraction", "data"),
-                        xytext=(-2, 2), textcoords="offset points", ha="right", va="bottom", fontsize=8, color="0.2")
+                        xytext=(-2, 2), textcoords="offset points", ha="right", va="bottom", fontsize=8, color="0.2",
+                        annotation_clip=True)  # not drawn when the dense line is off the axis
         bottom = None
         if values:
             kept = [i for i in xs if i not in low]
@@ -216,8 +219,9 @@ def plot_single_level(points: list[Point], path: str | os.PathLike, title: str =
                 ax.annotate(f"{v:.2f}", (x, top), xytext=(0, 2), textcoords="offset points",
                             ha="center", va="bottom", fontsize=7)
         ax.set_xticks(xs)
-        ax.set_xticklabels([textwrap.fill(lab, 16) + f"\n{100 * sp:.1f}%" for lab, sp in zip(labels, spars)],
-                           rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
+        ticks = [textwrap.fill(lab, 16) + f"\n{100 * sp:.1f}%" for lab, sp in zip(labels, spars)]
+        label_lines = max([label_lines] + [t.count("\n") + 1 for t in ticks])
+        ax.set_xticklabels(ticks, rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
         ax.set_title(short_name(target), fontsize=11)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, axis="y", alpha=0.3)
@@ -225,8 +229,13 @@ def plot_single_level(points: list[Point], path: str | os.PathLike, title: str =
         axes[j // ncols][j % ncols].axis("off")
     if title:
         fig.suptitle(title, fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 0.95 if title else 1))
-    return _save(fig, path, plt)
+    # Each row: the panel, plus room for the rotated, wrapped bar labels under it.
+    fig.set_size_inches(fig.get_figwidth(), nrows * (3.6 + 0.75 + 0.16 * label_lines) + (0.4 if title else 0))
+    with warnings.catch_warnings():
+        # Very long labels can defeat tight_layout; the saved image is cropped to its contents anyway.
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout(rect=(0, 0, 1, 0.95 if title else 1))
+    return _save(fig, path, plt, crop=True)
 
 
 def _far_below(values: list[float], points: float = 15.0) -> set[int]:
@@ -239,9 +248,9 @@ def _far_below(values: list[float], points: float = 15.0) -> set[int]:
     return low if len(low) < len(values) else set()
 
 
-def _save(fig, path, plt) -> Path:
+def _save(fig, path, plt, crop: bool = False) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, **({"bbox_inches": "tight", "pad_inches": 0.15} if crop else {}))
     plt.close(fig)
     return path
