@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from elth.commands.train import add_device_arguments, add_protocol_arguments, add_seed_arguments, protocol_from_args
+from elth.commands.train import add_device_arguments, add_model_arguments, add_protocol_arguments, add_seed_arguments, protocol_from_args
 from elth.errors import ElthError
 
 HELP = "find winning tickets by Iterative Magnitude Pruning with rewinding (one ticket per level)"
@@ -31,12 +31,7 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="model name: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>")
-    parser.add_argument("--dataset", required=True,
-                        help="cifar10, svhn, mnist, fashion_mnist, imagenet, digits (built in) or synthetic")
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
+    add_model_arguments(parser)
     parser.add_argument("--levels", type=int, required=True, metavar="L",
                         help="prune to level L (levels 0..L are trained; level L has sparsity 1 - 0.8^L)")
     parser.add_argument("--rewind", metavar="STEP",

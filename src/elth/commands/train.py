@@ -84,13 +84,19 @@ def protocol_from_args(args: argparse.Namespace, dataset: str, model: str, base:
     return base.replace(**changes)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --dataset and --data-dir (shared by commands that build a network from scratch)."""
     parser.add_argument("--model", required=True,
                         help="model name: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>")
     parser.add_argument("--dataset", required=True,
-                        help="cifar10, svhn, mnist, fashion_mnist, imagenet, digits (built in) or synthetic")
+                        help="cifar10, svhn, mnist, fashion_mnist, imagenet, digits (built in) or synthetic; "
+                        "NAME@SIZE resizes its images")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
     add_protocol_arguments(parser)
     add_seed_arguments(parser)
     add_device_arguments(parser)

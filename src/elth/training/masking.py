@@ -30,7 +30,7 @@ class GradientMask:
             if tuple(m.shape) != tuple(p.shape):
                 raise MaskError(f"mask of {name!r} has shape {tuple(m.shape)}, the weight has {tuple(p.shape)}")
             # Same dtype, device and strides as the weight (and so as its gradient): a plain multiply.
-            self.masks.append(torch.empty_like(p, requires_grad=False).copy_(m.detach()))
+            self.masks.append(mask_like(p, m))
             self.names.append(name)
             self.params.append(p)
         if self.masks and not all(bool(((m == 0) | (m == 1)).all()) for m in self.masks):
@@ -43,6 +43,12 @@ class GradientMask:
 
     def apply_to_gradients(self) -> None:
         mask_gradients(self.params, self.masks)
+
+
+def mask_like(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`mask` as a 0/1 tensor with the dtype, device and strides of `p` (and so of its gradient):
+    multiplying by it is one plain fused op."""
+    return torch.empty_like(p, requires_grad=False).copy_(mask.detach())
 
 
 @torch.no_grad()

@@ -34,11 +34,6 @@ def check_settings(sparsity: float, total_steps: int, update_every: int, end_fra
         raise DSTError(f"dynamic sparse training needs at least one step, got {total_steps}")
 
 
-def layout_like(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`mask` as a 0/1 tensor with the dtype, device and strides of `p` (for fused multiplies)."""
-    return torch.empty_like(p, requires_grad=False).copy_(mask)
-
-
 def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """A flat boolean mask of the `k` highest of the 1-D `scores`; among equal scores at the
     threshold, lower indices first (as a stable sort would choose, at the cost of one top-k)."""

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from elth.sparsity.dst.densities import DSTError, param_shapes
-from elth.sparsity.dst.common import check_settings, dpf_sparsity, layout_like, top_k_mask
+from elth.sparsity.dst.common import check_settings, dpf_sparsity, top_k_mask
 from elth.sparsity.masks import Mask, count_for_sparsity, excluded_names
+from elth.training.masking import mask_like
 
 
 class DPF:
@@ -50,7 +51,7 @@ class DPF:
         self.finished_weight_steps = {n: 0 for n in self.names}
 
     def _refresh_layouts(self) -> None:
-        self.layouts = [layout_like(p, m) for p, m in zip(self.params, self.masks)]
+        self.layouts = [mask_like(p, m) for p, m in zip(self.params, self.masks)]
 
     def before_forward(self, step: int) -> None:
         pass

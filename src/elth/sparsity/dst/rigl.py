@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from elth.sparsity.dst.densities import DISTRIBUTIONS, DSTError, kept_counts, layer_densities, param_shapes
-from elth.sparsity.dst.common import check_settings, layout_like, rigl_drop_fraction, top_k_mask
+from elth.sparsity.dst.common import check_settings, rigl_drop_fraction, top_k_mask
 from elth.sparsity.masks import Mask, count_for_sparsity, excluded_names
-from elth.training.masking import mask_gradients
+from elth.training.masking import mask_gradients, mask_like
 
 
 class RigL:
@@ -71,7 +71,7 @@ class RigL:
                 torch._foreach_mul_(self.params, self.layouts)
 
     def _refresh_layouts(self) -> None:
-        self.layouts = [layout_like(p, m) for p, m in zip(self.params, self.masks)]
+        self.layouts = [mask_like(p, m) for p, m in zip(self.params, self.masks)]
 
     def before_forward(self, step: int) -> None:
         pass
@@ -109,7 +109,7 @@ class RigL:
             if buf is not None:
                 buf.mul_(keep)  # dropped and grown weights start with zero momentum
             self.masks[i] = new.view(mask.shape)
-            self.layouts[i] = layout_like(p, self.masks[i])
+            self.layouts[i] = mask_like(p, self.masks[i])
 
     def mask(self) -> Mask:
         """The current mask over every prunable weight (dense layers all ones), on the CPU."""
