@@ -22,9 +22,9 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from elth.errors import ElthError
+from elth.progress import progress as progress_bar
 from elth.tickets import Ticket, check_dataset
 from elth.training import Protocol, default_device, evaluate
 from elth.training.loop import use_channels_last
@@ -270,7 +270,7 @@ def linear_mode_connectivity(
         train_set = _ExamplesAsTestSet(x, y)
 
     test_acc, test_loss, train_err = [], [], []
-    bar = tqdm(alphas, desc=f"{ticket.model} interpolation", unit="pt", disable=not progress, leave=False,
+    bar = progress_bar(alphas, desc=f"{ticket.model} interpolation", unit="pt", disable=not progress, leave=False,
                file=sys.stderr, dynamic_ncols=True)
     for alpha in bar:
         model.load_state_dict(interpolate(state_a, state_b, alpha))

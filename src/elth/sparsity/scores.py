@@ -225,7 +225,7 @@ def synflow_mask(
     progress: bool = False,
 ) -> Mask:
     """Iterative SynFlow: prune `names` from their current count down to `keep` weights in `rounds` rounds."""
-    from tqdm import tqdm
+    from elth.progress import progress as progress_bar
 
     shape = _input_shape(model, input_shape)
     net = linearised_copy(model)
@@ -233,7 +233,7 @@ def synflow_mask(
     if keep > alive:
         raise ValueError(f"cannot keep {keep} weights: only {alive} are left among the eligible ones")
     mask = {n: m.clone() for n, m in mask.items()}
-    for target in tqdm(exponential_schedule(alive, keep, rounds), desc="synflow", disable=not progress,
+    for target in progress_bar(exponential_schedule(alive, keep, rounds), desc="synflow", disable=not progress,
                        leave=False):
         apply_mask(net, mask)
         scores = _synflow_round(net, names, shape)

@@ -35,9 +35,9 @@ from typing import Callable, Protocol as TypingProtocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from elth.errors import ElthError
+from elth.progress import progress as progress_bar
 from elth.training.allocator import tune_malloc
 from elth.training.checkpoint import (
     CHECKPOINT_FILE,
@@ -277,7 +277,7 @@ def train(
         log.truncate_after(step)
 
     stats = RunningStats(device)
-    bar = tqdm(
+    bar = progress_bar(
         total=end - start_step, initial=step - start_step, desc=desc or getattr(model, "name", "train"),
         unit="it", disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=True,
     )
@@ -426,7 +426,7 @@ class _Clock:
         self.images = 0
 
 
-def _show(bar: tqdm, loss, acc, images_per_s, test_acc) -> None:
+def _show(bar, loss, acc, images_per_s, test_acc) -> None:
     if bar.disable:
         return
     post = {}

@@ -1,0 +1,76 @@
+"""Run leases: one holder at a time, heartbeats keep a lease, a stale one is taken over."""
+import json
+import multiprocessing
+import threading
+import time
+from dataclasses import asdict
+
+from elth.experiments.lease import Lease, LeaseInfo, LeaseLost, current, holder
+
+
+def test_a_held_lease_is_refused_and_a_released_one_is_taken(tmp_path):
+    first = Lease.acquire(tmp_path, label="run a", timeout=60)
+    assert first is not None and first.number == 0
+    assert Lease.acquire(tmp_path, timeout=60) is None
+    info = holder(tmp_path, timeout=60)
+    assert info is not None and info.owner == first.info.owner and info.label == "run a"
+    first.release()
+    assert holder(tmp_path, timeout=60) is None
+    second = Lease.acquire(tmp_path, timeout=60)
+    assert second is not None and second.number == 1 and second.taken_over is None
+    assert [p.name for p in tmp_path.glob("lease.*.json")] == ["lease.000001.json"]
+
+
+def test_a_heartbeat_keeps_the_lease_past_the_timeout(tmp_path):
+    lease = Lease.acquire(tmp_path, timeout=0.6, heartbeat=0.1)
+    with lease:
+        time.sleep(1.2)
+        assert Lease.acquire(tmp_path, timeout=0.6) is None
+    assert current(tmp_path)[1].released
+
+
+def test_a_stale_lease_is_taken_over_and_its_holder_learns_it(tmp_path):
+    dead = Lease.acquire(tmp_path, timeout=0.3)  # never beats: a killed worker
+    time.sleep(0.4)
+    assert holder(tmp_path, timeout=0.3) is None
+    successor = Lease.acquire(tmp_path, timeout=0.3)
+    assert successor is not None and successor.number == dead.number + 1
+    assert successor.taken_over.owner == dead.info.owner
+    try:
+        dead.beat()
+        raise AssertionError("a superseded lease must not beat")
+    except LeaseLost:
+        pass
+    dead.release()  # must not touch the successor's lease
+    assert holder(tmp_path, timeout=0.3).owner == successor.info.owner
+
+
+def test_a_lost_lease_calls_back_from_the_heartbeat(tmp_path):
+    lost = threading.Event()
+    lease = Lease.acquire(tmp_path, timeout=0.3, heartbeat=0.05)
+    lease.on_lost = lost.set
+    # Someone presumed it dead: a newer lease appears.
+    other = LeaseInfo(owner="other", host="elsewhere", pid=1, started=time.time(), heartbeat=time.time())
+    (tmp_path / "lease.000005.json").write_text(json.dumps(asdict(other)))
+    with lease:
+        assert lost.wait(2.0)
+    assert lease.lost
+
+
+def _race(directory, barrier, results):
+    barrier.wait()
+    lease = Lease.acquire(directory, timeout=60)
+    results.put(lease is not None)
+
+
+def test_of_many_processes_racing_for_a_lease_exactly_one_wins(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    n = 8
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(tmp_path, barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    wins = [results.get(timeout=5) for _ in range(n)]
+    assert sum(wins) == 1
