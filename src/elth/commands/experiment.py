@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from elth.errors import ElthError
+from elth.experiments.lease import DEFAULT_TIMEOUT
 
 HELP = "run a paper experiment (IMP, ETTs, baselines over sparsities and seeds) and report it"
 DESCRIPTION = """\
@@ -25,12 +26,35 @@ under a directory named by a hash of its settings: running an experiment again t
 is finished (the same IMP run serves every experiment that needs it) and resumes interrupted runs
 from their checkpoints. A failing run is reported with its traceback; the others go on.
 
+Where runs execute (--launcher):
+  local  here: one run at a time in this process (--workers 1), or K worker processes
+         (--workers K), each with T torch threads (--threads T; default: the CPU cores / K). With
+         --device cuda and several workers, --devices 0,1,2,3 spreads them over those GPUs (worker
+         i on GPU i mod 4; K = 8 puts two workers on each GPU, each with T threads for its data
+         and host work); without --devices every worker uses the first visible GPU.
+  slurm  one SLURM job per run through submitit (--partition, --cpus-per-run, --gpus-per-run,
+         --time, --slurm-arg KEY=VALUE for any other sbatch option), at most --max-parallel
+         queued or running at once. Run it on a login node; the store (--root) and the output
+         directory must be on a file system that every node sees. A job's torch threads are its
+         --cpus-per-run; with --gpus-per-run the run trains on its job's GPU.
+
+Runs take a lease in their directory (a heartbeat every few seconds): any number of `elth
+experiment` processes, on one machine or on many, can work on one store at once; each run is
+trained by one of them, the others read its result back, and a run whose worker died (no
+heartbeat for --lease-timeout seconds) is taken over. A ticket run starts as soon as the IMP
+levels it needs exist, not when every IMP run is finished. --status prints what is done, running
+(where, since when), failed (the last line of its error) or waiting, from the store alone.
+
 examples:
   elth experiment --list
   elth experiment smoke --scale smoke
   elth experiment fc_table5 --scale cpu --workers 2
   elth experiment resnet_family --scale cpu --seeds 1
-  elth experiment resnet_family --scale paper --device cuda
+  elth experiment resnet_family --scale paper --device cuda --workers 8 --devices 0,1,2,3
+  elth experiment resnet_family --scale paper --launcher slurm --partition gpu --gpus-per-run 1 \\
+      --cpus-per-run 8 --time 12:00:00 --max-parallel 100 --root /shared/elth/runs
+  elth experiment resnet_family --scale paper --status
+  elth experiment resnet_family --scale paper --report-only
 """
 
 
@@ -53,9 +77,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
     parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu)")
+    parser.add_argument("--devices", metavar="LIST",
+                        help="GPUs for the local workers, e.g. 0,1,2,3 or all (visible ones); implies --device cuda")
     parser.add_argument("--dry-run", action="store_true", help="list the runs the experiment expands to and exit")
+    parser.add_argument("--status", action="store_true",
+                        help="print where each run stands (done, running, failed, waiting) and exit")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild the results table and report from the finished runs; train nothing")
     parser.add_argument("--no-report", action="store_true", help="write the results table only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-run lines")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard event files beside each run's metrics.jsonl "
+                        "(needs: pip install 'elth[tensorboard]')")
+    parser.add_argument("--lease-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                        help="seconds without a heartbeat after which a run's worker is presumed dead and "
+                        f"another takes the run over (default: {DEFAULT_TIMEOUT:.0f})")
+    cluster = parser.add_argument_group("cluster (--launcher slurm)")
+    cluster.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                         help="where runs execute (default: local; see above)")
+    cluster.add_argument("--partition", help="SLURM partition of the jobs (default: the cluster's)")
+    cluster.add_argument("--cpus-per-run", type=int, default=1, metavar="N", help="CPUs per job (default: 1)")
+    cluster.add_argument("--gpus-per-run", type=int, default=0, metavar="N", help="GPUs per job (default: 0)")
+    cluster.add_argument("--time", default="24:00:00", metavar="T",
+                         help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS (default: 24:00:00)")
+    cluster.add_argument("--max-parallel", type=int, default=64, metavar="N",
+                         help="at most N jobs queued or running at once (default: 64)")
+    cluster.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
+                         help="any other sbatch option, e.g. --slurm-arg qos=high --slurm-arg account=abc")
 
 
 def list_experiments() -> str:
@@ -111,8 +159,73 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(args.name, args.scale, args.seeds))
         return 0
+    if args.status:
+        print(status(experiment, args))
+        return 0
     out = Path(args.out) if args.out else default_out(args.root, args.name, args.scale)
+    if args.report_only:
+        return report_only(experiment, args, out)
     return execute(experiment, args.scale, args, out, command=command_of(args))
+
+
+def status(experiment, args: argparse.Namespace) -> str:
+    from elth.experiments.runner import build_graph
+    from elth.experiments.status import format_status, survey
+
+    _, _, graph = build_graph(experiment, args.scale, root=args.root, seeds=args.seeds, data_dir=args.data_dir)
+    return format_status(f"{experiment.name} ({args.scale}) in {args.root}", survey(graph, args.lease_timeout))
+
+
+def report_only(experiment, args: argparse.Namespace, out: Path) -> int:
+    from elth.experiments.report import report_figures, summary_text, write_report
+    from elth.experiments.runner import build_graph, report_from_store
+
+    outcome = report_from_store(experiment, args.scale, root=args.root, out_dir=out, seeds=args.seeds,
+                                data_dir=args.data_dir, command=command_of(args))
+    _, _, graph = build_graph(experiment, args.scale, root=args.root, seeds=args.seeds, data_dir=args.data_dir)
+    total = len(graph.nodes)
+    print(f"{outcome.cached} of {total} runs finished (results of the others are left out)", file=sys.stderr)
+    if outcome.rows:
+        print(summary_text(outcome.rows))
+        report = write_report(out)
+        print(f"report:  {report} (figures: {', '.join(str(f) for f in report_figures(report))})")
+    print(f"results: {out / 'results.csv'} (and results.jsonl)")
+    return 0
+
+
+def launch_options(args: argparse.Namespace):
+    """Where the runs execute, from the command line."""
+    from elth.experiments.launch import LaunchOptions, SlurmOptions, parse_slurm_args, parse_time
+
+    devices: tuple[str, ...] = ()
+    if getattr(args, "devices", None):
+        devices = parse_devices(args.devices)
+    slurm = SlurmOptions(
+        partition=getattr(args, "partition", None), gpus_per_run=getattr(args, "gpus_per_run", 0),
+        cpus_per_run=getattr(args, "cpus_per_run", 1), time_min=parse_time(getattr(args, "time", "24:00:00")),
+        extra=parse_slurm_args(getattr(args, "slurm_arg", [])),
+    )
+    return LaunchOptions(launcher=getattr(args, "launcher", "local"), workers=args.workers, threads=args.threads,
+                         devices=devices, slurm=slurm, max_parallel=getattr(args, "max_parallel", 64))
+
+
+def parse_devices(text: str) -> tuple[str, ...]:
+    """`0,1,3` -> cuda:0, cuda:1, cuda:3; `all` -> every visible GPU."""
+    text = text.strip()
+    if text == "all":
+        import torch
+
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise ElthError("--devices all: no GPU is visible")
+        return tuple(f"cuda:{i}" for i in range(n))
+    out = []
+    for part in text.split(","):
+        part = part.strip().removeprefix("cuda:")
+        if not part.isdigit():
+            raise ElthError(f"--devices {text!r}: expected GPU numbers such as 0,1,2,3 (or all)")
+        out.append(f"cuda:{int(part)}")
+    return tuple(out)
 
 
 def command_of(args: argparse.Namespace) -> str:
@@ -120,7 +233,10 @@ def command_of(args: argparse.Namespace) -> str:
     parts = ["elth", "experiment", args.name, "--scale", args.scale]
     for flag, value in (("--seeds", args.seeds), ("--workers", args.workers if args.workers != 1 else None),
                         ("--threads", args.threads), ("--root", args.root if args.root != "runs" else None),
-                        ("--out", args.out), ("--data-dir", args.data_dir), ("--device", args.device)):
+                        ("--out", args.out), ("--data-dir", args.data_dir), ("--device", args.device),
+                        ("--devices", getattr(args, "devices", None)),
+                        ("--launcher", getattr(args, "launcher", "local") if getattr(args, "launcher", "local") != "local"
+                         else None)):
         if value is not None:
             parts += [flag, str(value)]
     return " ".join(parts)
@@ -132,17 +248,27 @@ def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=
     from elth.experiments.report import summary_text, write_report
     from elth.experiments.runner import ExperimentFailed, run_experiment
 
-    device = str(resolve_device(args.device)) if args.device else None
+    launch = launch_options(args)
+    if launch.devices and args.device in (None, "cuda"):
+        device = "cuda"  # each worker then takes its own GPU
+    elif launch.devices:
+        raise ElthError(f"--devices spreads workers over GPUs: it does not combine with --device {args.device}")
+    else:
+        device = str(resolve_device(args.device)) if args.device else None
+    if launch.launcher != "local" and device is None and launch.slurm.gpus_per_run:
+        device = "cuda"
     failed: ExperimentFailed | None = None
     try:
         outcome = run_experiment(
             experiment, scale, root=args.root, out_dir=out, seeds=getattr(args, "seeds", None),
-            workers=args.workers, threads=args.threads, data_dir=args.data_dir, device=device,
-            progress=not args.no_progress, setups=setups, command=command,
+            data_dir=args.data_dir, device=device, progress=not args.no_progress, setups=setups, command=command,
+            launch=launch, lease_timeout=getattr(args, "lease_timeout", DEFAULT_TIMEOUT),
+            tensorboard=getattr(args, "tensorboard", False),
         )
         rows = outcome.rows
-        print(f"\n{experiment.title} ({scale}): {outcome.trained} runs trained, {outcome.cached} read from the "
-              f"store, {outcome.seconds:.0f}s", file=sys.stderr)
+        others = f", {outcome.by_others} by other workers" if outcome.by_others else ""
+        print(f"\n{experiment.title} ({scale}): {outcome.trained} runs trained{others}, {outcome.cached} read from "
+              f"the store, {outcome.seconds:.0f}s", file=sys.stderr)
     except ExperimentFailed as e:
         failed = e
         from elth.experiments.results import read_results

@@ -135,26 +135,78 @@ def imp_cached(ctx: Context, run: ImpRun) -> bool:
     return len(read_summary(directory)) > run.levels
 
 
+def imp_directory(ctx: Context, run: ImpRun) -> Path:
+    from elth.sparsity.imp import imp_run_dir
+
+    return imp_run_dir(imp_config(ctx, run.model, run.seed), dataset(ctx), ctx.root)
+
+
+def imp_outcome(ctx: Context, run: ImpRun) -> ImpOutcome | None:
+    """The finished IMP run read back from the store (None while some level is missing)."""
+    if not imp_cached(ctx, run):
+        return None
+    levels = imp_levels(ctx, run)[: run.levels + 1]
+    return ImpOutcome(run.model, run.seed, imp_directory(ctx, run).name, tuple(levels))
+
+
 def run_imp_job(ctx: Context, run: ImpRun) -> ImpOutcome:
     """Run (or read back) IMP to `run.levels` and price every level."""
-    from elth.sparsity.imp import imp_run_dir, run_imp
+    from elth.sparsity.imp import run_imp
 
+    run_imp(imp_config(ctx, run.model, run.seed), dataset(ctx), run.levels, ctx.root, device=ctx.device,
+            progress=ctx.progress)
+    outcome = imp_outcome(ctx, run)
+    assert outcome is not None, "run_imp returned before every level was trained"
+    return outcome
+
+
+#: (ticket path, modification time) -> (sparsity, rewind step, forward MACs): tickets never change
+#: once written, so an IMP run followed level by level is read once per level.
+_TICKET_FACTS: dict[tuple[str, float], tuple[float, int, int]] = {}
+
+
+def _ticket_facts(ctx: Context, model: str, path: Path) -> tuple[float, int, int]:
+    key = (str(path), path.stat().st_mtime)
+    if key not in _TICKET_FACTS:
+        ticket = load_ticket(path)
+        _TICKET_FACTS[key] = (ticket.sparsity, ticket.rewind_step, _macs(model, dataset(ctx).info, ticket.mask))
+    return _TICKET_FACTS[key]
+
+
+def imp_levels(ctx: Context, run: ImpRun) -> list[LevelCost]:
+    """The levels of an IMP run whose tickets are in the store, priced, even while the run goes on.
+
+    A level's ticket exists once every earlier level is trained, so its mask cost is known; a level
+    not trained yet has accuracy NaN and no training steps. The ticket runs of the DAG start from
+    these as soon as the level they need appears.
+    """
+    from elth.sparsity.imp import level_dir
+
+    directory = imp_directory(ctx, run)
     data = dataset(ctx)
-    config = imp_config(ctx, run.model, run.seed)
-    results = run_imp(config, data, run.levels, ctx.root, device=ctx.device, progress=ctx.progress)
-    batch = config.protocol.batch_size
-    dense_macs = _macs(run.model, data.info)
-    rewind_step = results[0].rewind_step
-    spent = training_flops(dense_macs, rewind_step, batch)
-    levels = []
-    for r in results:
-        mask = load_ticket(r.ticket_path).mask
-        flops = training_flops(_macs(run.model, data.info, mask), r.train_steps, batch)
+    batch = protocol_for(ctx, run.model).batch_size
+    levels: list[LevelCost] = []
+    spent = 0.0
+    k = 0
+    while True:
+        ticket_path = level_dir(directory, k) / TICKET_FILE
+        if not ticket_path.is_file():
+            return levels
+        sparsity, rewind_step, macs = _ticket_facts(ctx, run.model, ticket_path)
+        if k == 0:
+            spent = training_flops(_macs(run.model, data.info), rewind_step, batch)
+        result_path = level_dir(directory, k) / RESULT_FILE
+        result = json.loads(result_path.read_text()) if result_path.is_file() else None
+        steps = result["end_step"] - result["rewind_step"] if result else 0
+        flops = training_flops(macs, steps, batch) if result else 0.0
         levels.append(LevelCost(
-            r.level, r.sparsity, r.test_accuracy, str(r.ticket_path), r.rewind_step, r.train_steps, flops, spent,
+            k, result["sparsity"] if result else sparsity, result["test_accuracy"] if result else float("nan"),
+            str(ticket_path), rewind_step, steps, flops, spent,
         ))
+        if result is None:
+            return levels
         spent += flops
-    return ImpOutcome(run.model, run.seed, imp_run_dir(config, data, ctx.root).name, tuple(levels))
+        k += 1
 
 
 # -- tickets (ETTs and baselines) ---------------------------------------------------------------

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 #: Seconds without a heartbeat after which a lease is presumed dead and its run is taken over.
-DEFAULT_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = 120.0
 _NAME = re.compile(r"lease\.(\d+)\.json")
 
 

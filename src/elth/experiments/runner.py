@@ -1,47 +1,35 @@
-"""Run an experiment: expand its spec, execute the runs (cached, resumable, optionally in parallel),
-and write the tidy results table.
+"""Run an experiment: expand its spec, execute the runs (cached, resumable, in parallel here or on a
+cluster), and write the tidy results table.
 
-IMP runs go first (every other ticket derives from an IMP ticket: the source's for ETTs, the
-target's for the sparsity-matched baselines). Runs whose results are already in the store are read
-back, not trained; a failing run is reported with its traceback and the others go on; the
-experiment then ends with an error naming the failures.
+The runs form a graph (`dag.py`): every ticket derives from IMP tickets (the source's for ETTs,
+the target's for the sparsity-matched baselines), and starts as soon as the IMP levels it needs
+are in the store. Where runs execute is a launcher's business (`launch.py`: this process, local
+worker processes, SLURM jobs); each run is taken under a lease in its directory, so several
+runners on one store share the work and never train a run twice. Runs whose results are already
+in the store are read back, not trained; a failing run is reported with its traceback and the
+others go on; the experiment then ends with an error naming the failures.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import sys
 import time
-import traceback
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
-from tqdm import tqdm
-
 from elth.errors import ElthError
-from elth.experiments.jobs import (
-    Context,
-    ImpOutcome,
-    LevelCost,
-    TicketOutcome,
-    imp_cached,
-    lmc_cached,
-    protocol_for,
-    rewind_for,
-    run_imp_job,
-    run_lmc_job,
-    run_ticket_job,
-    ticket_cached,
-)
+from elth.experiments.dag import DONE, Graph, Scheduler, dataset_name, on_dataset
+from elth.experiments.jobs import Context, protocol_for, rewind_for
+from elth.experiments.launch import LaunchOptions, WorkerSettings, make_launcher
+from elth.experiments.lease import DEFAULT_TIMEOUT
 from elth.experiments.results import Row, write_lmc, write_results
-from elth.experiments.spec import Experiment, ImpRun, LMCRun, Setup, TicketRun, expand
+from elth.experiments.spec import Experiment, ImpRun, Setup, expand
+from elth.progress import progress as progress_bar, use_bars, write as write_line
 from elth.runs import write_json_atomic
 
 META_FILE = "experiment.json"
+#: seconds between looks at the store for runs that wait on other workers
+POLL_SECONDS = 2.0
 
 
 class ExperimentFailed(ElthError):
@@ -54,34 +42,22 @@ class Outcome:
     out_dir: Path
     trained: int = 0
     cached: int = 0
+    by_others: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class _Task:
-    label: str
-    fn: Callable
-    args: tuple
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 class _Progress:
-    """'[i/N] label' lines, and with workers an overall bar (the runs' own bars are off then)."""
+    """'[i/N] label' lines, and on a terminal with parallel runs an overall bar (the runs' own bars are off then)."""
 
     def __init__(self, total: int, enabled: bool, bar: bool):
         self.total, self.done, self.enabled = total, 0, enabled
-        self.bar = tqdm(total=total, desc="experiment runs", unit="run", file=sys.stderr,
-                        dynamic_ncols=True) if enabled and bar else None
+        self.bar = progress_bar(total=total, desc="experiment runs", unit="run", file=sys.stderr,
+                                dynamic_ncols=True) if enabled and bar and use_bars() else None
 
     def say(self, text: str) -> None:
         if self.enabled:
-            tqdm.write(text, file=sys.stderr)
+            write_line(text, file=sys.stderr)
 
     def start(self, label: str) -> None:
         if self.bar is None:
@@ -91,21 +67,12 @@ class _Progress:
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
-            self.say(f"[{self.done}/{self.total}] {label}: {note}")
-        elif note:
-            self.say(f"        {label}: {note}")
-
-    def skip(self, label: str, note: str) -> None:
-        """A run that needs no work (read from the store) or cannot run: one line."""
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        self.say(f"[{self.done}/{self.total}] {label}: {note}")
+        self.say(f"[{self.done}/{self.total}] {label}: {note}" if note else f"[{self.done}/{self.total}] {label}")
 
     def running(self, labels: list[str]) -> None:
         """Show what the workers are busy with (the bar's postfix)."""
         if self.bar is not None:
-            self.bar.set_postfix_str("running: " + "; ".join(labels) if labels else "", refresh=True)
+            self.bar.set_postfix_str("running: " + "; ".join(labels[:4]) if labels else "", refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -117,64 +84,32 @@ def worker_threads(workers: int, threads: int | None = None) -> int:
     return threads if threads else max(1, (os.cpu_count() or 1) // workers)
 
 
-def _pool(workers: int, threads: int | None):
-    """The worker processes (spawned, so no state leaks in), or nothing for one worker."""
-    if workers <= 1:
-        return contextlib.nullcontext(None)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                               initializer=_init_worker, initargs=(worker_threads(workers, threads),))
-
-
-def _execute(tasks: list[_Task], pool: ProcessPoolExecutor | None, progress: _Progress,
-             describe: Callable[[object], str]):
-    """Run `tasks` (here, or in `pool`); yields (task, result or None, error text or None) as they finish."""
-    if not tasks:
-        return
-    if pool is None:
-        for t in tasks:
-            progress.start(t.label)
-            try:
-                result = t.fn(*t.args)
-            except Exception:  # reported and counted; the other runs go on
-                err = traceback.format_exc()
-                progress.finish(t.label, "FAILED")
-                yield t, None, err
-                continue
-            progress.finish(t.label, describe(result))
-            yield t, result, None
-        return
-    futures = {pool.submit(t.fn, *t.args): t for t in tasks}
-    pending = set(futures)
-    while pending:
-        done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
-        for fut in done:
-            t = futures[fut]
-            exc = fut.exception()
-            if exc is not None:
-                err = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                progress.finish(t.label, "FAILED")
-                yield t, None, err
-            else:
-                progress.finish(t.label, describe(fut.result()))
-                yield t, fut.result(), None
-        progress.running([futures[f].label for f in pending if f.running()])
-
-
-def _describe_imp(o: ImpOutcome) -> str:
-    last = o.levels[-1]
-    return f"level {last.level} at {100 * last.sparsity:.2f}% sparsity: {100 * last.accuracy:.2f}%"
-
-
-def _describe_ticket(o: TicketOutcome) -> str:
-    return f"{100 * o.accuracy:.2f}% at {100 * o.sparsity:.2f}% sparsity ({o.seconds:.0f}s)"
-
-
 def context_for(setup: Setup, root: str | os.PathLike, *, data_dir=None, device=None, progress=True) -> Context:
     return Context(
         root=str(root), dataset=setup.dataset, data_dir=None if data_dir is None else str(data_dir),
         device=device, preset=setup.preset, protocol=setup.protocol, rewind=setup.rewind,
         prune_fraction=setup.prune_fraction, progress=progress,
     )
+
+
+def build_graph(experiment: Experiment, scale: str, *, root, seeds=None, data_dir=None, device=None,
+                progress: bool = False, setups: tuple[Setup, ...] | None = None):
+    """(parts, contexts, graph) of an experiment at a scale: every run and what it needs."""
+    parts = tuple(s.with_seeds(seeds) for s in (setups or experiment.setups(scale)))
+    plans = [expand(s) for s in parts]
+    ctxs = [context_for(s, root, data_dir=data_dir, device=device, progress=progress) for s in parts]
+    # One IMP run per network, dataset and seed, however many parts need it.
+    unique: dict[tuple, tuple[Context, ImpRun]] = {}
+    for c, p in zip(ctxs, plans):
+        for r in p.imp:
+            on = on_dataset(c, r.dataset)
+            key = (dataset_name(on), r.model, r.seed)
+            known = unique.get(key)
+            if known is None or known[1].levels < r.levels:  # the deepest any part needs
+                unique[key] = (on, r)
+    graph = Graph(list(unique.values()), [(c, r) for c, p in zip(ctxs, plans) for r in p.tickets],
+                  [(c, r) for c, p in zip(ctxs, plans) for r in p.lmc])
+    return parts, ctxs, graph
 
 
 def run_experiment(
@@ -191,58 +126,49 @@ def run_experiment(
     threads: int | None = None,
     setups: tuple[Setup, ...] | None = None,
     command: str | None = None,
+    launch: LaunchOptions | None = None,
+    lease_timeout: float = DEFAULT_TIMEOUT,
+    tensorboard: bool = False,
+    poll: float = POLL_SECONDS,
 ) -> Outcome:
     """Execute every run of `experiment` at `scale` and write `results.jsonl`/`.csv` to `out_dir`.
 
-    `workers` > 1 runs independent runs in that many spawned processes with `threads` torch
-    threads each (default: the cores shared out); with one worker everything runs here, with
-    `threads` torch threads when given. `setups` replaces the spec's parts for `scale` (the demo
-    uses it to pick its dataset). Raises `ExperimentFailed` after writing the results of the runs
-    that finished.
+    `launch` says where runs execute (default: here with `workers` == 1, else `workers` spawned
+    processes with `threads` torch threads each, the cores shared out by default). `setups`
+    replaces the spec's parts for `scale` (the demo uses it to pick its dataset).
+    `lease_timeout`: seconds without a heartbeat after which another runner takes over a run.
+    Raises `ExperimentFailed` after writing the results of the runs that finished.
     """
-    if workers < 1:
-        raise ElthError(f"--workers must be at least 1, got {workers}")
-    if threads is not None and threads < 1:
-        raise ElthError(f"--threads must be at least 1, got {threads}")
-    if workers == 1 and threads:
+    launch = launch or LaunchOptions(workers=workers, threads=threads)
+    launch.check()
+    if tensorboard:
+        from elth.training.metrics import enable_tensorboard
+
+        enable_tensorboard(True)  # fails early, with what to install, when tensorboard is missing
+    if launch.launcher == "local" and launch.workers == 1 and launch.threads:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(launch.threads)
     start = time.time()
-    parts = tuple(s.with_seeds(seeds) for s in (setups or experiment.setups(scale)))
-    plans = [expand(s) for s in parts]
-    ctxs = [context_for(s, root, data_dir=data_dir, device=device, progress=progress and workers == 1)
-            for s in parts]
+    # Runs print their own progress when they run here (one at a time) or in a job's log.
+    run_progress = progress and (launch.launcher != "local" or launch.workers == 1)
+    parts, ctxs, graph = build_graph(experiment, scale, root=root, seeds=seeds, data_dir=data_dir, device=device,
+                                     progress=run_progress, setups=setups)
     out = Path(out_dir)
-    # One IMP run per network, dataset and seed, however many parts need it.
-    unique: dict[tuple, tuple[Context, ImpRun]] = {}
-    for c, p in zip(ctxs, plans):
-        for r in p.imp:
-            on = _on(c, r.dataset)
-            known = unique.get((on, r.model, r.seed))
-            if known is None or known[1].levels < r.levels:  # the deepest any part needs
-                unique[(on, r.model, r.seed)] = (on, r)
-    imp_runs = list(unique.values())
-    total = len(imp_runs) + sum(len(p.tickets) + len(p.lmc) for p in plans)
-    bar = _Progress(total, progress, bar=workers > 1)
+    total = len(graph.nodes)
+    bar = _Progress(total, progress, bar=launch.launcher != "local" or launch.workers > 1)
     outcome = Outcome(rows=[], out_dir=out)
-    bar.say(f"{experiment.name} ({scale}): {len(imp_runs)} IMP runs, "
-            f"{sum(len(p.tickets) for p in plans)} other tickets, {parts[0].seeds} seed(s); store {root}")
+    bar.say(f"{experiment.name} ({scale}): {len(graph.imp)} IMP runs, {len(graph.tickets)} other tickets, "
+            f"{parts[0].seeds} seed(s); store {root}; {launch.describe()}")
+    settings = WorkerSettings(threads=launch.worker_threads(), lease_timeout=lease_timeout, tensorboard=tensorboard)
     try:
-        with _pool(workers, threads) as pool:
-            imp = _run_imp_phase(imp_runs, pool, bar, outcome)
-            tickets = _run_ticket_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.tickets], imp, pool,
-                                        bar, outcome)
-            lmc = _run_lmc_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.lmc], imp, tickets, pool, bar,
-                                 outcome)
+        with make_launcher(launch, out) as launcher:
+            tally = Scheduler(graph, launcher, settings, bar, poll=poll).run()
     finally:
         bar.close()
-    outcome.rows = _imp_rows(experiment.name, scale, imp) + _ticket_rows(experiment.name, scale, tickets)
-    outcome.seconds = time.time() - start
-    write_results(outcome.rows, out)
-    if any(p.lmc for p in plans):
-        write_lmc(lmc, out)
-    write_json_atomic(out / META_FILE, _meta(experiment, scale, parts, ctxs, outcome, command))
+    outcome.trained, outcome.cached, outcome.by_others = tally.trained, tally.cached, tally.by_others
+    outcome.failures = tally.failures
+    _finish(experiment, scale, parts, ctxs, graph, outcome, command, start)
     if outcome.failures:
         for label, err in outcome.failures:
             print(f"\n--- run failed: {label}\n{err}", file=sys.stderr)
@@ -255,127 +181,34 @@ def run_experiment(
     return outcome
 
 
-def _on(ctx: Context, dataset: str) -> Context:
-    """The context of `ctx`'s experiment on another dataset ("" or None: `ctx` itself)."""
-    return dataclasses.replace(ctx, dataset=dataset) if dataset else ctx
+def report_from_store(experiment: Experiment, scale: str, *, root, out_dir, seeds=None, data_dir=None,
+                      setups: tuple[Setup, ...] | None = None, command: str | None = None) -> Outcome:
+    """Write the results table of the runs of an experiment that are finished, training nothing."""
+    start = time.time()
+    parts, ctxs, graph = build_graph(experiment, scale, root=root, seeds=seeds, data_dir=data_dir, setups=setups)
+    outcome = Outcome(rows=[], out_dir=Path(out_dir))
+    outcome.cached = graph.read_store()
+    _finish(experiment, scale, parts, ctxs, graph, outcome, command, start)
+    return outcome
 
 
-def _dataset_name(ctx: Context) -> str:
-    from elth.experiments.jobs import dataset
-
-    return dataset(ctx).info.name
-
-
-ImpKey = tuple[str, str, int]  # (dataset, model, seed)
-
-
-def _run_imp_phase(runs: list[tuple[Context, ImpRun]], pool, bar, outcome) -> dict[ImpKey, ImpOutcome]:
-    done: dict[ImpKey, ImpOutcome] = {}
-    todo = []
-    for ctx, run in runs:
-        if imp_cached(ctx, run):
-            done[(_dataset_name(ctx), run.model, run.seed)] = run_imp_job(ctx, run)
-            outcome.cached += 1
-            bar.skip(run.label, "read from the store")
-        else:
-            todo.append(_Task(run.label, run_imp_job, (ctx, run)))
-    for task, result, err in _execute(todo, pool, bar, _describe_imp):
-        if err is not None:
-            outcome.failures.append((task.label, err))
-        else:
-            done[(_dataset_name(task.args[0]), result.model, result.seed)] = result
-            outcome.trained += 1
-    return done
+def _finish(experiment, scale, parts, ctxs, graph: Graph, outcome: Outcome, command, start: float) -> None:
+    """The rows of the finished runs, written as the results table, with experiment.json."""
+    imp = {(n.dataset, n.run.model, n.run.seed): n.result for n in graph.imp.values() if n.state == DONE}
+    tickets = {(n.dataset, n.run): n.result for n in graph.tickets if n.state == DONE}
+    lmc = [_lmc_record(n) for n in graph.lmc if n.state == DONE]
+    outcome.rows = _imp_rows(experiment.name, scale, imp) + _ticket_rows(experiment.name, scale, tickets)
+    outcome.seconds = time.time() - start
+    write_results(outcome.rows, outcome.out_dir)
+    if graph.lmc:
+        write_lmc(lmc, outcome.out_dir)
+    write_json_atomic(outcome.out_dir / META_FILE, _meta(experiment, scale, parts, ctxs, outcome, command))
 
 
-def _bases(ctx: Context, run: TicketRun, imp: dict) -> tuple[LevelCost, LevelCost] | str:
-    """(basis, like) of a ticket run, or why it cannot run."""
-    ds = _dataset_name(ctx)
-    target = imp.get((ds, run.target, run.seed))
-    source = imp.get((_dataset_name(_on(ctx, run.source_dataset)), run.source, run.seed)) if run.source else target
-    if target is None or source is None:
-        missing = run.target if target is None else run.source
-        return f"skipped: IMP on {missing} (seed {run.seed}) failed"
-    if len(source.levels) <= run.level or len(target.levels) <= run.level:
-        return f"skipped: IMP did not reach level {run.level}"
-    return source.levels[run.level], target.levels[run.level]
-
-
-TicketKey = tuple[str, TicketRun]  # (dataset, run)
-
-
-def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, outcome) -> dict[TicketKey, TicketOutcome]:
-    done: dict[TicketKey, TicketOutcome] = {}
-    todo = []
-    for ctx, run in runs:
-        bases = _bases(ctx, run, imp)
-        if isinstance(bases, str):
-            outcome.failures.append((run.label, bases))
-            bar.skip(run.label, bases)
-            continue
-        cached = ticket_cached(ctx, run, *bases)
-        if cached is not None:
-            done[(_dataset_name(ctx), run)] = cached
-            outcome.cached += 1
-            bar.skip(run.label, "read from the store")
-        else:
-            todo.append(_Task(run.label, run_ticket_job, (ctx, run, *bases)))
-    for task, result, err in _execute(todo, pool, bar, _describe_ticket):
-        ctx, run = task.args[0], task.args[1]
-        if err is not None:
-            outcome.failures.append((task.label, err))
-        else:
-            done[(_dataset_name(ctx), run)] = result
-            outcome.trained += 1
-    return done
-
-
-def _lmc_ticket(ctx: Context, run: LMCRun, imp: dict, tickets: dict) -> tuple[str, str] | str:
-    """(ticket path, label) of an LMC run, or why it cannot run."""
-    from elth.experiments.aggregate import curve_label
-
-    ds = _dataset_name(ctx)
-    if run.ticket is None:
-        o = imp.get((ds, run.target, run.seed))
-        if o is None or len(o.levels) <= run.level:
-            return f"skipped: IMP on {run.target} (seed {run.seed}) did not reach level {run.level}"
-        return o.levels[run.level].ticket, "IMP"
-    t = tickets.get((ds, run.ticket))
-    if t is None:
-        return f"skipped: the ticket run {run.ticket.label} failed"
-    return t.ticket, curve_label((run.ticket.method, run.ticket.source, run.ticket.strategy))
-
-
-def _run_lmc_phase(runs: list[tuple[Context, LMCRun]], imp, tickets, pool, bar, outcome) -> list[dict]:
-    done: list[dict] = []
-    todo = []
-
-    def record(ctx: Context, run: LMCRun, result: dict) -> None:
-        t = run.ticket
-        done.append({"dataset": _dataset_name(ctx), "target": run.target, "method": run.method,
-                     "source": t.source if t else "", "strategy": t.strategy if t else "", "level": run.level,
-                     "seed": run.seed, **result})
-
-    for ctx, run in runs:
-        found = _lmc_ticket(ctx, run, imp, tickets)
-        if isinstance(found, str):
-            outcome.failures.append((run.label, found))
-            bar.skip(run.label, found)
-            continue
-        cached = lmc_cached(ctx, run, found[0])
-        if cached is not None:
-            record(ctx, run, cached)
-            outcome.cached += 1
-            bar.skip(run.label, "read from the store")
-        else:
-            todo.append(_Task(run.label, run_lmc_job, (ctx, run, *found)))
-    for task, result, err in _execute(todo, pool, bar, lambda r: f"instability {100 * r['instability']:.2f} points"):
-        if err is not None:
-            outcome.failures.append((task.label, err))
-        else:
-            record(task.args[0], task.args[1], result)
-            outcome.trained += 1
-    return done
+def _lmc_record(node) -> dict:
+    run, t = node.run, node.run.ticket
+    return {"dataset": node.dataset, "target": run.target, "method": run.method, "source": t.source if t else "",
+            "strategy": t.strategy if t else "", "level": run.level, "seed": run.seed, **node.result}
 
 
 def _imp_rows(name: str, scale: str, imp: dict) -> list[Row]:
@@ -435,5 +268,6 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
         "protocols": {m: describe_protocol(c, m) for s, c in zip(parts, ctxs) for m in s.members},
         "command": command or "",
         "wall_seconds": round(outcome.seconds, 1),
-        "runs": {"trained": outcome.trained, "cached": outcome.cached, "failed": len(outcome.failures)},
+        "runs": {"trained": outcome.trained, "cached": outcome.cached, "by_others": outcome.by_others,
+                 "failed": len(outcome.failures)},
     }

@@ -1,4 +1,9 @@
-"""Training metrics as JSON lines (one object per log point) and running sums kept on the device."""
+"""Training metrics as JSON lines (one object per log point) and running sums kept on the device.
+
+With `enable_tensorboard(True)` (`elth experiment --tensorboard`), every numeric field of every
+line is also written as a TensorBoard scalar (tag = field name, x = global step) to an event file
+in the same directory, so `tensorboard --logdir STORE` shows every run of a store.
+"""
 from __future__ import annotations
 
 import json
@@ -9,6 +14,42 @@ from pathlib import Path
 import torch
 
 METRICS_FILE = "metrics.jsonl"
+#: fields that are the x axis or bookkeeping, not curves
+_NOT_SCALARS = ("step",)
+
+_tensorboard = False
+_writers: dict[Path, object] = {}
+_MAX_OPEN_WRITERS = 4
+
+
+def enable_tensorboard(on: bool = True) -> None:
+    """Mirror the metrics of every run this process trains to TensorBoard event files."""
+    global _tensorboard
+    if on:
+        _check_tensorboard()
+    _tensorboard = on
+
+
+def _check_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        from elth.errors import ElthError
+
+        raise ElthError("--tensorboard needs the tensorboard package: pip install 'elth[tensorboard]'") from None
+
+
+def _writer(directory: Path):
+    """One open SummaryWriter per run directory (the few most recent are kept open)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = _writers.pop(directory, None)
+    if writer is None:
+        while len(_writers) >= _MAX_OPEN_WRITERS:
+            _writers.pop(next(iter(_writers))).close()
+        writer = SummaryWriter(log_dir=str(directory))
+    _writers[directory] = writer  # most recent last
+    return writer
 
 
 class MetricsLog:
@@ -42,6 +83,16 @@ class MetricsLog:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(clean) + "\n")
+        if _tensorboard:
+            self._to_tensorboard(clean)
+
+    def _to_tensorboard(self, row: dict) -> None:
+        writer = _writer(self.path.parent)
+        step = int(row.get("step", 0))
+        for key, value in row.items():
+            if key not in _NOT_SCALARS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.add_scalar(key, value, step)
+        writer.flush()
 
 
 class RunningStats:

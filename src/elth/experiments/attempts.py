@@ -1,0 +1,71 @@
+"""What a run directory records about the workers that ran it, for `elth experiment --status`.
+
+`attempts.jsonl` gets one line per event of a worker on the run: `start`, then `finish`, `fail`
+or `lost` (the lease was taken over), each with the host, process, SLURM job and time; a run
+trained exactly once has one `start` and one `finish`. `failure.json` holds the traceback of the
+last failed attempt until an attempt succeeds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+ATTEMPTS_FILE = "attempts.jsonl"
+FAILURE_FILE = "failure.json"
+
+
+def _where() -> dict:
+    job = os.environ.get("SLURM_JOB_ID", "")
+    return {"host": socket.gethostname(), "pid": os.getpid(), **({"slurm_job": job} if job else {})}
+
+
+def record(directory: str | os.PathLike, event: str, **fields) -> None:
+    """Append one event line (a single write of one line: lines of concurrent writers never mix)."""
+    path = Path(directory) / ATTEMPTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"event": event, "time": time.time(), **_where(), **fields}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_attempts(directory: str | os.PathLike) -> list[dict]:
+    path = Path(directory) / ATTEMPTS_FILE
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def write_failure(directory: str | os.PathLike, error: str) -> None:
+    from elth.runs import write_json_atomic
+
+    write_json_atomic(Path(directory) / FAILURE_FILE, {"time": time.time(), **_where(), "error": error})
+
+
+def read_failure(directory: str | os.PathLike) -> dict | None:
+    path = Path(directory) / FAILURE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def clear_failure(directory: str | os.PathLike) -> None:
+    (Path(directory) / FAILURE_FILE).unlink(missing_ok=True)
+
+
+def last_error_line(error: str) -> str:
+    """The line of a traceback that says what went wrong (its last non-empty line)."""
+    lines = [ln.strip() for ln in error.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,319 @@
+"""An experiment's runs as a graph: each run starts as soon as what it needs is in the store.
+
+A ticket run at IMP level k needs level k's ticket of its source's IMP run and of its target's
+(the ticket it transforms or prunes, and the one whose sparsity it matches): it starts as soon as
+both exist, even while those IMP runs go on to deeper levels, and a slow IMP run holds back only
+the runs that need it. An LMC run needs its ticket: an IMP level's, or a ticket run's once trained.
+
+The scheduler reads the store for everything: which runs are finished (their result files), which
+levels exist, and who holds a run (its lease). Runs held by another worker (another `elth
+experiment` process, a job of another runner) are left to it and looked at again every `poll`
+seconds: when they finish their results are read back, when their worker dies (its lease goes
+stale) they are run here. So any number of runners can work on one store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from elth.experiments.jobs import (
+    Context,
+    ImpOutcome,
+    LevelCost,
+    TicketOutcome,
+    dataset,
+    imp_cached,
+    imp_directory,
+    imp_levels,
+    imp_outcome,
+    lmc_cached,
+    lmc_run_dir,
+    run_imp_job,
+    run_lmc_job,
+    run_ticket_job,
+    ticket_cached,
+    ticket_run_dir,
+)
+from elth.experiments.launch import Busy, Finished, Task, WorkerSettings
+from elth.experiments.lease import holder
+from elth.experiments.spec import ImpRun, LMCRun, TicketRun
+
+#: Node states. Final: done, failed, skipped.
+WAITING, SUBMITTED, ELSEWHERE, DONE, FAILED, SKIPPED = "waiting", "submitted", "elsewhere", "done", "failed", "skipped"
+FINAL = (DONE, FAILED, SKIPPED)
+
+
+@dataclass(eq=False)
+class Node:
+    kind: str  # "imp", "ticket", "lmc"
+    ctx: Context
+    run: ImpRun | TicketRun | LMCRun
+    dataset: str
+    state: str = WAITING
+    result: object = None
+    error: str = ""
+    directory: str = ""
+    args: tuple = ()  # the job's arguments after ctx and run, once its inputs exist
+    recheck_at: float = 0.0
+    noted_elsewhere: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.run.label
+
+
+def dataset_name(ctx: Context) -> str:
+    return dataset(ctx).info.name
+
+
+def on_dataset(ctx: Context, name: str) -> Context:
+    """The context of `ctx`'s experiment on another dataset ("": `ctx` itself)."""
+    return dataclasses.replace(ctx, dataset=name) if name else ctx
+
+
+class Graph:
+    """The runs of one experiment and what each needs."""
+
+    def __init__(self, imp: list[tuple[Context, ImpRun]], tickets: list[tuple[Context, TicketRun]],
+                 lmc: list[tuple[Context, LMCRun]]):
+        self.imp: dict[tuple[str, str, int], Node] = {}
+        for ctx, run in imp:
+            ds = dataset_name(ctx)
+            self.imp[(ds, run.model, run.seed)] = Node("imp", ctx, run, ds, directory=str(imp_directory(ctx, run)))
+        self.tickets = [Node("ticket", ctx, run, dataset_name(ctx)) for ctx, run in tickets]
+        self.ticket_nodes = {(n.dataset, n.run): n for n in self.tickets}
+        self.lmc = [Node("lmc", ctx, run, dataset_name(ctx)) for ctx, run in lmc]
+        self.nodes: list[Node] = [*self.imp.values(), *self.tickets, *self.lmc]
+        self._levels: dict[Node, tuple[float, list[LevelCost]]] = {}
+
+    # -- what a node needs ------------------------------------------------------------------------
+    def levels(self, imp: Node, at_least: int, max_age: float = 0.0) -> list[LevelCost]:
+        """The priced levels of an IMP node: from its outcome when finished, else from the store
+        (read again when a level past those known is asked for and the last read is older than `max_age`)."""
+        if imp.state == DONE:
+            return list(imp.result.levels)
+        seen, known = self._levels.get(imp, (0.0, []))
+        if len(known) <= at_least and time.time() - seen >= max_age:
+            known = imp_levels(imp.ctx, imp.run)
+            self._levels[imp] = (time.time(), known)
+        return known
+
+    def _level(self, ctx: Context, model: str, seed: int, level: int, max_age: float) -> LevelCost | str | None:
+        """IMP level `level` of (model, seed) on ctx's dataset: its cost, None while it does not
+        exist yet, or why it never will."""
+        imp = self.imp.get((dataset_name(ctx), model, seed))
+        if imp is None:
+            return f"no IMP run of {model} (seed {seed})"
+        if imp.state in (FAILED, SKIPPED):
+            return f"skipped: IMP on {model} (seed {seed}) failed"
+        levels = self.levels(imp, level, max_age)
+        if len(levels) > level:
+            return levels[level]
+        if imp.state == DONE:
+            return f"skipped: IMP did not reach level {level}"
+        return None
+
+    def inputs(self, node: Node, max_age: float = 0.0) -> tuple | str | None:
+        """The job arguments of `node` (after ctx and run) once what it needs exists; None while
+        waiting; a string saying why it cannot run."""
+        run = node.run
+        if node.kind == "imp":
+            return ()
+        if node.kind == "ticket":
+            target = self._level(node.ctx, run.target, run.seed, run.level, max_age)
+            if isinstance(target, str) or target is None:
+                return target
+            if not run.source:
+                return target, target
+            source = self._level(on_dataset(node.ctx, run.source_dataset), run.source, run.seed, run.level, max_age)
+            if isinstance(source, str) or source is None:
+                return source
+            return source, target
+        # LMC
+        from elth.experiments.aggregate import curve_label
+
+        if run.ticket is None:
+            level = self._level(node.ctx, run.target, run.seed, run.level, max_age)
+            if isinstance(level, str):
+                return f"skipped: IMP on {run.target} (seed {run.seed}) did not reach level {run.level}"
+            return None if level is None else (level.ticket, "IMP")
+        source = self.ticket_nodes.get((node.dataset, run.ticket))
+        if source is None or source.state in (FAILED, SKIPPED):
+            return f"skipped: the ticket run {run.ticket.label} failed"
+        if source.state != DONE:
+            return None
+        t = run.ticket
+        return source.result.ticket, curve_label((t.method, t.source, t.strategy))
+
+    def read_store(self) -> int:
+        """Mark every run whose result is in the store done (with its result); the number of them."""
+        done = 0
+        for node in self.nodes:  # IMP first: the others need its levels
+            found = self.inputs(node)
+            if not isinstance(found, tuple):
+                continue
+            node.args = found
+            node.directory = self.directory(node)
+            result = cached(node)
+            if result is not None:
+                node.state, node.result = DONE, result
+                done += 1
+        return done
+
+    def directory(self, node: Node) -> str:
+        if node.kind == "imp":
+            return node.directory
+        if node.kind == "ticket":
+            return str(ticket_run_dir(node.ctx, node.run, *node.args))
+        return str(lmc_run_dir(node.ctx, node.run, node.args[0]))
+
+
+# -- the jobs as a worker runs them (top-level functions: they are pickled) ---------------------
+def _imp_cached(ctx: Context, run: ImpRun) -> ImpOutcome | None:
+    return imp_outcome(ctx, run)
+
+
+def _ticket_cached(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | None:
+    return ticket_cached(ctx, run, basis, like)
+
+
+def _lmc_cached(ctx: Context, run: LMCRun, ticket_path: str, label: str) -> dict | None:
+    return lmc_cached(ctx, run, ticket_path)
+
+
+_JOBS: dict[str, tuple[Callable, Callable]] = {
+    "imp": (run_imp_job, _imp_cached),
+    "ticket": (run_ticket_job, _ticket_cached),
+    "lmc": (run_lmc_job, _lmc_cached),
+}
+
+
+def cached(node: Node):
+    return _JOBS[node.kind][1](node.ctx, node.run, *node.args)
+
+
+@dataclass
+class Tally:
+    trained: int = 0
+    cached: int = 0
+    by_others: int = 0  # finished by another worker while this runner waited
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Scheduler:
+    """Runs a `Graph` through a launcher (see `launch.py`), reading the store between completions."""
+
+    def __init__(self, graph: Graph, launcher, settings: WorkerSettings, progress, poll: float = 2.0):
+        self.graph, self.launcher, self.settings = graph, launcher, settings
+        self.progress, self.poll = progress, poll
+        self.tally = Tally()
+
+    def _finish(self, node: Node, result, note: str) -> None:
+        node.state, node.result = DONE, result
+        self.progress.finish(node.label, note)
+
+    def _fail(self, node: Node, state: str, error: str, note: str) -> None:
+        node.state, node.error = state, error
+        self.tally.failures.append((node.label, error))
+        self.progress.finish(node.label, note)
+
+    def _try_start(self, node: Node) -> bool:
+        """Start `node` if its inputs exist and nobody holds it; True if something changed."""
+        found = self.graph.inputs(node, max_age=self.poll)
+        if isinstance(found, str):
+            self._fail(node, SKIPPED, found, found)
+            return True
+        if found is None:
+            return False
+        node.args = found
+        node.directory = self.graph.directory(node)
+        done = cached(node)
+        if done is not None:
+            if node.state == ELSEWHERE:
+                self.tally.by_others += 1
+                self._finish(node, done, "finished by another worker")
+            else:
+                self.tally.cached += 1
+                self._finish(node, done, "read from the store")
+            return True
+        if self.launcher.in_flight() >= self.launcher.slots:
+            return False
+        busy = holder(node.directory, self.settings.lease_timeout)
+        if busy is not None:
+            self._elsewhere(node, busy)
+            return False
+        fn, check = _JOBS[node.kind]
+        task = Task(key=node, label=node.label, directory=node.directory, fn=fn, ctx=node.ctx,
+                    args=(node.run, *node.args), cached=check, settings=self.settings)
+        node.state = SUBMITTED
+        self.progress.start(node.label)
+        self.launcher.submit(task)
+        self._collect(0.0)  # an inline launcher has finished it already
+        return True
+
+    def _collect(self, timeout: float) -> bool:
+        done = self.launcher.wait(timeout)
+        for task, outcome, error in done:
+            self._complete(task, outcome, error)
+        return bool(done)
+
+    def _elsewhere(self, node: Node, who) -> None:
+        node.state = ELSEWHERE
+        node.recheck_at = time.time() + self.poll
+        if not node.noted_elsewhere:
+            node.noted_elsewhere = True
+            where = f" on {who.where()}" if who is not None else ""
+            self.progress.say(f"        {node.label}: running elsewhere{where}; waiting for it")
+
+    def _complete(self, task: Task, outcome, error: str | None) -> None:
+        node: Node = task.key
+        if error is not None:
+            self._fail(node, FAILED, error, "FAILED")
+        elif isinstance(outcome, Busy):
+            self._elsewhere(node, outcome.holder)
+        elif isinstance(outcome, Finished):
+            if outcome.trained:
+                self.tally.trained += 1
+                self._finish(node, outcome.result, describe(node, outcome.result))
+            else:
+                self.tally.by_others += 1
+                self._finish(node, outcome.result, "finished by another worker")
+
+    def run(self) -> Tally:
+        nodes = self.graph.nodes
+        while True:
+            changed = False
+            now = time.time()
+            for node in nodes:
+                if node.state in FINAL or node.state == SUBMITTED:
+                    continue
+                if node.state == ELSEWHERE and now < node.recheck_at:
+                    continue
+                changed |= self._try_start(node)
+            changed |= self._collect(0.0)
+            if all(n.state in FINAL for n in nodes):
+                return self.tally
+            if not changed:
+                self.progress.running(self.launcher.running())
+                self._collect(self.poll)
+
+
+def describe_imp(o: ImpOutcome) -> str:
+    last = o.levels[-1]
+    return f"level {last.level} at {100 * last.sparsity:.2f}% sparsity: {100 * last.accuracy:.2f}%"
+
+
+def describe_ticket(o: TicketOutcome) -> str:
+    acc = "n/a" if o.accuracy is None or math.isnan(o.accuracy) else f"{100 * o.accuracy:.2f}%"
+    return f"{acc} at {100 * o.sparsity:.2f}% sparsity ({o.seconds:.0f}s)"
+
+
+def describe(node: Node, result) -> str:
+    if node.kind == "imp":
+        return describe_imp(result)
+    if node.kind == "ticket":
+        return describe_ticket(result)
+    return f"instability {100 * result.get('instability', float('nan')):.2f}%"

@@ -1,0 +1,489 @@
+"""Where an experiment's runs execute: here, in local worker processes, or as SLURM jobs (submitit).
+
+A launcher takes `Task`s and hands back what each returned. Whatever executes a task calls
+`run_task`, which takes the run's lease first (`lease.py`): a run that another worker holds comes
+back as `Busy` and is not trained, so any number of runners, on one machine or on a cluster's
+nodes, can work on one store and every run is trained once. The store is the only coordination:
+launchers never talk to each other.
+
+Launchers:
+- `InlineLauncher`: one task at a time in this process (`--workers 1`).
+- `PoolLauncher`: K spawned worker processes, each with its own torch threads and, with
+  `devices`, its own GPU (worker i on `devices[i % len(devices)]`).
+- `SubmititLauncher`: one job per task through submitit, on SLURM (`cluster="slurm"`) or as local
+  subprocesses (`cluster="local"`, the same code path without a cluster).
+"""
+from __future__ import annotations
+
+import _thread
+import dataclasses
+import logging
+import os
+import subprocess
+import threading
+import time
+import traceback
+from collections.abc import Callable, Hashable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from elth.errors import ElthError
+from elth.experiments.attempts import clear_failure, last_error_line, record, write_failure
+from elth.experiments.lease import DEFAULT_TIMEOUT, Lease, LeaseInfo, holder
+
+
+class LaunchError(ElthError):
+    """A launcher that cannot start (no submitit, no sbatch, a bad option)."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker runs its tasks (picklable: it travels with every task)."""
+
+    threads: int | None = None  # torch threads (None: leave torch's default)
+    lease_timeout: float = DEFAULT_TIMEOUT
+    tensorboard: bool = False
+
+
+@dataclass(frozen=True)
+class Task:
+    """One run to execute: `fn(ctx, *args)` under the lease of `directory`.
+
+    `cached(ctx, *args)` returns the run's result when the store already holds it (else None); it
+    is asked again once the lease is held, since another worker may have finished the run meanwhile.
+    """
+
+    key: Hashable
+    label: str
+    directory: str
+    fn: Callable
+    ctx: object
+    args: tuple
+    cached: Callable
+    settings: WorkerSettings = field(default_factory=WorkerSettings)
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: object
+    trained: bool  # False: the store held the result by the time the lease was taken
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another live worker holds the run (or took it over from this one)."""
+
+    holder: LeaseInfo | None
+
+
+#: The GPU of this worker process (set by `PoolLauncher`'s initializer); None elsewhere.
+_WORKER_DEVICE: str | None = None
+
+
+def _worker_context(ctx):
+    """`ctx` on this worker's own GPU when the pool gave it one and the run asked for CUDA."""
+    if _WORKER_DEVICE is None or getattr(ctx, "device", None) not in (None, "cuda"):
+        return ctx
+    return dataclasses.replace(ctx, device=_WORKER_DEVICE)
+
+
+def _apply(settings: WorkerSettings) -> None:
+    if settings.threads:
+        import torch
+
+        if torch.get_num_threads() != settings.threads:
+            torch.set_num_threads(settings.threads)
+    if settings.tensorboard:
+        from elth.training.metrics import enable_tensorboard
+
+        enable_tensorboard(True)
+
+
+def run_task(task: Task) -> Finished | Busy:
+    """Execute `task` under its run's lease (what every launcher runs, wherever it runs)."""
+    _apply(task.settings)
+    ctx = _worker_context(task.ctx)
+    timeout = task.settings.lease_timeout
+    lease = Lease.acquire(task.directory, label=task.label, timeout=timeout)
+    if lease is None:
+        return Busy(holder(task.directory, timeout))
+    if threading.current_thread() is threading.main_thread():
+        lease.on_lost = _thread.interrupt_main  # stop training a run that another worker now owns
+    with lease:
+        found = task.cached(ctx, *task.args)
+        if found is not None:
+            return Finished(found, trained=False)
+        taken = {"took_over_from": lease.taken_over.where()} if lease.taken_over else {}
+        record(task.directory, "start", label=task.label, **taken)
+        start = time.time()
+        try:
+            result = task.fn(ctx, *task.args)
+        except KeyboardInterrupt:
+            if lease.lost:
+                record(task.directory, "lost", seconds=time.time() - start)
+                return Busy(holder(task.directory, timeout))
+            record(task.directory, "fail", error="interrupted", seconds=time.time() - start)
+            raise
+        except BaseException as e:
+            text = traceback.format_exc()
+            write_failure(task.directory, text)
+            record(task.directory, "fail", error=last_error_line(text) or type(e).__name__,
+                   seconds=time.time() - start)
+            raise
+        clear_failure(task.directory)
+        record(task.directory, "finish", seconds=time.time() - start)
+        return Finished(result, trained=True)
+
+
+#: (task, what run_task returned or None, error text or None)
+Completion = tuple[Task, "Finished | Busy | None", "str | None"]
+
+
+class InlineLauncher:
+    """Tasks run one at a time in this process, as they are submitted."""
+
+    name = "local"
+
+    def __init__(self):
+        self.slots = 1
+        self._done: list[Completion] = []
+
+    def submit(self, task: Task) -> None:
+        try:
+            self._done.append((task, run_task(task), None))
+        except Exception:  # reported and counted by the runner; the other runs go on
+            self._done.append((task, None, traceback.format_exc()))
+
+    def in_flight(self) -> int:
+        return 0
+
+    def wait(self, timeout: float) -> list[Completion]:
+        done, self._done = self._done, []
+        if not done and timeout > 0:
+            time.sleep(timeout)
+        return done
+
+    def running(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _init_worker(threads: int, devices) -> None:
+    global _WORKER_DEVICE
+    import torch
+
+    torch.set_num_threads(threads)
+    if devices is not None:
+        _WORKER_DEVICE = devices.get()
+
+
+def worker_devices(workers: int, devices: list[str]) -> list[str]:
+    """The GPU of each of `workers` workers: round robin over `devices` (several workers may share one)."""
+    return [devices[i % len(devices)] for i in range(workers)]
+
+
+class PoolLauncher(InlineLauncher):
+    """K spawned worker processes (no state leaks in), each with `threads` torch threads and,
+    with `devices`, a GPU of its own (worker i on devices[i % len(devices)])."""
+
+    def __init__(self, workers: int, threads: int, devices: list[str] | None = None):
+        super().__init__()
+        self.slots = workers
+        context = get_context("spawn")
+        queue = None
+        if devices:
+            queue = context.Queue()
+            for d in worker_devices(workers, devices):
+                queue.put(d)
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                         initargs=(threads, queue))
+        self._futures: dict[Future, Task] = {}
+
+    def submit(self, task: Task) -> None:
+        self._futures[self._pool.submit(run_task, task)] = task
+
+    def in_flight(self) -> int:
+        return len(self._futures)
+
+    def wait(self, timeout: float) -> list[Completion]:
+        if not self._futures:
+            time.sleep(timeout)
+            return []
+        done, _ = wait(list(self._futures), timeout=timeout, return_when=FIRST_COMPLETED)
+        out = []
+        for fut in done:
+            task = self._futures.pop(fut)
+            exc = fut.exception()
+            if exc is not None:
+                out.append((task, None, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+            else:
+                out.append((task, fut.result(), None))
+        return out
+
+    def running(self) -> list[str]:
+        return [t.label for f, t in self._futures.items() if f.running()]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What each run's SLURM job asks for."""
+
+    partition: str | None = None
+    gpus_per_run: int = 0
+    cpus_per_run: int = 1
+    time_min: int = 24 * 60
+    extra: tuple[tuple[str, str], ...] = ()  # further sbatch options, e.g. (("qos", "high"),)
+
+    def submitit_parameters(self) -> dict:
+        params: dict = {"timeout_min": self.time_min, "cpus_per_task": self.cpus_per_run, "tasks_per_node": 1,
+                        "nodes": 1, "name": "elth"}
+        if self.gpus_per_run:
+            params["gpus_per_node"] = self.gpus_per_run
+        if self.partition:
+            params["slurm_partition"] = self.partition
+        if self.extra:
+            params["slurm_additional_parameters"] = dict(self.extra)
+        return params
+
+
+def parse_time(text: str) -> int:
+    """SLURM's time formats (`MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`) in whole minutes."""
+    try:
+        days = 0
+        rest = text
+        if "-" in text:
+            d, rest = text.split("-", 1)
+            days = int(d)
+            parts = [int(p) for p in rest.split(":")]
+            h, m, s = (parts + [0, 0])[:3]
+        else:
+            parts = [int(p) for p in rest.split(":")]
+            if len(parts) == 1:
+                h, m, s = 0, parts[0], 0
+            elif len(parts) == 2:
+                h, m, s = 0, parts[0], parts[1]
+            elif len(parts) == 3:
+                h, m, s = parts
+            else:
+                raise ValueError
+    except ValueError:
+        raise LaunchError(f"--time {text!r}: expected minutes, HH:MM:SS or D-HH:MM:SS") from None
+    minutes = days * 1440 + h * 60 + m + (1 if s else 0)
+    if minutes <= 0:
+        raise LaunchError(f"--time {text!r}: must be positive")
+    return minutes
+
+
+def parse_slurm_args(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """`--slurm-arg K=V` items (K as sbatch spells it without the dashes: qos=high, account=abc)."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise LaunchError(f"--slurm-arg {item!r}: expected KEY=VALUE, e.g. qos=high")
+        out.append((key.replace("-", "_"), value))
+    return tuple(out)
+
+
+class SubmititLauncher:
+    """One job per task through submitit: SLURM jobs (`cluster="slurm"`) or local subprocesses
+    (`cluster="local"`). At most `max_parallel` jobs are queued or running at once."""
+
+    def __init__(self, folder: str | os.PathLike, cluster: str = "slurm", options: SlurmOptions | None = None,
+                 max_parallel: int = 64):
+        try:
+            import submitit
+        except ImportError:
+            raise LaunchError("the slurm launcher needs submitit: pip install submitit") from None
+        if cluster == "slurm" and not _have("sbatch"):
+            raise LaunchError("--launcher slurm: no sbatch on this machine (run from a SLURM login node)")
+        self.name = cluster if cluster == "slurm" else "submitit-local"
+        self.cluster = cluster
+        self.slots = max_parallel
+        self.folder = Path(folder)
+        self.options = options or SlurmOptions()
+        self._executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=cluster)
+        params = self.options.submitit_parameters()
+        if cluster != "slurm":
+            params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        self._executor.update_parameters(**params)
+        self._jobs: dict[object, Task] = {}
+        self._gone_since: dict[str, float] = {}
+        if cluster == "slurm":
+            # Without SLURM accounting (a small cluster), submitit's sacct calls fail and warn on
+            # every poll; job ends are then read from the result files and squeue instead.
+            logging.getLogger("submitit").setLevel(logging.ERROR)
+
+    def submit(self, task: Task) -> None:
+        self._executor.update_parameters(name=f"elth:{task.label}"[:100])
+        job = self._executor.submit(run_task, task)
+        self._jobs[job] = task
+
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def _queued_ids(self) -> set[str] | None:
+        """Job ids SLURM still knows about (pending, running, completing), or None if squeue fails."""
+        if self.cluster != "slurm":
+            return None
+        ids = ",".join(str(j.job_id) for j in self._jobs)
+        if not ids:
+            return set()
+        try:
+            out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ids], capture_output=True, text=True,
+                                 timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if out.returncode != 0 and "Invalid job id" not in out.stderr:
+            return None
+        return set(out.stdout.split())
+
+    def wait(self, timeout: float) -> list[Completion]:
+        deadline = time.time() + timeout
+        while True:
+            out = self._collect()
+            if out or time.time() >= deadline:
+                return out
+            time.sleep(min(1.0, max(0.0, deadline - time.time())))
+
+    def _collect(self) -> list[Completion]:
+        out: list[Completion] = []
+        queued = None
+        for job, task in list(self._jobs.items()):
+            ended_unseen = False
+            if not job.done():
+                if queued is None:
+                    queued = self._queued_ids()
+                if queued is None or str(job.job_id) in queued:
+                    continue
+                # Gone from the queue without a result file: give the file system a moment, then
+                # call it a failure (killed at its time limit, out of memory, node failure).
+                first = self._gone_since.setdefault(str(job.job_id), time.time())
+                if time.time() - first < 20:
+                    continue
+                ended_unseen = True
+            del self._jobs[job]
+            if ended_unseen and not job.paths.result_pickle.exists():
+                out.append((task, None, f"SLURM job {job.job_id} ended without a result; its log:\n"
+                            f"{_tail(job.paths.stderr)}"))
+                continue
+            try:
+                out.append((task, job.result(), None))
+            except Exception as e:  # the job's exception, with the job's traceback in its text
+                out.append((task, None, f"{e}\n(SLURM job {job.job_id}; log {job.paths.stderr})"))
+        return out
+
+    def running(self) -> list[str]:
+        return [t.label for t in self._jobs.values()]
+
+    def close(self) -> None:
+        for job in list(self._jobs):
+            try:
+                job.cancel(check=False)
+            except Exception:
+                pass
+        self._jobs.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+LAUNCHERS = ("local", "slurm", "submitit-local")
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """Where an experiment's runs execute.
+
+    `local`: here (`workers` 1) or in `workers` spawned processes, each with `threads` torch
+    threads (default: the cores shared out) and, with `devices`, its own GPU. `slurm`: one SLURM
+    job per run (`slurm` says what each asks for), at most `max_parallel` queued or running at
+    once. `submitit-local`: the same jobs as local subprocesses (no cluster needed).
+    """
+
+    launcher: str = "local"
+    workers: int = 1
+    threads: int | None = None
+    devices: tuple[str, ...] = ()
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    max_parallel: int = 64
+
+    def check(self) -> None:
+        if self.launcher not in LAUNCHERS:
+            raise LaunchError(f"unknown launcher {self.launcher!r} (choose from {', '.join(LAUNCHERS)})")
+        if self.workers < 1:
+            raise LaunchError(f"--workers must be at least 1, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise LaunchError(f"--threads must be at least 1, got {self.threads}")
+        if self.max_parallel < 1:
+            raise LaunchError(f"--max-parallel must be at least 1, got {self.max_parallel}")
+        if self.slurm.cpus_per_run < 1 or self.slurm.gpus_per_run < 0:
+            raise LaunchError("--cpus-per-run must be at least 1 and --gpus-per-run at least 0")
+        if self.devices and self.launcher != "local":
+            raise LaunchError("--devices spreads local workers over GPUs; SLURM jobs get theirs with --gpus-per-run")
+
+    def worker_threads(self) -> int | None:
+        """Torch threads of each worker (None: torch's default, for runs in this process)."""
+        if self.launcher == "local":
+            if self.workers == 1:
+                return self.threads
+            return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+        return self.threads or self.slurm.cpus_per_run
+
+    def describe(self) -> str:
+        if self.launcher == "local":
+            if self.workers == 1:
+                return "runs in this process"
+            gpus = f" on {', '.join(self.devices)}" if self.devices else ""
+            return f"{self.workers} worker processes x {self.worker_threads()} threads{gpus}"
+        where = "SLURM jobs" if self.launcher == "slurm" else "local submitit jobs"
+        gpus = f", {self.slurm.gpus_per_run} GPU(s)" if self.slurm.gpus_per_run else ""
+        part = f" on partition {self.slurm.partition}" if self.slurm.partition else ""
+        return (f"one {where.rstrip('s')} per run{part} ({self.slurm.cpus_per_run} CPU(s){gpus}, "
+                f"{self.slurm.time_min} min), at most {self.max_parallel} at once")
+
+
+def make_launcher(options: LaunchOptions, out_dir: str | os.PathLike):
+    """The launcher `options` describe; submitit keeps its job files under OUT/jobs/."""
+    options.check()
+    if options.launcher == "local":
+        if options.workers == 1:
+            return InlineLauncher()
+        return PoolLauncher(options.workers, options.worker_threads(), list(options.devices) or None)
+    cluster = "slurm" if options.launcher == "slurm" else "local"
+    return SubmititLauncher(Path(out_dir) / JOBS_DIR, cluster=cluster, options=options.slurm,
+                            max_parallel=options.max_parallel)
+
+
+#: where submitit keeps each job's pickles and logs, under the experiment's output directory
+JOBS_DIR = "jobs"
+
+
+def _have(program: str) -> bool:
+    from shutil import which
+
+    return which(program) is not None
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

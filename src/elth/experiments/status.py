@@ -1,0 +1,106 @@
+"""`elth experiment NAME --status`: where every run of an experiment stands, read from the store alone.
+
+Per run: done (with its result), running (where and since when, from its lease), stalled (a
+lease whose heartbeat stopped: its worker died, and the next runner takes it over), failed (the
+last line of the error of its last attempt), ready (what it needs exists; no worker has it) or
+waiting (for the IMP level or the ticket it needs). No runner, launcher or SLURM is asked.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from elth.experiments.attempts import last_error_line, read_attempts, read_failure
+from elth.experiments.dag import DONE, Graph, Node, describe
+from elth.experiments.lease import DEFAULT_TIMEOUT, current
+
+STATES = ("done", "running", "stalled", "failed", "ready", "waiting", "cannot run")
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    label: str
+    kind: str
+    state: str  # one of STATES
+    detail: str
+    directory: str = ""
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _imp_progress(graph: Graph, node: Node) -> str:
+    levels = graph.levels(node, at_least=10**9)
+    trained = sum(1 for lv in levels if not math.isnan(lv.accuracy))
+    return f"; {trained} of {node.run.levels + 1} levels trained"
+
+
+def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT) -> RunStatus:
+    """The state of one run (after `graph.read_store()` has marked the finished ones)."""
+    if node.state == DONE:
+        return RunStatus(node.label, node.kind, "done", describe(node, node.result), node.directory)
+    found = graph.inputs(node)
+    if isinstance(found, str):
+        return RunStatus(node.label, node.kind, "cannot run", found.removeprefix("skipped: "))
+    if found is None:
+        return RunStatus(node.label, node.kind, "waiting", _needs(graph, node))
+    node.args = found
+    directory = graph.directory(node)
+    extra = _imp_progress(graph, node) if node.kind == "imp" else ""
+    _, lease = current(directory)
+    if lease is not None and not lease.released:
+        since = f"since {_clock(lease.started)}, heartbeat {_ago(lease.age())}"
+        if lease.age() <= lease_timeout:
+            return RunStatus(node.label, node.kind, "running", f"on {lease.where()} {since}{extra}", directory)
+        return RunStatus(node.label, node.kind, "stalled",
+                         f"on {lease.where()} {since}: its worker is gone; the next runner takes it over{extra}",
+                         directory)
+    failure = read_failure(directory)
+    if failure is not None:
+        line = last_error_line(failure.get("error", ""))
+        return RunStatus(node.label, node.kind, "failed",
+                         f"{line} (on {failure.get('host', '?')}, {_clock(failure.get('time', 0))})", directory)
+    tries = sum(1 for a in read_attempts(directory) if a.get("event") == "start")
+    note = f"; {tries} earlier attempt(s)" if tries else ""
+    return RunStatus(node.label, node.kind, "ready", f"its inputs exist; no worker has it{note}{extra}", directory)
+
+
+def _needs(graph: Graph, node: Node) -> str:
+    run = node.run
+    if node.kind == "ticket":
+        what = [f"IMP level {run.level} of {run.target}"]
+        if run.source and run.source != run.target:
+            on = f" on {run.source_dataset}" if run.source_dataset else ""
+            what.insert(0, f"IMP level {run.level} of {run.source}{on}")
+        return f"for {' and '.join(what)} (seed {run.seed})"
+    if run.ticket is None:
+        return f"for IMP level {run.level} of {run.target} (seed {run.seed})"
+    return f"for the ticket run {run.ticket.label}"
+
+
+def survey(graph: Graph, lease_timeout: float = DEFAULT_TIMEOUT) -> list[RunStatus]:
+    graph.read_store()
+    return [run_status(graph, n, lease_timeout) for n in graph.nodes]
+
+
+def format_status(title: str, statuses: list[RunStatus], verbose: bool = True) -> str:
+    counts = Counter(s.state for s in statuses)
+    summary = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
+    lines = [f"{title}: {len(statuses)} runs: {summary}"]
+    width = max((len(s.label) for s in statuses), default=0)
+    for s in statuses:
+        if verbose or s.state != "done":
+            lines.append(f"  {s.label:<{width}}  {s.state:<8}  {s.detail}")
+    return "\n".join(lines)
