@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import _thread
 import dataclasses
-import logging
 import os
 import subprocess
 import threading
@@ -77,6 +76,9 @@ class Busy:
 
     holder: LeaseInfo | None
 
+
+#: seconds a SLURM job may be gone from the queue before its result file shows (network file systems lag)
+GONE_GRACE_S = 20.0
 
 #: The GPU of this worker process (set by `PoolLauncher`'s initializer); None elsewhere.
 _WORKER_DEVICE: str | None = None
@@ -323,10 +325,6 @@ class SubmititLauncher:
         self._executor.update_parameters(**params)
         self._jobs: dict[object, Task] = {}
         self._gone_since: dict[str, float] = {}
-        if cluster == "slurm":
-            # Without SLURM accounting (a small cluster), submitit's sacct calls fail and warn on
-            # every poll; job ends are then read from the result files and squeue instead.
-            logging.getLogger("submitit").setLevel(logging.ERROR)
 
     def submit(self, task: Task) -> None:
         self._executor.update_parameters(name=f"elth:{task.label}"[:100])
@@ -360,12 +358,23 @@ class SubmititLauncher:
                 return out
             time.sleep(min(1.0, max(0.0, deadline - time.time())))
 
+    def _has_result(self, job) -> bool:
+        if self.cluster != "slurm":
+            return job.done()
+        # Read the result file, not SLURM's accounting (which a small cluster may not keep):
+        # touching the folder first refreshes a network file system's view of it.
+        folder = job.paths.folder
+        try:
+            folder.chmod(folder.stat().st_mode)
+        except OSError:
+            pass
+        return job.paths.result_pickle.exists()
+
     def _collect(self) -> list[Completion]:
         out: list[Completion] = []
         queued = None
         for job, task in list(self._jobs.items()):
-            ended_unseen = False
-            if not job.done():
+            if not self._has_result(job):
                 if queued is None:
                     queued = self._queued_ids()
                 if queued is None or str(job.job_id) in queued:
@@ -373,18 +382,18 @@ class SubmititLauncher:
                 # Gone from the queue without a result file: give the file system a moment, then
                 # call it a failure (killed at its time limit, out of memory, node failure).
                 first = self._gone_since.setdefault(str(job.job_id), time.time())
-                if time.time() - first < 20:
+                if time.time() - first < GONE_GRACE_S:
                     continue
-                ended_unseen = True
+                if not job.paths.result_pickle.exists():
+                    del self._jobs[job]
+                    out.append((task, None, f"SLURM job {job.job_id} ended without a result; the end of its log "
+                                f"({job.paths.stderr}):\n{_tail(job.paths.stderr)}"))
+                    continue
             del self._jobs[job]
-            if ended_unseen and not job.paths.result_pickle.exists():
-                out.append((task, None, f"SLURM job {job.job_id} ended without a result; its log:\n"
-                            f"{_tail(job.paths.stderr)}"))
-                continue
             try:
                 out.append((task, job.result(), None))
             except Exception as e:  # the job's exception, with the job's traceback in its text
-                out.append((task, None, f"{e}\n(SLURM job {job.job_id}; log {job.paths.stderr})"))
+                out.append((task, None, f"{e}\n(job {job.job_id}; log {job.paths.stderr})"))
         return out
 
     def running(self) -> list[str]:

@@ -50,10 +50,10 @@ class Outcome:
 class _Progress:
     """'[i/N] label' lines, and on a terminal with parallel runs an overall bar (the runs' own bars are off then)."""
 
-    def __init__(self, total: int, enabled: bool, bar: bool):
-        self.total, self.done, self.enabled = total, 0, enabled
+    def __init__(self, total: int, enabled: bool, parallel: bool):
+        self.total, self.done, self.enabled, self.parallel = total, 0, enabled, parallel
         self.bar = progress_bar(total=total, desc="experiment runs", unit="run", file=sys.stderr,
-                                dynamic_ncols=True) if enabled and bar and use_bars() else None
+                                dynamic_ncols=True) if enabled and parallel and use_bars() else None
 
     def say(self, text: str) -> None:
         if self.enabled:
@@ -61,7 +61,7 @@ class _Progress:
 
     def start(self, label: str) -> None:
         if self.bar is None:
-            self.say(f"[{self.done + 1}/{self.total}] {label}")
+            self.say(f"        {label}: started" if self.parallel else f"[{self.done + 1}/{self.total}] {label}")
 
     def finish(self, label: str, note: str) -> None:
         self.done += 1
@@ -156,7 +156,7 @@ def run_experiment(
                                      progress=run_progress, setups=setups)
     out = Path(out_dir)
     total = len(graph.nodes)
-    bar = _Progress(total, progress, bar=launch.launcher != "local" or launch.workers > 1)
+    bar = _Progress(total, progress, parallel=launch.launcher != "local" or launch.workers > 1)
     outcome = Outcome(rows=[], out_dir=out)
     bar.say(f"{experiment.name} ({scale}): {len(graph.imp)} IMP runs, {len(graph.tickets)} other tickets, "
             f"{parts[0].seeds} seed(s); store {root}; {launch.describe()}")

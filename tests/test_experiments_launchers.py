@@ -1,0 +1,179 @@
+"""Launchers: the same runs, the same results, whether run here, as submitit jobs or on a real SLURM."""
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from elth.experiments import get_experiment, read_results, run_experiment
+from elth.experiments.attempts import read_attempts
+from elth.experiments.launch import (
+    LaunchError,
+    LaunchOptions,
+    PoolLauncher,
+    SlurmOptions,
+    Task,
+    WorkerSettings,
+    parse_slurm_args,
+    parse_time,
+    worker_devices,
+)
+from elth.experiments.spec import expand
+
+SMOKE = get_experiment("smoke")
+#: Part of the smoke experiment: IMP on two MLPs and the ETT between them (one job starts a Python
+#: with torch: each costs seconds).
+PART = dataclasses.replace(SMOKE.setups("smoke")[0], members=("mlp_2", "mlp_3"), levels=(1,), baselines=(),
+                           seeds=1)
+REPO = Path(__file__).resolve().parents[1]
+START_CLUSTER = REPO / ".ci" / "slurm" / "start-local-cluster.sh"
+STOP_CLUSTER = REPO / ".ci" / "slurm" / "stop-local-cluster.sh"
+
+
+def _results(out):
+    return {(r.target, r.method, r.source, r.level, r.seed): dataclasses.replace(r, ticket="")
+            for r in read_results(out)}
+
+
+def _run(tmp_path, name, launch):
+    out = tmp_path / name / "out"
+    outcome = run_experiment(SMOKE, "smoke", root=tmp_path / name / "store", out_dir=out, setups=(PART,),
+                             launch=launch, progress=False, poll=0.2)
+    return outcome, out
+
+
+@pytest.fixture(scope="module")
+def local_results(tmp_path_factory):
+    """The reference: every run of PART in this process."""
+    tmp = tmp_path_factory.mktemp("local")
+    outcome, out = _run(tmp, "local", LaunchOptions(threads=1))
+    assert outcome.trained == expand(PART).total == 3
+    meta = json.loads((out / "experiment.json").read_text())
+    assert meta["runs"] == {"trained": 3, "cached": 0, "by_others": 0, "failed": 0}
+    return _results(out)
+
+
+def _trained_once(store: Path) -> None:
+    for run in [*store.glob("imp-*"), *store.glob("ticket-*")]:
+        events = [e["event"] for e in read_attempts(run)]
+        assert events == ["start", "finish"], f"{run.name}: {events}"
+
+
+def test_submitit_jobs_give_the_local_results(local_results, tmp_path):
+    """submitit's local executor: each run a job (a subprocess unpickling the task), as on SLURM."""
+    outcome, out = _run(tmp_path, "submitit", LaunchOptions(launcher="submitit-local", max_parallel=2))
+    assert outcome.trained == 3 and not outcome.failures
+    assert _results(out) == local_results
+    _trained_once(tmp_path / "submitit" / "store")
+    assert len(list((out / "jobs").glob("*/*_result.pkl"))) == 3
+
+
+def _cluster_up() -> str | None:
+    """Start the one-node SLURM cluster (idempotent); None when it is up, else why it is not."""
+    if shutil.which("bash") is None:
+        return "no bash"
+    try:
+        done = subprocess.run(["bash", str(START_CLUSTER)], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return "start-local-cluster.sh took over 10 minutes"
+    if done.returncode != 0:
+        return (done.stderr.strip() or done.stdout.strip()).splitlines()[-1]
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    was_up = shutil.which("sinfo") is not None and subprocess.run(
+        ["sinfo", "-h"], capture_output=True).returncode == 0
+    why = _cluster_up()
+    if why is not None:
+        print(f"\nSLURM test skipped: the local cluster cannot start: {why}")
+        pytest.skip(f"no local SLURM cluster: {why}")
+    yield
+    if not was_up:  # leave the machine as it was
+        subprocess.run(["bash", str(STOP_CLUSTER)], capture_output=True)
+
+
+def test_slurm_jobs_give_the_local_results(local_results, slurm_cluster, tmp_path):
+    """The real thing: sbatch, slurmctld, slurmd, a job per run, results identical to the local ones."""
+    outcome, out = _run(tmp_path, "slurm", LaunchOptions(launcher="slurm", max_parallel=4,
+                                                         slurm=SlurmOptions(time_min=10)))
+    assert outcome.trained == 3 and not outcome.failures
+    assert _results(out) == local_results
+    store = tmp_path / "slurm" / "store"
+    _trained_once(store)
+    jobs = {e.get("slurm_job") for run in store.glob("*-*") for e in read_attempts(run)}
+    assert len(jobs - {None, ""}) == 3  # each run in a job of its own
+
+
+def test_slurm_options_and_their_parsing():
+    assert parse_time("90") == 90 and parse_time("02:30:00") == 150 and parse_time("1-00:00:00") == 1440
+    assert parse_time("00:00:30") == 1
+    with pytest.raises(LaunchError):
+        parse_time("soon")
+    assert parse_slurm_args(["qos=high", "--mem-per-cpu=4G"]) == (("qos", "high"), ("mem_per_cpu", "4G"))
+    with pytest.raises(LaunchError):
+        parse_slurm_args(["qos"])
+    params = SlurmOptions(partition="gpu", gpus_per_run=2, cpus_per_run=8, time_min=60,
+                          extra=(("qos", "high"),)).submitit_parameters()
+    assert params["slurm_partition"] == "gpu" and params["gpus_per_node"] == 2 and params["cpus_per_task"] == 8
+    assert params["timeout_min"] == 60 and params["slurm_additional_parameters"] == {"qos": "high"}
+    with pytest.raises(LaunchError):
+        LaunchOptions(launcher="slurm", devices=("cuda:0",)).check()
+    assert LaunchOptions(workers=4, threads=None).worker_threads() == max(1, (os.cpu_count() or 1) // 4)
+    assert LaunchOptions(launcher="slurm", slurm=SlurmOptions(cpus_per_run=6)).worker_threads() == 6
+
+
+@dataclasses.dataclass(frozen=True)
+class _FakeContext:
+    device: str | None
+
+
+def _device_of(ctx, pause):
+    time.sleep(pause)
+    return ctx.device, os.getpid()
+
+
+def _never_cached(ctx, pause):
+    return None
+
+
+def test_local_workers_are_spread_over_the_devices(tmp_path):
+    assert worker_devices(5, ["cuda:0", "cuda:1"]) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    launcher = PoolLauncher(2, threads=1, devices=["cuda:0", "cuda:1"])
+    try:
+        for i in range(4):
+            launcher.submit(Task(key=i, label=f"task {i}", directory=str(tmp_path / f"run{i}"), fn=_device_of,
+                                 ctx=_FakeContext("cuda"), args=(1.0,), cached=_never_cached,
+                                 settings=WorkerSettings()))
+        done = []
+        deadline = time.time() + 120
+        while len(done) < 4 and time.time() < deadline:
+            done += launcher.wait(1.0)
+    finally:
+        launcher.close()
+    assert all(err is None for _, _, err in done)
+    seen = {r.result for _, r, _ in done}
+    devices = {device for device, _ in seen}
+    by_pid = {}
+    for device, pid in seen:
+        by_pid.setdefault(pid, set()).add(device)
+    assert devices == {"cuda:0", "cuda:1"}  # both GPUs used
+    assert all(len(d) == 1 for d in by_pid.values())  # each worker keeps its own GPU
+
+
+def test_a_run_on_cpu_keeps_its_device_in_a_gpu_pool(tmp_path):
+    launcher = PoolLauncher(1, threads=1, devices=["cuda:3"])
+    try:
+        launcher.submit(Task(key=0, label="cpu task", directory=str(tmp_path / "run"), fn=_device_of,
+                             ctx=_FakeContext("cpu"), args=(0.0,), cached=_never_cached))
+        done = []
+        while not done:
+            done = launcher.wait(1.0)
+    finally:
+        launcher.close()
+    assert done[0][1].result[0] == "cpu"
