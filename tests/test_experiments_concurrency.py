@@ -19,7 +19,7 @@ from elth.experiments.lease import Lease
 from elth.experiments.runner import build_graph
 from elth.experiments.spec import expand
 from elth.experiments.status import survey
-from elth.sparsity.imp import run_imp
+from elth.workflows.imp import run_imp
 
 SMOKE = get_experiment("smoke")
 ELTH = [sys.executable, "-c", "import sys; from elth.cli import main; sys.exit(main())"]

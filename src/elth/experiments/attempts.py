@@ -13,8 +13,7 @@ import socket
 import time
 from pathlib import Path
 
-ATTEMPTS_FILE = "attempts.jsonl"
-FAILURE_FILE = "failure.json"
+from elth.files import ATTEMPTS_FILE, FAILURE_FILE, write_json_atomic
 
 
 def _where() -> dict:
@@ -48,8 +47,6 @@ def read_attempts(directory: str | os.PathLike) -> list[dict]:
 
 
 def write_failure(directory: str | os.PathLike, error: str) -> None:
-    from elth.runs import write_json_atomic
-
     write_json_atomic(Path(directory) / FAILURE_FILE, {"time": time.time(), **_where(), "error": error})
 
 

@@ -29,6 +29,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from elth.errors import ElthError
+from elth.files import JOBS_DIR
 from elth.experiments.attempts import clear_failure, last_error_line, record, write_failure
 from elth.experiments.lease import DEFAULT_TIMEOUT, Lease, LeaseInfo, holder
 
@@ -480,9 +481,6 @@ def make_launcher(options: LaunchOptions, out_dir: str | os.PathLike):
     return SubmititLauncher(Path(out_dir) / JOBS_DIR, cluster=cluster, options=options.slurm,
                             max_parallel=options.max_parallel)
 
-
-#: where submitit keeps each job's pickles and logs, under the experiment's output directory
-JOBS_DIR = "jobs"
 
 
 def _have(program: str) -> bool:

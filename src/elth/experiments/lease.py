@@ -28,9 +28,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from elth.files import LEASE_FILE, LEASE_FILE_PATTERN
+
 #: Seconds without a heartbeat after which a lease is presumed dead and its run is taken over.
 DEFAULT_TIMEOUT = 120.0
-_NAME = re.compile(r"lease\.(\d+)\.json")
+_NAME = re.compile(LEASE_FILE_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class Lease:
 
     @property
     def path(self) -> Path:
-        return self.directory / f"lease.{self.number:06d}.json"
+        return self.directory / LEASE_FILE.format(number=self.number)
 
     @classmethod
     def acquire(cls, directory: str | os.PathLike, *, label: str = "", timeout: float = DEFAULT_TIMEOUT,

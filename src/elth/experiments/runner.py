@@ -24,10 +24,9 @@ from elth.experiments.launch import LaunchOptions, WorkerSettings, make_launcher
 from elth.experiments.lease import DEFAULT_TIMEOUT
 from elth.experiments.results import Row, write_lmc, write_results
 from elth.experiments.spec import Experiment, ImpRun, Setup, expand
-from elth.progress import progress as progress_bar, use_bars, write as write_line
-from elth.runs import write_json_atomic
+from elth.console import progress_bar, use_bars, write as write_line
+from elth.files import EXPERIMENT_FILE, write_json_atomic
 
-META_FILE = "experiment.json"
 #: seconds between looks at the store for runs that wait on other workers
 POLL_SECONDS = 2.0
 
@@ -202,7 +201,7 @@ def _finish(experiment, scale, parts, ctxs, graph: Graph, outcome: Outcome, comm
     write_results(outcome.rows, outcome.out_dir)
     if graph.lmc:
         write_lmc(lmc, outcome.out_dir)
-    write_json_atomic(outcome.out_dir / META_FILE, _meta(experiment, scale, parts, ctxs, outcome, command))
+    write_json_atomic(outcome.out_dir / EXPERIMENT_FILE, _meta(experiment, scale, parts, ctxs, outcome, command))
 
 
 def _lmc_record(node) -> dict:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from elth.errors import ElthError
-from elth.sparsity.masks import Mask, apply_mask, prunable_names, prune_lowest
+from elth.masks import Mask, apply_mask, prunable_names, prune_lowest
 
 Scores = dict[str, torch.Tensor]
 Examples = tuple[torch.Tensor, torch.Tensor]
@@ -225,7 +225,7 @@ def synflow_mask(
     progress: bool = False,
 ) -> Mask:
     """Iterative SynFlow: prune `names` from their current count down to `keep` weights in `rounds` rounds."""
-    from elth.progress import progress as progress_bar
+    from elth.console import progress_bar
 
     shape = _input_shape(model, input_shape)
     net = linearised_copy(model)

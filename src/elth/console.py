@@ -114,7 +114,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
-def progress(iterable: Iterable | None = None, **kwargs):
+def progress_bar(iterable: Iterable | None = None, **kwargs):
     """A tqdm bar on a terminal, a `PlainProgress` elsewhere (same arguments as tqdm)."""
     if use_bars(kwargs.get("file")):
         from tqdm import tqdm
