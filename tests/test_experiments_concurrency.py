@@ -26,7 +26,7 @@ ELTH = [sys.executable, "-c", "import sys; from elth.cli import main; sys.exit(m
 
 
 def _elth(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ELTH_LOG_EVERY": "0"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([*ELTH, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             **kwargs)
 
@@ -62,6 +62,7 @@ def test_two_processes_on_one_store_train_every_run_once(tmp_path):
     first, second = _rows(tmp_path / "out0"), _rows(tmp_path / "out1")
     assert len(first) == 56 and first == second
     assert any("by another worker" in log or "running elsewhere" in log for log in logs)
+    assert all("\r" not in log for log in logs)  # a log file gets lines, not progress bars
 
 
 def _wait_for(predicate, timeout: float, what: str):
