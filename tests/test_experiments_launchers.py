@@ -177,3 +177,16 @@ def test_a_run_on_cpu_keeps_its_device_in_a_gpu_pool(tmp_path):
     finally:
         launcher.close()
     assert done[0][1].result[0] == "cpu"
+
+
+def test_devices_on_the_command_line(capsys):
+    from elth.cli import main
+    from elth.commands.experiment import parse_devices
+
+    assert parse_devices("0,2") == ("cuda:0", "cuda:2") and parse_devices("cuda:1") == ("cuda:1",)
+    assert main(["experiment", "smoke", "--scale", "smoke", "--devices", "0,x"]) == 2
+    assert "expected GPU numbers" in capsys.readouterr().err
+    assert main(["experiment", "smoke", "--scale", "smoke", "--devices", "0", "--device", "cpu"]) == 2
+    assert "does not combine with --device cpu" in capsys.readouterr().err
+    assert main(["experiment", "smoke", "--scale", "smoke", "--launcher", "slurm", "--time", "later"]) == 2
+    assert "--time 'later'" in capsys.readouterr().err

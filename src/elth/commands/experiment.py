@@ -38,7 +38,7 @@ Where runs execute (--launcher):
          directory must be on a file system that every node sees. A job's torch threads are its
          --cpus-per-run; with --gpus-per-run the run trains on its job's GPU.
 
-Runs take a lease in their directory (a heartbeat every few seconds): any number of `elth
+Runs take a lease in their directory (a heartbeat every --lease-timeout/6 seconds): any number of `elth
 experiment` processes, on one machine or on many, can work on one store at once; each run is
 trained by one of them, the others read its result back, and a run whose worker died (no
 heartbeat for --lease-timeout seconds) is taken over. A ticket run starts as soon as the IMP
@@ -65,8 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="protocol scale (default: cpu)")
     parser.add_argument("--seeds", type=int, metavar="N",
                         help="number of seeds, 0..N-1 (default: the spec's, 3 at paper scale)")
-    parser.add_argument("--workers", type=int, default=1, metavar="K",
-                        help="run independent runs in K local processes (default: 1, in this process)")
+    parser.add_argument("--workers", type=int, metavar="K",
+                        help="run independent runs in K local processes (default: one per --devices GPU, "
+                        "else 1, in this process)")
     parser.add_argument("--threads", type=int, metavar="T",
                         help="torch threads per worker (default: with --workers K, the CPU cores / K; "
                         "with one worker, torch's default)")
@@ -97,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="where runs execute (default: local; see above)")
     cluster.add_argument("--partition", help="SLURM partition of the jobs (default: the cluster's)")
     cluster.add_argument("--cpus-per-run", type=int, default=1, metavar="N", help="CPUs per job (default: 1)")
-    cluster.add_argument("--gpus-per-run", type=int, default=0, metavar="N", help="GPUs per job (default: 0)")
+    cluster.add_argument("--gpus-per-run", type=int, default=0, metavar="N", help="GPUs per job (default: 0; a run trains on the first of them)")
     cluster.add_argument("--time", default="24:00:00", metavar="T",
                          help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS (default: 24:00:00)")
     cluster.add_argument("--max-parallel", type=int, default=64, metavar="N",
@@ -205,7 +206,8 @@ def launch_options(args: argparse.Namespace):
         cpus_per_run=getattr(args, "cpus_per_run", 1), time_min=parse_time(getattr(args, "time", "24:00:00")),
         extra=parse_slurm_args(getattr(args, "slurm_arg", [])),
     )
-    return LaunchOptions(launcher=getattr(args, "launcher", "local"), workers=args.workers, threads=args.threads,
+    workers = args.workers if args.workers is not None else max(1, len(devices))
+    return LaunchOptions(launcher=getattr(args, "launcher", "local"), workers=workers, threads=args.threads,
                          devices=devices, slurm=slurm, max_parallel=getattr(args, "max_parallel", 64))
 
 
@@ -250,7 +252,8 @@ def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=
 
     launch = launch_options(args)
     if launch.devices and args.device in (None, "cuda"):
-        device = "cuda"  # each worker then takes its own GPU
+        # each worker takes its own GPU; a single worker runs here on the first one listed
+        device = launch.devices[0] if launch.workers == 1 else "cuda"
     elif launch.devices:
         raise ElthError(f"--devices spreads workers over GPUs: it does not combine with --device {args.device}")
     else:
