@@ -61,6 +61,7 @@ def _trained_once(store: Path) -> None:
     for run in [*store.glob("imp-*"), *store.glob("ticket-*")]:
         events = [e["event"] for e in read_attempts(run)]
         assert events == ["start", "finish"], f"{run.name}: {events}"
+        assert not (run / "submitted.json").exists()  # a started job clears its run's "queued" mark
 
 
 def test_submitit_jobs_give_the_local_results(local_results, tmp_path):

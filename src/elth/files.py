@@ -30,6 +30,8 @@ LEASE_FILE = "lease.{number:06d}.json"
 LEASE_FILE_PATTERN = r"lease\.(\d+)\.json"
 ATTEMPTS_FILE = "attempts.jsonl"
 FAILURE_FILE = "failure.json"
+#: a run handed to a batch system and not started yet (the job's id, when, by which host)
+SUBMITTED_FILE = "submitted.json"
 # Tickets and rewind points
 TICKET_FILE = "ticket.safetensors"
 REWIND_WEIGHTS_FILE = "rewind.safetensors"

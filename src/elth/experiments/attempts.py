@@ -3,7 +3,8 @@
 `attempts.jsonl` gets one line per event of a worker on the run: `start`, then `finish`, `fail`
 or `lost` (the lease was taken over), each with the host, process, SLURM job and time; a run
 trained exactly once has one `start` and one `finish`. `failure.json` holds the traceback of the
-last failed attempt until an attempt succeeds.
+last failed attempt until an attempt succeeds. `submitted.json` says that a batch job for the run
+is queued (its id, since when) until the job starts.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from elth.files import ATTEMPTS_FILE, FAILURE_FILE, write_json_atomic
+from elth.files import ATTEMPTS_FILE, FAILURE_FILE, SUBMITTED_FILE, write_json_atomic
 
 
 def _where() -> dict:
@@ -66,3 +67,19 @@ def last_error_line(error: str) -> str:
     """The line of a traceback that says what went wrong (its last non-empty line)."""
     lines = [ln.strip() for ln in error.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else ""
+
+
+def write_submitted(directory: str | os.PathLike, job: str, launcher: str) -> None:
+    write_json_atomic(Path(directory) / SUBMITTED_FILE,
+                      {"job": job, "launcher": launcher, "time": time.time(), "by": socket.gethostname()})
+
+
+def read_submitted(directory: str | os.PathLike) -> dict | None:
+    try:
+        return json.loads((Path(directory) / SUBMITTED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def clear_submitted(directory: str | os.PathLike) -> None:
+    (Path(directory) / SUBMITTED_FILE).unlink(missing_ok=True)

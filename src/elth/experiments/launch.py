@@ -30,7 +30,14 @@ from pathlib import Path
 
 from elth.errors import ElthError
 from elth.files import JOBS_DIR
-from elth.experiments.attempts import clear_failure, last_error_line, record, write_failure
+from elth.experiments.attempts import (
+    clear_failure,
+    clear_submitted,
+    last_error_line,
+    record,
+    write_failure,
+    write_submitted,
+)
 from elth.experiments.lease import DEFAULT_TIMEOUT, Lease, LeaseInfo, holder
 
 
@@ -110,6 +117,7 @@ def run_task(task: Task) -> Finished | Busy:
     ctx = _worker_context(task.ctx)
     timeout = task.settings.lease_timeout
     lease = Lease.acquire(task.directory, label=task.label, timeout=timeout)
+    clear_submitted(task.directory)  # the job has started (whether it works on the run or not)
     if lease is None:
         return Busy(holder(task.directory, timeout))
     if threading.current_thread() is threading.main_thread():
@@ -331,6 +339,7 @@ class SubmititLauncher:
         self._executor.update_parameters(name=f"elth:{task.label}"[:100])
         job = self._executor.submit(run_task, task)
         self._jobs[job] = task
+        write_submitted(task.directory, str(job.job_id), self.name)
 
     def in_flight(self) -> int:
         return len(self._jobs)
@@ -387,6 +396,7 @@ class SubmititLauncher:
                     continue
                 if not job.paths.result_pickle.exists():
                     del self._jobs[job]
+                    clear_submitted(task.directory)
                     out.append((task, None, f"SLURM job {job.job_id} ended without a result; the end of its log "
                                 f"({job.paths.stderr}):\n{_tail(job.paths.stderr)}"))
                     continue
@@ -401,11 +411,12 @@ class SubmititLauncher:
         return [t.label for t in self._jobs.values()]
 
     def close(self) -> None:
-        for job in list(self._jobs):
+        for job, task in list(self._jobs.items()):
             try:
                 job.cancel(check=False)
             except Exception:
                 pass
+            clear_submitted(task.directory)
         self._jobs.clear()
 
     def __enter__(self):

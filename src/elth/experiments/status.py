@@ -1,9 +1,9 @@
 """`elth experiment NAME --status`: where every run of an experiment stands, read from the store alone.
 
-Per run: done (with its result), running (where and since when, from its lease), stalled (a
-lease whose heartbeat stopped: its worker died, and the next runner takes it over), failed (the
-last line of the error of its last attempt), ready (what it needs exists; no worker has it) or
-waiting (for the IMP level or the ticket it needs). No runner, launcher or SLURM is asked.
+Per run: done (with its result), running (where and since when, from its lease), queued (a batch
+job submitted for it has not started yet), stalled (a lease whose heartbeat stopped: its worker
+died, and the next runner takes it over), failed (the last line of the error of its last attempt),
+ready (what it needs exists; no worker has it) or waiting (for the IMP level or the ticket it needs). No runner, launcher or SLURM is asked.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from elth.experiments.attempts import last_error_line, read_attempts, read_failure
-from elth.experiments.dag import DONE, Graph, Node, describe
+from elth.experiments.attempts import last_error_line, read_attempts, read_failure, read_submitted
+from elth.experiments.dag import DONE, Graph, Node, cached, describe
 from elth.experiments.lease import DEFAULT_TIMEOUT, current
 
-STATES = ("done", "running", "stalled", "failed", "ready", "waiting", "cannot run")
+STATES = ("done", "running", "queued", "stalled", "failed", "ready", "waiting", "cannot run")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,17 @@ def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT)
         return RunStatus(node.label, node.kind, "stalled",
                          f"on {lease.where()} {since}: its worker is gone; the next runner takes it over{extra}",
                          directory)
+    finished = cached(node)  # finished since the store was read
+    if finished is not None:
+        return RunStatus(node.label, node.kind, "done", describe(node, finished), directory)
     failure = read_failure(directory)
+    submitted = read_submitted(directory)
+    if submitted is not None and (failure is None or submitted.get("time", 0) > failure.get("time", 0)):
+        job = f"SLURM job {submitted.get('job')}" if submitted.get("launcher") == "slurm" else \
+            f"job {submitted.get('job')} ({submitted.get('launcher')})"
+        return RunStatus(node.label, node.kind, "queued",
+                         f"{job}, submitted {_clock(submitted.get('time', 0))} from {submitted.get('by', '?')}; "
+                         f"not started yet{extra}", directory)
     if failure is not None:
         line = last_error_line(failure.get("error", ""))
         return RunStatus(node.label, node.kind, "failed",
