@@ -25,7 +25,6 @@ from elth.experiments.jobs import (
     LevelCost,
     TicketOutcome,
     dataset,
-    imp_cached,
     imp_directory,
     imp_levels,
     imp_outcome,
@@ -59,6 +58,7 @@ class Node:
     args: tuple = ()  # the job's arguments after ctx and run, once its inputs exist
     recheck_at: float = 0.0
     noted_elsewhere: bool = False
+    looked: bool = False  # its inputs exist and the store was asked for its result once
 
     @property
     def label(self) -> str:
@@ -221,15 +221,24 @@ class Scheduler:
         self.progress.finish(node.label, note)
 
     def _try_start(self, node: Node) -> bool:
-        """Start `node` if its inputs exist and nobody holds it; True if something changed."""
-        found = self.graph.inputs(node, max_age=self.poll)
-        if isinstance(found, str):
-            self._fail(node, SKIPPED, found, found)
-            return True
-        if found is None:
+        """Start `node` if its inputs exist and nobody holds it; True if something changed.
+
+        The store is asked whether the run is finished when its inputs first exist, then only when
+        a launcher slot is free or another worker had it (so a long queue of ready runs costs no
+        file-system traffic while every slot is busy).
+        """
+        if not node.looked:
+            found = self.graph.inputs(node, max_age=self.poll)
+            if isinstance(found, str):
+                self._fail(node, SKIPPED, found, found)
+                return True
+            if found is None:
+                return False
+            node.args = found
+            node.directory = self.graph.directory(node)
+            node.looked = True
+        elif node.state != ELSEWHERE and self.launcher.in_flight() >= self.launcher.slots:
             return False
-        node.args = found
-        node.directory = self.graph.directory(node)
         done = cached(node)
         if done is not None:
             if node.state == ELSEWHERE:
