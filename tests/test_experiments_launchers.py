@@ -134,50 +134,45 @@ class _FakeContext:
     device: str | None
 
 
-def _device_of(ctx, pause):
-    time.sleep(pause)
+def _device_of(ctx, rendezvous):
+    """The device a worker gave the run, once both workers are busy (so that each gets work)."""
+    Path(rendezvous, str(os.getpid())).touch()
+    deadline = time.time() + 60
+    while len(os.listdir(rendezvous)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
     return ctx.device, os.getpid()
 
 
-def _never_cached(ctx, pause):
+def _never_cached(ctx, rendezvous):
     return None
 
 
 def test_local_workers_are_spread_over_the_devices(tmp_path):
     assert worker_devices(5, ["cuda:0", "cuda:1"]) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
     launcher = PoolLauncher(2, threads=1, devices=["cuda:0", "cuda:1"])
+    contexts = [_FakeContext("cuda")] * 4 + [_FakeContext("cpu")]  # the last asked for the CPU
+    rendezvous = tmp_path / "workers"
+    rendezvous.mkdir()
     try:
-        for i in range(4):
+        for i, ctx in enumerate(contexts):
             launcher.submit(Task(key=i, label=f"task {i}", directory=str(tmp_path / f"run{i}"), fn=_device_of,
-                                 ctx=_FakeContext("cuda"), args=(1.0,), cached=_never_cached,
+                                 ctx=ctx, args=(str(rendezvous),), cached=_never_cached,
                                  settings=WorkerSettings()))
         done = []
         deadline = time.time() + 120
-        while len(done) < 4 and time.time() < deadline:
+        while len(done) < len(contexts) and time.time() < deadline:
             done += launcher.wait(1.0)
     finally:
         launcher.close()
     assert all(err is None for _, _, err in done)
-    seen = {r.result for _, r, _ in done}
-    devices = {device for device, _ in seen}
-    by_pid = {}
-    for device, pid in seen:
+    results = {task.key: outcome.result for task, outcome, _ in done}
+    assert results[4][0] == "cpu"  # a run on the CPU keeps its device in a pool of GPU workers
+    gpu_runs = [results[i] for i in range(4)]
+    by_pid: dict[int, set] = {}
+    for device, pid in gpu_runs:
         by_pid.setdefault(pid, set()).add(device)
-    assert devices == {"cuda:0", "cuda:1"}  # both GPUs used
+    assert {device for device, _ in gpu_runs} == {"cuda:0", "cuda:1"}  # both GPUs used
     assert all(len(d) == 1 for d in by_pid.values())  # each worker keeps its own GPU
-
-
-def test_a_run_on_cpu_keeps_its_device_in_a_gpu_pool(tmp_path):
-    launcher = PoolLauncher(1, threads=1, devices=["cuda:3"])
-    try:
-        launcher.submit(Task(key=0, label="cpu task", directory=str(tmp_path / "run"), fn=_device_of,
-                             ctx=_FakeContext("cpu"), args=(0.0,), cached=_never_cached))
-        done = []
-        while not done:
-            done = launcher.wait(1.0)
-    finally:
-        launcher.close()
-    assert done[0][1].result[0] == "cpu"
 
 
 def test_devices_on_the_command_line(capsys):
