@@ -56,9 +56,10 @@ def pick_dataset(choice: str, data_dir: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from elth.commands.experiment import execute
-    from elth.experiments.aggregate import aggregate, compare_ett, short_name
+    from elth.experiments.aggregate import aggregate, compare_ett
     from elth.experiments.results import read_results
     from elth.experiments.specs import DEMO
+    from elth.methods import short_name
 
     start = time.time()
     dataset = pick_dataset(args.dataset, args.data_dir)

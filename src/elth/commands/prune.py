@@ -12,7 +12,8 @@ from elth.commands.common import (
     sparsity_arg,
 )
 from elth.errors import ElthError
-from elth.sparsity.baselines import METHODS, SCORE_EXAMPLES_PER_CLASS, ScoringOptions
+from elth.methods import PRUNING_METHODS
+from elth.sparsity.baselines import SCORE_EXAMPLES_PER_CLASS, ScoringOptions
 from elth.sparsity.scores import SYNFLOW_ROUNDS
 
 HELP = "prune a network by a baseline (magnitude, SNIP, GraSP, SynFlow, random, reinit, snip-extra)"
@@ -53,7 +54,7 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="the network to prune (default: the --like ticket's model)")
     parser.add_argument("--dataset", help="dataset name (default: the --like ticket's dataset)")
-    parser.add_argument("--method", required=True, choices=METHODS, help="pruning method (see above)")
+    parser.add_argument("--method", required=True, choices=PRUNING_METHODS, help="pruning method (see above)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--sparsity", type=sparsity_arg, metavar="S",
                         help="fraction of all prunable weights to remove, e.g. 0.8926 or 89.26%%")

@@ -11,23 +11,21 @@ import os
 from pathlib import Path
 
 from elth.experiments.aggregate import (
-    DEFAULT_STRATEGIES,
     Comparison,
     Point,
     Reading,
     aggregate,
     compare_ett,
-    curve_label,
     curves,
     imp_curve,
     read_at,
-    short_name,
     targets_of,
 )
 from elth.experiments.compute import dense_training_flops, dst_comparisons, elth_savings
 from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
 from elth.experiments.results import Row, read_lmc, read_results
 from elth.files import ACCURACY_FIGURE, EXPERIMENT_FILE, REPORT_FILE, write_text_atomic
+from elth.methods import DEFAULT_STRATEGIES, curve_label, short_name
 
 
 def nominal_sparsity(level: int, fraction: float = 0.2) -> float:

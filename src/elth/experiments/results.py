@@ -28,10 +28,6 @@ from pathlib import Path
 from elth.errors import ElthError
 from elth.files import LMC_JSONL, RESULTS_CSV, RESULTS_JSONL, write_text_atomic
 
-#: methods that prune the target directly (drawn dashed in plots)
-PRUNING_BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra",
-                     "ett-reinit", "ett-random", "ett-random-reinit", "rigl", "rigl-5x", "dpf")
-
 
 @dataclass(frozen=True)
 class Row:
