@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from elth.data.base import DatasetInfo
 from elth.errors import ElthError
@@ -166,8 +168,6 @@ def from_model(
 
 def save_ticket(ticket: Ticket, path: str | os.PathLike) -> Path:
     """Validate and write atomically: a crash leaves either no file or the old one, never half a ticket."""
-    from safetensors.torch import save_file
-
     validate(ticket)
     path = Path(path)
     tensors = ticket.file_tensors()
@@ -179,8 +179,6 @@ def save_ticket(ticket: Ticket, path: str | os.PathLike) -> Path:
 
 def load_ticket(path: str | os.PathLike) -> Ticket:
     """Read and validate a ticket; any problem is one `TicketError` naming the file."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise TicketError(f"{path}: no such ticket file")

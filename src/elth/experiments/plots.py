@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -151,8 +152,6 @@ def plot_single_level(points: list[Point], path: str | os.PathLike, title: str =
 
     Each bar's label gives its tickets' actual sparsity; pruning baselines are hatched.
     """
-    import textwrap
-
     plt = _matplotlib()
     targets = targets_of(points)
     sources = _ett_curves(points, targets)

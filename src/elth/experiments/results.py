@@ -19,6 +19,7 @@ Anyone can re-plot an experiment from `results.csv` alone. Columns:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -83,7 +84,6 @@ def write_results(rows: list[Row], out_dir: str | os.PathLike) -> tuple[Path, Pa
     rows = sorted(rows, key=sort_key)
     jsonl = "".join(json.dumps(asdict(r), sort_keys=False) + "\n" for r in rows)
     p_jsonl = write_text_atomic(out / RESULTS_JSONL, jsonl)
-    import io
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")

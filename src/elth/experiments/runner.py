@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from elth.errors import ElthError
@@ -67,8 +68,6 @@ class _Task:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
 
 
@@ -206,8 +205,6 @@ def run_experiment(
     if threads is not None and threads < 1:
         raise ElthError(f"--threads must be at least 1, got {threads}")
     if workers == 1 and threads:
-        import torch
-
         torch.set_num_threads(threads)
     start = time.time()
     parts = tuple(s.with_seeds(seeds) for s in (setups or experiment.setups(scale)))

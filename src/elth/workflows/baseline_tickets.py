@@ -29,6 +29,7 @@ prunable weight, excluded layers included.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -366,8 +367,6 @@ def permute_ticket_mask(ticket: Ticket, seed: int) -> Ticket:
     dense weights (IMP tickets and their elastic transformations do). Used for the paper's Figure 3
     control "the source's weights, a random mask".
     """
-    import copy
-
     if ticket.dense is None:
         raise PruningError(
             "permuting a ticket's masks needs its dense rewind weights, and this ticket has none "
