@@ -15,17 +15,44 @@ from elth.errors import ElthError
 #: subcommand -> (module in elth.commands, one-line help). A command's module is imported only when
 #: that command runs or shows its help, so `elth --help` loads no torch (seconds on a cold machine).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("train", "train a dense model on a dataset with a preset protocol (resumes an interrupted run)"),
-    "imp": ("imp", "find winning tickets by Iterative Magnitude Pruning with rewinding (one ticket per level)"),
+    "train": (
+        "train",
+        "train a dense model on a dataset with a preset protocol (resumes an interrupted run)",
+    ),
+    "imp": (
+        "imp",
+        "find winning tickets by Iterative Magnitude Pruning with rewinding (one ticket per level)",
+    ),
     "inspect": ("inspect", "show a ticket's model, dataset, provenance and per-layer sparsity"),
-    "train-ticket": ("train_ticket", "train a ticket from its rewind point to the end with its mask fixed, and report test accuracy"),
-    "transform": ("transform", "stretch or squeeze a ticket to another depth of its model family (and/or move it to another dataset)"),
-    "prune": ("prune", "prune a network by a baseline (magnitude, SNIP, GraSP, SynFlow, random, reinit, snip-extra)"),
+    "train-ticket": (
+        "train_ticket",
+        "train a ticket from its rewind point to the end with its mask fixed, and report test accuracy",
+    ),
+    "transform": (
+        "transform",
+        "stretch or squeeze a ticket to another depth of its model family (and/or move it to another dataset)",
+    ),
+    "prune": (
+        "prune",
+        "prune a network by a baseline (magnitude, SNIP, GraSP, SynFlow, random, reinit, snip-extra)",
+    ),
     "dst": ("dst", "train a sparse network from scratch by dynamic sparse training (RigL, DPF)"),
-    "lmc": ("lmc", "train two copies of each ticket with different data seeds and measure their linear mode connectivity"),
-    "experiment": ("experiment", "run a paper experiment (IMP, ETTs, baselines over sparsities and seeds) and report it"),
-    "report": ("report", "write report.md and its figure from an experiment's results (results.jsonl or results.csv)"),
-    "demo": ("demo", "a few minutes' demonstration: one IMP run's tickets stretched and squeezed to other depths"),
+    "lmc": (
+        "lmc",
+        "train two copies of each ticket with different data seeds and measure their linear mode connectivity",
+    ),
+    "experiment": (
+        "experiment",
+        "run a paper experiment (IMP, ETTs, baselines over sparsities and seeds) and report it",
+    ),
+    "report": (
+        "report",
+        "write report.md and its figure from an experiment's results (results.jsonl or results.csv)",
+    ),
+    "demo": (
+        "demo",
+        "a few minutes' demonstration: one IMP run's tickets stretched and squeezed to other depths",
+    ),
 }
 
 

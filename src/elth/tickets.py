@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from elth.data.base import DatasetInfo
 from elth.errors import ElthError
@@ -173,7 +173,7 @@ def save_ticket(ticket: Ticket, path: str | os.PathLike) -> Path:
     tensors = ticket.file_tensors()
     meta = ticket.metadata()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"elth": json.dumps(meta)})
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"elth": json.dumps(meta)})
     return path
 
 

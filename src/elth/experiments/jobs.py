@@ -218,7 +218,8 @@ def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
     steps = int(res.step) - ticket.rewind_step
     outcome = TicketOutcome(
         sparsity=ticket.sparsity, accuracy=float(res.test_accuracy), train_steps=steps,
-        train_flops=s.training_flops(steps, ticket.mask), mask_cost_flops=ticket_mask_cost(s, run, ticket, basis, like),
+        train_flops=s.training_flops(steps, ticket.mask),
+        mask_cost_flops=ticket_mask_cost(s, run, ticket, basis, like),
         ticket=str(ticket_path), seconds=time.time() - start,
     )
     write_json_atomic(result_file, asdict(outcome))
