@@ -4,15 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from elth.commands.common import (
-    add_device_arguments,
-    add_model_arguments,
-    add_protocol_arguments,
-    add_root_argument,
-    add_seed_arguments,
-    protocol_from_args,
-    resolve_device,
-)
+from elth.commands import common
 from elth.data import canonical_name, load_dataset
 from elth.models import build_model, parse_model_name
 from elth.runs import run_dir
@@ -42,13 +34,13 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    add_protocol_arguments(parser)
-    add_seed_arguments(parser)
-    add_device_arguments(parser)
+    common.add_model_arguments(parser)
+    common.add_protocol_arguments(parser)
+    common.add_seed_arguments(parser)
+    common.add_device_arguments(parser)
     parser.add_argument("--eval-every", default="1ep", metavar="STEPS",
                         help="test-set evaluation interval, e.g. 1ep or 500it; 'none' for only at the end (default: 1ep)")
-    add_root_argument(parser, "store of runs, where the run goes unless --out is given (default: ./runs)")
+    common.add_root_argument(parser, "store of runs, where the run goes unless --out is given (default: ./runs)")
     parser.add_argument("--out", metavar="DIR",
                         help="this run's folder (default: ROOT/train_<model>_<dataset>-<hash of the settings>); "
                         "an interrupted run there resumes")
@@ -60,12 +52,12 @@ def run(args: argparse.Namespace) -> int:
 
     parse_model_name(args.model)  # a bad name fails before any data is loaded
     dataset_key = canonical_name(args.dataset)
-    protocol = protocol_from_args(args, dataset_key, args.model)
+    protocol = common.protocol_from_args(args, dataset_key, args.model)
     eval_every = None if args.eval_every.strip().lower() == "none" else args.eval_every
     if eval_every is not None:
         parse_steps(eval_every, 1)  # syntax check before the data is loaded
     data_seed = args.seed if args.data_seed is None else args.data_seed
-    device = resolve_device(args.device)
+    device = common.resolve_device(args.device)
 
     data = load_dataset(dataset_key, args.data_dir, device=device)
     model = build_model(args.model, data.info.input_shape, data.info.num_classes, seed=args.seed)
