@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
+from tqdm import tqdm
+
 PROGRESS_ENV = "ELTH_PROGRESS"
 LOG_EVERY_ENV = "ELTH_LOG_EVERY"
 DEFAULT_LOG_EVERY = 30.0
@@ -117,8 +119,6 @@ def _duration(seconds: float) -> str:
 def progress_bar(iterable: Iterable | None = None, **kwargs):
     """A tqdm bar on a terminal, a `PlainProgress` elsewhere (same arguments as tqdm)."""
     if use_bars(kwargs.get("file")):
-        from tqdm import tqdm
-
         return tqdm(iterable, **kwargs)
     return PlainProgress(iterable, **kwargs)
 
@@ -127,8 +127,6 @@ def write(text: str, file: TextIO | None = None) -> None:
     """A line that does not break an active bar."""
     file = file or sys.stderr
     if use_bars(file):
-        from tqdm import tqdm
-
         tqdm.write(text, file=file)
     else:
         print(text, file=file, flush=True)

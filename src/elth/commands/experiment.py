@@ -5,10 +5,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from elth.errors import ElthError
-from elth.experiments.lease import DEFAULT_TIMEOUT
+import torch
 
-HELP = "run a paper experiment (IMP, ETTs, baselines over sparsities and seeds) and report it"
+from elth.commands.common import resolve_device
+from elth.errors import ElthError
+from elth.experiments.launch import LaunchOptions, SlurmOptions, parse_slurm_args, parse_time
+from elth.experiments.lease import DEFAULT_TIMEOUT
+from elth.experiments.report import report_figures, summary_text, write_report
+from elth.experiments.results import read_results
+from elth.experiments.runner import ExperimentFailed, build_graph, report_from_store, run_experiment
+from elth.experiments.spec import expand
+from elth.experiments.specs import EXPERIMENTS, get_experiment
+from elth.experiments.status import format_status, survey
+
 DESCRIPTION = """\
 Run a shipped experiment spec: IMP with rewinding on every network of a model family, each IMP
 ticket transformed (stretched or squeezed) to the other depths, pruning baselines matched to the
@@ -108,8 +117,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def list_experiments() -> str:
-    from elth.experiments.specs import EXPERIMENTS
-
     lines = []
     for e in EXPERIMENTS.values():
         lines.append(f"{e.name}: {e.title}")
@@ -125,9 +132,6 @@ def list_experiments() -> str:
 
 
 def dry_run(name: str, scale: str, seeds: int | None) -> str:
-    from elth.experiments.spec import expand
-    from elth.experiments.specs import get_experiment
-
     lines = []
     imp, others = set(), 0
     for setup in get_experiment(name).setups(scale):
@@ -151,7 +155,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise ElthError("name an experiment (`elth experiment --list` shows them)")
-    from elth.experiments.specs import get_experiment
 
     experiment = get_experiment(args.name)
     experiment.setups(args.scale)  # a clear error for a scale the experiment lacks
@@ -170,17 +173,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def status(experiment, args: argparse.Namespace) -> str:
-    from elth.experiments.runner import build_graph
-    from elth.experiments.status import format_status, survey
-
     _, _, graph = build_graph(experiment, args.scale, root=args.root, seeds=args.seeds, data_dir=args.data_dir)
     return format_status(f"{experiment.name} ({args.scale}) in {args.root}", survey(graph, args.lease_timeout))
 
 
 def report_only(experiment, args: argparse.Namespace, out: Path) -> int:
-    from elth.experiments.report import report_figures, summary_text, write_report
-    from elth.experiments.runner import build_graph, report_from_store
-
     outcome = report_from_store(experiment, args.scale, root=args.root, out_dir=out, seeds=args.seeds,
                                 data_dir=args.data_dir, command=command_of(args))
     _, _, graph = build_graph(experiment, args.scale, root=args.root, seeds=args.seeds, data_dir=args.data_dir)
@@ -196,8 +193,6 @@ def report_only(experiment, args: argparse.Namespace, out: Path) -> int:
 
 def launch_options(args: argparse.Namespace):
     """Where the runs execute, from the command line."""
-    from elth.experiments.launch import LaunchOptions, SlurmOptions, parse_slurm_args, parse_time
-
     devices: tuple[str, ...] = ()
     if getattr(args, "devices", None):
         devices = parse_devices(args.devices)
@@ -215,8 +210,6 @@ def parse_devices(text: str) -> tuple[str, ...]:
     """`0,1,3` -> cuda:0, cuda:1, cuda:3; `all` -> every visible GPU."""
     text = text.strip()
     if text == "all":
-        import torch
-
         n = torch.cuda.device_count()
         if n == 0:
             raise ElthError("--devices all: no GPU is visible")
@@ -246,10 +239,6 @@ def command_of(args: argparse.Namespace) -> str:
 
 def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=None, command: str = "") -> int:
     """Run, print the summary, write the report; shared with `elth demo`."""
-    from elth.commands.common import resolve_device
-    from elth.experiments.report import summary_text, write_report
-    from elth.experiments.runner import ExperimentFailed, run_experiment
-
     launch = launch_options(args)
     if launch.devices and args.device in (None, "cuda"):
         # each worker takes its own GPU; a single worker runs here on the first one listed
@@ -274,15 +263,12 @@ def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=
               f"the store, {outcome.seconds:.0f}s", file=sys.stderr)
     except ExperimentFailed as e:
         failed = e
-        from elth.experiments.results import read_results
 
         rows = read_results(out)
     if rows:
         print(summary_text(rows))
     print(f"\nresults: {out / 'results.csv'} (and results.jsonl)")
     if rows and not getattr(args, "no_report", False):
-        from elth.experiments.report import report_figures
-
         report = write_report(out)
         print(f"report:  {report} (figures: {', '.join(str(f) for f in report_figures(report))})")
     if failed is not None:

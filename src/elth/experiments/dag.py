@@ -39,6 +39,7 @@ from elth.experiments.jobs import (
 from elth.experiments.launch import Busy, Finished, Task, WorkerSettings
 from elth.experiments.lease import holder
 from elth.experiments.spec import ImpRun, LMCRun, TicketRun
+from elth.methods import curve_label
 
 #: Node states. Final: done, failed, skipped.
 WAITING, SUBMITTED, ELSEWHERE, DONE, FAILED, SKIPPED = "waiting", "submitted", "elsewhere", "done", "failed", "skipped"
@@ -48,7 +49,8 @@ FINAL = (DONE, FAILED, SKIPPED)
 @dataclass(eq=False)
 class Node:
     kind: str  # "imp", "ticket", "lmc"
-    ctx: Context
+    ctx: Context  # what the run trains with (sent to the worker)
+    here: Context  # what this process finds the run in the store with
     run: ImpRun | TicketRun | LMCRun
     dataset: str
     state: str = WAITING
@@ -74,18 +76,32 @@ def on_dataset(ctx: Context, name: str) -> Context:
     return dataclasses.replace(ctx, dataset=name) if name else ctx
 
 
+def on_cpu(ctx: Context) -> Context:
+    return dataclasses.replace(ctx, device="cpu")
+
+
 class Graph:
-    """The runs of one experiment and what each needs."""
+    """The runs of one experiment and what each needs.
+
+    With `lookups_on_cpu` (runs train in other processes), this process finds runs in the store
+    with its datasets on the CPU (it only names runs: dataset names and sizes), so the device
+    stays free for the workers; otherwise it trains too and shares its datasets with the runs.
+    """
 
     def __init__(self, imp: list[tuple[Context, ImpRun]], tickets: list[tuple[Context, TicketRun]],
-                 lmc: list[tuple[Context, LMCRun]]):
+                 lmc: list[tuple[Context, LMCRun]], lookups_on_cpu: bool = False):
+        def node(kind: str, ctx: Context, run) -> Node:
+            here = on_cpu(ctx) if lookups_on_cpu else ctx
+            return Node(kind, ctx, here, run, dataset_name(here))
+
         self.imp: dict[tuple[str, str, int], Node] = {}
         for ctx, run in imp:
-            ds = dataset_name(ctx)
-            self.imp[(ds, run.model, run.seed)] = Node("imp", ctx, run, ds, directory=str(imp_directory(ctx, run)))
-        self.tickets = [Node("ticket", ctx, run, dataset_name(ctx)) for ctx, run in tickets]
+            n = node("imp", ctx, run)
+            n.directory = str(imp_directory(n.here, run))
+            self.imp[(n.dataset, run.model, run.seed)] = n
+        self.tickets = [node("ticket", ctx, run) for ctx, run in tickets]
         self.ticket_nodes = {(n.dataset, n.run): n for n in self.tickets}
-        self.lmc = [Node("lmc", ctx, run, dataset_name(ctx)) for ctx, run in lmc]
+        self.lmc = [node("lmc", ctx, run) for ctx, run in lmc]
         self.nodes: list[Node] = [*self.imp.values(), *self.tickets, *self.lmc]
         self._levels: dict[Node, tuple[float, list[LevelCost]]] = {}
 
@@ -97,7 +113,7 @@ class Graph:
             return list(imp.result.levels)
         seen, known = self._levels.get(imp, (0.0, []))
         if len(known) <= at_least and time.time() - seen >= max_age:
-            known = imp_levels(imp.ctx, imp.run)
+            known = imp_levels(imp.here, imp.run)
             self._levels[imp] = (time.time(), known)
         return known
 
@@ -123,20 +139,18 @@ class Graph:
         if node.kind == "imp":
             return ()
         if node.kind == "ticket":
-            target = self._level(node.ctx, run.target, run.seed, run.level, max_age)
+            target = self._level(node.here, run.target, run.seed, run.level, max_age)
             if isinstance(target, str) or target is None:
                 return target
             if not run.source:
                 return target, target
-            source = self._level(on_dataset(node.ctx, run.source_dataset), run.source, run.seed, run.level, max_age)
+            source = self._level(on_dataset(node.here, run.source_dataset), run.source, run.seed, run.level, max_age)
             if isinstance(source, str) or source is None:
                 return source
             return source, target
         # LMC
-        from elth.experiments.aggregate import curve_label
-
         if run.ticket is None:
-            level = self._level(node.ctx, run.target, run.seed, run.level, max_age)
+            level = self._level(node.here, run.target, run.seed, run.level, max_age)
             if isinstance(level, str):
                 return f"skipped: IMP on {run.target} (seed {run.seed}) did not reach level {run.level}"
             return None if level is None else (level.ticket, "IMP")
@@ -167,8 +181,8 @@ class Graph:
         if node.kind == "imp":
             return node.directory
         if node.kind == "ticket":
-            return str(ticket_run_dir(node.ctx, node.run, *node.args))
-        return str(lmc_run_dir(node.ctx, node.run, node.args[0]))
+            return str(ticket_run_dir(node.here, node.run, *node.args))
+        return str(lmc_run_dir(node.here, node.run, node.args[0]))
 
 
 # -- the jobs as a worker runs them (top-level functions: they are pickled) ---------------------
@@ -192,7 +206,7 @@ _JOBS: dict[str, tuple[Callable, Callable]] = {
 
 
 def cached(node: Node):
-    return _JOBS[node.kind][1](node.ctx, node.run, *node.args)
+    return _JOBS[node.kind][1](node.here, node.run, *node.args)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 import _thread
 import dataclasses
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -28,8 +29,10 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import submitit
+import torch
+
 from elth.errors import ElthError
-from elth.files import JOBS_DIR
 from elth.experiments.attempts import (
     clear_failure,
     clear_submitted,
@@ -39,6 +42,8 @@ from elth.experiments.attempts import (
     write_submitted,
 )
 from elth.experiments.lease import DEFAULT_TIMEOUT, Lease, LeaseInfo, holder
+from elth.files import JOBS_DIR
+from elth.training.metrics import enable_tensorboard
 
 
 class LaunchError(ElthError):
@@ -101,13 +106,9 @@ def _worker_context(ctx):
 
 def _apply(settings: WorkerSettings) -> None:
     if settings.threads:
-        import torch
-
         if torch.get_num_threads() != settings.threads:
             torch.set_num_threads(settings.threads)
     if settings.tensorboard:
-        from elth.training.metrics import enable_tensorboard
-
         enable_tensorboard(True)
 
 
@@ -191,8 +192,6 @@ class InlineLauncher:
 
 def _init_worker(threads: int, devices) -> None:
     global _WORKER_DEVICE
-    import torch
-
     torch.set_num_threads(threads)
     if devices is not None:
         _WORKER_DEVICE = devices.get()
@@ -316,10 +315,6 @@ class SubmititLauncher:
 
     def __init__(self, folder: str | os.PathLike, cluster: str = "slurm", options: SlurmOptions | None = None,
                  max_parallel: int = 64):
-        try:
-            import submitit
-        except ImportError:
-            raise LaunchError("the slurm launcher needs submitit: pip install submitit") from None
         if cluster == "slurm" and not _have("sbatch"):
             raise LaunchError("--launcher slurm: no sbatch on this machine (run from a SLURM login node)")
         self.name = cluster if cluster == "slurm" else "submitit-local"
@@ -495,9 +490,7 @@ def make_launcher(options: LaunchOptions, out_dir: str | os.PathLike):
 
 
 def _have(program: str) -> bool:
-    from shutil import which
-
-    return which(program) is not None
+    return shutil.which(program) is not None
 
 
 def _tail(path: Path, lines: int = 20) -> str:

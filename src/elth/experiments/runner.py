@@ -17,15 +17,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
+from elth.console import progress_bar, use_bars, write as write_line
 from elth.errors import ElthError
-from elth.experiments.dag import DONE, Graph, Scheduler, dataset_name, on_dataset
-from elth.experiments.jobs import Context, protocol_for, rewind_for
+from elth.experiments.dag import DONE, Graph, Scheduler, dataset_name, on_cpu, on_dataset
+from elth.experiments.jobs import Context, settings
 from elth.experiments.launch import LaunchOptions, WorkerSettings, make_launcher
 from elth.experiments.lease import DEFAULT_TIMEOUT
 from elth.experiments.results import Row, write_lmc, write_results
 from elth.experiments.spec import Experiment, ImpRun, Setup, expand
-from elth.console import progress_bar, use_bars, write as write_line
 from elth.files import EXPERIMENT_FILE, write_json_atomic
+from elth.training.metrics import enable_tensorboard
 
 #: seconds between looks at the store for runs that wait on other workers
 POLL_SECONDS = 2.0
@@ -92,8 +95,10 @@ def context_for(setup: Setup, root: str | os.PathLike, *, data_dir=None, device=
 
 
 def build_graph(experiment: Experiment, scale: str, *, root, seeds=None, data_dir=None, device=None,
-                progress: bool = False, setups: tuple[Setup, ...] | None = None):
-    """(parts, contexts, graph) of an experiment at a scale: every run and what it needs."""
+                progress: bool = False, setups: tuple[Setup, ...] | None = None, lookups_on_cpu: bool = True):
+    """(parts, contexts, graph) of an experiment at a scale: every run and what it needs.
+
+    The contexts are what this process looks runs up with (see `Graph`)."""
     parts = tuple(s.with_seeds(seeds) for s in (setups or experiment.setups(scale)))
     plans = [expand(s) for s in parts]
     ctxs = [context_for(s, root, data_dir=data_dir, device=device, progress=progress) for s in parts]
@@ -102,13 +107,13 @@ def build_graph(experiment: Experiment, scale: str, *, root, seeds=None, data_di
     for c, p in zip(ctxs, plans):
         for r in p.imp:
             on = on_dataset(c, r.dataset)
-            key = (dataset_name(on), r.model, r.seed)
+            key = (dataset_name(on_cpu(on) if lookups_on_cpu else on), r.model, r.seed)
             known = unique.get(key)
             if known is None or known[1].levels < r.levels:  # the deepest any part needs
                 unique[key] = (on, r)
     graph = Graph(list(unique.values()), [(c, r) for c, p in zip(ctxs, plans) for r in p.tickets],
-                  [(c, r) for c, p in zip(ctxs, plans) for r in p.lmc])
-    return parts, ctxs, graph
+                  [(c, r) for c, p in zip(ctxs, plans) for r in p.lmc], lookups_on_cpu=lookups_on_cpu)
+    return parts, [on_cpu(c) if lookups_on_cpu else c for c in ctxs], graph
 
 
 def run_experiment(
@@ -141,28 +146,25 @@ def run_experiment(
     launch = launch or LaunchOptions(workers=workers, threads=threads)
     launch.check()
     if tensorboard:
-        from elth.training.metrics import enable_tensorboard
-
         enable_tensorboard(True)  # fails early, with what to install, when tensorboard is missing
     if launch.launcher == "local" and launch.workers == 1 and launch.threads:
-        import torch
-
         torch.set_num_threads(launch.threads)
     start = time.time()
     # Runs print their own progress when they run here (one at a time) or in a job's log.
     run_progress = progress and (launch.launcher != "local" or launch.workers == 1)
+    in_process = launch.launcher == "local" and launch.workers == 1
     parts, ctxs, graph = build_graph(experiment, scale, root=root, seeds=seeds, data_dir=data_dir, device=device,
-                                     progress=run_progress, setups=setups)
+                                     progress=run_progress, setups=setups, lookups_on_cpu=not in_process)
     out = Path(out_dir)
     total = len(graph.nodes)
     bar = _Progress(total, progress, parallel=launch.launcher != "local" or launch.workers > 1)
     outcome = Outcome(rows=[], out_dir=out)
     bar.say(f"{experiment.name} ({scale}): {len(graph.imp)} IMP runs, {len(graph.tickets)} other tickets, "
             f"{parts[0].seeds} seed(s); store {root}; {launch.describe()}")
-    settings = WorkerSettings(threads=launch.worker_threads(), lease_timeout=lease_timeout, tensorboard=tensorboard)
+    worker = WorkerSettings(threads=launch.worker_threads(), lease_timeout=lease_timeout, tensorboard=tensorboard)
     try:
         with make_launcher(launch, out) as launcher:
-            tally = Scheduler(graph, launcher, settings, bar, poll=poll).run()
+            tally = Scheduler(graph, launcher, worker, bar, poll=poll).run()
     finally:
         bar.close()
     outcome.trained, outcome.cached, outcome.by_others = tally.trained, tally.cached, tally.by_others
@@ -236,11 +238,12 @@ def _ticket_rows(name: str, scale: str, tickets: dict) -> list[Row]:
 
 
 def describe_protocol(ctx: Context, model: str) -> str:
-    p = protocol_for(ctx, model)
+    s = settings(ctx, model)
+    p = s.protocol
     decay = f", x{p.gamma} at {', '.join(p.milestones)}" if p.milestones else ", constant LR"
     warm = f", warmup {p.warmup}" if p.warmup not in ("0", "0it") else ""
     return (f"{p.length} at batch {p.batch_size}, SGD lr {p.lr} (momentum {p.momentum}, weight decay "
-            f"{p.weight_decay}){decay}{warm}; rewind to {rewind_for(ctx, model)}")
+            f"{p.weight_decay}){decay}{warm}; rewind to {s.rewind}")
 
 
 def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, command) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from elth.errors import ElthError
 from elth.files import write_text_atomic
 
 #: fields that are the x axis or bookkeeping, not curves
@@ -33,16 +34,14 @@ def enable_tensorboard(on: bool = True) -> None:
 
 def _check_tensorboard() -> None:
     try:
-        import tensorboard  # noqa: F401
+        import tensorboard  # noqa: F401  (an optional extra: imported only when asked for)
     except ImportError:
-        from elth.errors import ElthError
-
         raise ElthError("--tensorboard needs the tensorboard package: pip install 'elth[tensorboard]'") from None
 
 
 def _writer(directory: Path):
     """One open SummaryWriter per run directory (the few most recent are kept open)."""
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # needs the optional tensorboard package
 
     writer = _writers.pop(directory, None)
     if writer is None:
