@@ -99,7 +99,7 @@ def slurm_cluster():
         subprocess.run(["bash", str(STOP_CLUSTER)], capture_output=True)
 
 
-def test_slurm_jobs_give_the_local_results(local_results, slurm_cluster, tmp_path):
+def test_slurm_jobs_give_the_local_results(slurm_cluster, local_results, tmp_path):
     """The real thing: sbatch, slurmctld, slurmd, a job per run, results identical to the local ones."""
     outcome, out = _run(tmp_path, "slurm", LaunchOptions(launcher="slurm", max_parallel=4,
                                                          slurm=SlurmOptions(time_min=10)))
