@@ -186,3 +186,25 @@ def test_devices_on_the_command_line(capsys):
     assert "does not combine with --device cpu" in capsys.readouterr().err
     assert main(["experiment", "smoke", "--scale", "smoke", "--launcher", "slurm", "--time", "later"]) == 2
     assert "--time 'later'" in capsys.readouterr().err
+
+
+def test_a_slurm_job_is_requeued_at_its_time_limit_or_on_preemption(tmp_path):
+    """submitit requeues a checkpointable job (same task: the run resumes from its checkpoints); the
+    job's exit on requeue is recorded as a stop, not a failure, and frees the lease at once."""
+    from elth.experiments.launch import _RunTaskJob, run_task
+
+    task = Task(key=0, label="a run", directory=str(tmp_path / "run"), fn=_exit_as_requeued,
+                ctx=_FakeContext("cpu"), args=(None,), cached=_never_cached)
+    delayed = _RunTaskJob().checkpoint(task)
+    assert isinstance(delayed.function, _RunTaskJob) and delayed.args == (task,)
+    with pytest.raises(SystemExit):
+        run_task(task)
+    assert [e["event"] for e in read_attempts(tmp_path / "run")] == ["start", "stop"]
+    assert not (tmp_path / "run" / "failure.json").exists()
+    from elth.experiments.lease import holder
+
+    assert holder(tmp_path / "run") is None
+
+
+def _exit_as_requeued(ctx, _):
+    raise SystemExit(0)

@@ -132,6 +132,11 @@ def run_task(task: Task) -> Finished | Busy:
         start = time.time()
         try:
             result = task.fn(ctx, *task.args)
+        except SystemExit:
+            # submitit ends a job it requeued (time limit, preemption) this way: not a failure; the
+            # lease is released below, so the requeued job resumes the run from its checkpoints
+            record(task.directory, "stop", error="job requeued", seconds=time.time() - start)
+            raise
         except KeyboardInterrupt:
             if lease.lost:
                 record(task.directory, "lost", seconds=time.time() - start)
@@ -309,6 +314,14 @@ def parse_slurm_args(items: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+class _RunTaskJob(submitit.helpers.Checkpointable):
+    """`run_task` as a submitit job that SLURM requeues when it reaches its time limit or is
+    preempted (submitit signals it 90 s before): the requeued job resumes the run from its checkpoints."""
+
+    def __call__(self, task: Task) -> Finished | Busy:
+        return run_task(task)
+
+
 class SubmititLauncher:
     """One job per task through submitit: SLURM jobs (`cluster="slurm"`) or local subprocesses
     (`cluster="local"`). At most `max_parallel` jobs are queued or running at once."""
@@ -332,7 +345,7 @@ class SubmititLauncher:
 
     def submit(self, task: Task) -> None:
         self._executor.update_parameters(name=f"elth:{task.label}"[:100])
-        job = self._executor.submit(run_task, task)
+        job = self._executor.submit(_RunTaskJob(), task)
         self._jobs[job] = task
         write_submitted(task.directory, str(job.job_id), self.name)
 
