@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from elth.commands.common import check_output_dir
+
 HELP = "a few minutes' demonstration: one IMP run's tickets stretched and squeezed to other depths"
 DESCRIPTION = """\
 Runs IMP with rewinding on MLP-2, squeezes its tickets to MLP-1 and stretches them to MLP-3
@@ -60,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from elth.experiments.results import read_results
     from elth.experiments.specs import DEMO
 
+    check_output_dir(args.root, "--root")
+    check_output_dir(args.out, "--out")
     start = time.time()
     dataset = pick_dataset(args.dataset, args.data_dir)
     setups = tuple(dataclasses.replace(s, dataset=dataset) for s in DEMO.setups("cpu"))

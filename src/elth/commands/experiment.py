@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from elth.commands.common import check_output_dir
 from elth.errors import ElthError
 
 HELP = "run a paper experiment (IMP, ETTs, baselines over sparsities and seeds) and report it"
@@ -112,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         print(dry_run(args.name, args.scale, args.seeds))
         return 0
     out = Path(args.out) if args.out else default_out(args.root, args.name, args.scale)
+    check_output_dir(args.root, "--root")
+    check_output_dir(out, "--out")
     return execute(experiment, args.scale, args, out, command=command_of(args))
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 from elth.commands.common import (
     add_device_arguments,
     add_protocol_arguments,
+    check_output_dir,
     resolve_device,
 )
 from elth.errors import ElthError
+from elth.limits import check_seed
 
 HELP = "train two copies of each ticket with different data seeds and measure their linear mode connectivity"
 DESCRIPTION = """\
@@ -83,6 +85,8 @@ def parse_seeds(text: str) -> tuple[int, int]:
         raise ElthError(f"--seeds takes two comma-separated integers such as 0,1, not {text!r}") from None
     if len(seeds) != 2:
         raise ElthError(f"--seeds takes exactly two data seeds (one per copy), not {len(seeds)}: {text!r}")
+    for seed in seeds:
+        check_seed(seed, "each of --seeds")
     return seeds  # type: ignore[return-value]
 
 
@@ -113,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
         raise ElthError(f"--train-per-class must be 0 or more, got {args.train_per_class}")
     if args.label is not None and len(args.label) != len(args.tickets):
         raise ElthError(f"give --label once per ticket ({len(args.tickets)}), not {len(args.label)} times")
+    check_output_dir(args.root, "--root")
+    if args.out:
+        check_output_dir(args.out, "--out")
     device = resolve_device(args.device)
 
     jobs = []  # (path, ticket, dataset key, protocol)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from elth.commands.common import check_output_dir
+
 HELP = "write report.md and its figure from an experiment's results (results.jsonl or results.csv)"
 DESCRIPTION = """\
 Read an experiment's tidy results table (DIR/results.jsonl, or results.csv, or a file given
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise ElthError(f"{src}: the results table has no rows")
     results_dir = src if src.is_dir() else src.parent
     out = Path(args.out) if args.out else results_dir
+    check_output_dir(out, "--out" if args.out else "the results' directory")
     report = write_report(src, out)
     print(f"report: {report}")
     from elth.experiments.report import report_figures

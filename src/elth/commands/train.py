@@ -9,10 +9,12 @@ from elth.commands.common import (
     add_model_arguments,
     add_protocol_arguments,
     add_seed_arguments,
+    check_output_dir,
+    eval_every_of,
     protocol_from_args,
 )
 from elth.errors import ElthError
-from elth.training.protocol import PRESETS, parse_steps
+from elth.training.protocol import PRESETS
 
 HELP = "train a dense model on a dataset with a preset protocol (resumes an interrupted run)"
 DESCRIPTION = """\
@@ -61,9 +63,8 @@ def run(args: argparse.Namespace) -> int:
     parse_model_name(args.model)  # a bad name fails before any data is loaded
     dataset_key = canonical_name(args.dataset)
     protocol = protocol_from_args(args, dataset_key, args.model)
-    eval_every = None if args.eval_every.strip().lower() == "none" else args.eval_every
-    if eval_every is not None:
-        parse_steps(eval_every, 1)  # syntax check before the data is loaded
+    eval_every = eval_every_of(args.eval_every)
+    check_output_dir(args.out or "runs", "--out")
     data_seed = args.seed if args.data_seed is None else args.data_seed
     try:
         device = torch.device(args.device) if args.device else default_device()

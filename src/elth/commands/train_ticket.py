@@ -7,8 +7,10 @@ from pathlib import Path
 from elth.commands.common import (
     add_device_arguments,
     add_protocol_arguments,
+    check_output_dir,
     protocol_from_args,
     resolve_device,
+    seed_arg,
 )
 
 HELP = "train a ticket from its rewind point to the end with its mask fixed, and report test accuracy"
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
     add_protocol_arguments(parser)
     parser.set_defaults(preset=None)
-    parser.add_argument("--seed", type=int, metavar="SEED",
+    parser.add_argument("--seed", type=seed_arg, metavar="SEED",
                         help="seed of the data order and augmentation (default: the one that made the "
                         "ticket, if recorded, else 0); the weights come from the ticket")
     add_device_arguments(parser)
@@ -74,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     ticket = load_ticket(args.ticket)
     dataset_key = canonical_name(args.dataset or ticket.dataset.name)
     protocol, source = ticket_protocol(args, ticket, dataset_key)
-    data_seed = args.seed if args.seed is not None else int(ticket.provenance.get("data_seed", 0))
+    recorded = ticket.provenance.get("data_seed")  # validated by load_ticket
+    data_seed = args.seed if args.seed is not None else (recorded if recorded is not None else 0)
+    check_output_dir(args.out, "--out")
     device = resolve_device(args.device)
 
     check_dataset(ticket, dataset_info(dataset_key, args.data_dir))  # before loading any images

@@ -12,6 +12,7 @@ from elth.elastic import (
     replica_units,
     transform,
 )
+from elth.commands.common import check_output_file, seed_arg
 from elth.elastic.plan import model_view
 from elth.errors import ElthError
 from elth.masks import count
@@ -97,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(layerwise sparsity kept; the new mask selects the copied dense rewind weights, so the ticket must "
         "keep them, as tickets made by elth imp do)",
     )
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed for --random-replicas and for a new output layer on --dataset (default 0)")
     parser.add_argument("-o", "--output", metavar="OUT.safetensors", help="where to write the new ticket")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the sparsity, write nothing")
@@ -139,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         raise ElthError("--plan replaces the strategy options; drop --order/--units/--squeeze/--drop")
     if args.to is None and args.dataset is None:
         raise ElthError("say what to transform the ticket into: --to MODEL (another depth), --dataset NAME, or both")
+    if not args.dry_run:
+        check_output_file(args.output, "-o")
     source = load_ticket(args.ticket)
     result, plan = source, None
     if args.to is not None:

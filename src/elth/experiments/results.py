@@ -123,10 +123,18 @@ def read_results(path: str | os.PathLike) -> list[Row]:
         rows = []
         for i, line in enumerate(p.read_text().splitlines(), 1):
             if line.strip():
-                rows.append(row_from_dict(json.loads(line)))
+                try:
+                    rows.append(row_from_dict(json.loads(line)))
+                except (ValueError, TypeError, ElthError) as e:
+                    raise ElthError(f"{p}, line {i}: unreadable results row ({_without_position(e)})") from None
         return rows
     except (ValueError, TypeError) as e:
         raise ElthError(f"{p}: unreadable results table ({e})") from None
+
+
+def _without_position(e: Exception) -> str:
+    """A JSON error's message without its 'line 1 column 16 (char 15)' (always line 1 of one line)."""
+    return e.msg if isinstance(e, json.JSONDecodeError) else str(e)
 
 
 def write_lmc(paths: list[dict], out_dir: str | os.PathLike) -> Path:

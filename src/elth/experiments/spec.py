@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from elth.errors import ElthError
+from elth.limits import check_int, check_real
 from elth.models import parse_model_name
 
 SCALES = ("paper", "cpu", "smoke")
@@ -125,6 +126,22 @@ class Setup:
     def with_seeds(self, seeds: int | None) -> "Setup":
         return self if seeds is None else replace(self, seeds=seeds)
 
+    def _validate_numbers(self) -> None:
+        """Integers where counts are meant, finite fractions, a protocol override that validates."""
+        from elth.training.protocol import Protocol
+
+        try:
+            for lv in (*self.levels, *(self.baseline_levels or ()), *self.lmc_levels):
+                check_int(lv, "an IMP level")
+            check_int(self.imp_beyond, "imp_beyond")
+            check_int(self.seeds, "the number of seeds")
+            check_int(self.lmc_points, "lmc_points")
+            check_real(self.prune_fraction, "the prune fraction", low=0, high=1, low_open=True, high_open=True)
+            fields = dict(self.protocol)
+            Protocol(**fields)  # every override value checked on its own (the preset supplies the rest)
+        except (ElthError, TypeError) as e:
+            raise SpecError(f"setup on {self.dataset}: {e}") from None
+
     def validate(self) -> None:
         if not self.members:
             raise SpecError("a setup needs at least one member")
@@ -132,6 +149,7 @@ class Setup:
             parse_model_name(m)
         if len(set(self.members)) != len(self.members):
             raise SpecError(f"members listed twice: {self.members}")
+        self._validate_numbers()
         if not self.levels or min(self.levels) < 1:
             raise SpecError(f"IMP levels must be positive, got {self.levels}")
         if self.baseline_levels is not None and (not self.baseline_levels or min(self.baseline_levels) < 1):

@@ -1,12 +1,14 @@
 """Model names -> models. Names: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 import torch
 
 from elth.errors import ElthError
+from elth.limits import check_seed
 from elth.models.base import ElasticModel
 from elth.models.cifar_resnet import CifarResNet
 from elth.models.cifar_vgg import LAYOUTS as VGG_LAYOUTS, CifarVGG
@@ -21,8 +23,20 @@ NAME_FORMS = (
 )
 
 
+#: Largest number of elastic units (hidden layers, residual blocks, fully connected layers) a name
+#: may ask for: ten times the deepest network the paper uses, and far more than fits a 2-core CPU.
+MAX_UNITS = 1000
+#: Largest number of parameters `build_model` builds (4 GB of fp32 weights; the paper's largest
+#: network, ImageNet ResNet-34, has 21.8 million). Counted on the meta device before any memory is used.
+MAX_PARAMETERS = 1_000_000_000
+
+
 class UnknownModelError(ElthError, ValueError):
     pass
+
+
+class ModelTooLargeError(ElthError, ValueError):
+    """A model name or input that asks for more units or parameters than elth builds."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ def parse_model_name(name: str) -> ModelSpec:
             width = int(m.group(2)) if m.group(2) else 16
             if width < 1:
                 raise _unknown(name, "the width must be positive")
+            _check_units(name, 3 * (depth - 2) // 6)
             return ModelSpec(kind, depth, width=width)
         if kind == "imagenet_resnet":
             if depth not in IMAGENET_LAYOUTS:
@@ -78,11 +93,37 @@ def parse_model_name(name: str) -> ModelSpec:
             fc = int(m.group(2)) if m.group(2) else 1
             if fc < 1:
                 raise _unknown(name, "a VGG needs at least one fully connected layer")
+            _check_units(name, fc)
             return ModelSpec(kind, depth, width=64, fc_layers=fc)
         if depth < 1:
             raise _unknown(name, "an MLP needs at least one hidden layer")
+        _check_units(name, depth)
         return ModelSpec(kind, depth, width=300)
     raise _unknown(name, "no model family matches")
+
+
+def _check_units(name: str, units: int) -> None:
+    if units > MAX_UNITS:
+        raise ModelTooLargeError(f"model {name!r} has {units:,} units (layers or blocks); elth builds models of at "
+                                 f"most {MAX_UNITS:,}")
+
+
+@functools.lru_cache(maxsize=256)
+def parameter_count(name: str, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Parameters of `name` for this input and class count, counted without allocating them."""
+    with torch.device("meta"):
+        model = _make(parse_model_name(name), name, input_shape, num_classes)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _make(spec: ModelSpec, name: str, shape: tuple[int, ...], num_classes: int) -> ElasticModel:
+    if spec.kind == "cifar_resnet":
+        return CifarResNet(name, spec.depth, spec.width, shape, num_classes)
+    if spec.kind == "imagenet_resnet":
+        return ImageNetResNet(name, spec.depth, shape, num_classes)
+    if spec.kind == "cifar_vgg":
+        return CifarVGG(name, spec.depth, spec.fc_layers, shape, num_classes)
+    return MLP(name, spec.depth, shape, num_classes)
 
 
 def build_model(
@@ -94,18 +135,14 @@ def build_model(
     """Build a freshly initialised model. `seed` makes the initialisation reproducible (None: global RNG)."""
     spec = parse_model_name(name)
     shape = tuple(int(d) for d in input_shape)
-
-    def make() -> ElasticModel:
-        if spec.kind == "cifar_resnet":
-            return CifarResNet(name, spec.depth, spec.width, shape, num_classes)
-        if spec.kind == "imagenet_resnet":
-            return ImageNetResNet(name, spec.depth, shape, num_classes)
-        if spec.kind == "cifar_vgg":
-            return CifarVGG(name, spec.depth, spec.fc_layers, shape, num_classes)
-        return MLP(name, spec.depth, shape, num_classes)
-
+    if seed is not None:
+        check_seed(seed)
+    count = parameter_count(name, shape, int(num_classes))
+    if count > MAX_PARAMETERS:
+        raise ModelTooLargeError(f"model {name!r} on inputs of shape {'x'.join(map(str, shape))} has {count:,} "
+                                 f"parameters; elth builds models of at most {MAX_PARAMETERS:,}")
     if seed is None:
-        return make()
+        return _make(spec, name, shape, num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return make()
+        return _make(spec, name, shape, num_classes)

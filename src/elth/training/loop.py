@@ -231,7 +231,7 @@ def train(
         raise ProtocolError(f"cannot train from step {start_step} to step {end}")
     eval_interval = None if eval_every is None else parse_steps(eval_every, ipe)
     if eval_interval == 0:
-        raise ProtocolError("eval_every must be a positive number of steps (or None for only at the end)")
+        raise ProtocolError(f"the evaluation interval must be a positive number of steps such as 1ep or 500it, got {eval_every!r}")
     if controller is not None and mask is not None:
         raise ElthError("give either a fixed mask or a controller that manages the sparsity, not both")
 
