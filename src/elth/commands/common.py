@@ -130,9 +130,9 @@ ATOMIC_NAME_EXTRA = len(".") + len(".12345678.tmp")
 def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
     """`path` if a directory can be made or written there, else an error naming `flag` (nothing is created)."""
     p = Path(path)
+    _check_names(p, flag, extra=0)
     if p.exists() and not p.is_dir():
         raise OutputPathError(f"{flag} {p}: is a file, not a directory")
-    _check_names(p, flag, extra=0)
     _check_ancestor(p, p, flag)
     return p
 
@@ -140,9 +140,9 @@ def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
 def check_output_file(path: str | os.PathLike, flag: str) -> Path:
     """`path` if a file can be written there (atomically), else an error naming `flag` (nothing is created)."""
     p = Path(path)
+    _check_names(p, flag, extra=ATOMIC_NAME_EXTRA)
     if p.is_dir():
         raise OutputPathError(f"{flag} {p}: is a directory; give a file name (e.g. {p / 'ticket.safetensors'})")
-    _check_names(p, flag, extra=ATOMIC_NAME_EXTRA)
     _check_ancestor(p, p.parent, flag)
     return p
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from elth.errors import ElthError
 from elth.limits import check_seed
 from elth.models.base import ElasticModel
 from elth.models.cifar_resnet import CifarResNet
-from elth.models.cifar_vgg import LAYOUTS as VGG_LAYOUTS, CifarVGG
+from elth.models.cifar_vgg import FC_WIDTH as VGG_FC_WIDTH, LAYOUTS as VGG_LAYOUTS, CifarVGG
 from elth.models.imagenet_resnet import LAYOUTS as IMAGENET_LAYOUTS, ImageNetResNet
 from elth.models.mlp import MLP
 
@@ -108,9 +109,27 @@ def _check_units(name: str, units: int) -> None:
                                  f"most {MAX_UNITS:,}")
 
 
-@functools.lru_cache(maxsize=256)
+def parameter_bound(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """An upper bound of the parameters of a model (from its name alone: no tensor is made).
+
+    MLPs: exact. Conv nets pool globally before their head, so only the input channels matter:
+    at most (weight layers) x (3x3 conv and BN at the widest channel count) + a 7x7 stem + heads.
+    """
+    if spec.kind == "mlp":
+        d_in = math.prod(input_shape)
+        return (d_in + 1) * 300 + (spec.depth - 1) * 301 * 300 + 301 * 100 + 101 * num_classes
+    if spec.kind == "cifar_resnet":
+        widest, layers = 4 * spec.width, 3 * (spec.depth - 2) // 6 * 2 + 4
+    elif spec.kind == "imagenet_resnet":
+        widest, layers = 512, 2 * sum(IMAGENET_LAYOUTS[spec.depth]) + 4
+    else:
+        widest, layers = max(512, VGG_FC_WIDTH), spec.depth + spec.fc_layers
+    return layers * (9 * widest * widest + 4 * widest) + 49 * input_shape[0] * widest + (widest + 1) * num_classes
+
+
+@functools.lru_cache(maxsize=64)
 def parameter_count(name: str, input_shape: tuple[int, ...], num_classes: int) -> int:
-    """Parameters of `name` for this input and class count, counted without allocating them."""
+    """Parameters of `name` for this input and class count, counted on the meta device (no memory used)."""
     with torch.device("meta"):
         model = _make(parse_model_name(name), name, input_shape, num_classes)
     return sum(p.numel() for p in model.parameters())
@@ -137,8 +156,9 @@ def build_model(
     shape = tuple(int(d) for d in input_shape)
     if seed is not None:
         check_seed(seed)
-    count = parameter_count(name, shape, int(num_classes))
-    if count > MAX_PARAMETERS:
+    # The exact count (a meta-device build, slow the first time) only when the cheap bound is too high.
+    if parameter_bound(spec, shape, int(num_classes)) > MAX_PARAMETERS and \
+            (count := parameter_count(name, shape, int(num_classes))) > MAX_PARAMETERS:
         raise ModelTooLargeError(f"model {name!r} on inputs of shape {'x'.join(map(str, shape))} has {count:,} "
                                  f"parameters; elth builds models of at most {MAX_PARAMETERS:,}")
     if seed is None:
