@@ -10,7 +10,7 @@ from pathlib import Path
 
 from elth.errors import ElthError
 from elth.limits import MAX_SEED, BadNumberError, check_seed
-from elth.training.protocol import PRESETS, Protocol, ProtocolError, parse_steps, preset
+from elth.training.protocol import PRESETS, Protocol, ProtocolError, preset, split_steps
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -178,7 +178,7 @@ def eval_every_of(text: str) -> str | None:
     """--eval-every: a positive step count such as 1ep or 500it, or None for 'none' (only at the end)."""
     if text.strip().lower() == "none":
         return None
-    if parse_steps(text, 1) == 0 and parse_steps(text, 2) == 0:
+    if split_steps(text) == (0, 0):
         raise ProtocolError(f"--eval-every must be a positive number of steps such as 1ep or 500it, or 'none' "
                             f"(only at the end), got {text!r}")
     return text
