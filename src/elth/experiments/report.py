@@ -330,7 +330,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     meta = _meta(results_dir)
     datasets = sorted({r.dataset for r in rows})
     title = meta.get("title", "")
-    parts = [_header(meta, rows, aggregate(rows))]
+    parts = [_header(meta, rows, aggregate(rows)), _failures_section(meta)]
     if len(datasets) <= 1:
         parts += _sections(rows, out, ACCURACY_FIGURE, title)
     else:
@@ -344,6 +344,18 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
         "The raw rows (one per trained ticket and seed) are in `results.csv` and `results.jsonl`.\n",
     ]
     return write_text_atomic(out / REPORT_FILE, "\n".join(p for p in parts if p))
+
+
+def _failures_section(meta: dict) -> str:
+    """The runs that failed (a diverged training, a skipped dependant, an error): never in the tables."""
+    failures = meta.get("failures") or []
+    if not failures:
+        return ""
+    lines = ["## Failed runs", "",
+             f"{len(failures)} run(s) did not finish; their tickets are missing from every table and figure below.",
+             "", "| run | why |", "|---|---|"]
+    lines += [f"| {f['run']} | {f['error'].replace('|', '/')} |" for f in failures]
+    return "\n".join(lines) + "\n"
 
 
 def _sections(rows: list[Row], out: Path, figure: str, title: str) -> list[str]:

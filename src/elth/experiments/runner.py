@@ -133,9 +133,9 @@ def _execute(tasks: list[_Task], pool: ProcessPoolExecutor | None, progress: _Pr
             progress.start(t.label)
             try:
                 result = t.fn(*t.args)
-            except Exception:  # reported and counted; the other runs go on
-                err = traceback.format_exc()
-                progress.finish(t.label, "FAILED")
+            except Exception as exc:  # reported and counted; the other runs go on
+                err = failure_text(exc)
+                progress.finish(t.label, f"FAILED: {first_line(err)}")
                 yield t, None, err
                 continue
             progress.finish(t.label, describe(result))
@@ -149,13 +149,27 @@ def _execute(tasks: list[_Task], pool: ProcessPoolExecutor | None, progress: _Pr
             t = futures[fut]
             exc = fut.exception()
             if exc is not None:
-                err = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                progress.finish(t.label, "FAILED")
+                err = failure_text(exc)
+                progress.finish(t.label, f"FAILED: {first_line(err)}")
                 yield t, None, err
             else:
                 progress.finish(t.label, describe(fut.result()))
                 yield t, fut.result(), None
         progress.running([futures[f].label for f in pending if f.running()])
+
+
+def failure_text(exc: BaseException) -> str:
+    """An expected failure (ElthError: bad settings, a diverged training) as its message; anything else
+    as its traceback, which a bug report needs."""
+    if isinstance(exc, ElthError):
+        return str(exc)
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def first_line(text: str) -> str:
+    """The line of a failure text that says what happened (a traceback's last line)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if len(lines) > 1 and lines[0].startswith("Traceback") else (lines[0] if lines else "")
 
 
 def _describe_imp(o: ImpOutcome) -> str:
@@ -434,4 +448,5 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
         "command": command or "",
         "wall_seconds": round(outcome.seconds, 1),
         "runs": {"trained": outcome.trained, "cached": outcome.cached, "failed": len(outcome.failures)},
+        "failures": [{"run": label, "error": first_line(err)} for label, err in outcome.failures],
     }
