@@ -20,7 +20,7 @@ import torch
 from elth.data.base import DatasetInfo
 from elth.errors import ElthError
 from elth.limits import check_seed
-from elth.files import atomic_path, tensors_hash
+from elth.files import atomic_path, json_text, tensors_hash
 from elth.masks import Mask, apply_mask, layer_stats, sparsity
 from elth.models import ElasticModel, build_model
 from elth.runs import hparams_hash
@@ -174,7 +174,7 @@ def save_ticket(ticket: Ticket, path: str | os.PathLike) -> Path:
     tensors = ticket.file_tensors()
     meta = ticket.metadata()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"elth": json.dumps(meta)})
+        save_file(tensors, str(tmp), metadata={"elth": json_text(meta)})
     return path
 
 

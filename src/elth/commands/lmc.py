@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from elth.analysis import alphas_of, linear_mode_connectivity, plot_lmc
     from elth.commands.train_ticket import ticket_protocol
     from elth.data import canonical_name, dataset_info, load_dataset
-    from elth.files import LMC_FIGURE, LMC_FILE, write_text_atomic
+    from elth.files import LMC_FIGURE, LMC_FILE, json_text, write_text_atomic
     from elth.runs import run_dir
     from elth.tickets import check_dataset, load_ticket
 
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     payload = {"settings": settings, "results": [r.to_dict() for r in results]}
-    write_text_atomic(out / LMC_FILE, json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(out / LMC_FILE, json_text(payload, indent=2) + "\n")
     plot_lmc(results, out / LMC_FIGURE)
     if len(results) > 1:
         width = max(len(r.label) for r in results)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from elth.errors import ElthError
-from elth.files import LMC_JSONL, RESULTS_CSV, RESULTS_JSONL, write_text_atomic
+from elth.files import LMC_JSONL, RESULTS_CSV, RESULTS_JSONL, json_text, write_text_atomic
 
 #: methods that prune the target directly (drawn dashed in plots)
 PRUNING_BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra",
@@ -85,7 +85,7 @@ def write_results(rows: list[Row], out_dir: str | os.PathLike) -> tuple[Path, Pa
     """Write `results.jsonl` and `results.csv` (atomically), rows in a stable order."""
     out = Path(out_dir)
     rows = sorted(rows, key=sort_key)
-    jsonl = "".join(json.dumps(asdict(r), sort_keys=False) + "\n" for r in rows)
+    jsonl = "".join(json_text(asdict(r), sort_keys=False) + "\n" for r in rows)
     p_jsonl = write_text_atomic(out / RESULTS_JSONL, jsonl)
     import io
 
@@ -140,7 +140,7 @@ def _without_position(e: Exception) -> str:
 def write_lmc(paths: list[dict], out_dir: str | os.PathLike) -> Path:
     """Write `lmc.jsonl`: one interpolation path per line, in a stable order."""
     key = lambda d: (d["target"], d["level"], d["method"] != "imp", d["source"], d["strategy"], d["seed"])
-    text = "".join(json.dumps(d, sort_keys=True) + "\n" for d in sorted(paths, key=key))
+    text = "".join(json_text(d, sort_keys=True) + "\n" for d in sorted(paths, key=key))
     return write_text_atomic(Path(out_dir) / LMC_JSONL, text)
 
 
