@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
     parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs the experiment expands to and exit")
+    parser.add_argument("--keep-diverged", action="store_true",
+                        help="a ticket whose training diverges (non-finite loss) is recorded as diverged and the "
+                        "experiment goes on and succeeds without it (default: such a run fails the experiment)")
     parser.add_argument("--no-report", action="store_true", help="write the results table only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-run lines")
 
@@ -126,6 +129,8 @@ def command_of(args: argparse.Namespace) -> str:
                         ("--out", args.out), ("--data-dir", args.data_dir), ("--device", args.device)):
         if value is not None:
             parts += [flag, str(value)]
+    if args.keep_diverged:
+        parts.append("--keep-diverged")
     return " ".join(parts)
 
 
@@ -142,10 +147,12 @@ def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=
             experiment, scale, root=args.root, out_dir=out, seeds=getattr(args, "seeds", None),
             workers=args.workers, threads=args.threads, data_dir=args.data_dir, device=device,
             progress=not args.no_progress, setups=setups, command=command,
+            keep_diverged=getattr(args, "keep_diverged", False),
         )
         rows = outcome.rows
+        kept = f", {len(outcome.diverged)} diverged (kept)" if outcome.diverged else ""
         print(f"\n{experiment.title} ({scale}): {outcome.trained} runs trained, {outcome.cached} read from the "
-              f"store, {outcome.seconds:.0f}s", file=sys.stderr)
+              f"store{kept}, {outcome.seconds:.0f}s", file=sys.stderr)
     except ExperimentFailed as e:
         failed = e
         from elth.experiments.results import read_results

@@ -21,6 +21,10 @@ from elth.flops import forward_macs, training_flops
 from elth.models import build_model
 from elth.runs import run_dir
 from elth.tickets import Ticket, load_ticket, save_ticket
+from elth.training import TrainingDiverged
+
+#: result.json status of a ticket run whose training diverged and was kept (`Context.keep_diverged`)
+DIVERGED = "diverged"
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class Context:
     rewind: str | None = None
     prune_fraction: float = 0.2
     progress: bool = True
+    #: a ticket run whose training diverges is recorded as diverged (`Diverged`) instead of failing
+    keep_diverged: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,15 @@ class TicketOutcome:
     mask_cost_flops: float
     ticket: str
     seconds: float
+
+
+@dataclass(frozen=True)
+class Diverged:
+    """A ticket run whose training diverged, kept in the sweep (`Context.keep_diverged`): no accuracy."""
+
+    step: int
+    error: str
+    ticket: str
 
 
 # -- shared plumbing --------------------------------------------------------------------------
@@ -175,30 +190,51 @@ def ticket_run_dir(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
     return run_dir(ctx.root, "ticket", hp)
 
 
-def ticket_cached(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | None:
-    f = ticket_run_dir(ctx, run, basis, like) / RESULT_FILE
-    if f.is_file():
-        return TicketOutcome(**json.loads(f.read_text()))
-    return None
+def ticket_cached(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | Diverged | None:
+    return _recorded(ctx, ticket_run_dir(ctx, run, basis, like) / RESULT_FILE)
 
 
-def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome:
+def _recorded(ctx: Context, result_file: Path) -> TicketOutcome | Diverged | None:
+    """The outcome a ticket run recorded; a recorded divergence counts only when diverged runs are kept
+    (otherwise the run is tried again, and fails)."""
+    if not result_file.is_file():
+        return None
+    record = json.loads(result_file.read_text())
+    if record.get("status") == DIVERGED:
+        return Diverged(record["step"], record["error"], record["ticket"]) if ctx.keep_diverged else None
+    return TicketOutcome(**record)
+
+
+def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | Diverged:
     """Make the run's ticket (or read it back), train it (or resume), and price it.
 
     `basis` is the IMP level the ticket comes from (the source's for ETTs and snip-extra, the
     target's otherwise); `like` is the target's own IMP ticket at that level, whose sparsity the
-    baselines match.
+    baselines match. With `ctx.keep_diverged`, a training that diverges is recorded in result.json
+    with status "diverged" and returned as `Diverged`; otherwise `TrainingDiverged` propagates.
     """
-    from elth.workflows.ticket_training import train_ticket
-
     directory = ticket_run_dir(ctx, run, basis, like)
     result_file = directory / RESULT_FILE
-    if result_file.is_file():
-        return TicketOutcome(**json.loads(result_file.read_text()))
+    recorded = _recorded(ctx, result_file)
+    if recorded is not None:
+        return recorded
+    try:
+        outcome = _train_ticket_run(ctx, run, basis, like, directory)
+    except TrainingDiverged as e:
+        if not ctx.keep_diverged:
+            raise
+        kept = Diverged(e.step, str(e), str(directory / TICKET_FILE))
+        write_json_atomic(result_file, {**e.record(), "status": DIVERGED, **asdict(kept)})
+        return kept
+    write_json_atomic(result_file, asdict(outcome))
+    return outcome
+
+
+def _train_ticket_run(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost, directory: Path) -> TicketOutcome:
+    from elth.workflows.ticket_training import train_ticket
+
     if run.method in DST_BASELINES:
-        outcome = _dst_outcome(ctx, run, like)
-        write_json_atomic(result_file, asdict(outcome))
-        return outcome
+        return _dst_outcome(ctx, run, like)
     start = time.time()
     data = dataset(ctx)
     protocol = protocol_for(ctx, run.target)
@@ -212,13 +248,11 @@ def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
                        progress=ctx.progress)
     steps = int(res.step) - ticket.rewind_step
     flops = training_flops(_macs(run.target, data.info, ticket.mask), steps, protocol.batch_size)
-    outcome = TicketOutcome(
+    return TicketOutcome(
         sparsity=ticket.sparsity, accuracy=float(res.test_accuracy), train_steps=steps, train_flops=flops,
         mask_cost_flops=mask_cost(ctx, run, basis, like), ticket=str(ticket_path),
         seconds=time.time() - start,
     )
-    write_json_atomic(result_file, asdict(outcome))
-    return outcome
 
 
 def _dst_outcome(ctx: Context, run: TicketRun, like: LevelCost) -> TicketOutcome:

@@ -330,7 +330,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     meta = _meta(results_dir)
     datasets = sorted({r.dataset for r in rows})
     title = meta.get("title", "")
-    parts = [_header(meta, rows, aggregate(rows)), _failures_section(meta)]
+    parts = [_header(meta, rows, aggregate(rows)), _failures_section(meta), _diverged_section(meta)]
     if len(datasets) <= 1:
         parts += _sections(rows, out, ACCURACY_FIGURE, title)
     else:
@@ -355,6 +355,18 @@ def _failures_section(meta: dict) -> str:
              f"{len(failures)} run(s) did not finish; their tickets are missing from every table and figure below.",
              "", "| run | why |", "|---|---|"]
     lines += [f"| {f['run']} | {f['error'].replace('|', '/')} |" for f in failures]
+    return "\n".join(lines) + "\n"
+
+
+def _diverged_section(meta: dict) -> str:
+    """Ticket runs whose training diverged and that the experiment kept (--keep-diverged)."""
+    diverged = meta.get("diverged") or []
+    if not diverged:
+        return ""
+    lines = ["## Diverged runs", "",
+             f"{len(diverged)} ticket run(s) diverged (a non-finite loss) and were kept as diverged: they have no "
+             "accuracy and are left out of every table and figure below.", "", "| run | what happened |", "|---|---|"]
+    lines += [f"| {d['run']} | {d['error'].replace('|', '/')} |" for d in diverged]
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from elth.errors import ElthError
 from elth.experiments.jobs import (
     Context,
+    Diverged,
     ImpOutcome,
     LevelCost,
     TicketOutcome,
@@ -53,6 +54,8 @@ class Outcome:
     trained: int = 0
     cached: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: ticket runs whose training diverged, kept because the experiment was asked to (label, error)
+    diverged: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -177,15 +180,18 @@ def _describe_imp(o: ImpOutcome) -> str:
     return f"level {last.level} at {100 * last.sparsity:.2f}% sparsity: {100 * last.accuracy:.2f}%"
 
 
-def _describe_ticket(o: TicketOutcome) -> str:
+def _describe_ticket(o: TicketOutcome | Diverged) -> str:
+    if isinstance(o, Diverged):
+        return f"DIVERGED at step {o.step} (kept)"
     return f"{100 * o.accuracy:.2f}% at {100 * o.sparsity:.2f}% sparsity ({o.seconds:.0f}s)"
 
 
-def context_for(setup: Setup, root: str | os.PathLike, *, data_dir=None, device=None, progress=True) -> Context:
+def context_for(setup: Setup, root: str | os.PathLike, *, data_dir=None, device=None, progress=True,
+                keep_diverged: bool = False) -> Context:
     return Context(
         root=str(root), dataset=setup.dataset, data_dir=None if data_dir is None else str(data_dir),
         device=device, preset=setup.preset, protocol=setup.protocol, rewind=setup.rewind,
-        prune_fraction=setup.prune_fraction, progress=progress,
+        prune_fraction=setup.prune_fraction, progress=progress, keep_diverged=keep_diverged,
     )
 
 
@@ -203,6 +209,7 @@ def run_experiment(
     threads: int | None = None,
     setups: tuple[Setup, ...] | None = None,
     command: str | None = None,
+    keep_diverged: bool = False,
 ) -> Outcome:
     """Execute every run of `experiment` at `scale` and write `results.jsonl`/`.csv` to `out_dir`.
 
@@ -210,7 +217,9 @@ def run_experiment(
     threads each (default: the cores shared out); with one worker everything runs here, with
     `threads` torch threads when given. `setups` replaces the spec's parts for `scale` (the demo
     uses it to pick its dataset). Raises `ExperimentFailed` after writing the results of the runs
-    that finished.
+    that finished. `keep_diverged`: a ticket run whose training diverges is recorded as diverged
+    (listed in experiment.json and the report, no row in the results) instead of failing the experiment;
+    an IMP run that diverges still fails (its later levels cannot be made).
     """
     if workers < 1:
         raise ElthError(f"--workers must be at least 1, got {workers}")
@@ -223,8 +232,8 @@ def run_experiment(
     start = time.time()
     parts = tuple(s.with_seeds(seeds) for s in (setups or experiment.setups(scale)))
     plans = [expand(s) for s in parts]
-    ctxs = [context_for(s, root, data_dir=data_dir, device=device, progress=progress and workers == 1)
-            for s in parts]
+    ctxs = [context_for(s, root, data_dir=data_dir, device=device, progress=progress and workers == 1,
+                        keep_diverged=keep_diverged) for s in parts]
     out = Path(out_dir)
     # One IMP run per network, dataset and seed, however many parts need it.
     unique: dict[tuple, tuple[Context, ImpRun]] = {}
@@ -326,7 +335,11 @@ def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, out
             bar.skip(run.label, bases)
             continue
         cached = ticket_cached(ctx, run, *bases)
-        if cached is not None:
+        if isinstance(cached, Diverged):
+            outcome.diverged.append((run.label, cached.error))
+            outcome.cached += 1
+            bar.skip(run.label, f"diverged at step {cached.step} (recorded)")
+        elif cached is not None:
             done[(_dataset_name(ctx), run)] = cached
             outcome.cached += 1
             bar.skip(run.label, "read from the store")
@@ -336,6 +349,9 @@ def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, out
         ctx, run = task.args[0], task.args[1]
         if err is not None:
             outcome.failures.append((task.label, err))
+        elif isinstance(result, Diverged):
+            outcome.diverged.append((task.label, result.error))
+            outcome.trained += 1
         else:
             done[(_dataset_name(ctx), run)] = result
             outcome.trained += 1
@@ -354,7 +370,7 @@ def _lmc_ticket(ctx: Context, run: LMCRun, imp: dict, tickets: dict) -> tuple[st
         return o.levels[run.level].ticket, "IMP"
     t = tickets.get((ds, run.ticket))
     if t is None:
-        return f"skipped: the ticket run {run.ticket.label} failed"
+        return f"skipped: the ticket run {run.ticket.label} failed or diverged"
     return t.ticket, curve_label((run.ticket.method, run.ticket.source, run.ticket.strategy))
 
 
@@ -368,7 +384,11 @@ def _run_lmc_phase(runs: list[tuple[Context, LMCRun]], imp, tickets, pool, bar, 
                      "source": t.source if t else "", "strategy": t.strategy if t else "", "level": run.level,
                      "seed": run.seed, **result})
 
+    diverged = {label for label, _ in outcome.diverged}
     for ctx, run in runs:
+        if run.ticket is not None and run.ticket.label in diverged:
+            bar.skip(run.label, "skipped: its ticket's training diverged (kept as diverged)")
+            continue
         found = _lmc_ticket(ctx, run, imp, tickets)
         if isinstance(found, str):
             outcome.failures.append((run.label, found))
@@ -447,6 +467,8 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
         "protocols": {m: describe_protocol(c, m) for s, c in zip(parts, ctxs) for m in s.members},
         "command": command or "",
         "wall_seconds": round(outcome.seconds, 1),
-        "runs": {"trained": outcome.trained, "cached": outcome.cached, "failed": len(outcome.failures)},
+        "runs": {"trained": outcome.trained, "cached": outcome.cached, "failed": len(outcome.failures),
+                 "diverged": len(outcome.diverged)},
         "failures": [{"run": label, "error": first_line(err)} for label, err in outcome.failures],
+        "diverged": [{"run": label, "error": err} for label, err in outcome.diverged],
     }
