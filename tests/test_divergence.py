@@ -98,3 +98,38 @@ def test_an_experiment_with_one_diverging_run_reports_it_failed_and_finishes_the
     assert records[failed]["reason"] == "diverged" and records[failed]["step"] >= 1
     imp_run = store / failed.relative_to(store).parts[0]
     assert not (imp_run / "level_1").exists()  # nothing pruned after the diverged level
+
+
+def test_a_kept_diverged_ticket_run_is_recorded_as_diverged_and_read_back(tmp_path):
+    import dataclasses
+
+    from elth.experiments.jobs import Context, Diverged, run_imp_job, run_ticket_job, ticket_cached
+    from elth.experiments.spec import ImpRun, TicketRun
+
+    fine = Context(root=str(tmp_path), dataset="digits", preset="smoke", progress=False)
+    level = run_imp_job(fine, ImpRun("mlp_2", 0, 1)).levels[1]  # a real IMP ticket, trained at the smoke LR
+    keep = dataclasses.replace(fine, protocol=(("lr", 1e6),), keep_diverged=True)
+    run = TicketRun("random", "mlp_2", 1, 0)
+
+    kept = run_ticket_job(keep, run, level, level)
+    assert isinstance(kept, Diverged) and kept.step >= 1 and kept.error.startswith("training diverged")
+    (record_file,) = tmp_path.glob("ticket-*/result.json")
+    record = strict_json(record_file.read_text())
+    assert record["status"] == "diverged" and record["step"] == kept.step
+    assert ticket_cached(keep, run, level, level) == kept  # read back, not trained again
+    strict = dataclasses.replace(keep, keep_diverged=False)
+    assert ticket_cached(strict, run, level, level) is None  # without the flag it is tried again ...
+    with pytest.raises(TrainingDiverged):
+        run_ticket_job(strict, run, level, level)  # ... and fails
+
+
+    # The runner's ticket phase counts it as diverged, not failed, and the report lists it.
+    from elth.experiments.report import _diverged_section
+    from elth.experiments.runner import Outcome, _Progress, _run_ticket_phase
+
+    imp = {("digits", "mlp_2", 0): run_imp_job(fine, ImpRun("mlp_2", 0, 1))}
+    outcome = Outcome(rows=[], out_dir=tmp_path)
+    done = _run_ticket_phase([(keep, run)], imp, None, _Progress(1, False, False), outcome)
+    assert done == {} and outcome.failures == [] and outcome.diverged == [(run.label, kept.error)]
+    section = _diverged_section({"diverged": [{"run": run.label, "error": kept.error}]})
+    assert section.startswith("## Diverged runs") and run.label in section
