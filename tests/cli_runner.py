@@ -52,7 +52,8 @@ def run_all(cases: list[dict]) -> list[dict]:
 
     import elth.cli
 
-    elth.cli.build_parser()  # imports every subcommand's module
+    for command in elth.cli.COMMANDS:
+        elth.cli.build_parser(command)  # imports the subcommand's module
     for name in PRELOAD:
         importlib.import_module(name)
 

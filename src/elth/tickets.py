@@ -15,15 +15,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import safetensors.torch
 import torch
+from safetensors import safe_open
 
 from elth.data.base import DatasetInfo
 from elth.errors import ElthError
-from elth.limits import check_seed
 from elth.files import atomic_path, json_text, tensors_hash
+from elth.limits import check_seed
 from elth.masks import Mask, apply_mask, layer_stats, sparsity
 from elth.models import ElasticModel, build_model
 from elth.runs import hparams_hash
+from elth.training.protocol import Protocol, parse_steps
 
 FORMAT = "elth-ticket"
 FORMAT_VERSION = 2  # 2: optional `dense.<key>` tensors
@@ -167,21 +170,17 @@ def from_model(
 
 def save_ticket(ticket: Ticket, path: str | os.PathLike) -> Path:
     """Validate and write atomically: a crash leaves either no file or the old one, never half a ticket."""
-    from safetensors.torch import save_file
-
     validate(ticket)
     path = Path(path)
     tensors = ticket.file_tensors()
     meta = ticket.metadata()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"elth": json_text(meta)})
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"elth": json_text(meta)})
     return path
 
 
 def load_ticket(path: str | os.PathLike) -> Ticket:
     """Read and validate a ticket; any problem is one `TicketError` naming the file."""
-    from safetensors import safe_open
-
     path = Path(path)
     if path.is_dir():
         inside = sorted(path.glob("**/*.safetensors"))[:3]
@@ -327,8 +326,6 @@ def _refuse_constant(name: str):
 
 def _validate_settings(ticket: Ticket) -> None:
     """The numbers a ticket carries into training: rewind step, rewind point, protocol, recorded seeds."""
-    from elth.training.protocol import Protocol, parse_steps
-
     if isinstance(ticket.rewind_step, bool) or not isinstance(ticket.rewind_step, int) or ticket.rewind_step < 0:
         raise TicketError(f"rewind step must be an integer >= 0, got {ticket.rewind_step!r}")
     try:

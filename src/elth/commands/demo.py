@@ -8,8 +8,14 @@ import time
 from pathlib import Path
 
 from elth.commands.common import check_output_dir
+from elth.commands.experiment import execute
+from elth.data import load_dataset
+from elth.errors import ElthError
+from elth.experiments.aggregate import aggregate, compare_ett
+from elth.experiments.results import read_results
+from elth.experiments.specs import DEMO
+from elth.methods import short_name
 
-HELP = "a few minutes' demonstration: one IMP run's tickets stretched and squeezed to other depths"
 DESCRIPTION = """\
 Runs IMP with rewinding on MLP-2, squeezes its tickets to MLP-1 and stretches them to MLP-3
 (elastic ticket transformations), trains every ticket, and compares them with IMP run on each of
@@ -46,8 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def pick_dataset(choice: str, data_dir: str | None) -> str:
     if choice != "auto":
         return choice
-    from elth.data import load_dataset
-    from elth.errors import ElthError
 
     try:
         load_dataset("fashion_mnist", data_dir)
@@ -57,11 +61,6 @@ def pick_dataset(choice: str, data_dir: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elth.commands.experiment import execute
-    from elth.experiments.aggregate import aggregate, compare_ett, short_name
-    from elth.experiments.results import read_results
-    from elth.experiments.specs import DEMO
-
     check_output_dir(args.root, "--root")
     check_output_dir(args.out, "--out")
     start = time.time()
