@@ -104,7 +104,7 @@ CASES = [
      "elth builds models of at most 1,000,000,000"),
     # tickets whose recorded settings cannot be used
     ("train-ticket: recorded lr Infinity", ["train-ticket", "lr_inf.safetensors", *SMOKE], "not a number JSON allows"),
-    ("train-ticket: recorded lr 1e999", ["inspect", "lr_huge.safetensors"], "learning rate must be a finite number"),
+    ("inspect: recorded lr 1e999", ["inspect", "lr_huge.safetensors"], "learning rate must be a finite number"),
     ("inspect: rewind step 2.5", ["inspect", "step_frac.safetensors"], "rewind step must be an integer"),
     ("train-ticket: recorded data seed 2**70", ["train-ticket", "seed_huge.safetensors", *SMOKE],
      "the recorded data seed must be an integer"),
