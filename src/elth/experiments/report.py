@@ -24,6 +24,7 @@ from elth.experiments.aggregate import (
     short_name,
     targets_of,
 )
+from elth.experiments.evidence import paired_section, verdict_section
 from elth.experiments.compute import dense_training_flops, dst_comparisons, elth_savings
 from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
 from elth.experiments.results import Row, read_lmc, read_results
@@ -334,7 +335,8 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     meta = _meta(results_dir)
     datasets = sorted({r.dataset for r in rows})
     title = meta.get("title", "")
-    parts = [_header(meta, rows, aggregate(rows))]
+    lmc = read_lmc(results_dir)
+    parts = [_header(meta, rows, aggregate(rows)), verdict_section(meta.get("name", rows[0].experiment), rows, lmc)]
     if len(datasets) <= 1:
         parts += _sections(rows, out, FIGURE, title)
     else:
@@ -344,7 +346,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
             parts += _sections([r for r in rows if r.dataset == ds], out, f"accuracy_vs_sparsity_{ds}.png",
                                f"{title} ({ds})" if title else ds)
     parts += [
-        _lmc_section(read_lmc(results_dir), out),
+        _lmc_section(lmc, out),
         "The raw rows (one per trained ticket and seed) are in `results.csv` and `results.jsonl`.\n",
     ]
     return write_text_atomic(out / REPORT, "\n".join(p for p in parts if p))
@@ -363,6 +365,7 @@ def _sections(rows: list[Row], out: Path, figure: str, title: str) -> list[str]:
     return [
         f"![{caption}]({figure})\n\n*{caption}*\n",
         _key_findings(compare_ett(points)),
+        paired_section(rows),
         _matrix(points, sorted({p.level for p in points if p.method == "ett"})),
         _per_target_tables(points, levels),
         _imp_all_levels(points),

@@ -1,0 +1,89 @@
+"""The report's evidence: paired differences over seeds per ETT ticket, the verdict on each claim of
+the paper an experiment tests, and the paper-wide verdict table of a folder of reports."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from elth.analysis.stats import WITHIN_NOISE, format_difference
+from elth.experiments.aggregate import DEFAULT_STRATEGIES, short_name
+from elth.experiments.paired import PairedComparison, ett_comparisons, ett_vs_every_baseline
+from elth.experiments.results import Row, read_lmc, read_results
+from elth.experiments.verdicts import RULE, VERDICT_HEADER, verdict_rows, verdicts_for
+
+INDEX = "README.md"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    from elth.experiments.report import table
+
+    return table(header, rows)
+
+
+def _ett_cell(c: PairedComparison) -> str:
+    return short_name(c.key[1]) + (f" ({c.key[2]})" if c.key[2] not in DEFAULT_STRATEGIES else "")
+
+
+def _diff(c: PairedComparison | None) -> str:
+    if c is None:
+        return "n/a"
+    return ("≈" if c.extrapolated and c.difference is not None else "") + format_difference(c.difference)
+
+
+def paired_section(rows: list[Row]) -> str:
+    """ETT − IMP and ETT − the best baseline per ETT ticket, seed by seed, with 95% intervals."""
+    pairs = ett_comparisons(rows)
+    if not pairs:
+        return ""
+    body = []
+    for imp, base in pairs:
+        n = imp.difference.interval.n if imp.difference is not None else 0
+        body.append([short_name(imp.target), _ett_cell(imp), str(imp.level), f"{100 * imp.sparsity:.2f}%", str(n),
+                     _diff(imp), base.against_label if base else "n/a", _diff(base)])
+    text = ("## Paired differences over seeds\n\n"
+            "Each seed's ETT ticket minus IMP (or a baseline) of the same seed, read at that ticket's own "
+            "sparsity; seeds pair the runs that share an IMP run, and runs of different seeds are never paired. "
+            "Mean over seeds in points, with its 95% t-interval over seeds in brackets; "
+            f"{WITHIN_NOISE}: the interval contains 0 (the difference is within seed noise); ≈: some seed's "
+            "reading lies just beyond the other curve's end.\n\n")
+    text += _table(["target", "ETT from", "level", "ETT sparsity", "seeds", "ETT − IMP", "best baseline",
+                    "ETT − baseline"], body)
+    every = [c for c in ett_vs_every_baseline(rows) if c.difference is not None]
+    if every:
+        text += "\nETT against every baseline that can be read at its sparsity (same reading):\n\n"
+        text += _table(["target", "ETT from", "level", "baseline", "ETT − baseline"],
+                       [[short_name(c.target), _ett_cell(c), str(c.level), c.against_label, _diff(c)] for c in every])
+    return text
+
+
+def verdict_section(experiment: str, rows: list[Row], lmc: list[dict]) -> str:
+    verdicts = verdicts_for(experiment, rows, lmc)
+    if not verdicts:
+        return ""
+    return ("## Verdicts on the paper's claims at this scale\n\n" + RULE + "\n\n"
+            + _table(VERDICT_HEADER, verdict_rows(verdicts)))
+
+
+def write_verdict_index(results_root: str | Path, title: str = "Results made with elth",
+                        preamble: str = "") -> Path:
+    """`README.md` of a folder of experiment reports: every claim's verdict, each row linked to its
+    report, then the list of reports."""
+    from elth.runs import write_text_atomic
+
+    root = Path(results_root)
+    rows, listing = [], []
+    for d in sorted(p for p in root.iterdir() if (p / "experiment.json").is_file()):
+        meta = json.loads((d / "experiment.json").read_text())
+        results = read_results(d)
+        seeds = len({r.seed for r in results})
+        link = f"[{d.name}]({d.name}/report.md)"
+        rows += verdict_rows(verdicts_for(meta.get("name", ""), results, read_lmc(d)), link)
+        listing.append([link, meta.get("paper", ""), str(seeds), f"`{meta.get('command', '')}`"])
+    text = [f"# {title}\n"]
+    if preamble:
+        text.append(preamble.strip() + "\n")
+    text.append("## Verdicts on the paper's claims\n\n" + RULE + "\n")
+    text.append(_table(VERDICT_HEADER + ["report"], rows))
+    text.append("## Reports\n")
+    text.append(_table(["report", "the paper's", "seeds", "command"], listing))
+    return write_text_atomic(root / INDEX, "\n".join(text))

@@ -1,0 +1,106 @@
+"""The report's paired differences and verdicts, pinned to exact signed cells of hand-made tables."""
+import json
+
+import pytest
+
+from elth.analysis.stats import paired_difference
+from elth.experiments.evidence import INDEX, write_verdict_index
+from elth.experiments.paired import IMP_KEY, SeedPoints, compare_paired
+from elth.experiments.report import REPORT, write_report
+from elth.experiments.results import Row, write_results
+from elth.experiments.verdicts import MIN_SEEDS, TABLE5_MARGIN, claims_of, decide, judge
+
+
+def row(target, method, level, sparsity, seed, accuracy, source="", experiment="hand"):
+    return Row(experiment, "cpu", "fashion_mnist", target, method, source, "appending" if source else "",
+               level, sparsity, seed, accuracy, 100, 10.0, 0.0, f"t/{target}/{method}/{level}/{seed}")
+
+
+# Per seed: IMP on MLP-3 at 36% sparsity, the ETT ticket from MLP-2 at exactly that sparsity, SNIP there.
+IMP_36 = {0: 0.890, 1: 0.900, 2: 0.910}
+ETT_36 = {0: 0.880, 1: 0.885, 2: 0.900}  # ETT - IMP: -1.0, -1.5, -1.0 points
+SNIP_36 = {0: 0.870, 1: 0.875, 2: 0.880}  # ETT - SNIP: +1.0, +1.0, +2.0 points
+
+
+def table(experiment="hand", ett_shift=0.0) -> list[Row]:
+    rows = []
+    for seed in (0, 1, 2):
+        for target in ("mlp_2", "mlp_3"):
+            rows.append(row(target, "dense", 0, 0.0, seed, 0.91, experiment=experiment))
+            for level, acc in ((1, 0.905), (2, IMP_36[seed]), (3, 0.85)):
+                rows.append(row(target, "imp", level, 1 - 0.8 ** level, seed, acc, experiment=experiment))
+        rows.append(row("mlp_3", "snip", 2, 0.36, seed, SNIP_36[seed], experiment=experiment))
+        rows.append(row("mlp_3", "ett", 2, 0.36, seed, ETT_36[seed] + ett_shift, source="mlp_2",
+                        experiment=experiment))
+    return rows
+
+
+# mean -1.1667 points; sample std 0.28868; t_{0.975,2} = 4.302653: half width 0.71711
+ETT_MINUS_IMP = "-1.17 [-1.88, -0.45]"
+# mean +1.3333; sample std 0.57735; half width 1.43422
+ETT_MINUS_SNIP = "+1.33 [-0.10, +2.77] ~0"
+
+
+def test_report_cells_carry_the_exact_signed_differences(tmp_path):
+    write_results(table(), tmp_path)
+    text = write_report(tmp_path).read_text()
+    # the comparison of means: ETT 88.83 vs IMP 90.00 read at 36%
+    findings = next(line for line in text.splitlines() if line.startswith("| MLP-3 | MLP-2 | 2 | 36.00% | 88.83"))
+    cells = [c.strip() for c in findings.strip("|").split("|")]
+    assert cells[5:10] == ["90.00", "-1.17", "SNIP", "87.50", "+1.33"]
+    # the source x target matrix's ETT - IMP cell
+    assert "| MLP-2 | — | -1.17 |" in text
+    # the paired differences, with their intervals
+    paired = next(line for line in text.splitlines() if line.startswith("| MLP-3 | MLP-2 | 2 | 36.00% | 3 |"))
+    assert [c.strip() for c in paired.strip("|").split("|")][5:] == [ETT_MINUS_IMP, "SNIP", ETT_MINUS_SNIP]
+
+
+def test_seeds_are_never_paired_across(tmp_path):
+    rows = table()
+    # a fourth seed that only IMP has, and a seed of ETT that IMP lacks: neither may enter the pairing
+    rows += [row("mlp_3", "imp", lv, 1 - 0.8 ** lv, 7, 0.10) for lv in (1, 2, 3)]
+    rows += [row("mlp_3", "ett", 2, 0.36, 9, 0.99, source="mlp_2")]
+    c = compare_paired(SeedPoints.of(rows), "mlp_3", ("ett", "mlp_2", "appending"), 2, IMP_KEY)
+    assert c.difference.seeds == (0, 1, 2)
+    assert c.difference.differences == pytest.approx((-0.010, -0.015, -0.010))
+
+
+def test_verdict_rule():
+    above = paired_difference({0: 0.001, 1: 0.002, 2: 0.0015}, {0: 0.0, 1: 0.0, 2: 0.0})
+    below = paired_difference({0: -0.010, 1: -0.012, 2: -0.011}, {0: 0.0, 1: 0.0, 2: 0.0})
+    straddling = paired_difference({0: -0.010, 1: 0.010, 2: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    two_seeds = paired_difference({0: 0.05, 1: 0.06}, {0: 0.0, 1: 0.0})
+    assert decide(above, 0.0)[0] == "confirmed"
+    assert decide(below, 0.0)[0] == "contradicted"
+    assert decide(below, 0.02)[0] == "confirmed"  # a shortfall the margin allows
+    assert decide(straddling, 0.0)[0] == "inconclusive"
+    assert MIN_SEEDS == 3 and decide(two_seeds, 0.0)[0] == "inconclusive"
+    assert decide(None, 0.0)[0] == "inconclusive"
+
+
+def test_table5_claim_judged_on_hand_made_rows():
+    (claim,) = claims_of("fc_table5")
+    assert claim.margin == TABLE5_MARGIN
+    # ETT 1.17 points below IMP: beyond the paper's 0.21, tightly: contradicted
+    v = judge(claim, table("fc_table5"), [])
+    assert v.outcome == "contradicted" and v.cells == 1
+    assert v.difference.mean == pytest.approx(-0.011667, abs=1e-6)
+    # ETT 0.1 points above IMP in every seed: confirmed
+    shifted = {s: IMP_36[s] - ETT_36[s] + 0.001 for s in IMP_36}
+    rows = [r if r.method != "ett" else row(r.target, "ett", r.level, r.sparsity, r.seed,
+                                            r.accuracy + shifted[r.seed], source=r.source, experiment="fc_table5")
+            for r in table("fc_table5")]
+    assert judge(claim, rows, []).outcome == "confirmed"
+
+
+def test_paper_wide_verdict_table_links_each_row_to_its_report(tmp_path):
+    exp = tmp_path / "fc_table5-cpu"
+    write_results(table("fc_table5"), exp)
+    (exp / "experiment.json").write_text(json.dumps({"name": "fc_table5", "paper": "Table 5", "command": "x"}))
+    text = write_verdict_index(tmp_path).read_text()
+    assert (tmp_path / INDEX).is_file()
+    line = next(l for l in text.splitlines() if l.startswith("| Table 5 |"))
+    assert "-1.17 [-1.88, -0.45]" in line and "**contradicted**" in line
+    assert line.endswith("[fc_table5-cpu](fc_table5-cpu/report.md) |")
+    report = write_report(exp).read_text()
+    assert "## Verdicts on the paper's claims at this scale" in report and "**contradicted**" in report
