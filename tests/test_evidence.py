@@ -6,7 +6,7 @@ import pytest
 from elth.analysis.stats import paired_difference
 from elth.experiments.evidence import INDEX, write_verdict_index
 from elth.experiments.paired import IMP_KEY, SeedPoints, compare_paired
-from elth.experiments.report import REPORT, write_report
+from elth.experiments.report import write_report
 from elth.experiments.results import Row, write_results
 from elth.experiments.verdicts import MIN_SEEDS, TABLE5_MARGIN, claims_of, decide, judge
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from elth.data import load_dataset
 from elth.models import build_model
-from elth.sparsity.imp import IMPConfig, run_imp
+from elth.workflows.imp import IMPConfig, run_imp
 from elth.tickets import load_ticket
 from elth.training import Protocol
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from elth.analysis.stats import WITHIN_NOISE, format_difference
+from elth.files import EXPERIMENT_FILE, REPORT_FILE, write_text_atomic
 from elth.experiments.aggregate import DEFAULT_STRATEGIES, short_name
 from elth.experiments.paired import PairedComparison, ett_comparisons, ett_vs_every_baseline
 from elth.experiments.results import Row, read_lmc, read_results
@@ -68,15 +69,13 @@ def write_verdict_index(results_root: str | Path, title: str = "Results made wit
                         preamble: str = "") -> Path:
     """`README.md` of a folder of experiment reports: every claim's verdict, each row linked to its
     report, then the list of reports."""
-    from elth.runs import write_text_atomic
-
     root = Path(results_root)
     rows, listing = [], []
-    for d in sorted(p for p in root.iterdir() if (p / "experiment.json").is_file()):
-        meta = json.loads((d / "experiment.json").read_text())
+    for d in sorted(p for p in root.iterdir() if (p / EXPERIMENT_FILE).is_file()):
+        meta = json.loads((d / EXPERIMENT_FILE).read_text())
         results = read_results(d)
         seeds = len({r.seed for r in results})
-        link = f"[{d.name}]({d.name}/report.md)"
+        link = f"[{d.name}]({d.name}/{REPORT_FILE})"
         rows += verdict_rows(verdicts_for(meta.get("name", ""), results, read_lmc(d)), link)
         listing.append([link, meta.get("paper", ""), str(seeds), f"`{meta.get('command', '')}`"])
     text = [f"# {title}\n"]
