@@ -29,6 +29,11 @@ def adjustable_keys(ticket: Ticket) -> list[str]:
     return out
 
 
+def has_replicable_units(model: str) -> bool:
+    """Whether some stage of `model` has units besides its transition (otherwise nothing can match)."""
+    return any(n > 1 for n in model_view(model).structure.stage_lengths)
+
+
 def match_sparsity(ticket: Ticket, sparsity: float) -> Ticket:
     """A copy of `ticket` whose sparsity is `sparsity` to the nearest weight (see the module doc);
     its provenance records what was changed under "match_sparsity"."""

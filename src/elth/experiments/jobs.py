@@ -257,6 +257,10 @@ def _transformed(ctx: Context, run: TicketRun, basis: LevelCost) -> Ticket:
             ticket, run.target, order=run.order, squeeze_mode=run.squeeze_mode, units=run.units, drop=run.drop,
             random_replicas=run.random_replicas, seed=run.seed, source_path=basis.ticket,
         )
+        if run.match_sparsity:
+            from elth.elastic import match_sparsity, source_sparsity
+
+            ticket = match_sparsity(ticket, source_sparsity(ticket))
     if run.source_dataset:
         ticket = to_dataset(ticket, dataset(ctx).info, seed=run.seed)
     return ticket

@@ -93,6 +93,9 @@ class Setup:
     lmc_levels: tuple[int, ...] = ()
     #: evenly spaced interpolation coefficients on each path, endpoints included
     lmc_points: int = 30
+    #: beyond the paper: every transfer that changes depth also gets a sparsity-matched ETT ticket
+    #: (`elth transform --match-sparsity`; strategy "<strategy> matched"), compared like the plain one
+    match_sparsity: bool = False
     #: what this scale changes with respect to the paper, in one or two sentences
     note: str = ""
 
@@ -232,6 +235,8 @@ class TicketRun:
     drop: tuple[int, ...] | None = None
     random_replicas: bool = False
     source_dataset: str = ""
+    #: the ETT ticket brought to its source's exact sparsity (`elastic.match_sparsity`)
+    match_sparsity: bool = False
 
     @property
     def label(self) -> str:
@@ -244,10 +249,11 @@ class TicketRun:
         """How a transfer run's ticket is made: 'appending', 'interpolation 1,2', 'drop 1,3', ..."""
         if not self.source:
             return ""
+        matched = " matched" if self.match_sparsity else ""
         if self.source_dataset:
             how = self._depth_strategy()
-            return (f"{how} " if how else "") + f"from {self.source_dataset}"
-        return self._depth_strategy()
+            return (f"{how} " if how else "") + f"from {self.source_dataset}" + matched
+        return self._depth_strategy() + matched
 
     def _depth_strategy(self) -> str:
         if self.source == self.target:
@@ -272,6 +278,8 @@ class TicketRun:
             d["random_replicas"] = True
         if self.source_dataset:
             d["source_dataset"] = self.source_dataset
+        if self.match_sparsity:
+            d["match_sparsity"] = True
         return d
 
 
@@ -312,6 +320,12 @@ def is_stretch(source: str, target: str) -> bool:
     return b.depth + b.fc_layers > a.depth + a.fc_layers
 
 
+def _matchable(target: str) -> bool:
+    from elth.elastic.match import has_replicable_units
+
+    return has_replicable_units(target)
+
+
 def _transfer_run(method: str, t: Transfer, level: int, seed: int) -> TicketRun:
     return TicketRun(method, t.target, level, seed, t.source, t.order, t.squeeze_mode, t.units, t.drop,
                      t.random_replicas, t.source_dataset or "")
@@ -332,6 +346,8 @@ def expand(setup: Setup) -> Plan:
             if level in setup.levels:
                 for t in transfers:
                     tickets.append(_transfer_run("ett", t, level, s))
+                    if setup.match_sparsity and t.source != t.target and _matchable(t.target):
+                        tickets.append(replace(_transfer_run("ett", t, level, s), match_sparsity=True))
             for target in setup.members:
                 for b in setup.baselines:
                     if b in TRANSFER_BASELINES:
