@@ -104,3 +104,15 @@ def test_paper_wide_verdict_table_links_each_row_to_its_report(tmp_path):
     assert line.endswith("[fc_table5-cpu](fc_table5-cpu/report.md) |")
     report = write_report(exp).read_text()
     assert "## Verdicts on the paper's claims at this scale" in report and "**contradicted**" in report
+
+
+def test_report_index_command(tmp_path, capsys):
+    from elth.cli import main
+
+    exp = tmp_path / "fc_table5-cpu"
+    write_results(table("fc_table5"), exp)
+    (exp / "experiment.json").write_text(json.dumps({"name": "fc_table5", "paper": "Table 5", "command": "x"}))
+    assert main(["report", str(tmp_path), "--index"]) == 0
+    assert (exp / "report.md").is_file() and "**contradicted**" in (tmp_path / INDEX).read_text()
+    assert main(["report", str(tmp_path / "fc_table5-cpu"), "--index"]) == 2  # no experiments inside
+    assert "no experiment directories" in capsys.readouterr().err

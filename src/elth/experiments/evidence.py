@@ -10,7 +10,7 @@ from elth.files import EXPERIMENT_FILE, REPORT_FILE, write_text_atomic
 from elth.experiments.aggregate import DEFAULT_STRATEGIES, short_name
 from elth.experiments.paired import PairedComparison, ett_comparisons, ett_vs_every_baseline
 from elth.experiments.results import Row, read_lmc, read_results
-from elth.experiments.verdicts import RULE, VERDICT_HEADER, verdict_rows, verdicts_for
+from elth.experiments.verdicts import CLAIMS, RULE, VERDICT_HEADER, verdict_rows, verdicts_for
 
 INDEX = "README.md"
 
@@ -65,24 +65,30 @@ def verdict_section(experiment: str, rows: list[Row], lmc: list[dict]) -> str:
             + _table(VERDICT_HEADER, verdict_rows(verdicts)))
 
 
+def experiment_dirs(root: str | Path) -> list[Path]:
+    """The experiment output directories in `root` (those with an experiment.json), sorted."""
+    return sorted(p for p in Path(root).iterdir() if (p / EXPERIMENT_FILE).is_file())
+
+
 def write_verdict_index(results_root: str | Path, title: str = "Results made with elth",
                         preamble: str = "") -> Path:
     """`README.md` of a folder of experiment reports: every claim's verdict, each row linked to its
     report, then the list of reports."""
     root = Path(results_root)
-    rows, listing = [], []
-    for d in sorted(p for p in root.iterdir() if (p / EXPERIMENT_FILE).is_file()):
+    ranked, listing = [], []
+    for d in experiment_dirs(root):
         meta = json.loads((d / EXPERIMENT_FILE).read_text())
         results = read_results(d)
         seeds = len({r.seed for r in results})
         link = f"[{d.name}]({d.name}/{REPORT_FILE})"
-        rows += verdict_rows(verdicts_for(meta.get("name", ""), results, read_lmc(d)), link)
+        verdicts = verdicts_for(meta.get("name", ""), results, read_lmc(d))
+        ranked += [(CLAIMS.index(v.claim), d.name, row) for v, row in zip(verdicts, verdict_rows(verdicts, link))]
         listing.append([link, meta.get("paper", ""), str(seeds), f"`{meta.get('command', '')}`"])
     text = [f"# {title}\n"]
     if preamble:
         text.append(preamble.strip() + "\n")
     text.append("## Verdicts on the paper's claims\n\n" + RULE + "\n")
-    text.append(_table(VERDICT_HEADER + ["report"], rows))
+    text.append(_table(VERDICT_HEADER + ["report"], [row for *_, row in sorted(ranked)]))
     text.append("## Reports\n")
     text.append(_table(["report", "the paper's", "seeds", "command"], listing))
     return write_text_atomic(root / INDEX, "\n".join(text))
