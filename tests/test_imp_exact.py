@@ -104,3 +104,14 @@ def test_every_level_trains_from_the_rewind_step_to_the_end(counted_run):
     level = list(range(REWIND_STEP, END_STEP))
     assert served == rewind_training + level * (LEVELS + 1)
     assert [r.end_step for r in results] == [END_STEP] * (LEVELS + 1)
+
+
+def test_a_ticket_trains_from_its_rewind_step_to_the_end(counted_run, tmp_path):
+    from elth.workflows import train_ticket
+
+    _, results = counted_run
+    data = CountingData()
+    res = train_ticket(load_ticket(results[1].ticket_path), data, PROTOCOL, data_seed=DATA_SEED, root=tmp_path,
+                       device="cpu", progress=False)
+    assert data.served == list(range(REWIND_STEP, END_STEP))
+    assert res.test_accuracy == results[1].test_accuracy  # the same run as IMP's level 1
