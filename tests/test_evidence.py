@@ -116,3 +116,13 @@ def test_report_index_command(tmp_path, capsys):
     assert (exp / "report.md").is_file() and "**contradicted**" in (tmp_path / INDEX).read_text()
     assert main(["report", str(tmp_path / "fc_table5-cpu"), "--index"]) == 2  # no experiments inside
     assert "no experiment directories" in capsys.readouterr().err
+
+
+def test_plain_summary_says_when_a_difference_is_within_noise():
+    from elth.experiments.evidence import plain_summary
+
+    (line,) = plain_summary(table())
+    assert line.strip() == ("MLP-3 <- MLP-2 at 36.0% sparsity (3 seeds): vs IMP -1.17 [-1.88, -0.45] points: ETT worse; "
+                            "vs best baseline (SNIP) +1.33 [-0.10, +2.77] points: within seed noise")
+    one_seed = [r for r in table() if r.seed == 0]
+    assert "cannot be told from seed noise" in plain_summary(one_seed)[0]

@@ -56,7 +56,7 @@ def pick_dataset(choice: str, data_dir: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from elth.commands.experiment import execute
-    from elth.experiments.aggregate import aggregate, compare_ett, short_name
+    from elth.experiments.evidence import plain_summary
     from elth.experiments.results import read_results
     from elth.experiments.specs import DEMO
 
@@ -68,18 +68,10 @@ def run(args: argparse.Namespace) -> int:
           f"SNIP and random baselines; store {args.root}, report in {out}", file=sys.stderr)
     command = "elth demo" + (f" --dataset {args.dataset}" if args.dataset != "auto" else "")
     execute(DEMO, "cpu", args, out, setups=setups, command=command)
-    lines = ["", "ETT tickets from MLP-2 vs IMP run on the target itself and the best baseline, both read at "
-                 "the ETT ticket's own sparsity (~: just beyond the curve's end, extrapolated):"]
-    for c in compare_ett(aggregate(read_results(out))):
-        if c.imp_at_sparsity is None:
-            continue
-        mark = "~" if c.imp_at_sparsity.extrapolated else ""
-        base = ""
-        if c.baseline_at_sparsity is not None:
-            approx = "~" if c.baseline_at_sparsity.extrapolated else ""
-            base = f"; best baseline ({c.best_baseline}) {approx}{100 * c.baseline_at_sparsity.accuracy:.2f}%"
-        lines.append(f"  {short_name(c.target)} at {100 * c.sparsity:.1f}% sparsity: ETT {100 * c.accuracy:.2f}% "
-                     f"vs IMP {mark}{100 * c.imp_at_sparsity.accuracy:.2f}%{base}")
+    lines = ["", "ETT tickets from MLP-2 minus IMP run on the target itself and minus the best baseline, both "
+                 "read at the ETT ticket's own sparsity, seed by seed (mean and 95% interval over seeds; "
+                 "~: just beyond the other curve's end):"]
+    lines += plain_summary(read_results(out))
     lines.append(f"\ndemo finished in {time.time() - start:.0f}s")
     print("\n".join(lines))
     return 0

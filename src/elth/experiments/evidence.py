@@ -92,3 +92,29 @@ def write_verdict_index(results_root: str | Path, title: str = "Results made wit
     text.append("## Reports\n")
     text.append(_table(["report", "the paper's", "seeds", "command"], listing))
     return write_text_atomic(root / INDEX, "\n".join(text))
+
+
+def _in_words(c: PairedComparison | None, name: str) -> str:
+    if c is None or c.difference is None:
+        return f"vs {name}: n/a"
+    iv = c.difference.interval
+    approx = "~" if c.extrapolated else ""
+    text = f"vs {name} {approx}{100 * iv.mean:+.2f}"
+    if iv.low is None:
+        return text + " points (one seed: no interval, so it cannot be told from seed noise)"
+    text += f" [{100 * iv.low:+.2f}, {100 * iv.high:+.2f}] points"
+    if iv.contains_zero:
+        return text + ": within seed noise"
+    return text + (": ETT better" if iv.low > 0 else ": ETT worse")
+
+
+def plain_summary(rows: list[Row]) -> list[str]:
+    """One line per ETT ticket: its difference from IMP and from the best baseline, paired over seeds
+    with 95% intervals, and in words whether it stands out of seed noise."""
+    lines = []
+    for imp, base in ett_comparisons(rows):
+        n = imp.difference.interval.n if imp.difference is not None else 0
+        lines.append(f"  {short_name(imp.target)} <- {_ett_cell(imp)} at {100 * imp.sparsity:.1f}% sparsity "
+                     f"({n} seed{'s' if n != 1 else ''}): {_in_words(imp, 'IMP')}; "
+                     + _in_words(base, f"best baseline ({base.against_label})" if base else "best baseline"))
+    return lines
