@@ -11,8 +11,10 @@ HELP = "a few minutes' demonstration: one IMP run's tickets stretched and squeez
 DESCRIPTION = """\
 Runs IMP with rewinding on MLP-2, squeezes its tickets to MLP-1 and stretches them to MLP-3
 (elastic ticket transformations), trains every ticket, and compares them with IMP run on each of
-those depths and with SNIP and random tickets of the same sparsity. Prints the table and writes
-the report (report.md) and its figure.
+those depths and with SNIP and random tickets of the same sparsity, over three seeds. Prints each
+ETT ticket's difference from IMP and from the best baseline, paired seed by seed with a 95%
+interval, and says when a difference is within seed noise; writes the report (report.md, with
+the verdicts) and its figure.
 
 Data: Fashion-MNIST when its files are installed (e.g. Debian's dataset-fashion-mnist package),
 otherwise scikit-learn's built-in 8x8 digits, so it runs on a fresh machine with no download.
