@@ -59,6 +59,7 @@ def pick_dataset(choice: str, data_dir: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from elth.commands.experiment import execute
     from elth.experiments.evidence import plain_summary
+    from elth.experiments.verdicts import verdicts_for
     from elth.experiments.results import read_results
     from elth.experiments.specs import DEMO
 
@@ -73,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
     lines = ["", "ETT tickets from MLP-2 minus IMP run on the target itself and minus the best baseline, both "
                  "read at the ETT ticket's own sparsity, seed by seed (mean and 95% interval over seeds; "
                  "~: just beyond the other curve's end):"]
-    lines += plain_summary(read_results(out))
+    rows = read_results(out)
+    lines += plain_summary(rows)
+    lines += ["", "The paper's claims at this scale (rule and intervals in the report):"]
+    lines += [f"  {v.claim.statement}: {v.outcome} ({v.reason})" for v in verdicts_for("demo", rows, [])]
     lines.append(f"\ndemo finished in {time.time() - start:.0f}s")
     print("\n".join(lines))
     return 0
