@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     execute(DEMO, "cpu", args, out, setups=setups, command=command)
     lines = ["", "ETT tickets from MLP-2 minus IMP run on the target itself and minus the best baseline, both "
                  "read at the ETT ticket's own sparsity, seed by seed (mean and 95% interval over seeds; "
-                 "~: just beyond the other curve's end):"]
+                 "~: just beyond the other curve's end; n/a: the other curve has no point near that sparsity):"]
     rows = read_results(out)
     lines += plain_summary(rows)
     lines += ["", "The paper's claims at this scale (rule and intervals in the report):"]

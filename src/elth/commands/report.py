@@ -78,5 +78,7 @@ INDEX_PREAMBLE = """\
 Each folder holds one experiment's `report.md` (verdicts, tables, paired comparisons over seeds,
 compute), its figure(s), the tidy rows (`results.csv`, `results.jsonl`) and `experiment.json`
 (spec, protocol, command, wall time). Each report's "This scale" paragraph says what differs from
-the paper. Regenerate the reports and this page with `elth report docs/results --index`.
+the paper, and its header says when it ran fewer seeds than its spec now asks for.
+`protocols.md` gives each cpu-scale protocol's measured seed-to-seed spread and wall time.
+Regenerate the reports and this page with `elth report docs/results --index`.
 """

@@ -83,14 +83,19 @@ def write_verdict_index(results_root: str | Path, title: str = "Results made wit
         link = f"[{d.name}]({d.name}/{REPORT_FILE})"
         verdicts = verdicts_for(meta.get("name", ""), results, read_lmc(d))
         ranked += [(CLAIMS.index(v.claim), d.name, row) for v, row in zip(verdicts, verdict_rows(verdicts, link))]
-        listing.append([link, meta.get("paper", ""), str(seeds), f"`{meta.get('command', '')}`"])
+        protocols = sorted(set(meta.get("protocols", {}).values()))
+        listing.append([link, meta.get("paper", ""), str(seeds), "; ".join(protocols) or "n/a",
+                        f"{meta['wall_seconds'] / 60:.0f} min" if "wall_seconds" in meta else "n/a",
+                        f"`{meta.get('command', '')}`"])
     text = [f"# {title}\n"]
     if preamble:
         text.append(preamble.strip() + "\n")
     text.append("## Verdicts on the paper's claims\n\n" + RULE + "\n")
     text.append(_table(VERDICT_HEADER + ["report"], [row for *_, row in sorted(ranked)]))
     text.append("## Reports\n")
-    text.append(_table(["report", "the paper's", "seeds", "command"], listing))
+    text.append("The protocol each report was run with (its training of every ticket), its seeds and its wall "
+                "time; a report run before its spec changed keeps its own protocol.\n")
+    text.append(_table(["report", "the paper's", "seeds", "protocol", "wall time", "command"], listing))
     return write_text_atomic(root / INDEX, "\n".join(text))
 
 
