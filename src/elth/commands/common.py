@@ -5,8 +5,12 @@ Each helper defines one option group once, so every command spells and documents
 from __future__ import annotations
 
 import argparse
+import sys
+
+import torch
 
 from elth.errors import ElthError
+from elth.training import default_device
 from elth.training.protocol import PRESETS, Protocol, ProtocolError, preset
 
 
@@ -77,9 +81,6 @@ def protocol_from_args(args: argparse.Namespace, dataset: str, model: str, base:
 
 def resolve_device(name: str | None):
     """`--device` as a torch device, with a clear error for unknown or unavailable ones."""
-    import torch
-
-    from elth.training import default_device
 
     try:
         device = torch.device(name) if name else default_device()
@@ -109,3 +110,21 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+class _OldRootSpelling(argparse.Action):
+    """`--out DIR` where a command used to take the run store that way: still works, with a note."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"elth: {option_string} DIR for the run store is deprecated; write --root DIR "
+              "(--out names a results folder)", file=sys.stderr)
+        setattr(namespace, "root", values)
+
+
+def add_root_argument(parser: argparse.ArgumentParser, help: str, *, out_meant_root: bool = False) -> None:
+    """--root DIR, the store of runs (default ./runs). `out_meant_root`: the command's --out used to
+    name the store; it still does (hidden from --help), with a deprecation note."""
+    parser.add_argument("--root", default="runs", metavar="DIR", help=help)
+    if out_meant_root:
+        parser.add_argument("--out", action=_OldRootSpelling, metavar="DIR", default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)

@@ -7,18 +7,13 @@ from pathlib import Path
 
 from elth.analysis.stats import WITHIN_NOISE, format_difference
 from elth.files import EXPERIMENT_FILE, REPORT_FILE, write_text_atomic
-from elth.experiments.aggregate import DEFAULT_STRATEGIES, short_name
+from elth.experiments.markdown import table as _table
 from elth.experiments.paired import PairedComparison, ett_comparisons, ett_vs_every_baseline
 from elth.experiments.results import Row, read_lmc, read_results
 from elth.experiments.verdicts import CLAIMS, RULE, VERDICT_HEADER, verdict_rows, verdicts_for
+from elth.methods import DEFAULT_STRATEGIES, short_name
 
 INDEX = "README.md"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    from elth.experiments.report import table
-
-    return table(header, rows)
 
 
 def _ett_cell(c: PairedComparison) -> str:

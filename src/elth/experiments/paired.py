@@ -10,18 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from elth.analysis.stats import PairedDifference, paired_difference
-from elth.experiments.aggregate import (
-    CurveKey,
-    Point,
-    aggregate,
-    compare_ett,
-    curve_label,
-    curves,
-    imp_curve,
-    read_at,
-    targets_of,
-)
-from elth.experiments.results import PRUNING_BASELINES, Row
+from elth.experiments.aggregate import Point, aggregate, compare_ett, curves, imp_curve, read_at, targets_of
+from elth.experiments.results import Row
+from elth.methods import BASELINES, CurveKey, curve_label
 
 IMP_KEY: CurveKey = ("imp", "", "")
 
@@ -93,7 +84,7 @@ def baselines_for(points: list[Point], target: str, ett: CurveKey) -> list[Curve
     """The baselines an ETT curve is compared with: the target's own (no source) and the controls
     built from the same source and strategy."""
     return [k for k in curves(points, target)
-            if k[0] in PRUNING_BASELINES and (k[1] == "" or (k[1], k[2]) == (ett[1], ett[2]))]
+            if k[0] in BASELINES and (k[1] == "" or (k[1], k[2]) == (ett[1], ett[2]))]
 
 
 def ett_comparisons(rows: list[Row]) -> list[tuple[PairedComparison, PairedComparison | None]]:

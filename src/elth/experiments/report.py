@@ -8,27 +8,32 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import statistics
+from dataclasses import fields
 from pathlib import Path
 
+from elth.analysis import LMCResult, plot_lmc
 from elth.experiments.aggregate import (
-    DEFAULT_STRATEGIES,
     Comparison,
     Point,
     Reading,
     aggregate,
     compare_ett,
-    curve_label,
     curves,
     imp_curve,
     read_at,
-    short_name,
     targets_of,
 )
 from elth.experiments.evidence import paired_section, verdict_section
+from elth.experiments.markdown import table
 from elth.experiments.compute import dense_training_flops, dst_comparisons, elth_savings
 from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
 from elth.experiments.results import Row, read_lmc, read_results
+from elth.experiments.spec import SpecError
+from elth.experiments.specs import get_experiment
 from elth.files import ACCURACY_FIGURE, EXPERIMENT_FILE, REPORT_FILE, write_text_atomic
+from elth.methods import DEFAULT_STRATEGIES, curve_label, short_name
 
 
 def nominal_sparsity(level: int, fraction: float = 0.2) -> float:
@@ -59,12 +64,6 @@ def flops(x: float) -> str:
     return f"{x:.3g}"
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def evaluated_levels(points: list[Point]) -> list[int]:
     """Levels with tickets other than IMP's own (ETTs or baselines); IMP's levels when there are none."""
     levels = sorted({p.level for p in points if p.method not in ("imp", "dense")})
@@ -84,9 +83,6 @@ def _meta(results_dir: Path) -> dict:
 # -- sections ---------------------------------------------------------------------------------
 def _spec_seeds(meta: dict) -> int | None:
     """The number of seeds the shipped spec gives the reported scale (None for unknown experiments)."""
-    from elth.experiments.spec import SpecError
-    from elth.experiments.specs import get_experiment
-
     try:
         setups = get_experiment(meta.get("name", "")).setups(meta.get("scale", ""))
     except SpecError:
@@ -277,10 +273,7 @@ def _lmc_section(paths: list[dict], out: Path) -> str:
     """Figure 8's analysis: per target and level, every ticket's path between its two trained copies."""
     if not paths:
         return ""
-    import statistics
-    from dataclasses import fields
 
-    from elth.analysis import LMCResult, plot_lmc
 
     names = {f.name for f in fields(LMCResult)}
     text = ["## Linear mode connectivity\n",
@@ -390,7 +383,5 @@ def summary_text(rows: list[Row]) -> str:
 
 def report_figures(report: str | os.PathLike) -> list[Path]:
     """The PNG figures a written report shows, in order."""
-    import re
-
     path = Path(report)
     return [path.parent / name for name in dict.fromkeys(re.findall(r"\]\(([^)\s]+\.png)\)", path.read_text()))]

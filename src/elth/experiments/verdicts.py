@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from elth.analysis.stats import PairedDifference, format_difference, paired_difference, pooled
-from elth.experiments.aggregate import DEFAULT_STRATEGIES, CurveKey, aggregate, curves, targets_of
+from elth.experiments.aggregate import aggregate, curves, targets_of
 from elth.experiments.paired import IMP_KEY, SeedPoints, compare_paired, ett_comparisons
 from elth.experiments.results import Row
+from elth.methods import DEFAULT_STRATEGIES, CurveKey, names
+from elth.models import parse_model_name
 
 MIN_SEEDS = 3
 #: the largest shortfall (accuracy fraction) an "on par" claim without a number of its own allows
@@ -32,7 +34,8 @@ ON_PAR_MARGIN = 0.005
 TABLE5_MARGIN = 0.0021
 #: Figure 3: "ETTs are among the best at all non-trivial sparsity levels (>= 50%)"
 NON_TRIVIAL_SPARSITY = 0.5
-CONTROLS = ("ett-reinit", "ett-random", "ett-random-reinit", "snip-extra")
+#: Figure 3's controls: the ETT ticket re-initialised, under a shuffled mask, both, and SNIP-extra
+CONTROLS = names("ett-control") + ("snip-extra",)
 
 RULE = (f"Verdict rule: each claim's effect is a per-seed paired difference (seeds pair the runs that "
         f"share an IMP run; several tickets are averaged within a seed first), oriented so that larger "
@@ -181,8 +184,6 @@ def drop_earliest_hurts(rows: list[Row], lmc: list[dict]):
 
 
 def _depth(model: str) -> int:
-    from elth.models import parse_model_name
-
     return parse_model_name(model).depth
 
 
