@@ -132,7 +132,8 @@ def test_cli_errors_and_listing(capsys):
     listing = capsys.readouterr().out
     assert "resnet_family" in listing and "fc_table5" in listing and "Table 5" in listing
     assert main(["experiment", "fc_table5", "--scale", "cpu", "--dry-run"]) == 0
-    assert "207 runs in all" in capsys.readouterr().out
+    # 9 IMP runs; per seed 6 ETT and 6 sparsity-matched ETT tickets and 5 baselines x 3 members x 4 levels
+    assert "225 runs in all" in capsys.readouterr().out
     assert main(["experiment", "smoke", "--scale", "paper"]) == 2
     assert "no 'paper' scale" in capsys.readouterr().err
     assert main(["experiment"]) == 2

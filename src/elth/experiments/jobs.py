@@ -17,7 +17,7 @@ import torch
 
 from elth.analysis import linear_mode_connectivity
 from elth.data import Dataset, DatasetInfo, load_dataset
-from elth.elastic import transform
+from elth.elastic import match_sparsity, source_sparsity, transform
 from elth.experiments.compute import mask_cost_flops
 from elth.experiments.spec import ImpRun, LMCRun, TicketRun
 from elth.files import LMC_FILE, RESULT_FILE, TICKET_FILE, write_json_atomic
@@ -290,6 +290,8 @@ def _transformed(s: ModelSettings, run: TicketRun, basis: LevelCost) -> Ticket:
             ticket, run.target, order=run.order, squeeze_mode=run.squeeze_mode, units=run.units, drop=run.drop,
             random_replicas=run.random_replicas, seed=run.seed, source_path=basis.ticket,
         )
+        if run.match_sparsity:
+            ticket = match_sparsity(ticket, source_sparsity(ticket))
     if run.source_dataset:
         ticket = to_dataset(ticket, s.info, seed=run.seed)
     return ticket

@@ -469,6 +469,7 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
                 "transfers": [asdict(t) for t in s.expand_transfers()],
                 "baselines": list(s.baselines),
                 "lmc_levels": list(s.lmc_levels),
+                "match_sparsity": s.match_sparsity,
             }
             for s in parts
         ],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from elth.elastic.match import has_replicable_units
 from elth.elastic.strategies import ORDERS, SQUEEZE_MODES
 from elth.errors import ElthError
 from elth.limits import check_int, check_real
@@ -85,6 +86,9 @@ class Setup:
     lmc_levels: tuple[int, ...] = ()
     #: evenly spaced interpolation coefficients on each path, endpoints included
     lmc_points: int = 30
+    #: beyond the paper: every transfer that changes depth also gets a sparsity-matched ETT ticket
+    #: (`elth transform --match-sparsity`; strategy "<strategy> matched"), compared like the plain one
+    match_sparsity: bool = False
     #: what this scale changes with respect to the paper, in one or two sentences
     note: str = ""
 
@@ -239,6 +243,8 @@ class TicketRun:
     drop: tuple[int, ...] | None = None
     random_replicas: bool = False
     source_dataset: str = ""
+    #: the ETT ticket brought to its source's exact sparsity (`elastic.match_sparsity`)
+    match_sparsity: bool = False
 
     @property
     def label(self) -> str:
@@ -251,10 +257,11 @@ class TicketRun:
         """How a transfer run's ticket is made: 'appending', 'interpolation 1,2', 'drop 1,3', ..."""
         if not self.source:
             return ""
+        matched = " matched" if self.match_sparsity else ""
         if self.source_dataset:
             how = self._depth_strategy()
-            return (f"{how} " if how else "") + f"from {self.source_dataset}"
-        return self._depth_strategy()
+            return (f"{how} " if how else "") + f"from {self.source_dataset}" + matched
+        return self._depth_strategy() + matched
 
     def _depth_strategy(self) -> str:
         if self.source == self.target:
@@ -279,6 +286,8 @@ class TicketRun:
             d["random_replicas"] = True
         if self.source_dataset:
             d["source_dataset"] = self.source_dataset
+        if self.match_sparsity:
+            d["match_sparsity"] = True
         return d
 
 
@@ -339,6 +348,8 @@ def expand(setup: Setup) -> Plan:
             if level in setup.levels:
                 for t in transfers:
                     tickets.append(_transfer_run("ett", t, level, s))
+                    if setup.match_sparsity and t.source != t.target and has_replicable_units(t.target):
+                        tickets.append(replace(_transfer_run("ett", t, level, s), match_sparsity=True))
             for target in setup.members:
                 for b in setup.baselines:
                     if b in TRANSFER_BASELINES:
