@@ -11,6 +11,7 @@ import os
 import sys
 
 from elth.errors import ElthError
+from elth.training import distributed
 
 #: subcommand name -> module in elth.commands
 COMMANDS = {
@@ -49,8 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "nproc", None) is not None and not distributed.launched_by_torchrun():
+            return distributed.launch(args.nproc, distributed.strip_nproc(argv))
+        if distributed.launched_by_torchrun():
+            _join_ranks(args)
         return int(args._run(args) or 0)
     except ElthError as e:
         print(f"elth {args.command}: error: {e}", file=sys.stderr)
@@ -62,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"elth {args.command}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
         return 130
+
+
+def _join_ranks(args: argparse.Namespace) -> None:
+    """One rank of a torchrun group: join it, train on this rank's device, print on rank 0 only."""
+    device = distributed.init(getattr(args, "device", None), sync_batchnorm=getattr(args, "sync_bn", False))
+    if hasattr(args, "device"):
+        args.device = str(device)
+    if not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,21 @@ def add_device_arguments(parser: argparse.ArgumentParser, precision_help: str | 
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help=precision_help or "fp32, or bf16 autocast (fast on GPUs and CPUs with bf16 units; "
                         "default: fp32)")
-    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu); "
+                        "under torchrun each rank takes cuda:LOCAL_RANK")
+    add_distributed_arguments(parser)
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--nproc and --sync-bn (shared by commands that train; see README "Several GPUs")."""
+    g = parser.add_argument_group("several devices (one training over ranks started by torchrun)")
+    g.add_argument("--nproc", type=int, metavar="N",
+                   help="start this command as N ranks on this node through torchrun's launcher (one per GPU; "
+                   "gloo ranks on CPUs); the same as `torchrun --standalone --nproc_per_node=N -m elth ...`. "
+                   "The protocol's batch is the global batch, split over the ranks")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="BatchNorm statistics over the global batch (SyncBatchNorm) instead of per rank; the "
+                   "paper presets use per-rank BN, the usual multi-GPU ImageNet recipe (one process: no change)")
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:

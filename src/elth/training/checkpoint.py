@@ -25,8 +25,20 @@ class CheckpointError(ElthError):
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
-    """Write `payload` with torch.save to a temporary file, fsync it, then rename it onto `path`."""
+    """Write `payload` with torch.save to a temporary file, fsync it, then rename it onto `path`.
+
+    With several ranks, a collective: rank 0 writes, every rank waits for it.
+    """
+    from elth.runs import rank_zero_writes
+
     path = Path(path)
+    with rank_zero_writes() as writes:
+        if writes:
+            _write(path, payload)
+    return path
+
+
+def _write(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -38,7 +50,6 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict | None:

@@ -38,6 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from elth.errors import ElthError
+from elth.training import distributed
 from elth.training.allocator import tune_malloc
 from elth.training.checkpoint import (
     CHECKPOINT_FILE,
@@ -131,7 +132,11 @@ def _model_device(model: nn.Module) -> torch.device:
 def evaluate(
     model: nn.Module, data, batch_size: int = 1000, device=None, precision: str = "fp32"
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy loss) on the test set, in eval mode (BN running statistics)."""
+    """(accuracy, mean cross-entropy loss) on the test set, in eval mode (BN running statistics).
+
+    With several ranks the test batches are shared out round-robin and the sums all-reduced (every
+    rank must call this, with the same weights), so each rank gets the metrics of the whole test set.
+    """
     device = torch.device(device) if device is not None else _model_device(model)
     channels_last = use_channels_last(model, device)
     was_training = model.training
@@ -140,7 +145,9 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     try:
-        for x, y in data.test_batches(batch_size):
+        for i, (x, y) in enumerate(data.test_batches(batch_size)):
+            if not distributed.is_mine(i):
+                continue
             x = _prepare_input(x, device, channels_last)
             y = y.to(device, non_blocking=True)
             with _autocast(device, precision):
@@ -150,9 +157,12 @@ def evaluate(
             count += y.shape[0]
     finally:
         model.train(was_training)
+    loss_total, correct_total, count = distributed.all_reduce_numbers(
+        [float(loss_sum), float(correct), count], device
+    )
     if count == 0:
         raise ElthError("the dataset has no test examples to evaluate on")
-    return int(correct) / count, float(loss_sum) / count
+    return int(correct_total) / count, loss_total / count
 
 
 def _prepare_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -230,6 +240,7 @@ def train(
         raise ProtocolError("eval_every must be a positive number of steps (or None for only at the end)")
     if controller is not None and mask is not None:
         raise ElthError("give either a fixed mask or a controller that manages the sparsity, not both")
+    _check_split(data, protocol.batch_size)
 
     channels_last = use_channels_last(model, device)
     model.to(device)
@@ -273,13 +284,16 @@ def train(
                 return TrainResult(**ckpt["result"])
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / RUN_FILE, {**key, "origin": origin, "end_step": end, "iterations_per_epoch": ipe})
-        log = MetricsLog(out / METRICS_FILE)
-        log.truncate_after(step)
+        if distributed.is_main():
+            log = MetricsLog(out / METRICS_FILE)
+            log.truncate_after(step)
+    # Every rank now holds the same weights; DDP wraps the model after a resume (it broadcasts rank 0's).
+    net = distributed.data_parallel(model, device)
 
     stats = RunningStats(device)
     bar = tqdm(
         total=end - start_step, initial=step - start_step, desc=desc or getattr(model, "name", "train"),
-        unit="it", disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=True,
+        unit="it", disable=not progress or not distributed.is_main(), file=sys.stderr, dynamic_ncols=True, leave=True,
     )
     clock = _Clock(seconds_before)
     last_test: tuple[float | None, float | None] = (None, None)
@@ -287,9 +301,10 @@ def train(
 
     def log_point(evaluate_now: bool) -> None:
         nonlocal last_test, train_loss
-        loss, acc = stats.read()
+        loss, acc = stats.read_global()
         images_per_s = clock.window_rate()
         test = (None, None)
+        distributed.broadcast_module_buffers(model)  # per-rank BN statistics: rank 0's, as saved
         if evaluate_now:
             test = evaluate(model, data, eval_batch_size, device, precision)
             last_test = test
@@ -343,11 +358,14 @@ def train(
                 y = y.to(device, non_blocking=True)
                 if controller is not None:
                     controller.before_forward(step)
+                global_n = y.shape[0]
+                x, y = distributed.local_batch(x, y)
                 with _autocast(device, precision):
-                    logits = model(x)
+                    logits = net(x)
                     loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scale = distributed.loss_scale(y.shape[0], global_n)
+                (loss if scale == 1.0 else loss * scale).backward()
                 if masker is not None:
                     masker.apply_to_gradients()
                 if controller is None:
@@ -357,7 +375,7 @@ def train(
                         optimizer.step()
                     controller.after_step(step)
                 stats.add(loss, logits, y)
-                clock.images += y.shape[0]
+                clock.images += global_n
                 step += 1
                 bar.update(1)
                 if callback is not None:
@@ -376,6 +394,7 @@ def train(
                 save(None)
         if last_test[0] is None:
             # Nothing trained in this call (start == end): still report the test metrics.
+            distributed.broadcast_module_buffers(model)
             last_test = evaluate(model, data, eval_batch_size, device, precision)
         result = TrainResult(step, last_test[0], last_test[1], train_loss, clock.total())
         save(result)
@@ -384,6 +403,19 @@ def train(
         return result
     finally:
         bar.close()
+
+
+def _check_split(data, batch_size: int) -> None:
+    """Every rank needs at least one example of every batch (the last one of an epoch included)."""
+    ranks = distributed.world_size()
+    if ranks == 1:
+        return
+    smallest = min(batch_size, data.num_train - (data.iterations_per_epoch(batch_size) - 1) * batch_size)
+    if smallest < ranks:
+        raise distributed.DistributedError(
+            f"a batch of {smallest} examples (batch size {batch_size}, {data.num_train} training examples) "
+            f"cannot be split over {ranks} ranks"
+        )
 
 
 def _check_compatible(out: Path, ckpt: dict, key: dict, origin: dict, model: nn.Module) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from elth.training import distributed
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -63,6 +65,17 @@ class RunningStats:
         if self.count == 0:
             return None, None
         return float(self.loss) / self.count, int(self.correct) / self.count
+
+    def read_global(self) -> tuple[float | None, float | None]:
+        """`read` over every rank's examples (a collective: every rank calls it at the same step)."""
+        if not distributed.is_active():
+            return self.read()
+        loss, correct, count = distributed.all_reduce_numbers(
+            [float(self.loss), float(self.correct), self.count], self.loss.device
+        )
+        if count == 0:
+            return None, None
+        return loss / count, int(correct) / count
 
     def reset(self) -> None:
         self.loss.zero_()
