@@ -6,19 +6,16 @@ settings never share one. Each directory keeps its `hparams.json`, so it explain
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 from elth.errors import ElthError
+from elth.files import HPARAMS_FILE, write_text_atomic
 
 HASH_LENGTH = 12
-HPARAMS_FILE = "hparams.json"
 _KIND = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -59,68 +56,3 @@ def run_dir(root: str | os.PathLike, kind: str, hparams: dict) -> Path:
     else:
         write_text_atomic(record, json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n")
     return path
-
-
-@contextlib.contextmanager
-def rank_zero_writes() -> Iterator[bool]:
-    """Yield whether this process writes: always on one process; on several ranks, rank 0 only.
-
-    With several ranks (torch.distributed) every rank must enter at the same point: a barrier
-    before and after the block makes every file check a rank does between two writes see the same
-    files on every rank, so all ranks take the same branches (and meet at the same collectives).
-    """
-    import torch.distributed as dist
-
-    several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if not several:
-        yield True
-        return
-    dist.barrier()
-    try:
-        yield dist.get_rank() == 0
-    finally:
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; when the block succeeds, move it onto `path`.
-
-    The file is flushed to disk before the rename, so `path` is always either the old file or the
-    complete new one; if the block fails the temporary file is removed and `path` is untouched.
-    With several ranks only rank 0 writes (`rank_zero_writes`); the others write a scratch file
-    that is thrown away.
-    """
-    with rank_zero_writes() as writes:
-        if writes:
-            with _atomic_path(Path(path)) as tmp:
-                yield tmp
-        else:
-            with tempfile.TemporaryDirectory(prefix="elth-rank-") as scratch:
-                yield Path(scratch) / Path(path).name
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def write_json_atomic(path: str | os.PathLike, value) -> Path:
-    return write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from elth.errors import ElthError
-from elth.training.checkpoint import tensors_fingerprint
+from elth.files import tensors_hash
 
 T = TypeVar("T")
 
@@ -212,7 +212,7 @@ def broadcast_object(value: T, src: int = 0) -> T:
 
 def check_identical(tensors: dict[str, torch.Tensor], what: str) -> str:
     """Raise RankDivergenceError unless every rank holds exactly the same `tensors`; their fingerprint."""
-    mine = tensors_fingerprint(tensors)
+    mine = tensors_hash(tensors, "checkpoint")
     if not is_active():
         return mine
     everyone: list[str | None] = [None] * world_size()

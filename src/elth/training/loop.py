@@ -25,12 +25,12 @@ exactly what it did before (no extra work per step).
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Protocol as TypingProtocol, runtime_checkable
+from typing import Callable, runtime_checkable
+from typing import Protocol as TypingProtocol
 
 import torch
 import torch.nn.functional as F
@@ -38,22 +38,26 @@ from torch import nn
 from tqdm import tqdm
 
 from elth.errors import ElthError
+from elth.files import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    RESULT_FILE,
+    RUN_FILE,
+    tensors_hash,
+    write_json_atomic,
+)
 from elth.training import distributed
 from elth.training.allocator import tune_malloc
 from elth.training.checkpoint import (
-    CHECKPOINT_FILE,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
-    tensors_fingerprint,
 )
 from elth.training.masking import GradientMask
-from elth.training.metrics import METRICS_FILE, MetricsLog, RunningStats
+from elth.training.metrics import MetricsLog, RunningStats
 from elth.training.protocol import LRSchedule, Protocol, ProtocolError, parse_steps
 
 PRECISIONS = ("fp32", "bf16")
-RUN_FILE = "run.json"
-RESULT_FILE = "result.json"
 #: Steps between progress-bar refreshes of loss/accuracy (each one reads the device sums).
 DISPLAY_EVERY = 50
 
@@ -262,11 +266,11 @@ def train(
     log: MetricsLog | None = None
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        mask_fp = tensors_fingerprint({k: v.bool() for k, v in mask.items()}) if mask is not None else None
+        mask_fp = tensors_hash({k: v.bool() for k, v in mask.items()}, "checkpoint") if mask is not None else None
         key = _run_key(model, protocol, data, data_seed, mask_fp, precision)
         if controller is not None:
             key["controller"] = controller.hparams()
-        origin = {"start_step": start_step, "weights": tensors_fingerprint(model.state_dict())}
+        origin = {"start_step": start_step, "weights": tensors_hash(model.state_dict(), "checkpoint")}
         ckpt = load_checkpoint(out / CHECKPOINT_FILE)
         if ckpt is not None:
             _check_compatible(out, ckpt, key, origin, model)
@@ -283,10 +287,9 @@ def train(
             if step == end and ckpt.get("result") is not None:
                 return TrainResult(**ckpt["result"])
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / RUN_FILE, {**key, "origin": origin, "end_step": end, "iterations_per_epoch": ipe})
-        if distributed.is_main():
-            log = MetricsLog(out / METRICS_FILE)
-            log.truncate_after(step)
+        write_json_atomic(out / RUN_FILE, {**key, "origin": origin, "end_step": end, "iterations_per_epoch": ipe})
+        log = MetricsLog(out / METRICS_FILE)
+        log.truncate_after(step)
     # Every rank now holds the same weights; DDP wraps the model after a resume (it broadcasts rank 0's).
     net = distributed.data_parallel(model, device)
 
@@ -399,7 +402,7 @@ def train(
         result = TrainResult(step, last_test[0], last_test[1], train_loss, clock.total())
         save(result)
         if out is not None:
-            _write_json(out / RESULT_FILE, result.to_dict())
+            write_json_atomic(out / RESULT_FILE, result.to_dict())
         return result
     finally:
         bar.close()
@@ -429,7 +432,7 @@ def _check_compatible(out: Path, ckpt: dict, key: dict, origin: dict, model: nn.
     if ckpt.get("origin") == origin:
         return
     # Continuing from the checkpoint's own weights (e.g. train 0 -> k, then k -> end) is fine too.
-    if origin["start_step"] == ckpt["step"] and origin["weights"] == tensors_fingerprint(ckpt["model"]):
+    if origin["start_step"] == ckpt["step"] and origin["weights"] == tensors_hash(ckpt["model"], "checkpoint"):
         return
     raise CheckpointError(
         f"{out} holds a run that started from other weights or another step; "
@@ -470,9 +473,3 @@ def _show(bar: tqdm, loss, acc, images_per_s, test_acc) -> None:
     if test_acc is not None:
         post["test"] = f"{test_acc:.3f}"
     bar.set_postfix(post, refresh=False)
-
-
-def _write_json(path: Path, value: dict) -> None:
-    from elth.runs import write_text_atomic
-
-    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import torch
 
+from elth.files import is_writer, write_text_atomic
 from elth.training import distributed
-
-METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
@@ -31,15 +30,16 @@ class MetricsLog:
         return rows
 
     def truncate_after(self, step: int) -> None:
-        """Keep only the lines logged at or before global step `step`."""
+        """Keep only the lines logged at or before global step `step` (every rank calls it)."""
         rows = self.read()
         kept = [r for r in rows if r.get("step", 0) <= step]
         if self.path.is_file() and len(kept) != len(self.path.read_text().splitlines()):
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append(self, row: dict) -> None:
+        """Add a line (on rank 0 only, when several ranks train: the rows are reduced over ranks)."""
+        if not is_writer():
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         with open(self.path, "a") as f:

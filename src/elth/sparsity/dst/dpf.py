@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from elth.sparsity.dst.densities import DSTError, param_shapes
+from elth.masks import Mask, count_for_sparsity, excluded_names
 from elth.sparsity.dst.common import check_settings, dpf_sparsity, top_k_mask
-from elth.sparsity.masks import Mask, count_for_sparsity, excluded_names
+from elth.sparsity.dst.densities import DSTError, param_shapes
 from elth.training.masking import mask_like
 
 

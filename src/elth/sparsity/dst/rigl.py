@@ -6,9 +6,15 @@ import math
 import torch
 from torch import nn
 
-from elth.sparsity.dst.densities import DISTRIBUTIONS, DSTError, kept_counts, layer_densities, param_shapes
+from elth.masks import Mask, count_for_sparsity, excluded_names
 from elth.sparsity.dst.common import check_settings, rigl_drop_fraction, top_k_mask
-from elth.sparsity.masks import Mask, count_for_sparsity, excluded_names
+from elth.sparsity.dst.densities import (
+    DISTRIBUTIONS,
+    DSTError,
+    kept_counts,
+    layer_densities,
+    param_shapes,
+)
 from elth.training.masking import mask_gradients, mask_like
 
 
