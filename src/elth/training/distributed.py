@@ -210,18 +210,20 @@ def broadcast_object(value: T, src: int = 0) -> T:
     return box[0]
 
 
-def check_identical(tensors: dict[str, torch.Tensor], what: str) -> str:
-    """Raise RankDivergenceError unless every rank holds exactly the same `tensors`; their fingerprint."""
-    mine = tensors_hash(tensors, "checkpoint")
+def check_identical(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise RankDivergenceError unless every rank holds exactly the same `tensors` (a collective).
+
+    Compares a SHA-256 of each rank's tensors (one small all-gather); nothing on one process.
+    """
     if not is_active():
-        return mine
+        return
+    mine = tensors_hash(tensors, "checkpoint")
     everyone: list[str | None] = [None] * world_size()
     dist.all_gather_object(everyone, mine)
     if len(set(everyone)) != 1:
         raise RankDivergenceError(
             f"{what} differ between ranks (fingerprints by rank: {', '.join(map(str, everyone))})"
         )
-    return mine
 
 
 # -- writing ------------------------------------------------------------------------------------

@@ -333,6 +333,7 @@ def train(
     def save(result: TrainResult | None) -> None:
         if out is None:
             return
+        distributed.check_identical(dict(model.named_parameters()), f"the weights at step {step}")
         save_checkpoint(
             out / CHECKPOINT_FILE,
             {

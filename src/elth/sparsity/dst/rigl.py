@@ -15,6 +15,7 @@ from elth.sparsity.dst.densities import (
     layer_densities,
     param_shapes,
 )
+from elth.training import distributed
 from elth.training.masking import mask_gradients, mask_like
 
 
@@ -116,6 +117,9 @@ class RigL:
                 buf.mul_(keep)  # dropped and grown weights start with zero momentum
             self.masks[i] = new.view(mask.shape)
             self.layouts[i] = mask_like(p, self.masks[i])
+        # Several ranks: drop (|w|) and grow (|dense gradient|, all-reduced by DDP) chose the same
+        # weights on every rank; a rank that diverged stops the run here, at the update that diverged.
+        distributed.check_identical(dict(zip(self.names, self.masks)), f"RigL masks after the update at step {step}")
 
     def mask(self) -> Mask:
         """The current mask over every prunable weight (dense layers all ones), on the CPU."""
