@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from elth.commands.common import add_distributed_arguments
 from elth.errors import ElthError
 
 HELP = "run a paper experiment (IMP, ETTs, baselines over sparsities and seeds) and report it"
@@ -52,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where results and report go (default: ROOT/experiments/NAME-SCALE)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
-    parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu)")
+    parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu); "
+                        "under torchrun each rank takes cuda:LOCAL_RANK")
+    add_distributed_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="list the runs the experiment expands to and exit")
     parser.add_argument("--no-report", action="store_true", help="write the results table only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-run lines")
