@@ -243,12 +243,13 @@ def on_main(fn: Callable[[], T]) -> T | None:
 
 # -- the model ----------------------------------------------------------------------------------
 def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
-    """`model` wrapped in DDP when there are several ranks (else `model` itself).
+    """`model` wrapped in DDP in a process of a torchrun group (else `model` itself).
 
     Rank 0's parameters and buffers are broadcast at construction, so every rank starts from the
-    same weights; BatchNorm layers become global-batch ones first when `sync_bn()` is set.
+    same weights; BatchNorm layers become global-batch ones first when `sync_bn()` is set. A group
+    of one rank is wrapped too (what DDP costs on one device; the arithmetic is the same).
     """
-    if not is_active():
+    if not (dist.is_available() and dist.is_initialized()):
         return model
     if sync_bn():
         convert_sync_batchnorm(model)
