@@ -154,6 +154,20 @@ def test_rigl_check_catches_ranks_growing_from_their_own_gradients(tmp_path):
         assert f"rank {r} all-reduced gradients: identical" in out.stdout
 
 
+PRUNE = ["prune", "--method", "grasp", "--model", "mlp_2", "--dataset", "digits", "--sparsity", "0.8", "--length", "1ep",
+         "--batch-size", "64", "--rewind", "5it", "--score-examples", "60", "--no-progress", "--root", "store"]
+
+
+def test_grasp_scored_over_two_ranks_gives_the_one_process_mask(tmp_path, monkeypatch):
+    # 600 scoring examples are 3 batches of 256: rank 0 scores batches 0 and 2, rank 1 batch 1, and
+    # both passes of GraSP (g, then H g) are all-reduced.
+    torchrun(PRUNE + ["--output", "two.safetensors"], tmp_path)
+    one_process(PRUNE + ["--output", "one.safetensors"], tmp_path, monkeypatch)  # the same rewind point (store)
+    one, two = load_ticket(tmp_path / "one.safetensors"), load_ticket(tmp_path / "two.safetensors")
+    assert one.provenance["score_examples"] == 600
+    assert all(torch.equal(one.mask[k], two.mask[k]) for k in one.mask)
+
+
 TRAIN = ["train", "--model", "mlp_2", "--dataset", "digits", "--length", "8ep", "--batch-size", "64",
          "--no-progress", "--out", "run"]
 

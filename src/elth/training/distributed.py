@@ -7,8 +7,8 @@ torchrun's launcher API) joins the process group from torchrun's environment var
 helper is the identity, so the single-process code path is unchanged.
 
 The rules every rank follows, so that N ranks train the same network as one process does:
-- The global batch is the protocol's batch; each rank takes a contiguous slice of it
-  (`local_slice`), and the loss is scaled so that DDP's gradient average is the gradient of the
+- The global batch is the protocol's batch; each rank loads a contiguous share of it
+  (`Dataset.train_epoch(..., part=(rank, ranks))`, augmented as in the whole batch), and the loss is scaled so that DDP's gradient average is the gradient of the
   mean loss over the global batch, however unevenly the last batch of an epoch splits.
 - Every rank runs the same control flow. Files are written by rank 0 only, followed by a barrier
   (`on_main`), so what one rank finds on disk the others find too (several nodes need a shared
@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from elth.data.base import Part, part_slice
 from elth.errors import ElthError
 from elth.files import tensors_hash
 
@@ -137,10 +138,20 @@ def barrier() -> None:
 
 
 # -- the global batch -------------------------------------------------------------------------
+def data_part() -> Part | None:
+    """(rank, ranks) when several ranks train, else None: which share of each batch a rank loads."""
+    return (rank(), world_size()) if is_active() else None
+
+
+def data_part_kwargs() -> dict:
+    """`part=` for `Dataset.train_epoch` / `test_batches` with several ranks (nothing on one process)."""
+    part = data_part()
+    return {} if part is None else {"part": part}
+
+
 def local_slice(n: int) -> slice:
-    """This rank's contiguous part of `n` examples (sizes differ by at most one, rank order)."""
-    w, r = world_size(), rank()
-    return slice(n * r // w, n * (r + 1) // w)
+    """This rank's contiguous share of `n` examples (`elth.data.base.part_slice`)."""
+    return part_slice(n, data_part())
 
 
 def local_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -138,8 +138,9 @@ def evaluate(
 ) -> tuple[float, float]:
     """(accuracy, mean cross-entropy loss) on the test set, in eval mode (BN running statistics).
 
-    With several ranks the test batches are shared out round-robin and the sums all-reduced (every
-    rank must call this, with the same weights), so each rank gets the metrics of the whole test set.
+    With several ranks the test batches are shared out round-robin (each rank loads only its own)
+    and the sums all-reduced (every rank calls this, with the same weights), so each rank gets the
+    metrics of the whole test set.
     """
     device = torch.device(device) if device is not None else _model_device(model)
     channels_last = use_channels_last(model, device)
@@ -149,9 +150,7 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     try:
-        for i, (x, y) in enumerate(data.test_batches(batch_size)):
-            if not distributed.is_mine(i):
-                continue
+        for x, y in data.test_batches(batch_size, **distributed.data_part_kwargs()):
             x = _prepare_input(x, device, channels_last)
             y = y.to(device, non_blocking=True)
             with _autocast(device, precision):
@@ -353,7 +352,9 @@ def train(
         while step < end:
             epoch, batch_index = divmod(step, ipe)
             stop = min(end, (epoch + 1) * ipe)
-            batches = data.train_epoch(epoch, protocol.batch_size, data_seed, start=batch_index, augment=protocol.augment)
+            # Each rank loads its share of every global batch (data order and augmentation as on one process).
+            batches = data.train_epoch(epoch, protocol.batch_size, data_seed, start=batch_index,
+                                       augment=protocol.augment, **distributed.data_part_kwargs())
             for x, y in batches:
                 lr = schedule(step)
                 for group in optimizer.param_groups:
@@ -362,8 +363,7 @@ def train(
                 y = y.to(device, non_blocking=True)
                 if controller is not None:
                     controller.before_forward(step)
-                global_n = y.shape[0]
-                x, y = distributed.local_batch(x, y)
+                global_n = min(protocol.batch_size, data.num_train - (step % ipe) * protocol.batch_size)
                 with _autocast(device, precision):
                     logits = net(x)
                     loss = F.cross_entropy(logits, y)
