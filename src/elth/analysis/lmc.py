@@ -27,7 +27,7 @@ from tqdm import tqdm
 from elth.errors import ElthError
 from elth.tickets import Ticket, check_dataset
 from elth.training import Protocol, default_device, evaluate
-from elth.training.loop import use_channels_last
+from elth.training.device import use_channels_last
 
 BN_MODES = ("recompute", "interpolate")
 #: Training batches (at the protocol's batch size) that re-estimate BN statistics at each point.

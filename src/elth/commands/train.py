@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from elth.data import canonical_name, load_dataset
     from elth.models import build_model, parse_model_name
     from elth.runs import run_dir
-    from elth.training.loop import default_device, train
+    from elth.training import default_device, train
 
     parse_model_name(args.model)  # a bad name fails before any data is loaded
     dataset_key = canonical_name(args.dataset)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -14,6 +13,7 @@ from elth.sparsity.dst.common import check_settings
 from elth.sparsity.dst.densities import DISTRIBUTIONS, DSTError, layer_densities
 from elth.sparsity.dst.dpf import DPF
 from elth.sparsity.dst.rigl import RigL
+from elth.training.protocol import scale_steps
 
 METHODS = ("rigl", "dpf")
 #: Defaults per method; options a method does not have are absent.
@@ -53,28 +53,14 @@ def resolve_options(method: str, options: dict) -> dict:
     return resolved
 
 
-_STEP_PARTS = re.compile(r"(?:(\d+)ep)?(?:(\d+)it)?")
-
-
-def _scaled_steps(text: str, k: int) -> str:
-    t = text.strip().lower()
-    m = _STEP_PARTS.fullmatch(t)
-    if t == "0" or m is None:
-        return t  # "0", or a malformed count that Protocol has already refused
-    epochs, its = int(m.group(1) or 0), int(m.group(2) or 0)
-    if not epochs and not its:
-        return "0"
-    return (f"{k * epochs}ep" if epochs else "") + (f"{k * its}it" if its else "")
-
-
 def scale_protocol(protocol, multiplier: int):
     """The protocol `multiplier` times as long, with LR milestones and warmup scaled alike (RigL-Kx)."""
     if multiplier == 1:
         return protocol
     return protocol.replace(
-        length=_scaled_steps(protocol.length, multiplier),
-        milestones=tuple(_scaled_steps(m, multiplier) for m in protocol.milestones),
-        warmup=_scaled_steps(protocol.warmup, multiplier),
+        length=scale_steps(protocol.length, multiplier),
+        milestones=tuple(scale_steps(m, multiplier) for m in protocol.milestones),
+        warmup=scale_steps(protocol.warmup, multiplier),
     )
 
 
