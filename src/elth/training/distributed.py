@@ -10,9 +10,9 @@ The rules every rank follows, so that N ranks train the same network as one proc
 - The global batch is the protocol's batch; each rank loads a contiguous share of it
   (`Dataset.train_epoch(..., part=(rank, ranks))`, augmented as in the whole batch), and the loss is scaled so that DDP's gradient average is the gradient of the
   mean loss over the global batch, however unevenly the last batch of an epoch splits.
-- Every rank runs the same control flow. Files are written by rank 0 only, followed by a barrier
-  (`on_main`), so what one rank finds on disk the others find too (several nodes need a shared
-  file system for the output directories).
+- Every rank runs the same control flow. Files are written by rank 0 only, between two barriers
+  (`elth.files.rank_zero_writes`, inside every atomic write), so what one rank finds on disk the
+  others find too (several nodes need a shared file system for the output directories).
 - Masks and anything chosen from weights or gradients must be identical on every rank:
   `check_identical` compares fingerprints over ranks and raises `RankDivergenceError`.
 
@@ -26,7 +26,7 @@ import os
 import sys
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -35,8 +35,6 @@ from torch import nn
 from elth.data.base import Part, part_slice
 from elth.errors import ElthError
 from elth.files import tensors_hash
-
-T = TypeVar("T")
 
 #: torchrun's variables that say a process is one rank of a group.
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -53,7 +51,6 @@ class RankDivergenceError(DistributedError):
 @dataclass
 class _Settings:
     sync_bn: bool = False
-    device: torch.device | None = None
 
 
 _SETTINGS = _Settings()
@@ -109,7 +106,6 @@ def init(requested_device: str | torch.device | None = None, *, sync_batchnorm: 
     """
     device = rank_device(requested_device)
     _SETTINGS.sync_bn = bool(sync_batchnorm)
-    _SETTINGS.device = device
     if not launched_by_torchrun() or dist.is_initialized():
         return device
     if device.type == "cuda":
@@ -130,11 +126,6 @@ def init(requested_device: str | torch.device | None = None, *, sync_batchnorm: 
 def _shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if is_active():
-        dist.barrier()
 
 
 # -- the global batch -------------------------------------------------------------------------
@@ -213,14 +204,6 @@ def broadcast_module_buffers(module: nn.Module, src: int = 0) -> None:
     broadcast_([b.data for b in module.buffers()], src)
 
 
-def broadcast_object(value: T, src: int = 0) -> T:
-    if not is_active():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def check_identical(tensors: dict[str, torch.Tensor], what: str) -> None:
     """Raise RankDivergenceError unless every rank holds exactly the same `tensors` (a collective).
 
@@ -235,21 +218,6 @@ def check_identical(tensors: dict[str, torch.Tensor], what: str) -> None:
         raise RankDivergenceError(
             f"{what} differ between ranks (fingerprints by rank: {', '.join(map(str, everyone))})"
         )
-
-
-# -- writing ------------------------------------------------------------------------------------
-def on_main(fn: Callable[[], T]) -> T | None:
-    """Run `fn` on rank 0 only, then wait for every rank: what rank 0 wrote, every rank then sees.
-
-    Every rank must call this at the same point (it is a collective). Returns `fn()` on rank 0 and
-    None elsewhere.
-    """
-    if not is_active():
-        return fn()
-    try:
-        return fn() if is_main() else None
-    finally:
-        dist.barrier()
 
 
 # -- the model ----------------------------------------------------------------------------------
