@@ -91,8 +91,8 @@ def test_imp_on_two_ranks_matches_one_rank(tmp_path, monkeypatch):
     # digits has 1437 training examples: the last batch of every epoch (29) splits unevenly, 14 + 15.
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    one_process(IMP + ["--out", "store"], tmp_path / "one", monkeypatch)
-    torchrun(IMP + ["--out", "store"], tmp_path / "two")
+    one_process(IMP + ["--root", "store"], tmp_path / "one", monkeypatch)
+    torchrun(IMP + ["--root", "store"], tmp_path / "two")
     [run1] = (tmp_path / "one" / "store").glob("imp-*")
     [run2] = (tmp_path / "two" / "store").glob("imp-*")
     assert run1.name == run2.name  # the same settings: the rank count is not one of them
@@ -132,7 +132,7 @@ def test_sync_bn_on_two_ranks_matches_one_rank(tmp_path, monkeypatch):
 
 
 RIGL = ["dst", "--method", "rigl", "--model", "mlp_2", "--dataset", "digits", "--sparsity", "0.9", "--length", "2ep",
-        "--batch-size", "64", "--update-every", "5", "--no-progress", "--out", "store"]
+        "--batch-size", "64", "--update-every", "5", "--no-progress", "--root", "store"]
 
 
 def test_rigl_on_two_ranks_keeps_identical_masks(tmp_path, monkeypatch):

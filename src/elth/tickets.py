@@ -15,7 +15,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import safetensors.torch
 import torch
+from safetensors import safe_open
 
 from elth.data.base import DatasetInfo
 from elth.errors import ElthError
@@ -166,21 +168,17 @@ def from_model(
 
 def save_ticket(ticket: Ticket, path: str | os.PathLike) -> Path:
     """Validate and write atomically: a crash leaves either no file or the old one, never half a ticket."""
-    from safetensors.torch import save_file
-
     validate(ticket)
     path = Path(path)
     tensors = ticket.file_tensors()
     meta = ticket.metadata()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"elth": json.dumps(meta)})
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"elth": json.dumps(meta)})
     return path
 
 
 def load_ticket(path: str | os.PathLike) -> Ticket:
     """Read and validate a ticket; any problem is one `TicketError` naming the file."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise TicketError(f"{path}: no such ticket file")

@@ -5,8 +5,13 @@ Each helper defines one option group once, so every command spells and documents
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+import torch
 
 from elth.errors import ElthError
+from elth.training import default_device, distributed
 from elth.training.protocol import PRESETS, Protocol, ProtocolError, preset
 
 
@@ -48,6 +53,22 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sync-bn", action="store_true",
                    help="BatchNorm statistics over the global batch (SyncBatchNorm) instead of per rank; the "
                    "paper presets use per-rank BN, the usual multi-GPU ImageNet recipe (one process: no change)")
+    parser.set_defaults(_launch=run_on_ranks)
+
+
+def run_on_ranks(args: argparse.Namespace, argv: list[str]) -> int:
+    """How `elth` runs a command that trains: `--nproc N` starts N ranks of the same command line
+    through torchrun's launcher API; a rank that torchrun started joins the process group first (its
+    device becomes `cuda:LOCAL_RANK` for CUDA, and only rank 0 prints); otherwise the command runs."""
+    if args.nproc is not None and not distributed.launched_by_torchrun():
+        return distributed.launch(args.nproc, distributed.strip_nproc(argv))
+    if distributed.launched_by_torchrun():
+        device = distributed.init(getattr(args, "device", None), sync_batchnorm=args.sync_bn)
+        if hasattr(args, "device"):
+            args.device = str(device)
+        if not distributed.is_main():
+            sys.stdout = open(os.devnull, "w")
+    return int(args._run(args) or 0)
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,9 +112,6 @@ def protocol_from_args(args: argparse.Namespace, dataset: str, model: str, base:
 
 def resolve_device(name: str | None):
     """`--device` as a torch device, with a clear error for unknown or unavailable ones."""
-    import torch
-
-    from elth.training import default_device
 
     try:
         device = torch.device(name) if name else default_device()
@@ -123,3 +141,21 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+class _OldRootSpelling(argparse.Action):
+    """`--out DIR` where a command used to take the run store that way: still works, with a note."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"elth: {option_string} DIR for the run store is deprecated; write --root DIR "
+              "(--out names a results folder)", file=sys.stderr)
+        setattr(namespace, "root", values)
+
+
+def add_root_argument(parser: argparse.ArgumentParser, help: str, *, out_meant_root: bool = False) -> None:
+    """--root DIR, the store of runs (default ./runs). `out_meant_root`: the command's --out used to
+    name the store; it still does (hidden from --help), with a deprecation note."""
+    parser.add_argument("--root", default="runs", metavar="DIR", help=help)
+    if out_meant_root:
+        parser.add_argument("--out", action=_OldRootSpelling, metavar="DIR", default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)

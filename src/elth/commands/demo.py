@@ -7,7 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-HELP = "a few minutes' demonstration: one IMP run's tickets stretched and squeezed to other depths"
+from elth.commands.experiment import execute
+from elth.data import load_dataset
+from elth.errors import ElthError
+from elth.experiments.aggregate import aggregate, compare_ett
+from elth.experiments.results import read_results
+from elth.experiments.specs import DEMO
+from elth.methods import short_name
+
 DESCRIPTION = """\
 Runs IMP with rewinding on MLP-2, squeezes its tickets to MLP-1 and stretches them to MLP-3
 (elastic ticket transformations), trains every ticket, and compares them with IMP run on each of
@@ -44,8 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def pick_dataset(choice: str, data_dir: str | None) -> str:
     if choice != "auto":
         return choice
-    from elth.data import load_dataset
-    from elth.errors import ElthError
 
     try:
         load_dataset("fashion_mnist", data_dir)
@@ -55,11 +60,6 @@ def pick_dataset(choice: str, data_dir: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elth.commands.experiment import execute
-    from elth.experiments.aggregate import aggregate, compare_ett, short_name
-    from elth.experiments.results import read_results
-    from elth.experiments.specs import DEMO
-
     start = time.time()
     dataset = pick_dataset(args.dataset, args.data_dir)
     setups = tuple(dataclasses.replace(s, dataset=dataset) for s in DEMO.setups("cpu"))

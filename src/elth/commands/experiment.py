@@ -5,10 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from elth.commands.common import add_distributed_arguments
+from elth.commands.common import add_distributed_arguments, resolve_device
 from elth.errors import ElthError
+from elth.experiments.report import report_figures, summary_text, write_report
+from elth.experiments.results import read_results
+from elth.experiments.runner import ExperimentFailed, run_experiment
+from elth.experiments.spec import expand
+from elth.experiments.specs import EXPERIMENTS, get_experiment
 
-HELP = "run a paper experiment (IMP, ETTs, baselines over sparsities and seeds) and report it"
 DESCRIPTION = """\
 Run a shipped experiment spec: IMP with rewinding on every network of a model family, each IMP
 ticket transformed (stretched or squeezed) to the other depths, pruning baselines matched to the
@@ -62,8 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def list_experiments() -> str:
-    from elth.experiments.specs import EXPERIMENTS
-
     lines = []
     for e in EXPERIMENTS.values():
         lines.append(f"{e.name}: {e.title}")
@@ -79,9 +81,6 @@ def list_experiments() -> str:
 
 
 def dry_run(name: str, scale: str, seeds: int | None) -> str:
-    from elth.experiments.spec import expand
-    from elth.experiments.specs import get_experiment
-
     lines = []
     imp, others = set(), 0
     for setup in get_experiment(name).setups(scale):
@@ -105,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise ElthError("name an experiment (`elth experiment --list` shows them)")
-    from elth.experiments.specs import get_experiment
 
     experiment = get_experiment(args.name)
     experiment.setups(args.scale)  # a clear error for a scale the experiment lacks
@@ -131,10 +129,6 @@ def command_of(args: argparse.Namespace) -> str:
 
 def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=None, command: str = "") -> int:
     """Run, print the summary, write the report; shared with `elth demo`."""
-    from elth.commands.common import resolve_device
-    from elth.experiments.report import summary_text, write_report
-    from elth.experiments.runner import ExperimentFailed, run_experiment
-
     device = str(resolve_device(args.device)) if args.device else None
     failed: ExperimentFailed | None = None
     try:
@@ -148,15 +142,12 @@ def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=
               f"store, {outcome.seconds:.0f}s", file=sys.stderr)
     except ExperimentFailed as e:
         failed = e
-        from elth.experiments.results import read_results
 
         rows = read_results(out)
     if rows:
         print(summary_text(rows))
     print(f"\nresults: {out / 'results.csv'} (and results.jsonl)")
     if rows and not getattr(args, "no_report", False):
-        from elth.experiments.report import report_figures
-
         report = write_report(out)
         print(f"report:  {report} (figures: {', '.join(str(f) for f in report_figures(report))})")
     if failed is not None:

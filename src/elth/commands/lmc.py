@@ -5,14 +5,19 @@ import argparse
 import json
 from pathlib import Path
 
+from elth.analysis import alphas_of, linear_mode_connectivity, plot_lmc
 from elth.commands.common import (
     add_device_arguments,
     add_protocol_arguments,
     resolve_device,
 )
+from elth.commands.train_ticket import ticket_protocol
+from elth.data import canonical_name, dataset_info, load_dataset
 from elth.errors import ElthError
+from elth.files import LMC_FIGURE, LMC_FILE, write_text_atomic
+from elth.runs import run_dir
+from elth.tickets import check_dataset, load_ticket
 
-HELP = "train two copies of each ticket with different data seeds and measure their linear mode connectivity"
 DESCRIPTION = """\
 Is a ticket stable to SGD noise? Train two copies of it from the same rewind weights and mask with
 different data orders and augmentation (--seeds), then evaluate the test error of (1 - a) W1 + a W2
@@ -98,13 +103,6 @@ def _table(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elth.analysis import alphas_of, linear_mode_connectivity, plot_lmc
-    from elth.commands.train_ticket import ticket_protocol
-    from elth.data import canonical_name, dataset_info, load_dataset
-    from elth.files import LMC_FIGURE, LMC_FILE, write_text_atomic
-    from elth.runs import run_dir
-    from elth.tickets import check_dataset, load_ticket
-
     seeds = parse_seeds(args.seeds)
     alphas_of(args.points)  # a bad --points fails before any training
     if args.bn == "recompute" and args.bn_batches < 1:

@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "write report.md and its figure from an experiment's results (results.jsonl or results.csv)"
+from elth.errors import ElthError
+from elth.experiments.report import report_figures, write_report
+from elth.experiments.results import read_results
+
 DESCRIPTION = """\
 Read an experiment's tidy results table (DIR/results.jsonl, or results.csv, or a file given
 directly) and write report.md and accuracy_vs_sparsity.png next to it (or in --out):
@@ -30,20 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elth.experiments.report import write_report
-    from elth.experiments.results import read_results
-
     src = Path(args.results)
     rows = read_results(src)  # a clear error for a missing or malformed table
     if not rows:
-        from elth.errors import ElthError
-
         raise ElthError(f"{src}: the results table has no rows")
     results_dir = src if src.is_dir() else src.parent
     out = Path(args.out) if args.out else results_dir
     report = write_report(src, out)
     print(f"report: {report}")
-    from elth.experiments.report import report_figures
 
     for figure in report_figures(report):
         print(f"figure: {figure}")

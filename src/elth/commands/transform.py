@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from elth.data import dataset_info
 from elth.elastic import (
     ORDERS,
     SQUEEZE_MODES,
@@ -16,8 +17,7 @@ from elth.elastic.plan import model_view
 from elth.errors import ElthError
 from elth.masks import count
 from elth.tickets import Ticket, load_ticket, save_ticket
-
-HELP = "stretch or squeeze a ticket to another depth of its model family (and/or move it to another dataset)"
+from elth.transfer import to_dataset
 
 DESCRIPTION = """\
 Stretch or squeeze a ticket into another depth of its model family (an Elastic Ticket
@@ -154,9 +154,6 @@ def run(args: argparse.Namespace) -> int:
     elif args.plan or args.order or args.squeeze or args.units or args.drop or args.random_replicas:
         raise ElthError("the depth options (--plan, --order, --units, --squeeze, --drop, --random-replicas) need --to")
     if args.dataset is not None:
-        from elth.data import dataset_info
-        from elth.transfer import to_dataset
-
         depth_done = result
         result = to_dataset(result, dataset_info(args.dataset, args.data_dir), seed=args.seed)
         print(f"{depth_done.dataset.name} -> {result.dataset.name}: "

@@ -8,26 +8,30 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import statistics
+from dataclasses import fields
 from pathlib import Path
 
+from elth.analysis import LMCResult, plot_lmc
 from elth.experiments.aggregate import (
-    DEFAULT_STRATEGIES,
     Comparison,
     Point,
     Reading,
     aggregate,
     compare_ett,
-    curve_label,
     curves,
     imp_curve,
     read_at,
-    short_name,
     targets_of,
 )
 from elth.experiments.compute import dense_training_flops, dst_comparisons, elth_savings
 from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
 from elth.experiments.results import Row, read_lmc, read_results
+from elth.experiments.spec import SpecError
+from elth.experiments.specs import get_experiment
 from elth.files import ACCURACY_FIGURE, EXPERIMENT_FILE, REPORT_FILE, write_text_atomic
+from elth.methods import DEFAULT_STRATEGIES, curve_label, short_name
 
 
 def nominal_sparsity(level: int, fraction: float = 0.2) -> float:
@@ -83,9 +87,6 @@ def _meta(results_dir: Path) -> dict:
 # -- sections ---------------------------------------------------------------------------------
 def _spec_seeds(meta: dict) -> int | None:
     """The number of seeds the shipped spec gives the reported scale (None for unknown experiments)."""
-    from elth.experiments.spec import SpecError
-    from elth.experiments.specs import get_experiment
-
     try:
         setups = get_experiment(meta.get("name", "")).setups(meta.get("scale", ""))
     except SpecError:
@@ -276,10 +277,7 @@ def _lmc_section(paths: list[dict], out: Path) -> str:
     """Figure 8's analysis: per target and level, every ticket's path between its two trained copies."""
     if not paths:
         return ""
-    import statistics
-    from dataclasses import fields
 
-    from elth.analysis import LMCResult, plot_lmc
 
     names = {f.name for f in fields(LMCResult)}
     text = ["## Linear mode connectivity\n",
@@ -387,7 +385,5 @@ def summary_text(rows: list[Row]) -> str:
 
 def report_figures(report: str | os.PathLike) -> list[Path]:
     """The PNG figures a written report shows, in order."""
-    import re
-
     path = Path(report)
     return [path.parent / name for name in dict.fromkeys(re.findall(r"\]\(([^)\s]+\.png)\)", path.read_text()))]

@@ -19,6 +19,7 @@ Anyone can re-plot an experiment from `results.csv` alone. Columns:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -27,10 +28,6 @@ from pathlib import Path
 
 from elth.errors import ElthError
 from elth.files import LMC_JSONL, RESULTS_CSV, RESULTS_JSONL, write_text_atomic
-
-#: methods that prune the target directly (drawn dashed in plots)
-PRUNING_BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra",
-                     "ett-reinit", "ett-random", "ett-random-reinit", "rigl", "rigl-5x", "dpf")
 
 
 @dataclass(frozen=True)
@@ -87,7 +84,6 @@ def write_results(rows: list[Row], out_dir: str | os.PathLike) -> tuple[Path, Pa
     rows = sorted(rows, key=sort_key)
     jsonl = "".join(json.dumps(asdict(r), sort_keys=False) + "\n" for r in rows)
     p_jsonl = write_text_atomic(out / RESULTS_JSONL, jsonl)
-    import io
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")

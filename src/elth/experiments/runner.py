@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from elth.errors import ElthError
@@ -30,16 +31,19 @@ from elth.experiments.jobs import (
     TicketOutcome,
     imp_cached,
     lmc_cached,
-    protocol_for,
-    rewind_for,
     run_imp_job,
     run_lmc_job,
     run_ticket_job,
+    settings,
     ticket_cached,
+)
+from elth.experiments.jobs import (
+    dataset as context_data,
 )
 from elth.experiments.results import Row, write_lmc, write_results
 from elth.experiments.spec import Experiment, ImpRun, LMCRun, Setup, TicketRun, expand
 from elth.files import EXPERIMENT_FILE, write_json_atomic
+from elth.methods import curve_label
 from elth.training import distributed
 
 
@@ -65,8 +69,6 @@ class _Task:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
 
 
@@ -207,8 +209,6 @@ def run_experiment(
         raise ElthError("--workers runs trainings side by side in worker processes; with several ranks "
                         "(torchrun, --nproc) every training uses all of them: leave --workers at 1")
     if workers == 1 and threads:
-        import torch
-
         torch.set_num_threads(threads)
     start = time.time()
     parts = tuple(s.with_seeds(seeds) for s in (setups or experiment.setups(scale)))
@@ -244,7 +244,8 @@ def run_experiment(
     write_results(outcome.rows, out)
     if any(p.lmc for p in plans):
         write_lmc(lmc, out)
-    write_json_atomic(out / EXPERIMENT_FILE, _meta(experiment, scale, parts, ctxs, outcome, command))
+    looked_up = [_looked_up(c, workers > 1) for c in ctxs]
+    write_json_atomic(out / EXPERIMENT_FILE, _meta(experiment, scale, parts, looked_up, outcome, command))
     if outcome.failures:
         for label, err in outcome.failures:
             print(f"\n--- run failed: {label}\n{err}", file=sys.stderr)
@@ -263,9 +264,14 @@ def _on(ctx: Context, dataset: str) -> Context:
 
 
 def _dataset_name(ctx: Context) -> str:
-    from elth.experiments.jobs import dataset
+    return context_data(ctx).info.name
 
-    return dataset(ctx).info.name
+
+def _looked_up(ctx: Context, with_workers: bool) -> Context:
+    """The context this process finds runs in the store with. With worker processes it only names
+    runs (dataset names and sizes), so its datasets load on the CPU and the device stays free for
+    the workers; with none, this process trains too and shares its datasets with the runs."""
+    return dataclasses.replace(ctx, device="cpu") if with_workers else ctx
 
 
 ImpKey = tuple[str, str, int]  # (dataset, model, seed)
@@ -275,8 +281,9 @@ def _run_imp_phase(runs: list[tuple[Context, ImpRun]], pool, bar, outcome) -> di
     done: dict[ImpKey, ImpOutcome] = {}
     todo = []
     for ctx, run in runs:
-        if imp_cached(ctx, run):
-            done[(_dataset_name(ctx), run.model, run.seed)] = run_imp_job(ctx, run)
+        here = _looked_up(ctx, pool is not None)
+        if imp_cached(here, run):
+            done[(_dataset_name(here), run.model, run.seed)] = run_imp_job(here, run)
             outcome.cached += 1
             bar.skip(run.label, "read from the store")
         else:
@@ -285,7 +292,7 @@ def _run_imp_phase(runs: list[tuple[Context, ImpRun]], pool, bar, outcome) -> di
         if err is not None:
             outcome.failures.append((task.label, err))
         else:
-            done[(_dataset_name(task.args[0]), result.model, result.seed)] = result
+            done[(_dataset_name(_looked_up(task.args[0], pool is not None)), result.model, result.seed)] = result
             outcome.trained += 1
     return done
 
@@ -310,14 +317,15 @@ def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, out
     done: dict[TicketKey, TicketOutcome] = {}
     todo = []
     for ctx, run in runs:
-        bases = _bases(ctx, run, imp)
+        here = _looked_up(ctx, pool is not None)
+        bases = _bases(here, run, imp)
         if isinstance(bases, str):
             outcome.failures.append((run.label, bases))
             bar.skip(run.label, bases)
             continue
-        cached = ticket_cached(ctx, run, *bases)
+        cached = ticket_cached(here, run, *bases)
         if cached is not None:
-            done[(_dataset_name(ctx), run)] = cached
+            done[(_dataset_name(here), run)] = cached
             outcome.cached += 1
             bar.skip(run.label, "read from the store")
         else:
@@ -327,15 +335,13 @@ def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, out
         if err is not None:
             outcome.failures.append((task.label, err))
         else:
-            done[(_dataset_name(ctx), run)] = result
+            done[(_dataset_name(_looked_up(ctx, pool is not None)), run)] = result
             outcome.trained += 1
     return done
 
 
 def _lmc_ticket(ctx: Context, run: LMCRun, imp: dict, tickets: dict) -> tuple[str, str] | str:
     """(ticket path, label) of an LMC run, or why it cannot run."""
-    from elth.experiments.aggregate import curve_label
-
     ds = _dataset_name(ctx)
     if run.ticket is None:
         o = imp.get((ds, run.target, run.seed))
@@ -359,14 +365,15 @@ def _run_lmc_phase(runs: list[tuple[Context, LMCRun]], imp, tickets, pool, bar, 
                      "seed": run.seed, **result})
 
     for ctx, run in runs:
-        found = _lmc_ticket(ctx, run, imp, tickets)
+        here = _looked_up(ctx, pool is not None)
+        found = _lmc_ticket(here, run, imp, tickets)
         if isinstance(found, str):
             outcome.failures.append((run.label, found))
             bar.skip(run.label, found)
             continue
-        cached = lmc_cached(ctx, run, found[0])
+        cached = lmc_cached(here, run, found[0])
         if cached is not None:
-            record(ctx, run, cached)
+            record(here, run, cached)
             outcome.cached += 1
             bar.skip(run.label, "read from the store")
         else:
@@ -375,7 +382,7 @@ def _run_lmc_phase(runs: list[tuple[Context, LMCRun]], imp, tickets, pool, bar, 
         if err is not None:
             outcome.failures.append((task.label, err))
         else:
-            record(task.args[0], task.args[1], result)
+            record(_looked_up(task.args[0], pool is not None), task.args[1], result)
             outcome.trained += 1
     return done
 
@@ -406,11 +413,12 @@ def _ticket_rows(name: str, scale: str, tickets: dict) -> list[Row]:
 
 
 def describe_protocol(ctx: Context, model: str) -> str:
-    p = protocol_for(ctx, model)
+    s = settings(ctx, model)
+    p = s.protocol
     decay = f", x{p.gamma} at {', '.join(p.milestones)}" if p.milestones else ", constant LR"
     warm = f", warmup {p.warmup}" if p.warmup not in ("0", "0it") else ""
     return (f"{p.length} at batch {p.batch_size}, SGD lr {p.lr} (momentum {p.momentum}, weight decay "
-            f"{p.weight_decay}){decay}{warm}; rewind to {rewind_for(ctx, model)}")
+            f"{p.weight_decay}){decay}{warm}; rewind to {s.rewind}")
 
 
 def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, command) -> dict:

@@ -15,25 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from elth.elastic.strategies import ORDERS, SQUEEZE_MODES
 from elth.errors import ElthError
+from elth.methods import BASELINES, DEFAULT_STRATEGIES, TRANSFER_BASELINES
 from elth.models import parse_model_name
 
 SCALES = ("paper", "cpu", "smoke")
 #: `Setup.transfers` shorthand: every source to every other member.
 ALL_PAIRS = "all"
-#: Baseline methods a setup may list (see `elth.sparsity` for each one's definition).
-BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra",
-             "ett-reinit", "ett-random", "ett-random-reinit", "rigl", "rigl-5x", "dpf")
-#: Dynamic sparse training baselines: the target trained from scratch by RigL (5x as long for
-#: "rigl-5x") or DPF to the sparsity of its IMP ticket at the level (`elth.sparsity.dst`).
-DST_BASELINES = ("rigl", "rigl-5x", "dpf")
-#: Baselines made from each transfer rather than from the target's IMP ticket (paper's Figure 3):
-#: snip-extra (the source's masks on the units it has, SNIP on the extra ones: stretches only),
-#: ett-reinit (the ETT ticket's mask on fresh weights), ett-random (the ETT ticket's weights under
-#: its masks permuted within each layer) and ett-random-reinit (fresh weights, permuted masks).
-TRANSFER_BASELINES = ("snip-extra", "ett-reinit", "ett-random", "ett-random-reinit")
-STRETCH_ORDERS = ("appending", "interpolation")
-SQUEEZE_MODES = ("consecutive", "interval")
 
 
 class SpecError(ElthError, ValueError):
@@ -46,8 +35,8 @@ class Transfer:
 
     source: str
     target: str
-    order: str = "appending"  # how a stretch orders its replicas
-    squeeze_mode: str = "consecutive"  # how a squeeze drops units
+    order: str = ORDERS[0]  # how a stretch orders its replicas
+    squeeze_mode: str = SQUEEZE_MODES[0]  # how a squeeze drops units
     #: the units a stretch replicates in every stretched stage (None: every replicable unit)
     units: tuple[int, ...] | None = None
     #: the units a squeeze drops in every squeezed stage (None: chosen by `squeeze_mode`)
@@ -79,8 +68,9 @@ class Setup:
     #: members whose IMP tickets are transferred (None: every member)
     sources: tuple[str, ...] | None = None
     transfers: tuple[Transfer, ...] | str = ALL_PAIRS
-    order: str = "appending"
-    squeeze_mode: str = "consecutive"
+    order: str = ORDERS[0]
+    squeeze_mode: str = SQUEEZE_MODES[0]
+    #: compared methods, by name (`elth.methods.BASELINES`); snip-extra and the ETT controls are made from each transfer
     baselines: tuple[str, ...] = ()
     #: members the (non-transfer) baselines are made for (None: every member)
     baseline_targets: tuple[str, ...] | None = None
@@ -158,8 +148,8 @@ class Setup:
             parse_model_name(t.source)
             if t.source == t.target and t.source_dataset is None:
                 raise SpecError(f"transfer {t.source} -> {t.target}: the same network, from the same dataset")
-            if t.order not in STRETCH_ORDERS:
-                raise SpecError(f"unknown stretch order {t.order!r} (one of {', '.join(STRETCH_ORDERS)})")
+            if t.order not in ORDERS:
+                raise SpecError(f"unknown stretch order {t.order!r} (one of {', '.join(ORDERS)})")
             if t.squeeze_mode not in SQUEEZE_MODES:
                 raise SpecError(f"unknown squeeze mode {t.squeeze_mode!r} (one of {', '.join(SQUEEZE_MODES)})")
             stretch = is_stretch(t.source, t.target)
@@ -236,7 +226,7 @@ class TicketRun:
     @property
     def label(self) -> str:
         src = f" <- {self.source}" if self.source else ""
-        how = f" ({self.strategy})" if self.strategy not in ("", "appending", "consecutive") else ""
+        how = f" ({self.strategy})" if self.strategy and self.strategy not in DEFAULT_STRATEGIES else ""
         return f"{self.method} {self.target}{src}{how} level {self.level} seed {self.seed}"
 
     @property

@@ -28,7 +28,9 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from elth.data import canonical_name
 from elth.errors import ElthError
+from elth.models import parse_model_name
 
 
 class ProtocolError(ElthError, ValueError):
@@ -164,14 +166,10 @@ _MLP = Protocol(length="40ep", batch_size=128, lr=0.1, momentum=0.0, weight_deca
 
 
 def _dataset_key(dataset: str) -> str:
-    from elth.data import canonical_name
-
     return canonical_name(dataset)
 
 
 def _model_kind(model: str) -> str:
-    from elth.models import parse_model_name
-
     return parse_model_name(model).kind
 
 
