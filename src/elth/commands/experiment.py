@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from elth.commands.common import check_output_dir, resolve_device
+from elth.commands.common import add_distributed_arguments, check_output_dir, resolve_device
 from elth.errors import ElthError
 from elth.experiments.report import report_figures, summary_text, write_report
 from elth.experiments.results import read_results
@@ -57,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where results and report go (default: ROOT/experiments/NAME-SCALE)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
-    parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu)")
+    parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu); "
+                        "under torchrun each rank takes cuda:LOCAL_RANK")
+    add_distributed_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="list the runs the experiment expands to and exit")
     parser.add_argument("--keep-diverged", action="store_true",
                         help="a ticket whose training diverges (non-finite loss) is recorded as diverged and the "

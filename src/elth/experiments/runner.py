@@ -45,6 +45,7 @@ from elth.experiments.results import Row, write_lmc, write_results
 from elth.experiments.spec import Experiment, ImpRun, LMCRun, Setup, TicketRun, expand
 from elth.files import EXPERIMENT_FILE, write_json_atomic
 from elth.methods import curve_label
+from elth.training import distributed
 
 
 class ExperimentFailed(ElthError):
@@ -227,6 +228,9 @@ def run_experiment(
         raise ElthError(f"--workers must be at least 1, got {workers}")
     if threads is not None and threads < 1:
         raise ElthError(f"--threads must be at least 1, got {threads}")
+    if workers > 1 and distributed.is_active():
+        raise ElthError("--workers runs trainings side by side in worker processes; with several ranks "
+                        "(torchrun, --nproc) every training uses all of them: leave --workers at 1")
     if workers == 1 and threads:
         torch.set_num_threads(threads)
     start = time.time()
