@@ -10,14 +10,14 @@ import elth
 
 #: Bottom first. Each entry is a layer: the module prefixes that belong to it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("elth.errors", "elth.console"),
+    ("elth.errors", "elth.limits", "elth.console"),
     ("elth.models", "elth.data", "elth.masks", "elth.files", "elth.runs"),
     ("elth.tickets", "elth.training", "elth.flops"),
     ("elth.sparsity",),
     ("elth.elastic", "elth.transfer", "elth.methods"),
     ("elth.workflows",),
     ("elth.analysis", "elth.experiments"),
-    ("elth.commands", "elth.cli"),
+    ("elth.commands", "elth.cli", "elth.__main__"),
 )
 
 SRC = Path(elth.__file__).parent

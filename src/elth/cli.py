@@ -6,10 +6,13 @@ Each subcommand lives in `elth.commands.<module>` and defines `add_arguments(par
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
+import traceback
 
+from elth import __version__
 from elth.errors import ElthError
 
 #: subcommand -> (module in elth.commands, one-line help). A command's module is imported only when
@@ -56,15 +59,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, `elth <cmd>: error: ...`, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `elth` parser; the arguments of `command` only (the others are listed by name and help)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="elth",
         description="Elastic lottery tickets: find a winning ticket once per model family by IMP, "
         "then stretch or squeeze it to other depths (and datasets); compare with pruning and dynamic "
         "sparse training baselines; run the paper's experiments.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module, help) in COMMANDS.items():
         if name != command:
@@ -82,22 +92,65 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: What an OSError's errno means for a path the user gave.
+_OS_HINTS = {
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EISDIR: "it is a directory",
+    errno.EEXIST: "it already exists",
+    errno.ENAMETOOLONG: "a name in the path is too long",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENOENT: "no such file or directory",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an operating-system error: the path(s) involved and what went wrong."""
+    why = _OS_HINTS.get(e.errno, e.strerror or str(e))
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {why}" if paths else why
+
+
+def one_line(message: str) -> str:
+    """A multi-line message as one line: items after a line ending in ':' follow it, others join with '; '."""
+    out = ""
+    for line in (part.strip() for part in message.splitlines()):
+        if line:
+            out += line if not out else (" " if out.endswith(":") else "; ") + line
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     command = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(command).parse_args(argv)
+    prefix = f"elth {args.command}"
     try:
-        return int(args._run(args) or 0)
+        # Commands that train run through `_launch` (commands.common.run_on_ranks: --nproc, torchrun ranks).
+        launch = getattr(args, "_launch", None)
+        code = launch(args, argv) if launch is not None else args._run(args)
+        return int(code or 0)
     except ElthError as e:
-        print(f"elth {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prefix}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # Output piped into a command that stopped reading (e.g. `| head`): not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print(f"elth {args.command}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
+        print(f"{prefix}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
         return 130
+    except OSError as e:  # a path that cannot be written or read, a full disk: the user's to fix
+        print(f"{prefix}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        print(f"{prefix}: internal error: this is a bug in elth {__version__}, not a problem with your input; "
+              "please report it with the command line and the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

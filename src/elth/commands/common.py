@@ -5,13 +5,16 @@ Each helper defines one option group once, so every command spells and documents
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import torch
 
 from elth.errors import ElthError
-from elth.training import default_device
-from elth.training.protocol import PRESETS, Protocol, ProtocolError, preset
+from elth.limits import MAX_SEED, BadNumberError, check_seed
+from elth.training import default_device, distributed
+from elth.training.protocol import PRESETS, Protocol, ProtocolError, preset, split_steps
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +30,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
     """--seed (the model's initialisation) and --data-seed (shared by commands that train from scratch)."""
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation (default: 0)")
-    parser.add_argument("--data-seed", type=int, metavar="SEED",
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of the model's initialisation (default: 0)")
+    parser.add_argument("--data-seed", type=seed_arg, metavar="SEED",
                         help="seed of the data order and augmentation (default: the same as --seed)")
 
 
@@ -37,7 +40,37 @@ def add_device_arguments(parser: argparse.ArgumentParser, precision_help: str | 
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help=precision_help or "fp32, or bf16 autocast (fast on GPUs and CPUs with bf16 units; "
                         "default: fp32)")
-    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu); "
+                        "under torchrun each rank takes cuda:LOCAL_RANK")
+    add_distributed_arguments(parser)
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--nproc and --sync-bn (shared by commands that train; see the README's "Several GPUs")."""
+    g = parser.add_argument_group("several devices (one training over ranks started by torchrun)")
+    g.add_argument("--nproc", type=positive_int, metavar="N",
+                   help="start this command as N ranks on this node through torchrun's launcher (one per GPU, "
+                   "or gloo ranks on CPUs), as `torchrun --standalone --nproc_per_node=N -m elth ...` does; "
+                   "the protocol's batch is the global batch, split over the ranks")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="BatchNorm statistics over the global batch (SyncBatchNorm) instead of per rank; the "
+                   "paper presets use per-rank BN, the usual multi-GPU ImageNet recipe (one process: no change)")
+    parser.set_defaults(_launch=run_on_ranks)
+
+
+def run_on_ranks(args: argparse.Namespace, argv: list[str]) -> int:
+    """How `elth` runs a command that trains: `--nproc N` starts N ranks of the same command line
+    through torchrun's launcher API; a rank that torchrun started joins the process group first (its
+    device becomes `cuda:LOCAL_RANK` for CUDA, and only rank 0 prints); otherwise the command runs."""
+    if args.nproc is not None and not distributed.launched_by_torchrun():
+        return distributed.launch(args.nproc, distributed.strip_nproc(argv))
+    if distributed.launched_by_torchrun():
+        device = distributed.init(getattr(args, "device", None), sync_batchnorm=args.sync_bn)
+        if hasattr(args, "device"):
+            args.device = str(device)
+        if not distributed.is_main():
+            sys.stdout = open(os.devnull, "w")
+    return int(args._run(args) or 0)
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,3 +161,73 @@ def add_root_argument(parser: argparse.ArgumentParser, help: str, *, out_meant_r
     if out_meant_root:
         parser.add_argument("--out", action=_OldRootSpelling, metavar="DIR", default=argparse.SUPPRESS,
                             help=argparse.SUPPRESS)
+
+
+def seed_arg(text: str) -> int:
+    """A seed on the command line: an integer from 0 to `MAX_SEED`."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, BadNumberError):
+        raise argparse.ArgumentTypeError(f"seeds are integers from 0 to {MAX_SEED}, got {text!r}") from None
+
+
+#: Longest file name most file systems take (bytes); atomic writes add a prefix and a suffix to it.
+NAME_MAX = 255
+ATOMIC_NAME_EXTRA = len(".") + len(".12345678.tmp")
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """`path` if a directory can be made or written there, else an error naming `flag` (nothing is created)."""
+    p = Path(path)
+    _check_names(p, flag, extra=0)
+    if p.exists() and not p.is_dir():
+        raise OutputPathError(f"{flag} {p}: is a file, not a directory")
+    _check_ancestor(p, p, flag)
+    return p
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """`path` if a file can be written there (atomically), else an error naming `flag` (nothing is created)."""
+    p = Path(path)
+    _check_names(p, flag, extra=ATOMIC_NAME_EXTRA)
+    if p.is_dir():
+        raise OutputPathError(f"{flag} {p}: is a directory; give a file name (e.g. {p / 'ticket.safetensors'})")
+    _check_ancestor(p, p.parent, flag)
+    return p
+
+
+class OutputPathError(ElthError):
+    """An output path that cannot be written."""
+
+
+def _check_names(p: Path, flag: str, extra: int) -> None:
+    for i, part in enumerate(p.parts):
+        limit = NAME_MAX - (extra if i == len(p.parts) - 1 else 0)
+        if len(os.fsencode(part)) > limit:
+            raise OutputPathError(f"{flag} {_short(p)}: the name {_short(part)} is longer than {limit} bytes")
+
+
+def _check_ancestor(p: Path, start: Path, flag: str) -> None:
+    """The nearest existing directory at or above `start` must be a directory elth may write in."""
+    ancestor = start
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputPathError(f"{flag} {p}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {p}: no permission to write in {ancestor}")
+
+
+def _short(text: object, keep: int = 40) -> str:
+    s = str(text)
+    return s if len(s) <= keep else f"{s[:keep]}... ({len(s)} characters)"
+
+
+def eval_every_of(text: str) -> str | None:
+    """--eval-every: a positive step count such as 1ep or 500it, or None for 'none' (only at the end)."""
+    if text.strip().lower() == "none":
+        return None
+    if split_steps(text) == (0, 0):
+        raise ProtocolError(f"--eval-every must be a positive number of steps such as 1ep or 500it, or 'none' "
+                            f"(only at the end), got {text!r}")
+    return text

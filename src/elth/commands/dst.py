@@ -7,15 +7,17 @@ from elth.commands.common import (
     add_device_arguments,
     add_protocol_arguments,
     add_root_argument,
+    check_output_dir,
+    eval_every_of,
     positive_int,
     protocol_from_args,
     resolve_device,
+    seed_arg,
     sparsity_arg,
 )
 from elth.data import canonical_name, load_dataset
 from elth.models import parse_model_name
 from elth.sparsity.dst import DISTRIBUTIONS
-from elth.training import parse_steps
 from elth.workflows.dst_training import (
     DEFAULTS,
     METHODS,
@@ -93,9 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
     add_protocol_arguments(parser)
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed of the model's initialisation and of RigL's initial mask (default: 0)")
-    parser.add_argument("--data-seed", type=int, metavar="SEED",
+    parser.add_argument("--data-seed", type=seed_arg, metavar="SEED",
                         help="seed of the data order and augmentation (default: the same as --seed)")
     add_device_arguments(parser, "fp32, or bf16 autocast (default: fp32)")
     parser.add_argument("--eval-every", default="1ep", metavar="STEPS",
@@ -114,9 +116,8 @@ def run(args: argparse.Namespace) -> int:
         "end_fraction": args.end_fraction, "multiplier": args.multiplier,
         "exclude": None if args.exclude is None else tuple(args.exclude),
     })
-    eval_every = None if args.eval_every.strip().lower() == "none" else args.eval_every
-    if eval_every is not None:
-        parse_steps(eval_every, 1)
+    eval_every = eval_every_of(args.eval_every)
+    check_output_dir(args.root, "--root")
     data_seed = args.seed if args.data_seed is None else args.data_seed
     device = resolve_device(args.device)
     data = load_dataset(dataset, args.data_dir, device=device)

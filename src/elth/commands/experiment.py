@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from elth.commands.common import resolve_device
+from elth.commands.common import add_distributed_arguments, check_output_dir, resolve_device
 from elth.errors import ElthError
 from elth.experiments.launch import LaunchOptions, SlurmOptions, parse_slurm_args, parse_time
 from elth.experiments.lease import DEFAULT_TIMEOUT
@@ -86,7 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where results and report go (default: ROOT/experiments/NAME-SCALE)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
-    parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu)")
+    parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu); "
+                        "under torchrun each rank takes cuda:LOCAL_RANK")
+    add_distributed_arguments(parser)
     parser.add_argument("--devices", metavar="LIST",
                         help="GPUs for the local workers, e.g. 0,1,2,3 or all (visible ones); implies --device cuda")
     parser.add_argument("--dry-run", action="store_true", help="list the runs the experiment expands to and exit")
@@ -94,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print where each run stands (done, running, failed, waiting) and exit")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the results table and report from the finished runs; train nothing")
+    parser.add_argument("--keep-diverged", action="store_true",
+                        help="a ticket whose training diverges (non-finite loss) is recorded as diverged and the "
+                        "experiment goes on and succeeds without it (default: such a run fails the experiment)")
     parser.add_argument("--no-report", action="store_true", help="write the results table only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-run lines")
     parser.add_argument("--tensorboard", action="store_true",
@@ -167,13 +172,16 @@ def run(args: argparse.Namespace) -> int:
         print(status(experiment, args))
         return 0
     out = Path(args.out) if args.out else default_out(args.root, args.name, args.scale)
+    check_output_dir(args.root, "--root")
+    check_output_dir(out, "--out")
     if args.report_only:
         return report_only(experiment, args, out)
     return execute(experiment, args.scale, args, out, command=command_of(args))
 
 
 def status(experiment, args: argparse.Namespace) -> str:
-    _, _, graph = build_graph(experiment, args.scale, root=args.root, seeds=args.seeds, data_dir=args.data_dir)
+    _, _, graph = build_graph(experiment, args.scale, root=args.root, seeds=args.seeds, data_dir=args.data_dir,
+                              keep_diverged=True)
     return format_status(f"{experiment.name} ({args.scale}) in {args.root}", survey(graph, args.lease_timeout))
 
 
@@ -234,6 +242,8 @@ def command_of(args: argparse.Namespace) -> str:
                          else None)):
         if value is not None:
             parts += [flag, str(value)]
+    if args.keep_diverged:
+        parts.append("--keep-diverged")
     return " ".join(parts)
 
 
@@ -255,12 +265,13 @@ def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=
             experiment, scale, root=args.root, out_dir=out, seeds=getattr(args, "seeds", None),
             data_dir=args.data_dir, device=device, progress=not args.no_progress, setups=setups, command=command,
             launch=launch, lease_timeout=getattr(args, "lease_timeout", DEFAULT_TIMEOUT),
-            tensorboard=getattr(args, "tensorboard", False),
+            tensorboard=getattr(args, "tensorboard", False), keep_diverged=getattr(args, "keep_diverged", False),
         )
         rows = outcome.rows
         others = f", {outcome.by_others} by other workers" if outcome.by_others else ""
+        kept = f", {len(outcome.diverged)} diverged (kept)" if outcome.diverged else ""
         print(f"\n{experiment.title} ({scale}): {outcome.trained} runs trained{others}, {outcome.cached} read from "
-              f"the store, {outcome.seconds:.0f}s", file=sys.stderr)
+              f"the store{kept}, {outcome.seconds:.0f}s", file=sys.stderr)
     except ExperimentFailed as e:
         failed = e
 

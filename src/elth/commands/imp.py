@@ -10,6 +10,7 @@ from elth.commands.common import (
     add_protocol_arguments,
     add_root_argument,
     add_seed_arguments,
+    check_output_dir,
     protocol_from_args,
     resolve_device,
 )
@@ -71,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
     parse_model_name(args.model)  # a bad name fails before any data is loaded
     if args.levels < 0:
         raise ElthError(f"--levels must be >= 0, got {args.levels}")
-    if not 0.0 < args.prune_fraction < 1.0:
+    if not 0.0 < args.prune_fraction < 1.0:  # NaN fails this too
         raise ElthError(f"--prune-fraction must be between 0 and 1 (exclusive), got {args.prune_fraction}")
     dataset_key = canonical_name(args.dataset)
     protocol = protocol_from_args(args, dataset_key, args.model)
     rewind = args.rewind if args.rewind is not None else default_rewind(args.model, dataset_key)
     parse_steps(rewind, 1)  # syntax check before the data is loaded
+    check_output_dir(args.root, "--root")
     data_seed = args.seed if args.data_seed is None else args.data_seed
     device = resolve_device(args.device)
 

@@ -6,9 +6,12 @@ import argparse
 from elth.commands.common import (
     add_device_arguments,
     add_protocol_arguments,
+    check_output_dir,
+    check_output_file,
     positive_int,
     protocol_from_args,
     resolve_device,
+    seed_arg,
     sparsity_arg,
 )
 from elth.data import canonical_name, load_dataset
@@ -83,10 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--exclude", nargs="*", metavar="LAYER",
                    help="layers kept dense (weight or module names, e.g. fc conv); replaces the model's default "
                    "(VGGs and MLPs: the output layer); give --exclude alone to prune every layer")
-    parser.add_argument("--seed", type=int,
+    parser.add_argument("--seed", type=seed_arg,
                         help="seed of the model's initialisation, as for `elth imp` (selects the rewind point); "
                         "also seeds random and reinit (default: the --like ticket's, if recorded, else 0)")
-    parser.add_argument("--data-seed", type=int, metavar="SEED",
+    parser.add_argument("--data-seed", type=seed_arg, metavar="SEED",
                         help="seed of the data order to the rewind point and of the scoring examples "
                         "(default: the --like ticket's, if recorded and --seed is not given, else --seed)")
     parser.add_argument("--data-dir", metavar="DIR",
@@ -103,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         raise ElthError(f"--method {args.method} needs --like TICKET")
     if args.like is None and args.sparsity is None:
         raise ElthError("give --sparsity S or --like TICKET")
+    check_output_file(args.output, "-o")
+    check_output_dir(args.root, "--root")
     like = load_ticket(args.like) if args.like else None
     model = args.model or (like.model if like else None)
     if model is None:

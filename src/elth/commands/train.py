@@ -9,7 +9,7 @@ from elth.data import canonical_name, load_dataset
 from elth.models import build_model, parse_model_name
 from elth.runs import run_dir
 from elth.training import train
-from elth.training.protocol import PRESETS, parse_steps
+from elth.training.protocol import PRESETS
 
 DESCRIPTION = """\
 Train a dense model with SGD (momentum, weight decay, multi-step LR decay, optional linear warmup).
@@ -53,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
     parse_model_name(args.model)  # a bad name fails before any data is loaded
     dataset_key = canonical_name(args.dataset)
     protocol = common.protocol_from_args(args, dataset_key, args.model)
-    eval_every = None if args.eval_every.strip().lower() == "none" else args.eval_every
-    if eval_every is not None:
-        parse_steps(eval_every, 1)  # syntax check before the data is loaded
+    eval_every = common.eval_every_of(args.eval_every)
+    if args.out:
+        common.check_output_dir(args.out, "--out")
+    else:
+        common.check_output_dir(args.root, "--root")
     data_seed = args.seed if args.data_seed is None else args.data_seed
     device = common.resolve_device(args.device)
 

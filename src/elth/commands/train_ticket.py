@@ -8,8 +8,10 @@ from elth.commands.common import (
     add_device_arguments,
     add_protocol_arguments,
     add_root_argument,
+    check_output_dir,
     protocol_from_args,
     resolve_device,
+    seed_arg,
 )
 from elth.data import canonical_name, dataset_info, load_dataset
 from elth.tickets import check_dataset, load_ticket
@@ -42,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
     add_protocol_arguments(parser)
     parser.set_defaults(preset=None)
-    parser.add_argument("--seed", type=int, metavar="SEED",
+    parser.add_argument("--seed", type=seed_arg, metavar="SEED",
                         help="seed of the data order and augmentation (default: the one that made the "
                         "ticket, if recorded, else 0); the weights come from the ticket")
     add_device_arguments(parser)
@@ -72,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     ticket = load_ticket(args.ticket)
     dataset_key = canonical_name(args.dataset or ticket.dataset.name)
     protocol, source = ticket_protocol(args, ticket, dataset_key)
-    data_seed = args.seed if args.seed is not None else int(ticket.provenance.get("data_seed", 0))
+    recorded = ticket.provenance.get("data_seed")  # validated by load_ticket
+    data_seed = args.seed if args.seed is not None else (recorded if recorded is not None else 0)
+    check_output_dir(args.root, "--root")
     device = resolve_device(args.device)
 
     check_dataset(ticket, dataset_info(dataset_key, args.data_dir))  # before loading any images

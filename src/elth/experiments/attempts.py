@@ -12,7 +12,10 @@ import json
 import os
 import socket
 import time
+import traceback
 from pathlib import Path
+
+from elth.errors import ElthError
 
 from elth.files import ATTEMPTS_FILE, FAILURE_FILE, SUBMITTED_FILE, write_json_atomic
 
@@ -63,10 +66,18 @@ def clear_failure(directory: str | os.PathLike) -> None:
     (Path(directory) / FAILURE_FILE).unlink(missing_ok=True)
 
 
-def last_error_line(error: str) -> str:
-    """The line of a traceback that says what went wrong (its last non-empty line)."""
-    lines = [ln.strip() for ln in error.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
+def failure_text(exc: BaseException) -> str:
+    """An expected failure (ElthError: bad settings, a diverged training) as its message; anything else
+    as its traceback, which a bug report needs."""
+    if isinstance(exc, ElthError):
+        return str(exc)
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def first_line(text: str) -> str:
+    """The line of a failure text that says what happened (a traceback's last line)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if len(lines) > 1 and lines[0].startswith("Traceback") else (lines[0] if lines else "")
 
 
 def write_submitted(directory: str | os.PathLike, job: str, launcher: str) -> None:

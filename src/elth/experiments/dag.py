@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from elth.experiments.jobs import (
     Context,
+    Diverged,
     ImpOutcome,
     LevelCost,
     TicketOutcome,
@@ -36,14 +37,25 @@ from elth.experiments.jobs import (
     ticket_cached,
     ticket_run_dir,
 )
-from elth.experiments.launch import Busy, Finished, Task, WorkerSettings
+from elth.experiments.attempts import first_line
+from elth.experiments.launch import Busy, Failed, Finished, Task, WorkerSettings
 from elth.experiments.lease import holder
 from elth.experiments.spec import ImpRun, LMCRun, TicketRun
 from elth.methods import curve_label
 
-#: Node states. Final: done, failed, skipped.
-WAITING, SUBMITTED, ELSEWHERE, DONE, FAILED, SKIPPED = "waiting", "submitted", "elsewhere", "done", "failed", "skipped"
-FINAL = (DONE, FAILED, SKIPPED)
+#: Node states. Final: done, diverged (a ticket run kept as diverged), failed, skipped.
+WAITING, SUBMITTED, ELSEWHERE = "waiting", "submitted", "elsewhere"
+DONE, DIVERGED, FAILED, SKIPPED = "done", "diverged", "failed", "skipped"
+FINAL = (DONE, DIVERGED, FAILED, SKIPPED)
+
+
+@dataclass(frozen=True)
+class Cannot:
+    """Why a run will not run: a failure of the experiment, or (`failed` False) a consequence of a
+    ticket kept as diverged."""
+
+    reason: str
+    failed: bool = True
 
 
 @dataclass(eq=False)
@@ -117,46 +129,48 @@ class Graph:
             self._levels[imp] = (time.time(), known)
         return known
 
-    def _level(self, ctx: Context, model: str, seed: int, level: int, max_age: float) -> LevelCost | str | None:
+    def _level(self, ctx: Context, model: str, seed: int, level: int, max_age: float) -> LevelCost | Cannot | None:
         """IMP level `level` of (model, seed) on ctx's dataset: its cost, None while it does not
         exist yet, or why it never will."""
         imp = self.imp.get((dataset_name(ctx), model, seed))
         if imp is None:
-            return f"no IMP run of {model} (seed {seed})"
+            return Cannot(f"no IMP run of {model} (seed {seed})")
         if imp.state in (FAILED, SKIPPED):
-            return f"skipped: IMP on {model} (seed {seed}) failed"
+            return Cannot(f"skipped: IMP on {model} (seed {seed}) failed")
         levels = self.levels(imp, level, max_age)
         if len(levels) > level:
             return levels[level]
         if imp.state == DONE:
-            return f"skipped: IMP did not reach level {level}"
+            return Cannot(f"skipped: IMP did not reach level {level}")
         return None
 
-    def inputs(self, node: Node, max_age: float = 0.0) -> tuple | str | None:
+    def inputs(self, node: Node, max_age: float = 0.0) -> tuple | Cannot | None:
         """The job arguments of `node` (after ctx and run) once what it needs exists; None while
-        waiting; a string saying why it cannot run."""
+        waiting; `Cannot` when it never will."""
         run = node.run
         if node.kind == "imp":
             return ()
         if node.kind == "ticket":
             target = self._level(node.here, run.target, run.seed, run.level, max_age)
-            if isinstance(target, str) or target is None:
+            if isinstance(target, Cannot) or target is None:
                 return target
             if not run.source:
                 return target, target
             source = self._level(on_dataset(node.here, run.source_dataset), run.source, run.seed, run.level, max_age)
-            if isinstance(source, str) or source is None:
+            if isinstance(source, Cannot) or source is None:
                 return source
             return source, target
         # LMC
         if run.ticket is None:
             level = self._level(node.here, run.target, run.seed, run.level, max_age)
-            if isinstance(level, str):
-                return f"skipped: IMP on {run.target} (seed {run.seed}) did not reach level {run.level}"
+            if isinstance(level, Cannot):
+                return Cannot(f"skipped: IMP on {run.target} (seed {run.seed}) did not reach level {run.level}")
             return None if level is None else (level.ticket, "IMP")
         source = self.ticket_nodes.get((node.dataset, run.ticket))
+        if source is not None and source.state == DIVERGED:
+            return Cannot("skipped: its ticket's training diverged (kept as diverged)", failed=False)
         if source is None or source.state in (FAILED, SKIPPED):
-            return f"skipped: the ticket run {run.ticket.label} failed"
+            return Cannot(f"skipped: the ticket run {run.ticket.label} failed or diverged")
         if source.state != DONE:
             return None
         t = run.ticket
@@ -173,7 +187,7 @@ class Graph:
             node.directory = self.directory(node)
             result = cached(node)
             if result is not None:
-                node.state, node.result = DONE, result
+                node.state, node.result = (DIVERGED if isinstance(result, Diverged) else DONE), result
                 done += 1
         return done
 
@@ -215,6 +229,7 @@ class Tally:
     cached: int = 0
     by_others: int = 0  # finished by another worker while this runner waited
     failures: list[tuple[str, str]] = field(default_factory=list)
+    diverged: list[tuple[str, str]] = field(default_factory=list)  # ticket runs kept as diverged
 
 
 class Scheduler:
@@ -226,7 +241,13 @@ class Scheduler:
         self.tally = Tally()
 
     def _finish(self, node: Node, result, note: str) -> None:
-        node.state, node.result = DONE, result
+        node.result = result
+        if isinstance(result, Diverged):
+            node.state = DIVERGED
+            self.tally.diverged.append((node.label, result.error))
+            note = f"diverged at step {result.step} (kept)"
+        else:
+            node.state = DONE
         self.progress.finish(node.label, note)
 
     def _fail(self, node: Node, state: str, error: str, note: str) -> None:
@@ -243,8 +264,12 @@ class Scheduler:
         """
         if not node.looked:
             found = self.graph.inputs(node, max_age=self.poll)
-            if isinstance(found, str):
-                self._fail(node, SKIPPED, found, found)
+            if isinstance(found, Cannot):
+                if found.failed:
+                    self._fail(node, SKIPPED, found.reason, found.reason)
+                else:
+                    node.state, node.error = SKIPPED, found.reason
+                    self.progress.finish(node.label, found.reason)
                 return True
             if found is None:
                 return False
@@ -293,8 +318,10 @@ class Scheduler:
 
     def _complete(self, task: Task, outcome, error: str | None) -> None:
         node: Node = task.key
+        if isinstance(outcome, Failed):
+            error = outcome.error
         if error is not None:
-            self._fail(node, FAILED, error, "FAILED")
+            self._fail(node, FAILED, error, f"FAILED: {first_line(error)}")
         elif isinstance(outcome, Busy):
             self._elsewhere(node, outcome.holder)
         elif isinstance(outcome, Finished):
@@ -329,7 +356,9 @@ def describe_imp(o: ImpOutcome) -> str:
     return f"level {last.level} at {100 * last.sparsity:.2f}% sparsity: {100 * last.accuracy:.2f}%"
 
 
-def describe_ticket(o: TicketOutcome) -> str:
+def describe_ticket(o: TicketOutcome | Diverged) -> str:
+    if isinstance(o, Diverged):
+        return f"diverged at step {o.step} (kept)"
     acc = "n/a" if o.accuracy is None or math.isnan(o.accuracy) else f"{100 * o.accuracy:.2f}%"
     return f"{acc} at {100 * o.sparsity:.2f}% sparsity ({o.seconds:.0f}s)"
 

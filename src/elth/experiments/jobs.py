@@ -17,7 +17,7 @@ import torch
 
 from elth.analysis import linear_mode_connectivity
 from elth.data import Dataset, DatasetInfo, load_dataset
-from elth.elastic import transform
+from elth.elastic import match_sparsity, source_sparsity, transform
 from elth.experiments.compute import mask_cost_flops
 from elth.experiments.spec import ImpRun, LMCRun, TicketRun
 from elth.files import LMC_FILE, RESULT_FILE, TICKET_FILE, write_json_atomic
@@ -26,12 +26,15 @@ from elth.methods import method
 from elth.models import build_model
 from elth.runs import run_dir
 from elth.tickets import Ticket, load_ticket, save_ticket
-from elth.training import Protocol, default_rewind, preset
+from elth.training import Protocol, TrainingDiverged, default_rewind, preset
 from elth.transfer import to_dataset
 from elth.workflows.baseline_tickets import permute_ticket_mask, prune_ticket
 from elth.workflows.dst_training import train_dst
 from elth.workflows.imp import IMPConfig, imp_run_dir, level_dir, read_summary, run_imp
 from elth.workflows.ticket_training import train_ticket
+
+#: result.json status of a ticket run whose training diverged and was kept (`Context.keep_diverged`)
+DIVERGED = "diverged"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class Context:
     rewind: str | None = None
     prune_fraction: float = 0.2
     progress: bool = True
+    #: a ticket run whose training diverges is recorded as diverged (`Diverged`) instead of failing
+    keep_diverged: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,15 @@ class TicketOutcome:
     mask_cost_flops: float
     ticket: str
     seconds: float
+
+
+@dataclass(frozen=True)
+class Diverged:
+    """A ticket run whose training diverged, kept in the sweep (`Context.keep_diverged`): no accuracy."""
+
+    step: int
+    error: str
+    ticket: str
 
 
 # -- what a context means for one model, worked out once per process --------------------------
@@ -234,29 +248,50 @@ def ticket_run_dir(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
     return run_dir(ctx.root, "ticket", hp)
 
 
-def ticket_cached(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | None:
-    f = ticket_run_dir(ctx, run, basis, like) / RESULT_FILE
-    if f.is_file():
-        return TicketOutcome(**json.loads(f.read_text()))
-    return None
+def ticket_cached(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | Diverged | None:
+    return _recorded(ctx, ticket_run_dir(ctx, run, basis, like) / RESULT_FILE)
 
 
-def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome:
+def _recorded(ctx: Context, result_file: Path) -> TicketOutcome | Diverged | None:
+    """The outcome a ticket run recorded; a recorded divergence counts only when diverged runs are kept
+    (otherwise the run is tried again, and fails)."""
+    if not result_file.is_file():
+        return None
+    record = json.loads(result_file.read_text())
+    if record.get("status") == DIVERGED:
+        return Diverged(record["step"], record["error"], record["ticket"]) if ctx.keep_diverged else None
+    return TicketOutcome(**record)
+
+
+def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | Diverged:
     """Make the run's ticket (or read it back), train it (or resume), and price it.
 
     `basis` is the IMP level the ticket comes from (the source's for ETTs and snip-extra, the
     target's otherwise); `like` is the target's own IMP ticket at that level, whose sparsity the
-    baselines match.
+    baselines match. With `ctx.keep_diverged`, a training that diverges is recorded in result.json
+    with status "diverged" and returned as `Diverged`; otherwise `TrainingDiverged` propagates.
     """
     directory = ticket_run_dir(ctx, run, basis, like)
     result_file = directory / RESULT_FILE
-    if result_file.is_file():
-        return TicketOutcome(**json.loads(result_file.read_text()))
+    recorded = _recorded(ctx, result_file)
+    if recorded is not None:
+        return recorded
+    try:
+        outcome = _train_ticket_run(ctx, run, basis, like, directory)
+    except TrainingDiverged as e:
+        if not ctx.keep_diverged:
+            raise
+        kept = Diverged(e.step, str(e), str(directory / TICKET_FILE))
+        write_json_atomic(result_file, {**e.record(), "status": DIVERGED, **asdict(kept)})
+        return kept
+    write_json_atomic(result_file, asdict(outcome))
+    return outcome
+
+
+def _train_ticket_run(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost, directory: Path) -> TicketOutcome:
     s = settings(ctx, run.target)
     if method(run.method).dst is not None:
-        outcome = _dst_outcome(ctx, s, run, like)
-        write_json_atomic(result_file, asdict(outcome))
-        return outcome
+        return _dst_outcome(ctx, s, run, like)
     start = time.time()
     ticket_path = directory / TICKET_FILE
     if ticket_path.is_file():
@@ -267,14 +302,12 @@ def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
     res = train_ticket(ticket, s.data, s.protocol, data_seed=run.seed, root=ctx.root, device=ctx.device,
                        progress=ctx.progress)
     steps = int(res.step) - ticket.rewind_step
-    outcome = TicketOutcome(
+    return TicketOutcome(
         sparsity=ticket.sparsity, accuracy=float(res.test_accuracy), train_steps=steps,
         train_flops=s.training_flops(steps, ticket.mask),
         mask_cost_flops=ticket_mask_cost(s, run, ticket, basis, like),
         ticket=str(ticket_path), seconds=time.time() - start,
     )
-    write_json_atomic(result_file, asdict(outcome))
-    return outcome
 
 
 def _dst_outcome(ctx: Context, s: ModelSettings, run: TicketRun, like: LevelCost) -> TicketOutcome:
@@ -308,6 +341,8 @@ def _transformed(s: ModelSettings, run: TicketRun, basis: LevelCost) -> Ticket:
             ticket, run.target, order=run.order, squeeze_mode=run.squeeze_mode, units=run.units, drop=run.drop,
             random_replicas=run.random_replicas, seed=run.seed, source_path=basis.ticket,
         )
+        if run.match_sparsity:
+            ticket = match_sparsity(ticket, source_sparsity(ticket))
     if run.source_dataset:
         ticket = to_dataset(ticket, s.info, seed=run.seed)
     return ticket

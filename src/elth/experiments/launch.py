@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import threading
 import time
-import traceback
 from collections.abc import Callable, Hashable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -36,7 +35,8 @@ from elth.errors import ElthError
 from elth.experiments.attempts import (
     clear_failure,
     clear_submitted,
-    last_error_line,
+    failure_text,
+    first_line,
     record,
     write_failure,
     write_submitted,
@@ -84,6 +84,13 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Failed:
+    """The run failed in an expected way (an ElthError: bad settings, a diverged training): its message."""
+
+    error: str
+
+
+@dataclass(frozen=True)
 class Busy:
     """Another live worker holds the run (or took it over from this one)."""
 
@@ -112,8 +119,11 @@ def _apply(settings: WorkerSettings) -> None:
         enable_tensorboard(True)
 
 
-def run_task(task: Task) -> Finished | Busy:
-    """Execute `task` under its run's lease (what every launcher runs, wherever it runs)."""
+def run_task(task: Task) -> Finished | Busy | Failed:
+    """Execute `task` under its run's lease (what every launcher runs, wherever it runs).
+
+    An expected failure (ElthError) comes back as `Failed` with its message, so that it reads the
+    same whichever launcher ran the task; anything else is raised, with its traceback."""
     _apply(task.settings)
     ctx = _worker_context(task.ctx)
     timeout = task.settings.lease_timeout
@@ -143,11 +153,14 @@ def run_task(task: Task) -> Finished | Busy:
                 return Busy(holder(task.directory, timeout))
             record(task.directory, "fail", error="interrupted", seconds=time.time() - start)
             raise
+        except ElthError as e:
+            write_failure(task.directory, str(e))
+            record(task.directory, "fail", error=first_line(str(e)), seconds=time.time() - start)
+            return Failed(str(e))
         except BaseException as e:
-            text = traceback.format_exc()
+            text = failure_text(e)
             write_failure(task.directory, text)
-            record(task.directory, "fail", error=last_error_line(text) or type(e).__name__,
-                   seconds=time.time() - start)
+            record(task.directory, "fail", error=first_line(text) or type(e).__name__, seconds=time.time() - start)
             raise
         clear_failure(task.directory)
         record(task.directory, "finish", seconds=time.time() - start)
@@ -155,7 +168,7 @@ def run_task(task: Task) -> Finished | Busy:
 
 
 #: (task, what run_task returned or None, error text or None)
-Completion = tuple[Task, "Finished | Busy | None", "str | None"]
+Completion = tuple[Task, "Finished | Busy | Failed | None", "str | None"]
 
 
 class InlineLauncher:
@@ -170,8 +183,8 @@ class InlineLauncher:
     def submit(self, task: Task) -> None:
         try:
             self._done.append((task, run_task(task), None))
-        except Exception:  # reported and counted by the runner; the other runs go on
-            self._done.append((task, None, traceback.format_exc()))
+        except Exception as e:  # reported and counted by the runner; the other runs go on
+            self._done.append((task, None, failure_text(e)))
 
     def in_flight(self) -> int:
         return 0
@@ -240,7 +253,7 @@ class PoolLauncher(InlineLauncher):
             task = self._futures.pop(fut)
             exc = fut.exception()
             if exc is not None:
-                out.append((task, None, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+                out.append((task, None, failure_text(exc)))
             else:
                 out.append((task, fut.result(), None))
         return out

@@ -21,13 +21,15 @@ import torch
 
 from elth.console import progress_bar, use_bars, write as write_line
 from elth.errors import ElthError
-from elth.experiments.dag import DONE, Graph, Scheduler, dataset_name, on_cpu, on_dataset
+from elth.experiments.attempts import first_line
+from elth.experiments.dag import DIVERGED, DONE, Graph, Scheduler, dataset_name, on_cpu, on_dataset
 from elth.experiments.jobs import Context, settings
 from elth.experiments.launch import LaunchOptions, WorkerSettings, make_launcher
 from elth.experiments.lease import DEFAULT_TIMEOUT
 from elth.experiments.results import Row, write_lmc, write_results
 from elth.experiments.spec import Experiment, ImpRun, Setup, expand
 from elth.files import EXPERIMENT_FILE, write_json_atomic
+from elth.training import distributed
 from elth.training.metrics import enable_tensorboard
 
 #: seconds between looks at the store for runs that wait on other workers
@@ -46,6 +48,8 @@ class Outcome:
     cached: int = 0
     by_others: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: ticket runs whose training diverged, kept because the experiment was asked to (label, error)
+    diverged: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -86,22 +90,25 @@ def worker_threads(workers: int, threads: int | None = None) -> int:
     return threads if threads else max(1, (os.cpu_count() or 1) // workers)
 
 
-def context_for(setup: Setup, root: str | os.PathLike, *, data_dir=None, device=None, progress=True) -> Context:
+def context_for(setup: Setup, root: str | os.PathLike, *, data_dir=None, device=None, progress=True,
+                keep_diverged: bool = False) -> Context:
     return Context(
         root=str(root), dataset=setup.dataset, data_dir=None if data_dir is None else str(data_dir),
         device=device, preset=setup.preset, protocol=setup.protocol, rewind=setup.rewind,
-        prune_fraction=setup.prune_fraction, progress=progress,
+        prune_fraction=setup.prune_fraction, progress=progress, keep_diverged=keep_diverged,
     )
 
 
 def build_graph(experiment: Experiment, scale: str, *, root, seeds=None, data_dir=None, device=None,
-                progress: bool = False, setups: tuple[Setup, ...] | None = None, lookups_on_cpu: bool = True):
+                progress: bool = False, setups: tuple[Setup, ...] | None = None, lookups_on_cpu: bool = True,
+                keep_diverged: bool = False):
     """(parts, contexts, graph) of an experiment at a scale: every run and what it needs.
 
     The contexts are what this process looks runs up with (see `Graph`)."""
     parts = tuple(s.with_seeds(seeds) for s in (setups or experiment.setups(scale)))
     plans = [expand(s) for s in parts]
-    ctxs = [context_for(s, root, data_dir=data_dir, device=device, progress=progress) for s in parts]
+    ctxs = [context_for(s, root, data_dir=data_dir, device=device, progress=progress, keep_diverged=keep_diverged)
+            for s in parts]
     # One IMP run per network, dataset and seed, however many parts need it.
     unique: dict[tuple, tuple[Context, ImpRun]] = {}
     for c, p in zip(ctxs, plans):
@@ -134,6 +141,7 @@ def run_experiment(
     lease_timeout: float = DEFAULT_TIMEOUT,
     tensorboard: bool = False,
     poll: float = POLL_SECONDS,
+    keep_diverged: bool = False,
 ) -> Outcome:
     """Execute every run of `experiment` at `scale` and write `results.jsonl`/`.csv` to `out_dir`.
 
@@ -141,10 +149,17 @@ def run_experiment(
     processes with `threads` torch threads each, the cores shared out by default). `setups`
     replaces the spec's parts for `scale` (the demo uses it to pick its dataset).
     `lease_timeout`: seconds without a heartbeat after which another runner takes over a run.
-    Raises `ExperimentFailed` after writing the results of the runs that finished.
+    `keep_diverged`: a ticket run whose training diverges is recorded as diverged (listed in
+    experiment.json and the report, no row in the results) instead of failing the experiment; an IMP
+    run that diverges still fails (its later levels cannot be made). Raises `ExperimentFailed` after
+    writing the results of the runs that finished.
     """
     launch = launch or LaunchOptions(workers=workers, threads=threads)
     launch.check()
+    in_process = launch.launcher == "local" and launch.workers == 1
+    if not in_process and distributed.is_active():
+        raise ElthError("--workers and --launcher slurm run trainings side by side in other processes; with "
+                        "several ranks (torchrun, --nproc) every training uses all of them: run on one process")
     if tensorboard:
         enable_tensorboard(True)  # fails early, with what to install, when tensorboard is missing
     if launch.launcher == "local" and launch.workers == 1 and launch.threads:
@@ -152,9 +167,9 @@ def run_experiment(
     start = time.time()
     # Runs print their own progress when they run here (one at a time) or in a job's log.
     run_progress = progress and (launch.launcher != "local" or launch.workers == 1)
-    in_process = launch.launcher == "local" and launch.workers == 1
     parts, ctxs, graph = build_graph(experiment, scale, root=root, seeds=seeds, data_dir=data_dir, device=device,
-                                     progress=run_progress, setups=setups, lookups_on_cpu=not in_process)
+                                     progress=run_progress, setups=setups, lookups_on_cpu=not in_process,
+                                     keep_diverged=keep_diverged)
     out = Path(out_dir)
     total = len(graph.nodes)
     bar = _Progress(total, progress, parallel=launch.launcher != "local" or launch.workers > 1)
@@ -168,7 +183,7 @@ def run_experiment(
     finally:
         bar.close()
     outcome.trained, outcome.cached, outcome.by_others = tally.trained, tally.cached, tally.by_others
-    outcome.failures = tally.failures
+    outcome.failures, outcome.diverged = tally.failures, tally.diverged
     _finish(experiment, scale, parts, ctxs, graph, outcome, command, start)
     if outcome.failures:
         for label, err in outcome.failures:
@@ -184,11 +199,14 @@ def run_experiment(
 
 def report_from_store(experiment: Experiment, scale: str, *, root, out_dir, seeds=None, data_dir=None,
                       setups: tuple[Setup, ...] | None = None, command: str | None = None) -> Outcome:
-    """Write the results table of the runs of an experiment that are finished, training nothing."""
+    """Write the results table of the runs of an experiment that are finished, training nothing
+    (ticket runs recorded as diverged are listed as such)."""
     start = time.time()
-    parts, ctxs, graph = build_graph(experiment, scale, root=root, seeds=seeds, data_dir=data_dir, setups=setups)
+    parts, ctxs, graph = build_graph(experiment, scale, root=root, seeds=seeds, data_dir=data_dir, setups=setups,
+                                     keep_diverged=True)
     outcome = Outcome(rows=[], out_dir=Path(out_dir))
     outcome.cached = graph.read_store()
+    outcome.diverged = [(n.label, n.result.error) for n in graph.tickets if n.state == DIVERGED]
     _finish(experiment, scale, parts, ctxs, graph, outcome, command, start)
     return outcome
 
@@ -264,6 +282,7 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
                 "transfers": [asdict(t) for t in s.expand_transfers()],
                 "baselines": list(s.baselines),
                 "lmc_levels": list(s.lmc_levels),
+                "match_sparsity": s.match_sparsity,
             }
             for s in parts
         ],
@@ -271,5 +290,7 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
         "command": command or "",
         "wall_seconds": round(outcome.seconds, 1),
         "runs": {"trained": outcome.trained, "cached": outcome.cached, "by_others": outcome.by_others,
-                 "failed": len(outcome.failures)},
+                 "failed": len(outcome.failures), "diverged": len(outcome.diverged)},
+        "failures": [{"run": label, "error": first_line(err)} for label, err in outcome.failures],
+        "diverged": [{"run": label, "error": err} for label, err in outcome.diverged],
     }

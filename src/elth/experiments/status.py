@@ -12,11 +12,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from elth.experiments.attempts import last_error_line, read_attempts, read_failure, read_submitted
-from elth.experiments.dag import DONE, Graph, Node, cached, describe
+from elth.experiments.attempts import first_line, read_attempts, read_failure, read_submitted
+from elth.experiments.dag import DIVERGED, DONE, Cannot, Graph, Node, cached, describe
+from elth.experiments.jobs import Diverged
 from elth.experiments.lease import DEFAULT_TIMEOUT, current
 
-STATES = ("done", "running", "queued", "stalled", "failed", "ready", "waiting", "cannot run")
+STATES = ("done", "diverged", "running", "queued", "stalled", "failed", "ready", "waiting", "cannot run")
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,11 @@ def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT)
     """The state of one run (after `graph.read_store()` has marked the finished ones)."""
     if node.state == DONE:
         return RunStatus(node.label, node.kind, "done", describe(node, node.result), node.directory)
+    if node.state == DIVERGED:
+        return RunStatus(node.label, node.kind, "diverged", describe(node, node.result), node.directory)
     found = graph.inputs(node)
-    if isinstance(found, str):
-        return RunStatus(node.label, node.kind, "cannot run", found.removeprefix("skipped: "))
+    if isinstance(found, Cannot):
+        return RunStatus(node.label, node.kind, "cannot run", found.reason.removeprefix("skipped: "))
     if found is None:
         return RunStatus(node.label, node.kind, "waiting", _needs(graph, node))
     node.args = found
@@ -69,7 +72,8 @@ def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT)
                          directory)
     finished = cached(node)  # finished since the store was read
     if finished is not None:
-        return RunStatus(node.label, node.kind, "done", describe(node, finished), directory)
+        state = "diverged" if isinstance(finished, Diverged) else "done"
+        return RunStatus(node.label, node.kind, state, describe(node, finished), directory)
     failure = read_failure(directory)
     submitted = read_submitted(directory)
     if submitted is not None and (failure is None or submitted.get("time", 0) > failure.get("time", 0)):
@@ -79,7 +83,7 @@ def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT)
                          f"{job}, submitted {_clock(submitted.get('time', 0))} from {submitted.get('by', '?')}; "
                          f"not started yet{extra}", directory)
     if failure is not None:
-        line = last_error_line(failure.get("error", ""))
+        line = first_line(failure.get("error", ""))
         return RunStatus(node.label, node.kind, "failed",
                          f"{line} (on {failure.get('host', '?')}, {_clock(failure.get('time', 0))})", directory)
     tries = sum(1 for a in read_attempts(directory) if a.get("event") == "start")

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from elth.errors import ElthError
-from elth.files import write_text_atomic
+from elth.files import is_writer, json_text, write_text_atomic
+from elth.training import distributed
 
 #: fields that are the x axis or bookkeeping, not curves
 _NOT_SCALARS = ("step",)
@@ -70,25 +71,28 @@ class MetricsLog:
         return rows
 
     def truncate_after(self, step: int) -> None:
-        """Keep only the lines logged at or before global step `step`."""
+        """Keep only the lines logged at or before global step `step` (every rank calls it)."""
         rows = self.read()
         kept = [r for r in rows if r.get("step", 0) <= step]
         if self.path.is_file() and len(kept) != len(self.path.read_text().splitlines()):
-            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_text_atomic(self.path, "".join(json_text(r) + "\n" for r in kept))
 
     def append(self, row: dict) -> None:
+        """Add a line (on rank 0 only, when several ranks train: the rows are reduced over ranks)."""
+        if not is_writer():
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         with open(self.path, "a") as f:
-            f.write(json.dumps(clean) + "\n")
+            f.write(json_text(row) + "\n")  # NaN/inf as null
         if _tensorboard:
-            self._to_tensorboard(clean)
+            self._to_tensorboard(row)
 
     def _to_tensorboard(self, row: dict) -> None:
         writer = _writer(self.path.parent)
         step = int(row.get("step", 0))
         for key, value in row.items():
-            if key not in _NOT_SCALARS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (key not in _NOT_SCALARS and isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value)):
                 writer.add_scalar(key, value, step)
         writer.flush()
 
@@ -112,6 +116,17 @@ class RunningStats:
         if self.count == 0:
             return None, None
         return float(self.loss) / self.count, int(self.correct) / self.count
+
+    def read_global(self) -> tuple[float | None, float | None]:
+        """`read` over every rank's examples (a collective: every rank calls it at the same step)."""
+        if not distributed.is_active():
+            return self.read()
+        loss, correct, count = distributed.all_reduce_numbers(
+            [float(self.loss), float(self.correct), self.count], self.loss.device
+        )
+        if count == 0:
+            return None, None
+        return loss / count, int(correct) / count
 
     def reset(self) -> None:
         self.loss.zero_()

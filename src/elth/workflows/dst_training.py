@@ -15,6 +15,7 @@ from elth.flops import (
     training_flops,
     weight_positions,
 )
+from elth.limits import check_seed
 from elth.masks import count, excluded_names
 from elth.models import build_model
 from elth.runs import run_dir
@@ -152,8 +153,9 @@ def train_dst(
     options = resolve_options(method, method_options)
     if precision not in PRECISIONS:
         raise DSTError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if not 0.0 <= sparsity < 1.0:
+    if not 0.0 <= sparsity < 1.0:  # NaN fails this too
         raise DSTError(f"sparsity must be at least 0 and below 1, got {sparsity}")
+    check_seed(data_seed, "data seed")
     info = data.info
     model = build_model(model_name, info.input_shape, info.num_classes, seed=seed)
     excluded = excluded_names(model, None if options["exclude"] is None else list(options["exclude"]))
