@@ -53,7 +53,7 @@ def local_results(tmp_path_factory):
     outcome, out = _run(tmp, "local", LaunchOptions(threads=1))
     assert outcome.trained == expand(PART).total == 3
     meta = json.loads((out / "experiment.json").read_text())
-    assert meta["runs"] == {"trained": 3, "cached": 0, "by_others": 0, "failed": 0}
+    assert meta["runs"] == {"trained": 3, "cached": 0, "by_others": 0, "failed": 0, "diverged": 0}
     return _results(out)
 
 
