@@ -13,6 +13,7 @@ from torch import nn
 from elth.cli import main
 from elth.data.base import synthetic
 from elth.errors import ElthError
+from elth.files import CHECKPOINT_FILE
 from elth.flops import (
     dpf_training_flops,
     forward_macs,
@@ -21,6 +22,7 @@ from elth.flops import (
     training_flops,
     weight_positions,
 )
+from elth.masks import count, count_for_sparsity
 from elth.models import build_model
 from elth.sparsity.dst import (
     DPF,
@@ -29,17 +31,14 @@ from elth.sparsity.dst import (
     dpf_sparsity,
     erk_densities,
     kept_counts,
-    resolve_options,
     rigl_drop_fraction,
-    scale_protocol,
-    train_dst,
     uniform_densities,
 )
 from elth.sparsity.dst.common import top_k_mask
-from elth.sparsity.masks import count, count_for_sparsity
 from elth.tickets import load_ticket
 from elth.training import CheckpointError, Protocol, train
-from elth.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from elth.training.checkpoint import load_checkpoint
+from elth.workflows.dst_training import resolve_options, scale_protocol, train_dst
 
 SHAPE = (3, 8, 8)
 CLASSES = 4
@@ -261,7 +260,6 @@ def test_dpf_applies_the_gradient_at_the_masked_weights_to_the_dense_weights():
     nn.functional.cross_entropy(ref(x), y).backward()
     ref_grads = {n: p.grad for n, p in ref.named_parameters()}
 
-    dpf.before_forward(5)
     nn.functional.cross_entropy(model(x), y).backward()
     assert dpf.after_backward(5) is True
     opt.step()

@@ -13,8 +13,8 @@ from elth.data.base import DatasetInfo
 from elth.elastic import PlanError, apply_plan, make_plan, transform, validate_plan
 from elth.elastic.plan import model_view, skeleton_model
 from elth.errors import ElthError
+from elth.masks import eligible_names, full_mask, magnitude_prune
 from elth.models import build_model
-from elth.sparsity.masks import eligible_names, full_mask, magnitude_prune
 from elth.tickets import Ticket, TicketError, from_model, validate
 
 CIFAR = (3, 32, 32)

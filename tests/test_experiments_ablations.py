@@ -3,16 +3,16 @@ import pytest
 import torch
 
 from elth.cli import main
+from elth.data.base import DatasetInfo
 from elth.experiments import read_results
 from elth.experiments.aggregate import aggregate, curve_label
 from elth.experiments.spec import Setup, SpecError, TicketRun, Transfer, expand
 from elth.experiments.specs import get_experiment
+from elth.masks import PruningError, full_mask, magnitude_prune
 from elth.models import build_model
 from elth.runs import run_dir
-from elth.data.base import DatasetInfo
-from elth.sparsity.masks import PruningError, full_mask, magnitude_prune
-from elth.sparsity.pai import permute_ticket_mask
 from elth.tickets import from_model, load_ticket
+from elth.workflows.baseline_tickets import permute_ticket_mask
 
 R14, R20 = "cifar_resnet_14_8", "cifar_resnet_20_8"
 

@@ -4,10 +4,19 @@ import math
 import pytest
 
 from elth.cli import main
-from elth.experiments.aggregate import HALF_LEVEL, aggregate, compare_ett, imp_curve, interpolate, read_at
+from elth.experiments.aggregate import (
+    HALF_LEVEL,
+    aggregate,
+    compare_ett,
+    imp_curve,
+    interpolate,
+    read_at,
+)
 from elth.experiments.compute import elth_savings
-from elth.experiments.report import FIGURE, REPORT, write_report
+from elth.experiments.report import write_report
 from elth.experiments.results import COLUMNS, Row, read_results, write_results
+from elth.files import ACCURACY_FIGURE as FIGURE
+from elth.files import REPORT_FILE as REPORT
 
 
 def row(target, method, level, sparsity, seed, accuracy, source="", train_flops=10.0, mask_cost=0.0):

@@ -1,9 +1,8 @@
 """FLOPs accounting against hand counts."""
-import torch
 
 from elth.flops import forward_macs, training_flops
+from elth.masks import full_mask
 from elth.models import build_model
-from elth.sparsity.masks import full_mask
 
 
 def test_mlp_macs_are_the_weight_count():

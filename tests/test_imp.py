@@ -5,17 +5,17 @@ import json
 import pytest
 import torch
 
-import elth.sparsity.imp as imp_module
-import elth.sparsity.rewind as rewind_module
+import elth.workflows.imp as imp_module
+import elth.workflows.rewind as rewind_module
 from elth.data import load_dataset
 from elth.errors import ElthError
-from elth.sparsity import train_ticket
-from elth.sparsity.imp import IMPConfig, read_summary, run_imp
-from elth.sparsity.masks import imp_kept_counts
-from elth.sparsity.rewind import RewindError, rewind_point
+from elth.masks import imp_kept_counts
 from elth.tickets import load_ticket
 from elth.training import Protocol
 from elth.training.checkpoint import load_checkpoint
+from elth.workflows import train_ticket
+from elth.workflows.imp import IMPConfig, read_summary, run_imp
+from elth.workflows.rewind import RewindError, rewind_point
 
 # 256 examples at batch 64: 4 steps per epoch, 12 steps in all; momentum so optimiser state matters.
 PROTOCOL = Protocol(length="3ep", batch_size=64, lr=0.05, momentum=0.9, weight_decay=1e-4,
@@ -220,7 +220,7 @@ def test_train_ticket_reproduces_the_imp_level(reference, tmp_path, monkeypatch)
     (train_dir,) = tmp_path.glob("train-*")
     assert json.loads((train_dir / "hparams.json").read_text())["ticket"] == ticket.content_hash()
 
-    import elth.sparsity.ticket_training as tt
+    import elth.workflows.ticket_training as tt
 
     def no_training_allowed(model, *args, **kwargs):
         # A finished run may be "resumed" (the loop returns at once), but no step may run.

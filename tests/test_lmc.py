@@ -20,9 +20,9 @@ from elth.analysis import (
 )
 from elth.data import load_dataset
 from elth.models import build_model
-from elth.sparsity.ticket_training import train_ticket, trained_state
 from elth.tickets import Ticket, from_model, save_ticket
 from elth.training import Protocol, evaluate
+from elth.workflows.ticket_training import train_ticket, trained_state
 
 MLP_DATA = "synthetic_1x8x8_c3_n96"
 CONV_DATA = "synthetic_3x8x8_c3_n96"

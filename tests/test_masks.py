@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from elth.errors import ElthError
-from elth.models import build_model
-from elth.sparsity.masks import (
+from elth.masks import (
     PruningError,
     apply_mask,
     count,
@@ -18,6 +17,7 @@ from elth.sparsity.masks import (
     prune_lowest,
     sparsity,
 )
+from elth.models import build_model
 
 MNIST = (1, 8, 8)
 

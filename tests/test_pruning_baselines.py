@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from elth.masks import count, eligible_names, full_mask, prune_lowest
 from elth.models import build_model
 from elth.sparsity.baselines import (
     SCORE_METHODS,
@@ -17,7 +18,6 @@ from elth.sparsity.baselines import (
     snip_extra_mask,
     uniform_random_mask,
 )
-from elth.sparsity.masks import count, eligible_names, full_mask, prune_lowest
 from elth.sparsity.scores import magnitude_scores, snip_scores
 
 SHAPE, CLASSES = (1, 8, 8), 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from elth.cli import main
-from elth.sparsity.masks import count
+from elth.masks import count
 from elth.tickets import load_ticket
 
 DATASET = "synthetic_1x8x8_c3_n96"

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from elth.masks import full_mask, prune_lowest
 from elth.models import build_model
-from elth.sparsity.masks import full_mask, prune_lowest
 from elth.sparsity.scores import (
     exponential_schedule,
     grasp_scores,

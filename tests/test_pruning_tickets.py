@@ -7,13 +7,13 @@ import torch
 from elth.data import load_dataset
 from elth.elastic import transform
 from elth.errors import ElthError
-from elth.sparsity.baselines import SCORE_METHODS, ScoringOptions
+from elth.masks import count
 from elth.models import build_model
-from elth.sparsity.masks import count
-from elth.sparsity.pai import prune_ticket
-from elth.sparsity.rewind import rewind_point
+from elth.sparsity.baselines import SCORE_METHODS, ScoringOptions
 from elth.tickets import Ticket, load_ticket, save_ticket
 from elth.training import preset
+from elth.workflows.baseline_tickets import prune_ticket
+from elth.workflows.rewind import rewind_point
 
 DATASET = "synthetic_1x8x8_c3_n96"
 RESNET, DEEPER = "cifar_resnet_14_2", "cifar_resnet_20_2"  # 2 and 3 blocks per stage

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from elth.errors import ElthError
-from elth.runs import atomic_path, hparams_hash, run_dir, write_json_atomic
+from elth.files import atomic_path, write_json_atomic
+from elth.runs import hparams_hash, run_dir
 
 
 def test_hash_is_stable_and_canonical():

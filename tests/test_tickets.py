@@ -8,8 +8,9 @@ from safetensors.torch import save_file
 
 from elth.data.base import DatasetInfo
 from elth.errors import ElthError
+from elth.files import tensors_hash
+from elth.masks import eligible_names, full_mask, magnitude_prune
 from elth.models import build_model
-from elth.sparsity.masks import eligible_names, full_mask, magnitude_prune
 from elth.tickets import (
     Ticket,
     TicketError,
@@ -17,7 +18,6 @@ from elth.tickets import (
     from_model,
     load_ticket,
     save_ticket,
-    tensors_checksum,
     validate,
 )
 
@@ -37,7 +37,7 @@ def make_ticket(model_name="mlp_1", seed=0, fraction=0.5) -> Ticket:
 def write_raw(path, tensors, meta):
     """A ticket-like file with chosen tensors and metadata (checksum recomputed unless given)."""
     meta = dict(meta)
-    meta.setdefault("checksum", tensors_checksum(tensors))
+    meta.setdefault("checksum", tensors_hash(tensors))
     save_file(tensors, str(path), metadata={"elth": json.dumps(meta)})
 
 
@@ -209,7 +209,7 @@ def test_non_binary_mask(tmp_path):
     tensors["mask.hidden.0.weight"] = tensors["mask.hidden.0.weight"].clone()
     tensors["mask.hidden.0.weight"][0, 0] = 2
     path = tmp_path / "t.safetensors"
-    write_raw(path, tensors, ticket.metadata() | {"checksum": tensors_checksum(tensors)})
+    write_raw(path, tensors, ticket.metadata() | {"checksum": tensors_hash(tensors)})
     with pytest.raises(TicketError, match="not binary"):
         load_ticket(path)
 
@@ -219,7 +219,7 @@ def test_missing_mask_tensor(tmp_path):
     tensors = ticket.file_tensors()
     del tensors["mask.bottleneck.weight"]
     path = tmp_path / "t.safetensors"
-    write_raw(path, tensors, ticket.metadata() | {"checksum": tensors_checksum(tensors)})
+    write_raw(path, tensors, ticket.metadata() | {"checksum": tensors_hash(tensors)})
     with pytest.raises(TicketError, match="mask does not cover"):
         load_ticket(path)
 
@@ -231,7 +231,7 @@ def test_pruned_weight_not_zero_in_file(tmp_path):
     w[~ticket.mask["hidden.0.weight"]] = 0.5
     tensors["state.hidden.0.weight"] = w
     path = tmp_path / "t.safetensors"
-    write_raw(path, tensors, ticket.metadata() | {"checksum": tensors_checksum(tensors)})
+    write_raw(path, tensors, ticket.metadata() | {"checksum": tensors_hash(tensors)})
     with pytest.raises(TicketError, match="non-zero where the mask prunes"):
         load_ticket(path)
 
@@ -382,6 +382,6 @@ def test_file_with_dense_disagreeing_with_state_is_rejected(tmp_path):
     d[ticket.mask[k]] += 1.0
     tensors[f"dense.{k}"] = d
     path = tmp_path / "t.safetensors"
-    write_raw(path, tensors, ticket.metadata() | {"checksum": tensors_checksum(tensors)})
+    write_raw(path, tensors, ticket.metadata() | {"checksum": tensors_hash(tensors)})
     with pytest.raises(TicketError, match="differ from the weights where the mask keeps them"):
         load_ticket(path)

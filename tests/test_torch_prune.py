@@ -6,9 +6,10 @@ import torch
 from torch.nn.utils import prune
 
 from elth.data.base import DatasetInfo
+from elth.masks import eligible_names, full_mask, magnitude_prune
 from elth.models import build_model
-from elth.sparsity.masks import eligible_names, full_mask, magnitude_prune
-from elth.sparsity.torch_prune import (
+from elth.tickets import from_model
+from elth.workflows.torch_prune import (
     TorchPruneError,
     from_torch_prune,
     split_pruned_state_dict,
@@ -16,7 +17,6 @@ from elth.sparsity.torch_prune import (
     ticket_to_torch_prune,
     to_torch_prune,
 )
-from elth.tickets import from_model
 
 SMALL = DatasetInfo("small_images", (3, 8, 8), 10)
 

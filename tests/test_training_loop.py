@@ -8,9 +8,17 @@ import torch
 
 from elth.data.base import synthetic
 from elth.errors import ElthError
+from elth.files import CHECKPOINT_FILE
 from elth.models import build_model
-from elth.training import CheckpointError, MaskError, Protocol, TrainResult, evaluate, train
-from elth.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from elth.training import (
+    CheckpointError,
+    MaskError,
+    Protocol,
+    TrainResult,
+    evaluate,
+    train,
+)
+from elth.training.checkpoint import load_checkpoint
 
 SHAPE = (3, 8, 8)
 CLASSES = 4

@@ -5,7 +5,7 @@ import sys
 import torch
 
 from elth.models import build_model
-from elth.training.loop import use_channels_last
+from elth.training.device import use_channels_last
 
 SCRIPT = """
 import torch

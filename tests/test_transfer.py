@@ -5,8 +5,8 @@ import torch
 from elth.cli import main
 from elth.data.base import DatasetInfo
 from elth.elastic.apply import METHOD
+from elth.masks import full_mask, magnitude_prune
 from elth.models import build_model
-from elth.sparsity.masks import full_mask, magnitude_prune
 from elth.tickets import from_model, load_ticket, save_ticket
 from elth.transfer import TransferError, to_dataset
 

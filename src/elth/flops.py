@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from elth.sparsity.masks import Mask
+from elth.masks import Mask
 
 
 @torch.no_grad()

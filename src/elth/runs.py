@@ -6,19 +6,16 @@ settings never share one. Each directory keeps its `hparams.json`, so it explain
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 from elth.errors import ElthError
+from elth.files import HPARAMS_FILE, write_text_atomic
 
 HASH_LENGTH = 12
-HPARAMS_FILE = "hparams.json"
 _KIND = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -59,35 +56,3 @@ def run_dir(root: str | os.PathLike, kind: str, hparams: dict) -> Path:
     else:
         write_text_atomic(record, json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n")
     return path
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; when the block succeeds, move it onto `path`.
-
-    The file is flushed to disk before the rename, so `path` is always either the old file or the
-    complete new one; if the block fails the temporary file is removed and `path` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def write_json_atomic(path: str | os.PathLike, value) -> Path:
-    return write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")

@@ -10,7 +10,6 @@ file is caught, not silently used). Version 1 files have no dense weights and lo
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,9 +19,10 @@ import torch
 
 from elth.data.base import DatasetInfo
 from elth.errors import ElthError
+from elth.files import atomic_path, tensors_hash
+from elth.masks import Mask, apply_mask, layer_stats, sparsity
 from elth.models import ElasticModel, build_model
-from elth.runs import atomic_path, hparams_hash
-from elth.sparsity.masks import Mask, apply_mask, layer_stats, sparsity
+from elth.runs import hparams_hash
 
 FORMAT = "elth-ticket"
 FORMAT_VERSION = 2  # 2: optional `dense.<key>` tensors
@@ -84,7 +84,7 @@ class Ticket:
 
     def checksum(self) -> str:
         """SHA-256 of every tensor of the file, dense weights included (what the file's metadata records)."""
-        return tensors_checksum(self.file_tensors())
+        return tensors_hash(self.file_tensors())
 
     def content_hash(self) -> str:
         """A short hash of everything that determines how this ticket trains (not its provenance).
@@ -96,7 +96,7 @@ class Ticket:
             "model": self.model,
             "dataset": self.dataset.to_dict(),
             "rewind_step": self.rewind_step,
-            "tensors": tensors_checksum(self._training_tensors()),
+            "tensors": tensors_hash(self._training_tensors()),
         })
 
     def metadata(self) -> dict:
@@ -134,16 +134,6 @@ class Ticket:
             "warnings": self.warnings,
             "content_hash": self.content_hash(),
         }
-
-
-def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of `tensors`, in sorted name order."""
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        t = tensors[k].detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def from_model(
@@ -211,7 +201,7 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
             raise TicketError(f"{path}: ticket metadata lacks {', '.join(missing)}")
         if int(meta["version"]) > FORMAT_VERSION:
             raise TicketError(f"{path}: ticket format version {meta['version']} is newer than this elth reads")
-        if tensors_checksum(tensors) != meta["checksum"]:
+        if tensors_hash(tensors) != meta["checksum"]:
             raise TicketError(f"{path}: tensor data does not match its checksum (the file is corrupted)")
         masks_raw = {k[5:]: v for k, v in tensors.items() if k.startswith("mask.")}
         for k, v in masks_raw.items():

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from elth.errors import ElthError
 from elth.tickets import Ticket, check_dataset
 from elth.training import Protocol, default_device, evaluate
-from elth.training.loop import use_channels_last
+from elth.training.device import use_channels_last
 
 BN_MODES = ("recompute", "interpolate")
 #: Training batches (at the protocol's batch size) that re-estimate BN statistics at each point.
@@ -230,7 +230,11 @@ def linear_mode_connectivity(
     available, as for training. `train_examples_per_class` > 0
     also scores that many fixed un-augmented training examples per class at every point.
     """
-    from elth.sparsity.ticket_training import ticket_run_dir, train_ticket, trained_state
+    from elth.workflows.ticket_training import (
+        ticket_run_dir,
+        train_ticket,
+        trained_state,
+    )
 
     seeds = tuple(int(s) for s in data_seeds)
     if len(seeds) != 2:

@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import argparse
 
-from elth.commands.prune import _positive, _sparsity
-from elth.commands.train import add_device_arguments, add_protocol_arguments, protocol_from_args
-from elth.sparsity.dst import DEFAULTS, DISTRIBUTIONS, METHODS
+from elth.commands.common import (
+    add_device_arguments,
+    add_protocol_arguments,
+    positive_int,
+    protocol_from_args,
+    resolve_device,
+    sparsity_arg,
+)
+from elth.sparsity.dst import DISTRIBUTIONS
+from elth.workflows.dst_training import DEFAULTS, METHODS
 
 HELP = "train a sparse network from scratch by dynamic sparse training (RigL, DPF)"
 DESCRIPTION = f"""\
@@ -56,12 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model name: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>")
     parser.add_argument("--dataset", required=True,
                         help="cifar10, svhn, mnist, fashion_mnist, imagenet, digits (built in) or synthetic")
-    parser.add_argument("--sparsity", required=True, type=_sparsity, metavar="S",
+    parser.add_argument("--sparsity", required=True, type=sparsity_arg, metavar="S",
                         help="final fraction of all prunable weights removed, e.g. 0.9 or 73.79%%")
     g = parser.add_argument_group("dynamic sparse training")
     g.add_argument("--distribution", choices=DISTRIBUTIONS,
                    help="RigL only: layer densities, erk (Erdos-Renyi-Kernel) or uniform (default: erk)")
-    g.add_argument("--update-every", type=_positive, metavar="N",
+    g.add_argument("--update-every", type=positive_int, metavar="N",
                    help=f"steps between mask updates (default: rigl {DEFAULTS['rigl']['update_every']}, "
                    f"dpf {DEFAULTS['dpf']['update_every']})")
     g.add_argument("--drop-fraction", type=_fraction, metavar="F",
@@ -69,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    f"(default: {DEFAULTS['rigl']['drop_fraction']})")
     g.add_argument("--end-fraction", type=_fraction, metavar="F",
                    help="fraction of training after which masks stay fixed (default: 0.75)")
-    g.add_argument("--multiplier", type=_positive, default=1, metavar="K",
+    g.add_argument("--multiplier", type=positive_int, default=1, metavar="K",
                    help="train K times the protocol's length, milestones and warmup scaled alike (default: 1)")
     g.add_argument("--exclude", nargs="*", metavar="LAYER",
                    help="layers kept dense (weight or module names); replaces the model's default (VGGs and "
@@ -90,11 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elth.commands.imp import resolve_device
     from elth.data import canonical_name, load_dataset
     from elth.models import parse_model_name
-    from elth.sparsity.dst import method_label, resolve_options, train_dst
     from elth.training import parse_steps
+    from elth.workflows.dst_training import method_label, resolve_options, train_dst
 
     parse_model_name(args.model)  # a bad name fails before any data is loaded
     dataset = canonical_name(args.dataset)

@@ -128,7 +128,7 @@ def command_of(args: argparse.Namespace) -> str:
 
 def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=None, command: str = "") -> int:
     """Run, print the summary, write the report; shared with `elth demo`."""
-    from elth.commands.imp import resolve_device
+    from elth.commands.common import resolve_device
     from elth.experiments.report import summary_text, write_report
     from elth.experiments.runner import ExperimentFailed, run_experiment
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from elth.commands.train import add_device_arguments, add_model_arguments, add_protocol_arguments, add_seed_arguments, protocol_from_args
+from elth.commands.common import (
+    add_device_arguments,
+    add_model_arguments,
+    add_protocol_arguments,
+    add_seed_arguments,
+    protocol_from_args,
+    resolve_device,
+)
 from elth.errors import ElthError
 
 HELP = "find winning tickets by Iterative Magnitude Pruning with rewinding (one ticket per level)"
@@ -51,21 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
 
 
-def resolve_device(name: str | None):
-    """`--device` as a torch device, with a clear error for unknown or unavailable ones."""
-    import torch
-
-    from elth.training import default_device
-
-    try:
-        device = torch.device(name) if name else default_device()
-    except RuntimeError as e:
-        raise ElthError(f"unknown device {name!r} ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ElthError("--device cuda was asked for, but this torch build sees no CUDA device")
-    return device
-
-
 def level_row(r) -> str:
     return (f"{r.level:>5}  {100 * r.sparsity:>8.2f}%  {r.kept:>11,}  {100 * r.test_accuracy:>8.2f}%  "
             f"{r.test_loss:>9.4f}  {r.train_steps:>7}")
@@ -74,8 +66,8 @@ def level_row(r) -> str:
 def run(args: argparse.Namespace) -> int:
     from elth.data import canonical_name, load_dataset
     from elth.models import parse_model_name
-    from elth.sparsity.imp import IMPConfig, imp_run_dir, run_imp
     from elth.training import default_rewind, parse_steps
+    from elth.workflows.imp import IMPConfig, imp_run_dir, run_imp
 
     parse_model_name(args.model)  # a bad name fails before any data is loaded
     if args.levels < 0:

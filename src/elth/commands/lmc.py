@@ -5,8 +5,11 @@ import argparse
 import json
 from pathlib import Path
 
-from elth.commands.imp import resolve_device
-from elth.commands.train import add_device_arguments, add_protocol_arguments
+from elth.commands.common import (
+    add_device_arguments,
+    add_protocol_arguments,
+    resolve_device,
+)
 from elth.errors import ElthError
 
 HELP = "train two copies of each ticket with different data seeds and measure their linear mode connectivity"
@@ -98,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     from elth.analysis import alphas_of, linear_mode_connectivity, plot_lmc
     from elth.commands.train_ticket import ticket_protocol
     from elth.data import canonical_name, dataset_info, load_dataset
-    from elth.runs import run_dir, write_text_atomic
+    from elth.files import LMC_FIGURE, LMC_FILE, write_text_atomic
+    from elth.runs import run_dir
     from elth.tickets import check_dataset, load_ticket
 
     seeds = parse_seeds(args.seeds)
@@ -165,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     payload = {"settings": settings, "results": [r.to_dict() for r in results]}
-    write_text_atomic(out / "lmc.json", json.dumps(payload, indent=2) + "\n")
-    plot_lmc(results, out / "lmc.png")
+    write_text_atomic(out / LMC_FILE, json.dumps(payload, indent=2) + "\n")
+    plot_lmc(results, out / LMC_FIGURE)
     if len(results) > 1:
         width = max(len(r.label) for r in results)
         print("instability (percentage points of test error):")

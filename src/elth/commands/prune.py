@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from elth.commands.train import add_device_arguments, add_protocol_arguments, protocol_from_args
+from elth.commands.common import (
+    add_device_arguments,
+    add_protocol_arguments,
+    positive_int,
+    protocol_from_args,
+    resolve_device,
+    sparsity_arg,
+)
 from elth.errors import ElthError
 from elth.sparsity.baselines import METHODS, SCORE_EXAMPLES_PER_CLASS, ScoringOptions
 from elth.sparsity.scores import SYNFLOW_ROUNDS
@@ -43,33 +50,12 @@ examples:
 """
 
 
-def _sparsity(text: str) -> float:
-    t = text.strip()
-    try:
-        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a sparsity: {text!r} (write 0.8926 or 89.26%)") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must be at least 0 and below 1 (100%), got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="the network to prune (default: the --like ticket's model)")
     parser.add_argument("--dataset", help="dataset name (default: the --like ticket's dataset)")
     parser.add_argument("--method", required=True, choices=METHODS, help="pruning method (see above)")
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--sparsity", type=_sparsity, metavar="S",
+    target.add_argument("--sparsity", type=sparsity_arg, metavar="S",
                         help="fraction of all prunable weights to remove, e.g. 0.8926 or 89.26%%")
     target.add_argument("--like", metavar="TICKET",
                         help="match this ticket's sparsity (reinit/random reuse its mask; snip-extra's source)")
@@ -83,11 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             action.help = ("protocol preset for the dataset and model family (default: the --like ticket's "
                            "protocol if it records one, else paper)")
     g = parser.add_argument_group("scoring")
-    g.add_argument("--score-examples", type=_positive, default=SCORE_EXAMPLES_PER_CLASS, metavar="N",
+    g.add_argument("--score-examples", type=positive_int, default=SCORE_EXAMPLES_PER_CLASS, metavar="N",
                    help=f"scoring examples per class for snip, grasp, snip-extra (default: {SCORE_EXAMPLES_PER_CLASS})")
     g.add_argument("--score-train-mode", action="store_true",
                    help="score with BN in training mode (batch statistics) instead of eval mode")
-    g.add_argument("--synflow-rounds", type=_positive, default=SYNFLOW_ROUNDS, metavar="N",
+    g.add_argument("--synflow-rounds", type=positive_int, default=SYNFLOW_ROUNDS, metavar="N",
                    help=f"SynFlow pruning rounds (default: {SYNFLOW_ROUNDS})")
     g.add_argument("--exclude", nargs="*", metavar="LAYER",
                    help="layers kept dense (weight or module names, e.g. fc conv); replaces the model's default "
@@ -108,12 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elth.commands.imp import resolve_device
     from elth.data import canonical_name, load_dataset
     from elth.models import parse_model_name
-    from elth.sparsity.pai import LIKE_METHODS, prune_ticket
     from elth.tickets import load_ticket, save_ticket
     from elth.training import Protocol, default_rewind, parse_steps, preset
+    from elth.workflows.baseline_tickets import LIKE_METHODS, prune_ticket
 
     if args.method in LIKE_METHODS and args.like is None:
         raise ElthError(f"--method {args.method} needs --like TICKET")

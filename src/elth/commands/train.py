@@ -4,8 +4,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from elth.commands.common import (
+    add_device_arguments,
+    add_model_arguments,
+    add_protocol_arguments,
+    add_seed_arguments,
+    protocol_from_args,
+)
 from elth.errors import ElthError
-from elth.training.protocol import PRESETS, Protocol, ProtocolError, parse_steps, preset
+from elth.training.protocol import PRESETS, parse_steps
 
 HELP = "train a dense model on a dataset with a preset protocol (resumes an interrupted run)"
 DESCRIPTION = """\
@@ -30,71 +37,6 @@ examples:
 """
 
 
-def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
-    """--seed (the model's initialisation) and --data-seed (shared by commands that train from scratch)."""
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation (default: 0)")
-    parser.add_argument("--data-seed", type=int, metavar="SEED",
-                        help="seed of the data order and augmentation (default: the same as --seed)")
-
-
-def add_device_arguments(parser: argparse.ArgumentParser, precision_help: str | None = None) -> None:
-    """--precision and --device (shared by commands that train)."""
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help=precision_help or "fp32, or bf16 autocast (fast on GPUs and CPUs with bf16 units; "
-                        "default: fp32)")
-    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
-
-
-def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
-    """--preset and the protocol overrides (shared by commands that train)."""
-    g = parser.add_argument_group("training protocol")
-    g.add_argument("--preset", default="paper", choices=sorted(PRESETS),
-                   help="protocol preset for the dataset and model family (default: paper)")
-    g.add_argument("--epochs", type=int, metavar="N", help="train for N epochs (overrides the preset's length)")
-    g.add_argument("--length", metavar="STEPS",
-                   help="training length as epochs and/or iterations, e.g. 160ep, 1000it, 5ep100it")
-    g.add_argument("--lr", type=float, help="peak learning rate (overrides the preset)")
-    g.add_argument("--batch-size", type=int, metavar="B", help="minibatch size (overrides the preset)")
-    g.add_argument("--milestones", metavar="LIST",
-                   help="comma-separated steps where the LR is multiplied by 0.1, e.g. 80ep,120ep; 'none' for a constant LR")
-    g.add_argument("--warmup", metavar="STEPS", help="linear LR warmup length, e.g. 5ep or 500it (0 for none)")
-
-
-def protocol_from_args(args: argparse.Namespace, dataset: str, model: str, base: Protocol | None = None) -> Protocol:
-    """The preset for (dataset, model) (or `base`, when given) with the command-line overrides applied."""
-    base = preset(args.preset, dataset, model) if base is None else base
-    changes: dict = {}
-    if args.epochs is not None and args.length is not None:
-        raise ProtocolError("give either --epochs or --length, not both")
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise ProtocolError(f"--epochs must be at least 1, got {args.epochs}")
-        changes["length"] = f"{args.epochs}ep"
-    if args.length is not None:
-        changes["length"] = args.length
-    if args.lr is not None:
-        changes["lr"] = args.lr
-    if args.batch_size is not None:
-        changes["batch_size"] = args.batch_size
-    if args.milestones is not None:
-        text = args.milestones.strip()
-        changes["milestones"] = () if text.lower() in ("", "none") else tuple(m.strip() for m in text.split(","))
-    if args.warmup is not None:
-        changes["warmup"] = args.warmup
-    return base.replace(**changes)
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --dataset and --data-dir (shared by commands that build a network from scratch)."""
-    parser.add_argument("--model", required=True,
-                        help="model name: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>")
-    parser.add_argument("--dataset", required=True,
-                        help="cifar10, svhn, mnist, fashion_mnist, imagenet, digits (built in) or synthetic; "
-                        "NAME@SIZE resizes its images")
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_protocol_arguments(parser)
@@ -114,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from elth.data import canonical_name, load_dataset
     from elth.models import build_model, parse_model_name
     from elth.runs import run_dir
-    from elth.training.loop import default_device, train
+    from elth.training import default_device, train
 
     parse_model_name(args.model)  # a bad name fails before any data is loaded
     dataset_key = canonical_name(args.dataset)

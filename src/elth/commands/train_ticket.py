@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from elth.commands.imp import resolve_device
-from elth.commands.train import add_device_arguments, add_protocol_arguments, protocol_from_args
+from elth.commands.common import (
+    add_device_arguments,
+    add_protocol_arguments,
+    protocol_from_args,
+    resolve_device,
+)
 
 HELP = "train a ticket from its rewind point to the end with its mask fixed, and report test accuracy"
 DESCRIPTION = """\
@@ -64,8 +68,8 @@ def ticket_protocol(args: argparse.Namespace, ticket, dataset_key: str):
 
 def run(args: argparse.Namespace) -> int:
     from elth.data import canonical_name, dataset_info, load_dataset
-    from elth.sparsity.ticket_training import ticket_run_dir, train_ticket
     from elth.tickets import check_dataset, load_ticket
+    from elth.workflows.ticket_training import ticket_run_dir, train_ticket
 
     ticket = load_ticket(args.ticket)
     dataset_key = canonical_name(args.dataset or ticket.dataset.name)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from elth.elastic import ORDERS, SQUEEZE_MODES, Plan, parse_plan, replica_units, transform
+from elth.elastic import (
+    ORDERS,
+    SQUEEZE_MODES,
+    Plan,
+    parse_plan,
+    replica_units,
+    transform,
+)
 from elth.elastic.plan import model_view
 from elth.errors import ElthError
-from elth.sparsity.masks import count
+from elth.masks import count
 from elth.tickets import Ticket, load_ticket, save_ticket
 
 HELP = "stretch or squeeze a ticket to another depth of its model family (and/or move it to another dataset)"

@@ -1,6 +1,6 @@
 """The work of one run, importable by worker processes: IMP on one network, or one ticket made and trained.
 
-Every run is cached under the store root: IMP in `imp-<hash>/` (see `elth.sparsity.imp`), each
+Every run is cached under the store root: IMP in `imp-<hash>/` (see `elth.workflows.imp`), each
 other ticket in `ticket-<hash>/` holding the ticket (`ticket.safetensors`) and, once trained, its
 `result.json`. The hash covers everything that determines the result, so a finished run is read
 back instead of trained again and an interrupted one resumes from its checkpoints.
@@ -16,13 +16,11 @@ from pathlib import Path
 import torch
 
 from elth.experiments.spec import DST_BASELINES, ImpRun, LMCRun, TicketRun
+from elth.files import LMC_FILE, RESULT_FILE, TICKET_FILE, write_json_atomic
 from elth.flops import forward_macs, training_flops
 from elth.models import build_model
-from elth.runs import run_dir, write_json_atomic
+from elth.runs import run_dir
 from elth.tickets import Ticket, load_ticket, save_ticket
-
-RESULT_FILE = "result.json"
-TICKET_FILE = "ticket.safetensors"
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,7 @@ def rewind_for(ctx: Context, model: str) -> str:
 
 
 def imp_config(ctx: Context, model: str, seed: int):
-    from elth.sparsity.imp import IMPConfig
+    from elth.workflows.imp import IMPConfig
 
     data = dataset(ctx)
     return IMPConfig(
@@ -128,7 +126,7 @@ def _relative(path: str | os.PathLike, root: str) -> str:
 # -- IMP --------------------------------------------------------------------------------------
 def imp_cached(ctx: Context, run: ImpRun) -> bool:
     """Whether the IMP run already has every level trained (no work left)."""
-    from elth.sparsity.imp import imp_run_dir, read_summary
+    from elth.workflows.imp import imp_run_dir, read_summary
 
     data = dataset(ctx)
     directory = imp_run_dir(imp_config(ctx, run.model, run.seed), data, ctx.root)
@@ -137,7 +135,7 @@ def imp_cached(ctx: Context, run: ImpRun) -> bool:
 
 def run_imp_job(ctx: Context, run: ImpRun) -> ImpOutcome:
     """Run (or read back) IMP to `run.levels` and price every level."""
-    from elth.sparsity.imp import imp_run_dir, run_imp
+    from elth.workflows.imp import imp_run_dir, run_imp
 
     data = dataset(ctx)
     config = imp_config(ctx, run.model, run.seed)
@@ -191,7 +189,7 @@ def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
     target's otherwise); `like` is the target's own IMP ticket at that level, whose sparsity the
     baselines match.
     """
-    from elth.sparsity.ticket_training import train_ticket
+    from elth.workflows.ticket_training import train_ticket
 
     directory = ticket_run_dir(ctx, run, basis, like)
     result_file = directory / RESULT_FILE
@@ -225,7 +223,7 @@ def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
 
 def _dst_outcome(ctx: Context, run: TicketRun, like: LevelCost) -> TicketOutcome:
     """RigL or DPF from scratch on the target, to the sparsity of the target's IMP ticket `like`."""
-    from elth.sparsity.dst import train_dst
+    from elth.workflows.dst_training import train_dst
 
     start = time.time()
     method, multiplier = ("rigl", 5) if run.method == "rigl-5x" else (run.method, 1)
@@ -266,7 +264,7 @@ def _transformed(ctx: Context, run: TicketRun, basis: LevelCost) -> Ticket:
 
 def _ett_variant(ctx: Context, run: TicketRun, basis: LevelCost) -> Ticket:
     """Figure 3's controls: the ETT ticket with fresh weights, with shuffled masks, or both."""
-    from elth.sparsity.pai import permute_ticket_mask, prune_ticket
+    from elth.workflows.baseline_tickets import permute_ticket_mask, prune_ticket
 
     ett = _transformed(ctx, run, basis)
     if run.method in ("ett-random", "ett-random-reinit"):
@@ -285,7 +283,7 @@ def make_baseline(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCos
 
     snip-extra instead starts from the source's IMP ticket `basis` (which it stretches).
     """
-    from elth.sparsity.pai import prune_ticket
+    from elth.workflows.baseline_tickets import prune_ticket
 
     reference = basis if run.method == "snip-extra" else like
     result = prune_ticket(
@@ -322,7 +320,6 @@ def mask_cost(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -
 #: The second copy of a ticket trains with data seed `seed + LMC_SEED_OFFSET`; the first with `seed`,
 #: the same training the ticket's own accuracy comes from (shared through the store).
 LMC_SEED_OFFSET = 1000
-LMC_FILE = "lmc.json"
 
 
 def lmc_run_dir(ctx: Context, run: LMCRun, ticket_path: str) -> Path:

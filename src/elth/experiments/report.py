@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 from elth.experiments.aggregate import (
+    DEFAULT_STRATEGIES,
     Comparison,
     Point,
     Reading,
-    DEFAULT_STRATEGIES,
     aggregate,
     compare_ett,
     curve_label,
@@ -27,11 +27,7 @@ from elth.experiments.aggregate import (
 from elth.experiments.compute import dense_training_flops, dst_comparisons, elth_savings
 from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
 from elth.experiments.results import Row, read_lmc, read_results
-from elth.runs import write_text_atomic
-
-REPORT = "report.md"
-FIGURE = "accuracy_vs_sparsity.png"
-META = "experiment.json"
+from elth.files import ACCURACY_FIGURE, EXPERIMENT_FILE, REPORT_FILE, write_text_atomic
 
 
 def nominal_sparsity(level: int, fraction: float = 0.2) -> float:
@@ -75,7 +71,7 @@ def evaluated_levels(points: list[Point]) -> list[int]:
 
 
 def _meta(results_dir: Path) -> dict:
-    f = results_dir / META
+    f = results_dir / EXPERIMENT_FILE
     if f.is_file():
         try:
             return json.loads(f.read_text())
@@ -336,7 +332,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     title = meta.get("title", "")
     parts = [_header(meta, rows, aggregate(rows))]
     if len(datasets) <= 1:
-        parts += _sections(rows, out, FIGURE, title)
+        parts += _sections(rows, out, ACCURACY_FIGURE, title)
     else:
         # Networks trained on different datasets never share a curve: one set of sections each.
         for ds in datasets:
@@ -347,7 +343,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
         _lmc_section(read_lmc(results_dir), out),
         "The raw rows (one per trained ticket and seed) are in `results.csv` and `results.jsonl`.\n",
     ]
-    return write_text_atomic(out / REPORT, "\n".join(p for p in parts if p))
+    return write_text_atomic(out / REPORT_FILE, "\n".join(p for p in parts if p))
 
 
 def _sections(rows: list[Row], out: Path, figure: str, title: str) -> list[str]:

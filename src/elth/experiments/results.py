@@ -26,12 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from elth.errors import ElthError
-from elth.runs import write_text_atomic
-
-RESULTS_JSONL = "results.jsonl"
-#: linear mode connectivity paths, one JSON object per ticket and seed (see `elth.analysis.LMCResult`)
-LMC_JSONL = "lmc.jsonl"
-RESULTS_CSV = "results.csv"
+from elth.files import LMC_JSONL, RESULTS_CSV, RESULTS_JSONL, write_text_atomic
 
 #: methods that prune the target directly (drawn dashed in plots)
 PRUNING_BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra",

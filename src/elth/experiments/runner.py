@@ -39,9 +39,7 @@ from elth.experiments.jobs import (
 )
 from elth.experiments.results import Row, write_lmc, write_results
 from elth.experiments.spec import Experiment, ImpRun, LMCRun, Setup, TicketRun, expand
-from elth.runs import write_json_atomic
-
-META_FILE = "experiment.json"
+from elth.files import EXPERIMENT_FILE, write_json_atomic
 
 
 class ExperimentFailed(ElthError):
@@ -242,7 +240,7 @@ def run_experiment(
     write_results(outcome.rows, out)
     if any(p.lmc for p in plans):
         write_lmc(lmc, out)
-    write_json_atomic(out / META_FILE, _meta(experiment, scale, parts, ctxs, outcome, command))
+    write_json_atomic(out / EXPERIMENT_FILE, _meta(experiment, scale, parts, ctxs, outcome, command))
     if outcome.failures:
         for label, err in outcome.failures:
             print(f"\n--- run failed: {label}\n{err}", file=sys.stderr)

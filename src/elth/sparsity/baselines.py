@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from elth.sparsity.masks import (
+from elth.masks import (
     Mask,
     PruningError,
     collapsed_layers,

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from elth.errors import ElthError
-from elth.sparsity.masks import Mask, apply_mask, prunable_names, prune_lowest
+from elth.masks import Mask, apply_mask, prunable_names, prune_lowest
 
 Scores = dict[str, torch.Tensor]
 Examples = tuple[torch.Tensor, torch.Tensor]

@@ -1,6 +1,7 @@
 """Training: protocols (the paper's Table 4 as presets), the resumable loop, checkpoints, metrics."""
 from elth.training.checkpoint import CheckpointError
-from elth.training.loop import PRECISIONS, TrainingController, TrainResult, default_device, evaluate, train
+from elth.training.device import PRECISIONS, default_device
+from elth.training.loop import evaluate, train
 from elth.training.masking import MaskError
 from elth.training.protocol import (
     PRESETS,
@@ -10,6 +11,8 @@ from elth.training.protocol import (
     parse_steps,
     preset,
 )
+from elth.training.resume import TrainResult
+from elth.training.step import TrainingController
 
 __all__ = [
     "CheckpointError",

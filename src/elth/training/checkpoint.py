@@ -7,16 +7,14 @@ is only resumed by a run with the same key.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from elth.errors import ElthError
+from elth.files import atomic_path
 
-CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
 
 
@@ -25,19 +23,10 @@ class CheckpointError(ElthError):
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
-    """Write `payload` with torch.save to a temporary file, fsync it, then rename it onto `path`."""
+    """Write `payload` with torch.save, atomically (`files.atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"version": FORMAT_VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        torch.save({"version": FORMAT_VERSION, **payload}, tmp)
     return path
 
 
@@ -53,16 +42,3 @@ def load_checkpoint(path: str | os.PathLike) -> dict | None:
     if not isinstance(payload, dict) or payload.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not an elth training checkpoint of format {FORMAT_VERSION}")
     return payload
-
-
-def tensors_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 (first 16 hex digits) of names, shapes, dtypes and exact values."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach()
-        if t.dtype == torch.bool:
-            t = t.to(torch.uint8)
-        t = t.to("cpu").contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]

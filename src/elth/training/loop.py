@@ -14,117 +14,45 @@ activation memory stays with the process (`allocator`); bf16 autocast is optiona
 Controllers (dynamic sparse training): `train(..., controller=c)` hands the step to an object
 that follows `TrainingController`. The loop calls `c.attach(model, optimizer)` once (weights on the
 device, before a checkpoint is resumed), then at every global step t (0-based, the step the LR
-schedule uses): `c.before_forward(t)`; forward and backward; `c.after_backward(t)` with the dense
+schedule uses): forward and backward; `c.after_backward(t)` with the dense
 gradients still in `.grad` (it returns False to skip this step's optimiser update, as RigL does
 on its mask-update steps); the optimiser step; `c.after_step(t)`. `c.state_dict()` is saved in
 every checkpoint and handed back through `c.load_state_dict()` on resume, and `c.hparams()` joins
 the checkpoint's key, so a checkpoint of other controller settings is refused. A controller owns
 the sparsity, so it cannot be combined with a fixed `mask`. Without a controller the loop does
 exactly what it did before (no extra work per step).
+
+The pieces: `resume.RunFiles` (the run directory: key, checkpoint, run.json, result.json),
+`step.SGDStep` (one update on one batch; the part a faster or distributed step replaces),
+`step.EpochBatches` (where the batches come from), `progress.Progress` (running sums, log
+points, the bar). `train` below only strings them together.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import sys
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Protocol as TypingProtocol, runtime_checkable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from elth.errors import ElthError
 from elth.training.allocator import tune_malloc
-from elth.training.checkpoint import (
-    CHECKPOINT_FILE,
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-    tensors_fingerprint,
+from elth.training.device import (
+    PRECISIONS,
+    autocast,
+    default_device,
+    model_device,
+    prepare_input,
+    use_channels_last,
 )
 from elth.training.masking import GradientMask
-from elth.training.metrics import METRICS_FILE, MetricsLog, RunningStats
+from elth.training.progress import Progress
 from elth.training.protocol import LRSchedule, Protocol, ProtocolError, parse_steps
+from elth.training.resume import RunFiles, TrainResult, run_key
+from elth.training.step import EpochBatches, SGDStep, TrainingController
 
-PRECISIONS = ("fp32", "bf16")
-RUN_FILE = "run.json"
-RESULT_FILE = "result.json"
-#: Steps between progress-bar refreshes of loss/accuracy (each one reads the device sums).
-DISPLAY_EVERY = 50
-
-
-@dataclass
-class TrainResult:
-    step: int
-    test_accuracy: float | None
-    test_loss: float | None
-    train_loss: float | None
-    seconds: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@runtime_checkable
-class TrainingController(TypingProtocol):
-    """What `train(..., controller=)` calls (see the module docstring for when)."""
-
-    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
-
-    def before_forward(self, step: int) -> None: ...
-
-    def after_backward(self, step: int) -> bool: ...
-
-    def after_step(self, step: int) -> None: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-    def hparams(self) -> dict: ...
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def is_conv_model(model: nn.Module) -> bool:
-    flag = getattr(model, "is_conv", None)
-    if flag is not None:
-        return bool(flag)
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-#: On CPU, channels_last convolutions with fewer than 8 output channels corrupt memory in
-#: torch 2.13's oneDNN path (seen on x86-64: heap corruption in training of width-2..7 ResNets),
-#: so such narrow conv nets keep the default memory format there.
-MIN_CPU_CHANNELS_LAST = 8
-
-
-def use_channels_last(model: nn.Module, device: torch.device) -> bool:
-    """channels_last for conv nets, except narrow ones on CPU (see MIN_CPU_CHANNELS_LAST)."""
-    if not is_conv_model(model):
-        return False
-    if device.type != "cpu":
-        return True
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return all(m.out_channels >= MIN_CPU_CHANNELS_LAST for m in convs)
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+__all__ = ["PRECISIONS", "TrainResult", "TrainingController", "default_device", "evaluate", "make_optimizer", "train"]
 
 
 @torch.no_grad()
@@ -132,7 +60,7 @@ def evaluate(
     model: nn.Module, data, batch_size: int = 1000, device=None, precision: str = "fp32"
 ) -> tuple[float, float]:
     """(accuracy, mean cross-entropy loss) on the test set, in eval mode (BN running statistics)."""
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     channels_last = use_channels_last(model, device)
     was_training = model.training
     model.eval()
@@ -141,9 +69,9 @@ def evaluate(
     count = 0
     try:
         for x, y in data.test_batches(batch_size):
-            x = _prepare_input(x, device, channels_last)
+            x = prepare_input(x, device, channels_last)
             y = y.to(device, non_blocking=True)
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
@@ -153,13 +81,6 @@ def evaluate(
     if count == 0:
         raise ElthError("the dataset has no test examples to evaluate on")
     return int(correct) / count, float(loss_sum) / count
-
-
-def _prepare_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    if channels_last and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 def make_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.SGD:
@@ -174,17 +95,17 @@ def make_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.SGD:
         return torch.optim.SGD(params, foreach=True, **kwargs)
 
 
-def _run_key(model: nn.Module, protocol: Protocol, data, data_seed: int, mask_fp: str | None, precision: str) -> dict:
-    """What must agree for a checkpoint to be resumed (the starting point is checked separately)."""
-    info = getattr(data, "info", None)
-    return {
-        "model": getattr(model, "name", type(model).__name__),
-        "dataset": info.to_dict() if info is not None else None,
-        "protocol": protocol.to_dict(),
-        "data_seed": int(data_seed),
-        "mask": mask_fp,
-        "precision": precision,
-    }
+def place_model(model: nn.Module, device: torch.device) -> bool:
+    """Move `model` to `device` in its fastest memory format and tune the backend; True for channels_last."""
+    channels_last = use_channels_last(model, device)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    elif device.type == "cpu":
+        tune_malloc()
+    return channels_last
 
 
 def train(
@@ -217,6 +138,7 @@ def train(
     step); it must not change the weights. `controller` (e.g. RigL or DPF) changes the weights and
     the mask during training through the hooks of `TrainingController`; not together with `mask`.
     """
+    # Settings
     if precision not in PRECISIONS:
         raise ElthError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     device = torch.device(device) if device is not None else default_device()
@@ -231,14 +153,8 @@ def train(
     if controller is not None and mask is not None:
         raise ElthError("give either a fixed mask or a controller that manages the sparsity, not both")
 
-    channels_last = use_channels_last(model, device)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    elif device.type == "cpu":
-        tune_malloc()
+    # Model, optimiser, step and batches
+    channels_last = place_model(model, device)
     masker = GradientMask(model, mask) if mask is not None else None
     if masker is not None:
         masker.apply_to_weights()
@@ -246,201 +162,62 @@ def train(
     if controller is not None:
         controller.attach(model, optimizer)
     schedule = LRSchedule(protocol, ipe)
+    sgd_step = SGDStep(model, optimizer, schedule, device, precision, channels_last, masker, controller)
+    batches = EpochBatches(data, protocol.batch_size, data_seed, protocol.augment)
 
-    step, seconds_before = start_step, 0.0
-    log: MetricsLog | None = None
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        mask_fp = tensors_fingerprint({k: v.bool() for k, v in mask.items()}) if mask is not None else None
-        key = _run_key(model, protocol, data, data_seed, mask_fp, precision)
-        if controller is not None:
-            key["controller"] = controller.hparams()
-        origin = {"start_step": start_step, "weights": tensors_fingerprint(model.state_dict())}
-        ckpt = load_checkpoint(out / CHECKPOINT_FILE)
-        if ckpt is not None:
-            _check_compatible(out, ckpt, key, origin, model)
-            if ckpt["step"] > end:
-                raise CheckpointError(
-                    f"{out} holds a run already trained to step {ckpt['step']}, past the requested end {end}"
-                )
-            origin = ckpt["origin"]
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if controller is not None:
-                controller.load_state_dict(ckpt["controller"])
-            step, seconds_before = int(ckpt["step"]), float(ckpt["seconds"])
-            if step == end and ckpt.get("result") is not None:
-                return TrainResult(**ckpt["result"])
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / RUN_FILE, {**key, "origin": origin, "end_step": end, "iterations_per_epoch": ipe})
-        log = MetricsLog(out / METRICS_FILE)
-        log.truncate_after(step)
+    # Resume
+    step, seconds_before, log, files = start_step, 0.0, None, None
+    if out_dir is not None:
+        files = RunFiles(out_dir, run_key(model, protocol, data, data_seed, mask, precision, controller), model, start_step)
+        resumed = files.resume(model, optimizer, controller, end)
+        if resumed is not None:
+            if resumed.result is not None:
+                return resumed.result
+            step, seconds_before = resumed.step, resumed.seconds
+        log = files.start(step, end, ipe)
 
-    stats = RunningStats(device)
-    bar = tqdm(
-        total=end - start_step, initial=step - start_step, desc=desc or getattr(model, "name", "train"),
-        unit="it", disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=True,
+    def test_metrics() -> tuple[float, float]:
+        return evaluate(model, data, eval_batch_size, device, precision)
+
+    def save(result: TrainResult | None = None) -> None:
+        if files is not None:
+            files.save(step, report.clock.total(), model, optimizer, controller, result)
+
+    # Train, epoch by epoch (a checkpoint at the end of each)
+    report = Progress(
+        device, schedule, ipe, start_step=start_step, step=step, end=end, seconds_before=seconds_before,
+        log=log, desc=desc or getattr(model, "name", "train"), enabled=progress,
     )
-    clock = _Clock(seconds_before)
-    last_test: tuple[float | None, float | None] = (None, None)
-    train_loss: float | None = None
-
-    def log_point(evaluate_now: bool) -> None:
-        nonlocal last_test, train_loss
-        loss, acc = stats.read()
-        images_per_s = clock.window_rate()
-        test = (None, None)
-        if evaluate_now:
-            test = evaluate(model, data, eval_batch_size, device, precision)
-            last_test = test
-        if loss is not None:
-            train_loss = loss
-        row = {
-            "step": step,
-            "epoch": round(step / ipe, 4),
-            "lr": schedule(step - 1) if step > 0 else schedule(0),
-            "train_loss": loss,
-            "train_accuracy": acc,
-            "test_loss": test[1],
-            "test_accuracy": test[0],
-            "images_per_second": images_per_s,
-            "seconds": clock.total(),
-        }
-        if log is not None:
-            log.append(row)
-        _show(bar, loss, acc, images_per_s, last_test[0])
-        stats.reset()
-        clock.new_window()
-
-    def save(result: TrainResult | None) -> None:
-        if out is None:
-            return
-        save_checkpoint(
-            out / CHECKPOINT_FILE,
-            {
-                "key": key,
-                "origin": origin,
-                "step": step,
-                "seconds": clock.total(),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "result": result.to_dict() if result is not None else None,
-                **({"controller": controller.state_dict()} if controller is not None else {}),
-            },
-        )
-
     model.train()
     try:
         while step < end:
-            epoch, batch_index = divmod(step, ipe)
+            epoch, first = divmod(step, ipe)
             stop = min(end, (epoch + 1) * ipe)
-            batches = data.train_epoch(epoch, protocol.batch_size, data_seed, start=batch_index, augment=protocol.augment)
-            for x, y in batches:
-                lr = schedule(step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x = _prepare_input(x, device, channels_last)
-                y = y.to(device, non_blocking=True)
-                if controller is not None:
-                    controller.before_forward(step)
-                with _autocast(device, precision):
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if masker is not None:
-                    masker.apply_to_gradients()
-                if controller is None:
-                    optimizer.step()
-                else:
-                    if controller.after_backward(step):
-                        optimizer.step()
-                    controller.after_step(step)
-                stats.add(loss, logits, y)
-                clock.images += y.shape[0]
+            for x, y in batches(epoch, first):
+                report.after_step(*sgd_step(step, x, y))
                 step += 1
-                bar.update(1)
                 if callback is not None:
                     callback(step, model)
                 if step >= stop:
                     break
                 if eval_interval is not None and step % eval_interval == 0:
-                    log_point(evaluate_now=True)
-                elif not bar.disable and (step - start_step) % DISPLAY_EVERY == 0:
-                    _show(bar, *stats.read(), clock.window_rate(), last_test[0])
+                    report.log_point(step, test_metrics)
+                else:
+                    report.refresh(step)
             if step < stop:
                 raise ElthError(f"the dataset ended epoch {epoch} after step {step}, before step {stop}")
             evaluate_now = step == end or (eval_interval is not None and step % eval_interval == 0)
-            log_point(evaluate_now)
+            report.log_point(step, test_metrics if evaluate_now else None)
             if step < end:
-                save(None)
-        if last_test[0] is None:
+                save()
+        test = report.last_test
+        if test[0] is None:
             # Nothing trained in this call (start == end): still report the test metrics.
-            last_test = evaluate(model, data, eval_batch_size, device, precision)
-        result = TrainResult(step, last_test[0], last_test[1], train_loss, clock.total())
+            test = test_metrics()
+        result = TrainResult(step, test[0], test[1], report.train_loss, report.clock.total())
         save(result)
-        if out is not None:
-            _write_json(out / RESULT_FILE, result.to_dict())
+        if files is not None:
+            files.write_result(result)
         return result
     finally:
-        bar.close()
-
-
-def _check_compatible(out: Path, ckpt: dict, key: dict, origin: dict, model: nn.Module) -> None:
-    if ckpt.get("key") != key:
-        theirs, ours = ckpt.get("key") or {}, key
-        differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-        raise CheckpointError(
-            f"{out} holds a run with different settings ({', '.join(differ)}); "
-            "choose another output directory or remove it to start over"
-        )
-    if ckpt.get("origin") == origin:
-        return
-    # Continuing from the checkpoint's own weights (e.g. train 0 -> k, then k -> end) is fine too.
-    if origin["start_step"] == ckpt["step"] and origin["weights"] == tensors_fingerprint(ckpt["model"]):
-        return
-    raise CheckpointError(
-        f"{out} holds a run that started from other weights or another step; "
-        "choose another output directory or remove it to start over"
-    )
-
-
-class _Clock:
-    """Wall time of the run (carried over resumes) and images/s since the last log point."""
-
-    def __init__(self, seconds_before: float):
-        self.seconds_before = seconds_before
-        self.start = time.perf_counter()
-        self.window_start = self.start
-        self.images = 0
-
-    def total(self) -> float:
-        return self.seconds_before + time.perf_counter() - self.start
-
-    def window_rate(self) -> float | None:
-        elapsed = time.perf_counter() - self.window_start
-        return self.images / elapsed if self.images and elapsed > 0 else None
-
-    def new_window(self) -> None:
-        self.window_start = time.perf_counter()
-        self.images = 0
-
-
-def _show(bar: tqdm, loss, acc, images_per_s, test_acc) -> None:
-    if bar.disable:
-        return
-    post = {}
-    if loss is not None:
-        post["loss"] = f"{loss:.3f}"
-        post["acc"] = f"{acc:.3f}"
-    if images_per_s:
-        post["img/s"] = f"{images_per_s:.0f}"
-    if test_acc is not None:
-        post["test"] = f"{test_acc:.3f}"
-    bar.set_postfix(post, refresh=False)
-
-
-def _write_json(path: Path, value: dict) -> None:
-    from elth.runs import write_text_atomic
-
-    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+        report.close()

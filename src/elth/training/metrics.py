@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-METRICS_FILE = "metrics.jsonl"
+from elth.files import write_text_atomic
 
 
 class MetricsLog:
@@ -33,9 +33,7 @@ class MetricsLog:
         rows = self.read()
         kept = [r for r in rows if r.get("step", 0) <= step]
         if self.path.is_file() and len(kept) != len(self.path.read_text().splitlines()):
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append(self, row: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

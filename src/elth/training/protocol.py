@@ -42,11 +42,11 @@ def parse_steps(text: str, iterations_per_epoch: int) -> int:
     """`"160ep"`, `"1000it"`, `"5ep100it"` or `"0"` -> a number of steps."""
     if iterations_per_epoch < 1:
         raise ProtocolError(f"iterations per epoch must be positive, got {iterations_per_epoch}")
-    epochs, iterations = _split_steps(text)
+    epochs, iterations = split_steps(text)
     return epochs * iterations_per_epoch + iterations
 
 
-def _split_steps(text: str) -> tuple[int, int]:
+def split_steps(text: str) -> tuple[int, int]:
     """(epochs, iterations) of a step count, or a `ProtocolError` saying how to write one."""
     if not isinstance(text, str):
         raise ProtocolError(f"a step count must be text such as '160ep', '1000it' or '5ep100it', not {text!r}")
@@ -60,6 +60,14 @@ def _split_steps(text: str) -> tuple[int, int]:
             "'1000it' or '5ep100it' (or '0')"
         )
     return int(m.group(1) or 0), int(m.group(2) or 0)
+
+
+def scale_steps(text: str, factor: int) -> str:
+    """The step count `text` times `factor`, in the same units (`"5ep100it"` x 2 -> `"10ep200it"`)."""
+    epochs, iterations = split_steps(text)
+    if not epochs and not iterations:
+        return "0"
+    return (f"{factor * epochs}ep" if epochs else "") + (f"{factor * iterations}it" if iterations else "")
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,7 @@ class Protocol:
         # Lists (e.g. from JSON) become tuples so the protocol stays hashable and comparable.
         object.__setattr__(self, "milestones", tuple(self.milestones))
         for text in (self.length, self.warmup, *self.milestones):
-            _split_steps(text)
+            split_steps(text)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ProtocolError(f"batch size must be a positive integer, got {self.batch_size!r}")
         labels = {"lr": "learning rate", "momentum": "momentum", "weight_decay": "weight decay",

@@ -1,4 +1,6 @@
-"""Dynamic sparse training baselines: RigL and DPF as training-loop controllers, and `train_dst`.
+"""Dynamic sparse training baselines: RigL and DPF as training-loop controllers.
+
+Their runs (`train_dst`) are a workflow: `elth.workflows.dst_training`.
 
 Both methods train a sparse network from scratch while its connectivity changes; they plug into
 `elth.training.train` through its `controller=` hooks (see `elth.training.loop`).
@@ -25,6 +27,7 @@ model's weights are m * W: a truly sparse network.
 Excluded layers (by default the output layer of MLPs and VGGs) stay dense and count in the
 totals, as in IMP. Sparsities are over all prunable weights.
 """
+from elth.sparsity.dst.common import dpf_sparsity, rigl_drop_fraction
 from elth.sparsity.dst.densities import (
     DISTRIBUTIONS,
     DSTError,
@@ -35,37 +38,16 @@ from elth.sparsity.dst.densities import (
 )
 from elth.sparsity.dst.dpf import DPF
 from elth.sparsity.dst.rigl import RigL
-from elth.sparsity.dst.common import dpf_sparsity, rigl_drop_fraction
-from elth.sparsity.dst.training import (
-    DEFAULTS,
-    METHODS,
-    DSTResult,
-    dst_hparams,
-    make_controller,
-    method_label,
-    resolve_options,
-    scale_protocol,
-    train_dst,
-)
 
 __all__ = [
-    "DEFAULTS",
     "DISTRIBUTIONS",
     "DPF",
     "DSTError",
-    "DSTResult",
-    "METHODS",
     "RigL",
     "dpf_sparsity",
-    "dst_hparams",
     "erk_densities",
     "kept_counts",
     "layer_densities",
-    "make_controller",
-    "method_label",
-    "resolve_options",
     "rigl_drop_fraction",
-    "scale_protocol",
-    "train_dst",
     "uniform_densities",
 ]

@@ -1,11 +1,14 @@
-"""What the DST controllers share: schedules, settings checks, top-k selection, mask layouts."""
+"""What the DST controllers share: a base class (sparse layers, their masks and layouts), schedules,
+settings checks, top-k selection."""
 from __future__ import annotations
 
 import math
 
 import torch
 
+from elth.masks import Mask
 from elth.sparsity.dst.densities import DSTError
+from elth.training.masking import mask_like
 
 
 def rigl_drop_fraction(step: int, initial: float, end_step: int) -> float:
@@ -49,3 +52,37 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     if missing > 0:
         mask[(scores == threshold).nonzero().squeeze(1)[:missing]] = True
     return mask
+
+
+class MaskController:
+    """The part of a DST controller that is the same for RigL and DPF.
+
+    After `attach`, `names`/`params`/`masks` are the sparse layers (a dense layer has no entry),
+    `layouts` the masks laid out like their weights (for fused multiplies), `all_names` and
+    `shapes` every prunable weight. The masks travel in `state_dict()` under "masks".
+    """
+
+    method: str
+    names: list[str]
+    params: list[torch.nn.Parameter]
+    masks: list[torch.Tensor]
+    all_names: list[str]
+    shapes: dict[str, torch.Size]
+
+    def _refresh_layouts(self) -> None:
+        self.layouts = [mask_like(p, m) for p, m in zip(self.params, self.masks)]
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def mask(self) -> Mask:
+        """The current mask over every prunable weight (dense layers all ones), on the CPU."""
+        own = dict(zip(self.names, self.masks))
+        return {n: own[n].cpu() if n in own else torch.ones(self.shapes[n], dtype=torch.bool) for n in self.all_names}
+
+    def state_dict(self) -> dict:
+        return {"masks": {n: m.cpu() for n, m in zip(self.names, self.masks)}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.masks = [state["masks"][n].to(p.device, torch.bool) for n, p in zip(self.names, self.params)]
+        self._refresh_layouts()

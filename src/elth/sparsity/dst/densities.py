@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from elth.errors import ElthError
-from elth.sparsity.masks import excluded_names, prunable_names
+from elth.masks import excluded_names, prunable_names
 
 DISTRIBUTIONS = ("erk", "uniform")
 

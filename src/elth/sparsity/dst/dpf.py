@@ -4,13 +4,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from elth.masks import count_for_sparsity, excluded_names
+from elth.sparsity.dst.common import (
+    MaskController,
+    check_settings,
+    dpf_sparsity,
+    top_k_mask,
+)
 from elth.sparsity.dst.densities import DSTError, param_shapes
-from elth.sparsity.dst.common import check_settings, dpf_sparsity, top_k_mask
-from elth.sparsity.masks import Mask, count_for_sparsity, excluded_names
-from elth.training.masking import mask_like
 
 
-class DPF:
+class DPF(MaskController):
     """Dynamic pruning with feedback as a `TrainingController` (described in `elth.sparsity.dst`)."""
 
     method = "dpf"
@@ -49,12 +53,6 @@ class DPF:
         self._refresh_layouts()
         self.segment_start = 0
         self.finished_weight_steps = {n: 0 for n in self.names}
-
-    def _refresh_layouts(self) -> None:
-        self.layouts = [mask_like(p, m) for p, m in zip(self.params, self.masks)]
-
-    def before_forward(self, step: int) -> None:
-        pass
 
     @torch.no_grad()
     def after_backward(self, step: int) -> bool:
@@ -96,17 +94,13 @@ class DPF:
             out[n] = self.finished_weight_steps[n] + int(m.sum()) * (progress - self.segment_start)
         return out
 
-    def mask(self) -> Mask:
-        own = dict(zip(self.names, self.masks))
-        return {n: own[n].cpu() if n in own else torch.ones(self.shapes[n], dtype=torch.bool) for n in self.all_names}
-
     def dense_weights(self) -> dict[str, torch.Tensor]:
         """The dense weights W of the eligible layers, on the CPU."""
         return {n: d.detach().cpu().contiguous() for n, d in zip(self.names, self.dense)}
 
     def state_dict(self) -> dict:
         return {
-            "masks": {n: m.cpu() for n, m in zip(self.names, self.masks)},
+            **super().state_dict(),
             "dense": self.dense_weights(),
             "segment_start": self.segment_start,
             "finished_weight_steps": dict(self.finished_weight_steps),
@@ -114,12 +108,11 @@ class DPF:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        self.masks = [state["masks"][n].to(p.device, torch.bool) for n, p in zip(self.names, self.params)]
+        super().load_state_dict(state)
         for n, d in zip(self.names, self.dense):
             d.copy_(state["dense"][n])
         self.segment_start = int(state["segment_start"])
         self.finished_weight_steps = {n: int(state["finished_weight_steps"][n]) for n in self.names}
-        self._refresh_layouts()
 
     def hparams(self) -> dict:
         return {

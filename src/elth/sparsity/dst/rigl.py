@@ -6,13 +6,25 @@ import math
 import torch
 from torch import nn
 
-from elth.sparsity.dst.densities import DISTRIBUTIONS, DSTError, kept_counts, layer_densities, param_shapes
-from elth.sparsity.dst.common import check_settings, rigl_drop_fraction, top_k_mask
-from elth.sparsity.masks import Mask, count_for_sparsity, excluded_names
+from elth.masks import count_for_sparsity, excluded_names
+from elth.sparsity.baselines import derived_seed
+from elth.sparsity.dst.common import (
+    MaskController,
+    check_settings,
+    rigl_drop_fraction,
+    top_k_mask,
+)
+from elth.sparsity.dst.densities import (
+    DISTRIBUTIONS,
+    DSTError,
+    kept_counts,
+    layer_densities,
+    param_shapes,
+)
 from elth.training.masking import mask_gradients, mask_like
 
 
-class RigL:
+class RigL(MaskController):
     """RigL as a `TrainingController` (the method is described in `elth.sparsity.dst`)."""
 
     method = "rigl"
@@ -42,8 +54,6 @@ class RigL:
         return (self.end_step - 1) // self.update_every if self.end_step > 0 else 0
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        from elth.sparsity.baselines import derived_seed
-
         self.optimizer = optimizer
         self.excluded = excluded_names(model, None if self.exclude is None else list(self.exclude))
         shapes = param_shapes(model)
@@ -70,12 +80,6 @@ class RigL:
             if self.params:
                 torch._foreach_mul_(self.params, self.layouts)
 
-    def _refresh_layouts(self) -> None:
-        self.layouts = [mask_like(p, m) for p, m in zip(self.params, self.masks)]
-
-    def before_forward(self, step: int) -> None:
-        pass
-
     @torch.no_grad()
     def after_backward(self, step: int) -> bool:
         if self.is_update_step(step):
@@ -83,9 +87,6 @@ class RigL:
             return False
         mask_gradients(self.params, self.layouts)
         return True
-
-    def after_step(self, step: int) -> None:
-        pass
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -110,18 +111,6 @@ class RigL:
                 buf.mul_(keep)  # dropped and grown weights start with zero momentum
             self.masks[i] = new.view(mask.shape)
             self.layouts[i] = mask_like(p, self.masks[i])
-
-    def mask(self) -> Mask:
-        """The current mask over every prunable weight (dense layers all ones), on the CPU."""
-        own = dict(zip(self.names, self.masks))
-        return {n: own[n].cpu() if n in own else torch.ones(self.shapes[n], dtype=torch.bool) for n in self.all_names}
-
-    def state_dict(self) -> dict:
-        return {"masks": {n: m.cpu() for n, m in zip(self.names, self.masks)}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.masks = [state["masks"][n].to(p.device, torch.bool) for n, p in zip(self.names, self.params)]
-        self._refresh_layouts()
 
     def hparams(self) -> dict:
         return {

@@ -29,14 +29,26 @@ from typing import Callable
 import torch
 
 from elth.errors import ElthError
+from elth.files import (
+    IMP_LEVELS_FILE,
+    RESULT_FILE,
+    TICKET_FILE,
+    TRAIN_DIR,
+    write_json_atomic,
+)
+from elth.masks import count, excluded_names, full_mask, magnitude_prune
 from elth.models import build_model
-from elth.runs import run_dir, write_json_atomic
-from elth.sparsity.masks import count, excluded_names, full_mask, magnitude_prune
-from elth.sparsity.rewind import rewind_point, rewind_step_of
-from elth.tickets import ModelLayout, Ticket, from_model, load_ticket, model_layout, save_ticket
+from elth.runs import run_dir
+from elth.tickets import (
+    ModelLayout,
+    Ticket,
+    from_model,
+    load_ticket,
+    model_layout,
+    save_ticket,
+)
 from elth.training import Protocol, train
-
-SUMMARY_FILE = "levels.json"
+from elth.workflows.rewind import rewind_point, rewind_step_of
 
 
 class IMPError(ElthError, ValueError):
@@ -146,14 +158,14 @@ def run_imp(
     results: list[LevelResult] = []
     rewind_state: dict[str, torch.Tensor] = {}
     for k in range(levels + 1):
-        ticket_path = level_dir(run, k) / "ticket.safetensors"
+        ticket_path = level_dir(run, k) / TICKET_FILE
         if k == 0 and not ticket_path.is_file():
             _write_level_zero(config, data, run, ticket_path, hp, root, device, progress)
         ticket = load_ticket(ticket_path)
         if k == 0:
             rewind_state = ticket.state  # level 0 is the rewind weights, unmasked
         model = None
-        result_path = level_dir(run, k) / "result.json"
+        result_path = level_dir(run, k) / RESULT_FILE
         if not result_path.is_file():
             model, result = _train_level(config, data, ticket, k, levels, run, device, progress)
             write_json_atomic(result_path, result)
@@ -161,7 +173,7 @@ def run_imp(
         _write_summary(run)
         if on_level is not None:
             on_level(results[-1])
-        next_path = level_dir(run, k + 1) / "ticket.safetensors"
+        next_path = level_dir(run, k + 1) / TICKET_FILE
         if k < levels and not next_path.is_file():
             if model is None:  # trained in an earlier, interrupted call: its training reloads the final weights
                 model, _ = _train_level(config, data, ticket, k, levels, run, device, progress)
@@ -210,7 +222,7 @@ def _train_level(config, data, ticket: Ticket, level: int, levels: int, run: Pat
     model = ticket.build(device if device is not None else "cpu")
     res = train(
         model, data, config.protocol, data_seed=config.data_seed, start_step=ticket.rewind_step,
-        mask=ticket.mask, out_dir=level_dir(run, level) / "train", precision=config.precision,
+        mask=ticket.mask, out_dir=level_dir(run, level) / TRAIN_DIR, precision=config.precision,
         device=device, progress=progress,
         desc=f"IMP level {level}/{levels} ({100 * ticket.sparsity:.1f}% sparse)",
     )
@@ -243,16 +255,16 @@ def _write_summary(run: Path) -> None:
     """levels.json: every finished level of the run (also those of earlier, longer calls)."""
     rows = []
     k = 0
-    while (level_dir(run, k) / "result.json").is_file():
-        r = json.loads((level_dir(run, k) / "result.json").read_text())
-        row = _level_result(r, level_dir(run, k) / "ticket.safetensors").to_dict()
-        row["ticket_path"] = f"level_{k}/ticket.safetensors"  # relative to the run directory
+    while (level_dir(run, k) / RESULT_FILE).is_file():
+        r = json.loads((level_dir(run, k) / RESULT_FILE).read_text())
+        row = _level_result(r, level_dir(run, k) / TICKET_FILE).to_dict()
+        row["ticket_path"] = f"level_{k}/{TICKET_FILE}"  # relative to the run directory
         rows.append(row)
         k += 1
-    write_json_atomic(run / SUMMARY_FILE, rows)
+    write_json_atomic(run / IMP_LEVELS_FILE, rows)
 
 
 def read_summary(run: str | os.PathLike) -> list[dict]:
     """The finished levels of an IMP run directory."""
-    path = Path(run) / SUMMARY_FILE
+    path = Path(run) / IMP_LEVELS_FILE
     return json.loads(path.read_text()) if path.is_file() else []

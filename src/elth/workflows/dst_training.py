@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from elth.files import RESULT_FILE, TICKET_FILE, TRAIN_DIR, write_json_atomic
+from elth.masks import count, excluded_names
+from elth.sparsity.dst.common import check_settings
 from elth.sparsity.dst.densities import DISTRIBUTIONS, DSTError, layer_densities
 from elth.sparsity.dst.dpf import DPF
 from elth.sparsity.dst.rigl import RigL
-from elth.sparsity.dst.common import check_settings
-from elth.sparsity.masks import count, excluded_names
+from elth.training.protocol import scale_steps
 
 METHODS = ("rigl", "dpf")
 #: Defaults per method; options a method does not have are absent.
@@ -21,8 +22,6 @@ DEFAULTS: dict[str, dict] = {
     "dpf": {"update_every": 16, "end_fraction": 0.75},
 }
 COMMON_OPTIONS = ("multiplier", "exclude")
-RESULT_FILE = "result.json"
-TICKET_FILE = "ticket.safetensors"
 
 
 def resolve_options(method: str, options: dict) -> dict:
@@ -54,28 +53,14 @@ def resolve_options(method: str, options: dict) -> dict:
     return resolved
 
 
-_STEP_PARTS = re.compile(r"(?:(\d+)ep)?(?:(\d+)it)?")
-
-
-def _scaled_steps(text: str, k: int) -> str:
-    t = text.strip().lower()
-    m = _STEP_PARTS.fullmatch(t)
-    if t == "0" or m is None:
-        return t  # "0", or a malformed count that Protocol has already refused
-    epochs, its = int(m.group(1) or 0), int(m.group(2) or 0)
-    if not epochs and not its:
-        return "0"
-    return (f"{k * epochs}ep" if epochs else "") + (f"{k * its}it" if its else "")
-
-
 def scale_protocol(protocol, multiplier: int):
     """The protocol `multiplier` times as long, with LR milestones and warmup scaled alike (RigL-Kx)."""
     if multiplier == 1:
         return protocol
     return protocol.replace(
-        length=_scaled_steps(protocol.length, multiplier),
-        milestones=tuple(_scaled_steps(m, multiplier) for m in protocol.milestones),
-        warmup=_scaled_steps(protocol.warmup, multiplier),
+        length=scale_steps(protocol.length, multiplier),
+        milestones=tuple(scale_steps(m, multiplier) for m in protocol.milestones),
+        warmup=scale_steps(protocol.warmup, multiplier),
     )
 
 
@@ -153,9 +138,15 @@ def train_dst(
     With `root`, the run lives in `root/dst-<hash>/` (train/ checkpoints, ticket.safetensors,
     result.json): a finished run is returned as recorded, an interrupted one resumes exactly.
     """
-    from elth.flops import dpf_training_flops, forward_macs, rigl_training_flops, training_flops, weight_positions
+    from elth.flops import (
+        dpf_training_flops,
+        forward_macs,
+        rigl_training_flops,
+        training_flops,
+        weight_positions,
+    )
     from elth.models import build_model
-    from elth.runs import run_dir, write_json_atomic
+    from elth.runs import run_dir
     from elth.tickets import from_model, save_ticket
     from elth.training import PRECISIONS, train
 
@@ -184,7 +175,7 @@ def train_dst(
 
     label = method_label(method, options)
     result = train(
-        model, data, scaled, data_seed=data_seed, out_dir=None if run is None else run / "train",
+        model, data, scaled, data_seed=data_seed, out_dir=None if run is None else run / TRAIN_DIR,
         eval_every=eval_every, precision=precision, device=device, progress=progress, controller=controller,
         desc=f"{model_name} {label} {100 * sparsity:.1f}%",
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from elth.files import CHECKPOINT_FILE, TRAIN_DIR
 from elth.runs import run_dir
 from elth.tickets import Ticket, TicketError, check_dataset
 from elth.training import Protocol, TrainResult, train
@@ -57,7 +58,7 @@ def train_ticket(
         )
     out_dir = None
     if root is not None:
-        out_dir = ticket_run_dir(ticket, data, protocol, data_seed, root, precision) / "train"
+        out_dir = ticket_run_dir(ticket, data, protocol, data_seed, root, precision) / TRAIN_DIR
     model = ticket.build(device if device is not None else "cpu")
     return train(
         model, data, protocol, data_seed=data_seed, start_step=ticket.rewind_step, mask=ticket.mask,
@@ -76,9 +77,9 @@ def trained_state(
     precision: str = "fp32",
 ) -> dict[str, torch.Tensor]:
     """The final weights and buffers (on CPU) of a finished `train_ticket(..., root=root)` run."""
-    from elth.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from elth.training.checkpoint import load_checkpoint
 
-    path = ticket_run_dir(ticket, data, protocol, data_seed, root, precision) / "train" / CHECKPOINT_FILE
+    path = ticket_run_dir(ticket, data, protocol, data_seed, root, precision) / TRAIN_DIR / CHECKPOINT_FILE
     ckpt = load_checkpoint(path)
     if ckpt is None or ckpt.get("result") is None:
         raise TicketError(f"{path.parent}: no finished training of this ticket (run train_ticket first)")

@@ -35,6 +35,15 @@ from dataclasses import dataclass
 
 import torch
 
+from elth.elastic import transform
+from elth.masks import (
+    Mask,
+    PruningError,
+    count,
+    eligible_names,
+    excluded_names,
+    full_mask,
+)
 from elth.models import build_model, parse_model_name
 from elth.sparsity.baselines import (
     DATA_METHODS,
@@ -48,11 +57,10 @@ from elth.sparsity.baselines import (
     snip_extra_mask,
     uniform_random_mask,
 )
-from elth.sparsity.masks import Mask, PruningError, count, eligible_names, excluded_names, full_mask
-from elth.sparsity.rewind import rewind_point
 from elth.sparsity.scores import GRASP_TEMPERATURE
 from elth.tickets import Ticket, check_dataset, from_model
 from elth.training import Protocol
+from elth.workflows.rewind import rewind_point
 
 #: Methods that need a like-ticket (whose mask or source they use).
 LIKE_METHODS = ("reinit", "snip-extra")
@@ -289,8 +297,6 @@ def _extra_layers(target_name: str, source_name: str, names: list[str], info) ->
 
 def _snip_extra(model_name, data, like: Ticket, like_path, exclude, options, seed, data_seed, root, device,
                 precision, progress) -> PruneResult:
-    from elth.elastic import transform
-
     src_lengths = _stage_lengths(like.model, data.info)
     tgt_lengths = _stage_lengths(model_name, data.info)
     if len(src_lengths) != len(tgt_lengths) or any(t < s for s, t in zip(src_lengths, tgt_lengths)) \

@@ -12,11 +12,10 @@ from pathlib import Path
 import torch
 
 from elth.errors import ElthError
+from elth.files import REWIND_WEIGHTS_FILE, TRAIN_DIR, atomic_path
 from elth.models import ElasticModel, build_model
-from elth.runs import atomic_path, run_dir
+from elth.runs import run_dir
 from elth.training import Protocol, parse_steps, train
-
-WEIGHTS_FILE = "rewind.safetensors"
 
 
 class RewindError(ElthError, ValueError):
@@ -78,13 +77,13 @@ def rewind_point(
     if step == 0:
         return model, 0
     out = run_dir(root, "rewind", rewind_hparams(model_name, data, protocol, step, seed, data_seed, precision))
-    weights = Path(out) / WEIGHTS_FILE
+    weights = Path(out) / REWIND_WEIGHTS_FILE
     if weights.is_file():
         model.load_state_dict(load_file(str(weights)))
         return model, step
     train(
         model, data, protocol, data_seed=data_seed, start_step=0, end_step=step,
-        out_dir=Path(out) / "train", eval_every=None, precision=precision, device=device, progress=progress,
+        out_dir=Path(out) / TRAIN_DIR, eval_every=None, precision=precision, device=device, progress=progress,
         desc=f"{model_name}: dense to rewind point {rewind}",
     )
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

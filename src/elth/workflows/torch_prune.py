@@ -13,8 +13,8 @@ from torch.nn.utils import prune
 
 from elth.data.base import DatasetInfo
 from elth.errors import ElthError
+from elth.masks import Mask, prunable_names
 from elth.models import ElasticModel
-from elth.sparsity.masks import Mask, prunable_names
 from elth.tickets import Ticket, from_model
 
 ORIG, MASK = "_orig", "_mask"

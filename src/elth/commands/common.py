@@ -1,0 +1,111 @@
+"""Command-line pieces shared by the `elth` subcommands: model, data, seed, device and protocol options.
+
+Each helper defines one option group once, so every command spells and documents it alike.
+"""
+from __future__ import annotations
+
+import argparse
+
+from elth.errors import ElthError
+from elth.training.protocol import PRESETS, Protocol, ProtocolError, preset
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --dataset and --data-dir (shared by commands that build a network from scratch)."""
+    parser.add_argument("--model", required=True,
+                        help="model name: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>")
+    parser.add_argument("--dataset", required=True,
+                        help="cifar10, svhn, mnist, fashion_mnist, imagenet, digits (built in) or synthetic; "
+                        "NAME@SIZE resizes its images")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
+
+
+def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--seed (the model's initialisation) and --data-seed (shared by commands that train from scratch)."""
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation (default: 0)")
+    parser.add_argument("--data-seed", type=int, metavar="SEED",
+                        help="seed of the data order and augmentation (default: the same as --seed)")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, precision_help: str | None = None) -> None:
+    """--precision and --device (shared by commands that train)."""
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help=precision_help or "fp32, or bf16 autocast (fast on GPUs and CPUs with bf16 units; "
+                        "default: fp32)")
+    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+
+
+def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset and the protocol overrides (shared by commands that train)."""
+    g = parser.add_argument_group("training protocol")
+    g.add_argument("--preset", default="paper", choices=sorted(PRESETS),
+                   help="protocol preset for the dataset and model family (default: paper)")
+    g.add_argument("--epochs", type=int, metavar="N", help="train for N epochs (overrides the preset's length)")
+    g.add_argument("--length", metavar="STEPS",
+                   help="training length as epochs and/or iterations, e.g. 160ep, 1000it, 5ep100it")
+    g.add_argument("--lr", type=float, help="peak learning rate (overrides the preset)")
+    g.add_argument("--batch-size", type=int, metavar="B", help="minibatch size (overrides the preset)")
+    g.add_argument("--milestones", metavar="LIST",
+                   help="comma-separated steps where the LR is multiplied by 0.1, e.g. 80ep,120ep; 'none' for a constant LR")
+    g.add_argument("--warmup", metavar="STEPS", help="linear LR warmup length, e.g. 5ep or 500it (0 for none)")
+
+
+def protocol_from_args(args: argparse.Namespace, dataset: str, model: str, base: Protocol | None = None) -> Protocol:
+    """The preset for (dataset, model) (or `base`, when given) with the command-line overrides applied."""
+    base = preset(args.preset, dataset, model) if base is None else base
+    changes: dict = {}
+    if args.epochs is not None and args.length is not None:
+        raise ProtocolError("give either --epochs or --length, not both")
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise ProtocolError(f"--epochs must be at least 1, got {args.epochs}")
+        changes["length"] = f"{args.epochs}ep"
+    if args.length is not None:
+        changes["length"] = args.length
+    if args.lr is not None:
+        changes["lr"] = args.lr
+    if args.batch_size is not None:
+        changes["batch_size"] = args.batch_size
+    if args.milestones is not None:
+        text = args.milestones.strip()
+        changes["milestones"] = () if text.lower() in ("", "none") else tuple(m.strip() for m in text.split(","))
+    if args.warmup is not None:
+        changes["warmup"] = args.warmup
+    return base.replace(**changes)
+
+
+def resolve_device(name: str | None):
+    """`--device` as a torch device, with a clear error for unknown or unavailable ones."""
+    import torch
+
+    from elth.training import default_device
+
+    try:
+        device = torch.device(name) if name else default_device()
+    except RuntimeError as e:
+        raise ElthError(f"unknown device {name!r} ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ElthError("--device cuda was asked for, but this torch build sees no CUDA device")
+    return device
+
+
+def sparsity_arg(text: str) -> float:
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a sparsity: {text!r} (write 0.8926 or 89.26%)") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must be at least 0 and below 1 (100%), got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -1,0 +1,100 @@
+"""What a run store holds on disk: file names, atomic writes and the hash of a set of tensors.
+
+Every name below is part of the store's format (a store written before keeps being read), so each
+is defined here once and imported wherever a file is written or read.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+
+# Any run directory (`runs.run_dir`)
+HPARAMS_FILE = "hparams.json"
+#: The training run inside a run directory that trains (`training.train` writes the next three there)
+TRAIN_DIR = "train"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+RUN_FILE = "run.json"
+#: The outcome of finished work: a training run, an IMP level, a DST run, an experiment's ticket run
+RESULT_FILE = "result.json"
+# Tickets and rewind points
+TICKET_FILE = "ticket.safetensors"
+REWIND_WEIGHTS_FILE = "rewind.safetensors"
+IMP_LEVELS_FILE = "levels.json"
+# Linear mode connectivity
+LMC_FILE = "lmc.json"
+LMC_FIGURE = "lmc.png"
+# An experiment's results folder
+RESULTS_JSONL = "results.jsonl"
+RESULTS_CSV = "results.csv"
+LMC_JSONL = "lmc.jsonl"
+EXPERIMENT_FILE = "experiment.json"
+REPORT_FILE = "report.md"
+ACCURACY_FIGURE = "accuracy_vs_sparsity.png"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; when the block succeeds, move it onto `path`.
+
+    The file is flushed to disk before the rename, so `path` is always either the old file or the
+    complete new one; if the block fails the temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, value) -> Path:
+    return write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+#: How a hashed record spells each tensor before its bytes. Two spellings exist because tickets and
+#: training checkpoints each recorded their own before they shared this function; both are kept
+#: so that every stored checksum and checkpoint key stays valid.
+HashRecord = Literal["ticket", "checkpoint"]
+
+
+def tensors_hash(tensors: dict[str, torch.Tensor], record: HashRecord = "ticket") -> str:
+    """SHA-256 (hex) over names, dtypes, shapes and exact bytes of `tensors`, in sorted name order.
+
+    `record="ticket"`: the full digest, headers `name|dtype|shape|` (a ticket file's checksum).
+    `record="checkpoint"`: the first 16 hex digits, bool tensors as uint8, headers
+    `name:shape:dtype;` (the weights and masks in a training checkpoint's key).
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        if record == "checkpoint":
+            if t.dtype == torch.bool:
+                t = t.to(torch.uint8)
+            t = t.to("cpu").contiguous()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        else:
+            t = t.cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16] if record == "checkpoint" else h.hexdigest()

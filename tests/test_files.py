@@ -1,0 +1,27 @@
+"""The store's shared helpers: the tensor hash keeps the values stores were written with."""
+import torch
+
+from elth.files import tensors_hash
+
+TENSORS = {
+    "b.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+    "a.mask": torch.tensor([True, False, True]),
+    "c": torch.arange(4, dtype=torch.int64),
+}
+
+
+def test_ticket_record_hash_is_the_one_ticket_files_carry():
+    # value of the ticket checksum function before the hash functions were merged
+    assert tensors_hash(TENSORS) == "cbac722eefe29510fc6f72252a8af76e49c300d95ccd39e828676930923e9a13"
+
+
+def test_checkpoint_record_hash_is_the_one_checkpoint_keys_carry():
+    # value of the checkpoint fingerprint function before the hash functions were merged
+    assert tensors_hash(TENSORS, "checkpoint") == "055876767cbe0c3b"
+
+
+def test_hash_sees_values_names_and_dtypes():
+    base = tensors_hash(TENSORS)
+    assert tensors_hash({**TENSORS, "c": torch.arange(4, dtype=torch.int32)}) != base
+    assert tensors_hash({**TENSORS, "c": torch.tensor([0, 1, 2, 4])}) != base
+    assert tensors_hash({("d" if k == "c" else k): v for k, v in TENSORS.items()}) != base
