@@ -41,28 +41,42 @@ class FusedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         xs = x.reshape(n, self.k, self.in_features).transpose(0, 1).contiguous()
-        w = self.weight.transpose(1, 2)
-        if self.bias is None:
-            y = torch.bmm(xs, w)
-        else:
-            y = torch.baddbmm(_MemberBias.apply(self.bias, n), xs, w)
+        y = _BatchedLinear.apply(xs, self.weight, self.bias)
         return y.transpose(0, 1).reshape(n, self.k * self.out_features)
 
     def extra_repr(self) -> str:
         return f"k={self.k}, in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-class _MemberBias(torch.autograd.Function):
-    """bias [K, out] -> [K, N, out] (a broadcast view); the gradient is summed over the batch
-    member by member, the same reduction nn.Linear's bias gradient gets (so bitwise equal)."""
+class _BatchedLinear(torch.autograd.Function):
+    """y[k] = x[k] @ w[k].T + b[k] for x [K, N, in], w [K, out, in], b [K, out] or None.
+
+    The backward computes what nn.Linear's does, member by member and in the same layouts:
+    grad_w[k] = g[k].T @ x[k] (straight into the weight's [out, in] layout, no transposed copy),
+    grad_x[k] = g[k] @ w[k], grad_b[k] = g[k].sum(0); so the gradients equal a lone model's bit for
+    bit, and the weight gradient needs no extra copy.
+    """
 
     @staticmethod
-    def forward(ctx, bias: torch.Tensor, n: int) -> torch.Tensor:
-        return bias.unsqueeze(1).expand(bias.shape[0], n, bias.shape[1])
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        wt = weight.transpose(1, 2)
+        if bias is None:
+            return torch.bmm(x, wt)
+        return torch.baddbmm(bias.unsqueeze(1), x, wt)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return torch.stack([g.sum(0) for g in grad.unbind(0)]), None
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(grad, weight)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.bmm(grad.transpose(1, 2), x)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = torch.stack([g.sum(0) for g in grad.unbind(0)])
+        return grad_x, grad_w, grad_b
 
 
 def _fused_conv(m: nn.Conv2d, k: int) -> nn.Conv2d:
