@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where results and report go (default: ROOT/experiments/NAME-SCALE)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
+    parser.add_argument("--fuse", type=int, metavar="K",
+                        help="train ticket runs of one network, protocol and rewind step K at a time as one fused "
+                             "network (same results and run directories; default: chosen from the device's memory "
+                             "and the model, 4 on CPUs; 1: each run alone)")
     parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs the experiment expands to and exit")
     parser.add_argument("--no-report", action="store_true", help="write the results table only")
@@ -120,7 +124,8 @@ def command_of(args: argparse.Namespace) -> str:
     parts = ["elth", "experiment", args.name, "--scale", args.scale]
     for flag, value in (("--seeds", args.seeds), ("--workers", args.workers if args.workers != 1 else None),
                         ("--threads", args.threads), ("--root", args.root if args.root != "runs" else None),
-                        ("--out", args.out), ("--data-dir", args.data_dir), ("--device", args.device)):
+                        ("--out", args.out), ("--data-dir", args.data_dir), ("--device", args.device),
+                        ("--fuse", getattr(args, "fuse", None))):
         if value is not None:
             parts += [flag, str(value)]
     return " ".join(parts)
@@ -138,7 +143,7 @@ def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=
         outcome = run_experiment(
             experiment, scale, root=args.root, out_dir=out, seeds=getattr(args, "seeds", None),
             workers=args.workers, threads=args.threads, data_dir=args.data_dir, device=device,
-            progress=not args.no_progress, setups=setups, command=command,
+            progress=not args.no_progress, setups=setups, command=command, fuse=getattr(args, "fuse", None),
         )
         rows = outcome.rows
         print(f"\n{experiment.title} ({scale}): {outcome.trained} runs trained, {outcome.cached} read from the "

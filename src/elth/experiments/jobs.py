@@ -202,12 +202,8 @@ def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
     start = time.time()
     data = dataset(ctx)
     protocol = protocol_for(ctx, run.target)
-    ticket_path = directory / TICKET_FILE
-    if ticket_path.is_file():
-        ticket = load_ticket(ticket_path)
-    else:
-        ticket = make_ticket(ctx, run, basis, like)
-        save_ticket(ticket, ticket_path)
+    ticket_path = Path(prepare_ticket_job(ctx, run, basis, like))
+    ticket = load_ticket(ticket_path)
     res = train_ticket(ticket, data, protocol, data_seed=run.seed, root=ctx.root, device=ctx.device,
                        progress=ctx.progress)
     steps = int(res.step) - ticket.rewind_step
@@ -219,6 +215,27 @@ def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
     )
     write_json_atomic(result_file, asdict(outcome))
     return outcome
+
+
+def prepare_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> str:
+    """Make the run's ticket and keep it in its run directory (once); its path."""
+    ticket_path = ticket_run_dir(ctx, run, basis, like) / TICKET_FILE
+    if not ticket_path.is_file():
+        save_ticket(make_ticket(ctx, run, basis, like), ticket_path)
+    return str(ticket_path)
+
+
+def train_ticket_group_job(ctx: Context, runs: list[tuple[TicketRun, str]], group_size: int) -> int:
+    """Train the prepared tickets of `runs` (same target, protocol and rewind step) as fused groups
+    of `group_size`; `run_ticket_job` then finds them trained. The number of tickets trained."""
+    from elth.workflows.ticket_groups import train_tickets
+
+    data = dataset(ctx)
+    protocol = protocol_for(ctx, runs[0][0].target)
+    tickets = [(load_ticket(path), run.seed) for run, path in runs]
+    train_tickets(tickets, data, protocol, group_size=group_size, root=ctx.root, device=ctx.device,
+                  progress=ctx.progress)
+    return len(tickets)
 
 
 def _dst_outcome(ctx: Context, run: TicketRun, like: LevelCost) -> TicketOutcome:

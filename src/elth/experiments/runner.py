@@ -34,11 +34,13 @@ from elth.experiments.jobs import (
     rewind_for,
     run_imp_job,
     run_lmc_job,
+    prepare_ticket_job,
     run_ticket_job,
     ticket_cached,
+    train_ticket_group_job,
 )
 from elth.experiments.results import Row, write_lmc, write_results
-from elth.experiments.spec import Experiment, ImpRun, LMCRun, Setup, TicketRun, expand
+from elth.experiments.spec import DST_BASELINES, Experiment, ImpRun, LMCRun, Setup, TicketRun, expand
 from elth.files import EXPERIMENT_FILE, write_json_atomic
 
 
@@ -52,6 +54,8 @@ class Outcome:
     out_dir: Path
     trained: int = 0
     cached: int = 0
+    #: ticket runs trained as members of fused groups (counted in `trained` too)
+    fused: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -189,19 +193,25 @@ def run_experiment(
     threads: int | None = None,
     setups: tuple[Setup, ...] | None = None,
     command: str | None = None,
+    fuse: int | None = None,
 ) -> Outcome:
     """Execute every run of `experiment` at `scale` and write `results.jsonl`/`.csv` to `out_dir`.
 
     `workers` > 1 runs independent runs in that many spawned processes with `threads` torch
     threads each (default: the cores shared out); with one worker everything runs here, with
     `threads` torch threads when given. `setups` replaces the spec's parts for `scale` (the demo
-    uses it to pick its dataset). Raises `ExperimentFailed` after writing the results of the runs
+    uses it to pick its dataset). `fuse` K > 1 trains ticket runs that share model, dataset,
+    protocol and rewind step K at a time as one fused network (`elth.training.fused`; the same
+    run directories and results as one at a time); None picks K from the device and the model,
+    1 trains every run alone. Raises `ExperimentFailed` after writing the results of the runs
     that finished.
     """
     if workers < 1:
         raise ElthError(f"--workers must be at least 1, got {workers}")
     if threads is not None and threads < 1:
         raise ElthError(f"--threads must be at least 1, got {threads}")
+    if fuse is not None and fuse < 1:
+        raise ElthError(f"--fuse must be at least 1, got {fuse}")
     if workers == 1 and threads:
         import torch
 
@@ -230,7 +240,7 @@ def run_experiment(
         with _pool(workers, threads) as pool:
             imp = _run_imp_phase(imp_runs, pool, bar, outcome)
             tickets = _run_ticket_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.tickets], imp, pool,
-                                        bar, outcome)
+                                        bar, outcome, fuse)
             lmc = _run_lmc_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.lmc], imp, tickets, pool, bar,
                                  outcome)
     finally:
@@ -302,7 +312,8 @@ def _bases(ctx: Context, run: TicketRun, imp: dict) -> tuple[LevelCost, LevelCos
 TicketKey = tuple[str, TicketRun]  # (dataset, run)
 
 
-def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, outcome) -> dict[TicketKey, TicketOutcome]:
+def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, outcome,
+                      fuse: int | None = 1) -> dict[TicketKey, TicketOutcome]:
     done: dict[TicketKey, TicketOutcome] = {}
     todo = []
     for ctx, run in runs:
@@ -318,6 +329,8 @@ def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, out
             bar.skip(run.label, "read from the store")
         else:
             todo.append(_Task(run.label, run_ticket_job, (ctx, run, *bases)))
+    if fuse != 1:
+        outcome.fused += _train_fused_groups(todo, pool, bar, fuse)
     for task, result, err in _execute(todo, pool, bar, _describe_ticket):
         ctx, run = task.args[0], task.args[1]
         if err is not None:
@@ -326,6 +339,56 @@ def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, out
             done[(_dataset_name(ctx), run)] = result
             outcome.trained += 1
     return done
+
+
+def _train_fused_groups(todo: list[_Task], pool, bar: _Progress, fuse: int | None) -> int:
+    """Make the tickets of the runs in `todo` and train those of one target, protocol and rewind
+    step together, `fuse` at a time (None: the default for the device and model). The runs'
+    jobs then find their trainings finished. A group that fails is reported and its runs train
+    one by one in their own jobs (which report their own errors). The number of tickets trained
+    in groups."""
+    from elth.tickets import load_ticket
+
+    runs = [t for t in todo if t.args[1].method not in DST_BASELINES]
+    if len(runs) < 2:
+        return 0
+    quiet = _Progress(0, False, bar=False)
+    made: list[tuple[Context, TicketRun, str]] = []
+    prepare = [_Task(t.label, prepare_ticket_job, t.args) for t in runs]
+    for task, path, err in _execute(prepare, pool, quiet, lambda _: ""):
+        if err is None:
+            made.append((task.args[0], task.args[1], path))
+    groups: dict[tuple, list[tuple[TicketRun, str]]] = {}
+    for ctx, run, path in made:
+        groups.setdefault((ctx, run.target, load_ticket(path).rewind_step), []).append((run, path))
+    tasks = []
+    for (ctx, target, rewind_step), members in groups.items():
+        size = fuse if fuse is not None else _default_group_size(ctx, target)
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            if len(chunk) > 1:
+                label = f"{target} from step {rewind_step}: {len(chunk)} tickets fused"
+                tasks.append(_Task(label, train_ticket_group_job, (ctx, chunk, size)))
+    if tasks:
+        bar.say(f"training {sum(len(t.args[1]) for t in tasks)} tickets in {len(tasks)} fused group(s)")
+    fused = 0
+    for task, _, err in _execute(tasks, pool, quiet, lambda _: ""):
+        bar.say(f"{task.label}: " + ("done" if err is None else
+                f"failed ({err.strip().splitlines()[-1]}); its tickets train one by one"))
+        fused += len(task.args[1]) if err is None else 0
+    return fused
+
+
+def _default_group_size(ctx: Context, target: str) -> int:
+    from elth.experiments.jobs import dataset
+    from elth.models import build_model
+    from elth.training import default_device
+    from elth.training.fused import default_group_size
+
+    info = dataset(ctx).info
+    model = build_model(target, info.input_shape, info.num_classes, seed=0)
+    device = ctx.device if ctx.device is not None else default_device()
+    return default_group_size(model, info.input_shape, protocol_for(ctx, target).batch_size, device)
 
 
 def _lmc_ticket(ctx: Context, run: LMCRun, imp: dict, tickets: dict) -> tuple[str, str] | str:
@@ -433,5 +496,6 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
         "protocols": {m: describe_protocol(c, m) for s, c in zip(parts, ctxs) for m in s.members},
         "command": command or "",
         "wall_seconds": round(outcome.seconds, 1),
-        "runs": {"trained": outcome.trained, "cached": outcome.cached, "failed": len(outcome.failures)},
+        "runs": {"trained": outcome.trained, "cached": outcome.cached, "failed": len(outcome.failures),
+                 "fused": outcome.fused},
     }

@@ -1,0 +1,57 @@
+"""How many members a fused group should have by default: from the device's free memory and the
+model's size on CUDA; a fixed number on CPUs (see `CPU_GROUP_SIZE`)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Members per group on CPUs. A CPU is busy with one network already, so fusion gains little
+#: there (benchmarks/fused_throughput.py); a small group still shares the per-step work in Python.
+CPU_GROUP_SIZE = 4
+#: At most this many members per group on accelerators (HFTA's gains flatten out around here).
+MAX_GROUP_SIZE = 16
+#: Share of the free device memory a group may plan for (the rest: allocator slack, evaluation).
+MEMORY_SHARE = 0.5
+#: Bytes per parameter element while training: weight, gradient, momentum, mask (fp32).
+PARAMETER_BYTES = 4 * 4
+
+
+def activation_elements(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> int:
+    """Elements of every leaf module's output for one batch (what backward keeps), counted on the
+    meta device (no memory, no compute)."""
+    meta = _meta_copy(model)
+    total = 0
+
+    def count(_module, _inputs, output) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in meta.modules() if not list(m.children())]
+    try:
+        meta(torch.empty(batch_size, *input_shape, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to("meta")
+
+
+def member_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> int:
+    """Device memory one member needs while training (fp32; activations kept for backward and
+    their gradients)."""
+    params = sum(p.numel() for p in model.parameters())
+    return PARAMETER_BYTES * params + 2 * 4 * activation_elements(model, input_shape, batch_size)
+
+
+def default_group_size(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, device: torch.device | str) -> int:
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_GROUP_SIZE
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(MAX_GROUP_SIZE, int(MEMORY_SHARE * free) // member_bytes(model, input_shape, batch_size)))
