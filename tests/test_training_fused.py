@@ -93,7 +93,7 @@ def assert_same_pruned_weights(a: torch.nn.Module, b: torch.nn.Module, mask: dic
 
 # --- MLPs: bitwise -------------------------------------------------------------------------------
 
-MLP_PROTOCOL = Protocol(length="5ep", batch_size=32, lr=0.05, milestones=("3ep",), warmup="10it")  # 225 steps
+MLP_PROTOCOL = Protocol(length="4ep", batch_size=32, lr=0.05, milestones=("3ep",), warmup="10it")  # 180 steps
 
 
 def test_mlp_fused_equals_separate_bitwise_with_the_same_files(digits, tmp_path):
@@ -176,8 +176,8 @@ def lone_contiguous(models, masks, data, protocol):
 @pytest.mark.parametrize(
     "name, batch_size, short, long",
     [
-        ("cifar_resnet_8_8", 8, 10, 200),  # conv + BN + residual adds + pooling, width 8
-        ("cifar_vgg_11", 8, 5, 30),  # conv (biases) + BN + max-pool; 9.2M weights, so fewer steps
+        ("cifar_resnet_8_8", 8, 10, 150),  # conv + BN + residual adds + pooling, width 8
+        ("cifar_vgg_11", 8, 5, 20),  # conv (biases) + BN + max-pool; 9.2M weights, so fewer steps
     ],
 )
 def test_conv_fused_matches_separate_within_rounding(digits, name, batch_size, short, long):
@@ -220,14 +220,14 @@ def test_fused_network_round_trips_member_states_and_refuses_mixed_models(digits
 
 # --- Killed and resumed -------------------------------------------------------------------------
 
-KILL_PROTOCOL = Protocol(length="40ep", batch_size=32, lr=0.05, milestones=("20ep",))
+KILL_PROTOCOL = Protocol(length="8ep", batch_size=32, lr=0.05, milestones=("4ep",))  # 360 steps
 
 
 def run_kill_group(out: str) -> None:
     """The fused run the kill test interrupts (also run in a child process)."""
     torch.set_num_threads(1)
     data = load_dataset("digits")
-    models, masks = make_members("mlp_2", data)
+    models, masks = make_members("mlp_1", data)
     train_together(models, masks, data, KILL_PROTOCOL, Path(out))
 
 
@@ -246,10 +246,35 @@ def test_a_fused_run_killed_and_resumed_gives_the_same_members(digits, tmp_path)
     assert not (killed / "m0" / RESULT_FILE).exists(), "the kill came too late to interrupt the run"
     steps = {load_checkpoint(killed / f"m{i}" / CHECKPOINT_FILE)["step"] for i in range(K) if (killed / f"m{i}" / CHECKPOINT_FILE).exists()}
     assert max(steps) < KILL_PROTOCOL.total_steps(digits.iterations_per_epoch(32))
-    models, masks = make_members("mlp_2", digits)
+    models, masks = make_members("mlp_1", digits)
     resumed, whole = copy.deepcopy(models), copy.deepcopy(models)
     train_together(resumed, masks, digits, KILL_PROTOCOL, killed)
     train_together(whole, masks, digits, KILL_PROTOCOL, tmp_path / "whole")
     for i in range(K):
         for key, value in whole[i].state_dict().items():
             assert torch.equal(value, resumed[i].state_dict()[key]), (i, key)
+
+
+# --- IMP runs of several seeds, level by level ---------------------------------------------------
+
+
+def test_imp_runs_advanced_together_equal_imp_run_alone(digits, tmp_path):
+    from elth.workflows.imp import IMPConfig, run_imp
+    from elth.workflows.imp_groups import run_imp_together
+
+    protocol = Protocol(length="2ep", batch_size=64, lr=0.05, milestones=())
+    configs = [IMPConfig("mlp_1", "digits", protocol, rewind="5it", seed=s, data_seed=s) for s in (0, 1, 2)]
+    together = run_imp_together(configs, digits, [2, 2, 1], tmp_path / "together", group_size=3, progress=False, device="cpu")
+    for config, levels, fused_levels in zip(configs, (2, 2, 1), together):
+        alone = run_imp(config, digits, levels, tmp_path / "alone", progress=False, device="cpu")
+        assert len(alone) == len(fused_levels) == levels + 1
+        for a, b in zip(alone, fused_levels):
+            assert (a.sparsity, a.kept, a.test_accuracy, a.test_loss, a.train_loss) == (b.sparsity, b.kept, b.test_accuracy, b.test_loss, b.train_loss)
+            ta, tb = load_ticket_file(a.ticket_path), load_ticket_file(b.ticket_path)
+            assert all(torch.equal(ta.mask[n], tb.mask[n]) for n in ta.mask)
+
+
+def load_ticket_file(path):
+    from elth.tickets import load_ticket
+
+    return load_ticket(path)

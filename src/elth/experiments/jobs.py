@@ -155,6 +155,17 @@ def run_imp_job(ctx: Context, run: ImpRun) -> ImpOutcome:
     return ImpOutcome(run.model, run.seed, imp_run_dir(config, data, ctx.root).name, tuple(levels))
 
 
+def run_imp_group_job(ctx: Context, runs: list[ImpRun], group_size: int) -> int:
+    """Advance the IMP runs `runs` (one network, different seeds) level by level, each level's
+    trainings fused; `run_imp_job` then reads them back. The number of runs."""
+    from elth.workflows.imp_groups import run_imp_together
+
+    configs = [imp_config(ctx, run.model, run.seed) for run in runs]
+    run_imp_together(configs, dataset(ctx), [run.levels for run in runs], ctx.root, group_size=group_size,
+                     device=ctx.device, progress=ctx.progress)
+    return len(runs)
+
+
 # -- tickets (ETTs and baselines) ---------------------------------------------------------------
 #: forward+backward passes over the scoring examples each scoring method makes (an estimate:
 #: SNIP one gradient; GraSP a gradient then a Hessian-gradient product by double back-propagation)

@@ -32,6 +32,7 @@ from elth.experiments.jobs import (
     lmc_cached,
     protocol_for,
     rewind_for,
+    run_imp_group_job,
     run_imp_job,
     run_lmc_job,
     prepare_ticket_job,
@@ -54,7 +55,7 @@ class Outcome:
     out_dir: Path
     trained: int = 0
     cached: int = 0
-    #: ticket runs trained as members of fused groups (counted in `trained` too)
+    #: IMP and ticket runs trained as members of fused groups (counted in `trained` too)
     fused: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -238,7 +239,7 @@ def run_experiment(
             f"{sum(len(p.tickets) for p in plans)} other tickets, {parts[0].seeds} seed(s); store {root}")
     try:
         with _pool(workers, threads) as pool:
-            imp = _run_imp_phase(imp_runs, pool, bar, outcome)
+            imp = _run_imp_phase(imp_runs, pool, bar, outcome, fuse)
             tickets = _run_ticket_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.tickets], imp, pool,
                                         bar, outcome, fuse)
             lmc = _run_lmc_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.lmc], imp, tickets, pool, bar,
@@ -277,7 +278,7 @@ def _dataset_name(ctx: Context) -> str:
 ImpKey = tuple[str, str, int]  # (dataset, model, seed)
 
 
-def _run_imp_phase(runs: list[tuple[Context, ImpRun]], pool, bar, outcome) -> dict[ImpKey, ImpOutcome]:
+def _run_imp_phase(runs: list[tuple[Context, ImpRun]], pool, bar, outcome, fuse: int | None = 1) -> dict[ImpKey, ImpOutcome]:
     done: dict[ImpKey, ImpOutcome] = {}
     todo = []
     for ctx, run in runs:
@@ -287,12 +288,44 @@ def _run_imp_phase(runs: list[tuple[Context, ImpRun]], pool, bar, outcome) -> di
             bar.skip(run.label, "read from the store")
         else:
             todo.append(_Task(run.label, run_imp_job, (ctx, run)))
+    if fuse != 1:
+        outcome.fused += _advance_imp_together(todo, pool, bar, fuse)
     for task, result, err in _execute(todo, pool, bar, _describe_imp):
         if err is not None:
             outcome.failures.append((task.label, err))
         else:
             done[(_dataset_name(task.args[0]), result.model, result.seed)] = result
             outcome.trained += 1
+    return done
+
+
+def _advance_imp_together(todo: list[_Task], pool, bar: _Progress, fuse: int | None) -> int:
+    """IMP runs of one network (different seeds) advance level by level in fused groups of `fuse`
+    (None: the default for the device and model); their jobs then read them back. A group that
+    fails is reported and its runs go on one by one. The number of runs advanced in groups."""
+    groups: dict[tuple, list[ImpRun]] = {}
+    for t in todo:
+        ctx, run = t.args
+        groups.setdefault((ctx, run.model), []).append(run)
+    tasks = []
+    for (ctx, model), runs in groups.items():
+        size = fuse if fuse is not None else _default_group_size(ctx, model)
+        for start in range(0, len(runs), size):
+            chunk = runs[start : start + size]
+            if len(chunk) > 1:
+                label = f"IMP on {model}, seeds {', '.join(str(r.seed) for r in chunk)}: fused level by level"
+                tasks.append(_Task(label, run_imp_group_job, (ctx, chunk, size)))
+    return _run_groups(tasks, pool, bar)
+
+
+def _run_groups(tasks: list[_Task], pool, bar: _Progress) -> int:
+    """Run fused-group tasks (args: ctx, members, size); the number of members of those that succeeded."""
+    quiet = _Progress(0, False, bar=False)
+    done = 0
+    for task, _, err in _execute(tasks, pool, quiet, lambda _: ""):
+        bar.say(f"{task.label}: " + ("done" if err is None else
+                f"failed ({err.strip().splitlines()[-1]}); its runs go on one by one"))
+        done += len(task.args[1]) if err is None else 0
     return done
 
 
@@ -371,12 +404,7 @@ def _train_fused_groups(todo: list[_Task], pool, bar: _Progress, fuse: int | Non
                 tasks.append(_Task(label, train_ticket_group_job, (ctx, chunk, size)))
     if tasks:
         bar.say(f"training {sum(len(t.args[1]) for t in tasks)} tickets in {len(tasks)} fused group(s)")
-    fused = 0
-    for task, _, err in _execute(tasks, pool, quiet, lambda _: ""):
-        bar.say(f"{task.label}: " + ("done" if err is None else
-                f"failed ({err.strip().splitlines()[-1]}); its tickets train one by one"))
-        fused += len(task.args[1]) if err is None else 0
-    return fused
+    return _run_groups(tasks, pool, bar)
 
 
 def _default_group_size(ctx: Context, target: str) -> int:

@@ -33,7 +33,7 @@ from elth.errors import ElthError
 from elth.training.device import PRECISIONS, autocast, default_device, use_channels_last
 from elth.training.fused.network import FusedNetwork, FusionError, stack_members
 from elth.training.fused.optimizer import MemberSGD
-from elth.training.loop import make_optimizer, place_model
+from elth.training.loop import make_optimizer, place_model, train
 from elth.training.masking import GradientMask
 from elth.training.progress import Progress
 from elth.training.protocol import LRSchedule, Protocol, ProtocolError, parse_steps
@@ -103,6 +103,12 @@ def train_fused(
     if len(set(outs)) != len(outs):
         raise FusionError("members of a fused group need different output directories")
 
+    if len(members) == 1:
+        # A group of one is a lone run.
+        m = members[0]
+        return [train(m.model, data, protocol, data_seed=m.data_seed, start_step=start_step, end_step=end_step,
+                      mask=m.mask, out_dir=m.out_dir, eval_every=eval_every, precision=precision, device=device,
+                      progress=progress, desc=desc, eval_batch_size=eval_batch_size)]
     runs = [_prepare(m, data, protocol, start_step, end, precision, device) for m in members]
     pending = [r for r in runs if r.result is None]
     for step in sorted({r.step for r in pending}):
@@ -213,7 +219,10 @@ class _Group:
         streams = [self.data.train_epoch(epoch, p.batch_size, r.member.data_seed, start=first, augment=p.augment) for r in self.runs]
         for batch in zip(*streams):
             xs, ys = zip(*batch)
-            yield torch.stack(xs).to(self.device, non_blocking=True), torch.stack(ys).to(self.device, non_blocking=True)
+            # Stacked as [N, K, ...] in memory (the fused network's input layout: no second copy),
+            # handed over as the [K, N, ...] view.
+            x = torch.stack(xs, dim=1).transpose(0, 1)
+            yield x.to(self.device, non_blocking=True), torch.stack(ys).to(self.device, non_blocking=True)
 
     def train(self, start_step: int, step: int, end: int, eval_interval: int | None, progress: bool, desc: str, eval_batch_size: int) -> None:
         net, runs, k = self.net, self.runs, len(self.runs)
