@@ -124,6 +124,17 @@ def test_mlp_fused_equals_separate_bitwise_with_the_same_files(digits, tmp_path)
     assert len({round(r.train_loss, 6) for r in fused_results}) == K
 
 
+def test_mlp_fused_equals_separate_bitwise_in_bf16(digits):
+    models, masks = make_members("mlp_2", digits)
+    lone, fused = copy.deepcopy(models), copy.deepcopy(models)
+    protocol = MLP_PROTOCOL.replace(length="30it")
+    train_separately(lone, masks, digits, protocol, precision="bf16")
+    train_together(fused, masks, digits, protocol, precision="bf16")
+    for i in range(K):
+        for key, value in lone[i].state_dict().items():
+            assert torch.equal(value, fused[i].state_dict()[key]), (i, key)
+
+
 def test_a_fused_member_resumes_alone_and_a_finished_group_trains_nothing(digits, tmp_path):
     models, masks = make_members("mlp_1", digits)
     half = Protocol(length="2ep", batch_size=32, lr=0.05, milestones=())

@@ -69,6 +69,9 @@ class _BatchedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
+        # Under autocast the forward ran in a lower precision: the backward does too (as autocast's
+        # own casts would arrange), and autograd casts each gradient to its input's dtype.
+        x, weight = x.to(grad.dtype), weight.to(grad.dtype)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.bmm(grad, weight)
