@@ -236,16 +236,15 @@ def prepare_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: Lev
     return str(ticket_path)
 
 
-def train_ticket_group_job(ctx: Context, runs: list[tuple[TicketRun, str]], group_size: int) -> int:
-    """Train the prepared tickets of `runs` (same target, protocol and rewind step) as fused groups
-    of `group_size`; `run_ticket_job` then finds them trained. The number of tickets trained."""
+def train_ticket_group_job(ctx: Context, target: str, items: list[tuple[str, int]], group_size: int) -> int:
+    """Train the saved tickets `items` ((ticket path, data seed); one target, protocol and rewind
+    step) in fused groups of `group_size`, where `train_ticket` would train them alone, so the
+    runs' jobs find them trained. The number of trainings."""
     from elth.workflows.ticket_groups import train_tickets
 
-    data = dataset(ctx)
-    protocol = protocol_for(ctx, runs[0][0].target)
-    tickets = [(load_ticket(path), run.seed) for run, path in runs]
-    train_tickets(tickets, data, protocol, group_size=group_size, root=ctx.root, device=ctx.device,
-                  progress=ctx.progress)
+    tickets = [(load_ticket(path), seed) for path, seed in items]
+    train_tickets(tickets, dataset(ctx), protocol_for(ctx, target), group_size=group_size, root=ctx.root,
+                  device=ctx.device, progress=ctx.progress)
     return len(tickets)
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from elth.errors import ElthError
 from elth.experiments.jobs import (
+    LMC_SEED_OFFSET,
     Context,
     ImpOutcome,
     LevelCost,
@@ -55,7 +56,7 @@ class Outcome:
     out_dir: Path
     trained: int = 0
     cached: int = 0
-    #: IMP and ticket runs trained as members of fused groups (counted in `trained` too)
+    #: IMP runs, ticket trainings and LMC copies handed to fused groups (the runs count in `trained` too)
     fused: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -243,7 +244,7 @@ def run_experiment(
             tickets = _run_ticket_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.tickets], imp, pool,
                                         bar, outcome, fuse)
             lmc = _run_lmc_phase([(c, r) for c, p in zip(ctxs, plans) for r in p.lmc], imp, tickets, pool, bar,
-                                 outcome)
+                                 outcome, fuse)
     finally:
         bar.close()
     outcome.rows = _imp_rows(experiment.name, scale, imp) + _ticket_rows(experiment.name, scale, tickets)
@@ -319,13 +320,13 @@ def _advance_imp_together(todo: list[_Task], pool, bar: _Progress, fuse: int | N
 
 
 def _run_groups(tasks: list[_Task], pool, bar: _Progress) -> int:
-    """Run fused-group tasks (args: ctx, members, size); the number of members of those that succeeded."""
+    """Run fused-group tasks (each returns how many runs it trained); the total of those that succeeded."""
     quiet = _Progress(0, False, bar=False)
     done = 0
-    for task, _, err in _execute(tasks, pool, quiet, lambda _: ""):
+    for task, trained, err in _execute(tasks, pool, quiet, lambda _: ""):
         bar.say(f"{task.label}: " + ("done" if err is None else
                 f"failed ({err.strip().splitlines()[-1]}); its runs go on one by one"))
-        done += len(task.args[1]) if err is None else 0
+        done += trained if err is None else 0
     return done
 
 
@@ -391,9 +392,20 @@ def _train_fused_groups(todo: list[_Task], pool, bar: _Progress, fuse: int | Non
     for task, path, err in _execute(prepare, pool, quiet, lambda _: ""):
         if err is None:
             made.append((task.args[0], task.args[1], path))
-    groups: dict[tuple, list[tuple[TicketRun, str]]] = {}
-    for ctx, run, path in made:
-        groups.setdefault((ctx, run.target, load_ticket(path).rewind_step), []).append((run, path))
+    if made:
+        bar.say(f"training {len(made)} tickets in fused groups")
+    return _train_ticket_groups([(ctx, run.target, path, run.seed) for ctx, run, path in made], pool, bar, fuse)
+
+
+def _train_ticket_groups(items: list[tuple[Context, str, str, int]], pool, bar: _Progress, fuse: int | None) -> int:
+    """Train the saved tickets `items` ((context, target, ticket path, data seed)) in fused groups:
+    those of one target and rewind step together, `fuse` at a time (None: the default for the
+    device and model). The number of trainings done in groups."""
+    from elth.tickets import load_ticket
+
+    groups: dict[tuple, list[tuple[str, int]]] = {}
+    for ctx, target, path, seed in items:
+        groups.setdefault((ctx, target, load_ticket(path).rewind_step), []).append((path, seed))
     tasks = []
     for (ctx, target, rewind_step), members in groups.items():
         size = fuse if fuse is not None else _default_group_size(ctx, target)
@@ -401,9 +413,7 @@ def _train_fused_groups(todo: list[_Task], pool, bar: _Progress, fuse: int | Non
             chunk = members[start : start + size]
             if len(chunk) > 1:
                 label = f"{target} from step {rewind_step}: {len(chunk)} tickets fused"
-                tasks.append(_Task(label, train_ticket_group_job, (ctx, chunk, size)))
-    if tasks:
-        bar.say(f"training {sum(len(t.args[1]) for t in tasks)} tickets in {len(tasks)} fused group(s)")
+                tasks.append(_Task(label, train_ticket_group_job, (ctx, target, chunk, size)))
     return _run_groups(tasks, pool, bar)
 
 
@@ -435,7 +445,8 @@ def _lmc_ticket(ctx: Context, run: LMCRun, imp: dict, tickets: dict) -> tuple[st
     return t.ticket, curve_label((run.ticket.method, run.ticket.source, run.ticket.strategy))
 
 
-def _run_lmc_phase(runs: list[tuple[Context, LMCRun]], imp, tickets, pool, bar, outcome) -> list[dict]:
+def _run_lmc_phase(runs: list[tuple[Context, LMCRun]], imp, tickets, pool, bar, outcome,
+                   fuse: int | None = 1) -> list[dict]:
     done: list[dict] = []
     todo = []
 
@@ -458,6 +469,11 @@ def _run_lmc_phase(runs: list[tuple[Context, LMCRun]], imp, tickets, pool, bar, 
             bar.skip(run.label, "read from the store")
         else:
             todo.append(_Task(run.label, run_lmc_job, (ctx, run, *found)))
+    if fuse != 1 and todo:
+        # Both copies of every ticket (data seeds seed and seed + LMC_SEED_OFFSET) in fused groups.
+        copies = [(t.args[0], t.args[1].target, t.args[2], seed) for t in todo
+                  for seed in (t.args[1].seed, t.args[1].seed + LMC_SEED_OFFSET)]
+        outcome.fused += _train_ticket_groups(copies, pool, bar, fuse)
     for task, result, err in _execute(todo, pool, bar, lambda r: f"instability {100 * r['instability']:.2f} points"):
         if err is not None:
             outcome.failures.append((task.label, err))
