@@ -188,7 +188,7 @@ def lone_contiguous(models, masks, data, protocol):
     "name, batch_size, short, long",
     [
         ("cifar_resnet_8_8", 8, 10, 150),  # conv + BN + residual adds + pooling, width 8
-        ("cifar_vgg_11", 8, 5, 20),  # conv (biases) + BN + max-pool; 9.2M weights, so fewer steps
+        ("cifar_vgg_11", 8, 4, 12),  # conv (biases) + BN + max-pool: 9.2M weights (the smallest VGG), so few steps
     ],
 )
 def test_conv_fused_matches_separate_within_rounding(digits, name, batch_size, short, long):
@@ -231,7 +231,7 @@ def test_fused_network_round_trips_member_states_and_refuses_mixed_models(digits
 
 # --- Killed and resumed -------------------------------------------------------------------------
 
-KILL_PROTOCOL = Protocol(length="8ep", batch_size=32, lr=0.05, milestones=("4ep",))  # 360 steps
+KILL_PROTOCOL = Protocol(length="6ep", batch_size=64, lr=0.05, milestones=("3ep",))  # 132 steps
 
 
 def run_kill_group(out: str) -> None:
@@ -256,7 +256,7 @@ def test_a_fused_run_killed_and_resumed_gives_the_same_members(digits, tmp_path)
         child.wait()
     assert not (killed / "m0" / RESULT_FILE).exists(), "the kill came too late to interrupt the run"
     steps = {load_checkpoint(killed / f"m{i}" / CHECKPOINT_FILE)["step"] for i in range(K) if (killed / f"m{i}" / CHECKPOINT_FILE).exists()}
-    assert max(steps) < KILL_PROTOCOL.total_steps(digits.iterations_per_epoch(32))
+    assert max(steps) < KILL_PROTOCOL.total_steps(digits.iterations_per_epoch(KILL_PROTOCOL.batch_size))
     models, masks = make_members("mlp_1", digits)
     resumed, whole = copy.deepcopy(models), copy.deepcopy(models)
     train_together(resumed, masks, digits, KILL_PROTOCOL, killed)
