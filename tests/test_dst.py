@@ -412,7 +412,7 @@ CLI_COMMON = ["--dataset", DATASET, "--length", "24it", "--batch-size", "8", "--
 @pytest.mark.parametrize("method,model", [("rigl", "mlp_1"), ("dpf", "cifar_resnet_8_4")])
 def test_cli_trains_and_writes_a_ticket(method, model, tmp_path, capsys):
     rc = main(["dst", "--method", method, "--model", model, "--sparsity", "90%", *CLI_COMMON,
-               "--update-every", "5", "--out", str(tmp_path)])
+               "--update-every", "5", "--root", str(tmp_path)])
     assert rc == 0
     text = capsys.readouterr().out
     ticket_path = next(tmp_path.glob("dst-*/ticket.safetensors"))
@@ -428,7 +428,7 @@ def test_cli_trains_and_writes_a_ticket(method, model, tmp_path, capsys):
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):
-    base = ["dst", *CLI_COMMON, "--out", str(tmp_path)]
+    base = ["dst", *CLI_COMMON, "--root", str(tmp_path)]
     assert main([*base, "--method", "dpf", "--model", "mlp_1", "--sparsity", "0.9", "--drop-fraction", "0.2"]) == 2
     assert "RigL only" in capsys.readouterr().err
     assert main([*base, "--method", "rigl", "--model", "resnet_9000", "--sparsity", "0.9"]) == 2

@@ -5,10 +5,11 @@ import torch
 from elth.cli import main
 from elth.data.base import DatasetInfo
 from elth.experiments import read_results
-from elth.experiments.aggregate import aggregate, curve_label
+from elth.experiments.aggregate import aggregate
 from elth.experiments.spec import Setup, SpecError, TicketRun, Transfer, expand
 from elth.experiments.specs import get_experiment
 from elth.masks import PruningError, full_mask, magnitude_prune
+from elth.methods import curve_label
 from elth.models import build_model
 from elth.runs import run_dir
 from elth.tickets import from_model, load_ticket

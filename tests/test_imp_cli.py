@@ -14,7 +14,7 @@ IMP = ["imp", "--model", "mlp_1", "--dataset", DATASET, "--preset", "smoke", "--
 def imp_run(tmp_path_factory):
     """An `elth imp` run to level 2, with what it printed."""
     root = tmp_path_factory.mktemp("cli")
-    argv = IMP + ["--levels", "2", "--out", str(root)]
+    argv = IMP + ["--levels", "2", "--root", str(root)]
     out = run_cli(argv)
     return root, argv, out
 
@@ -85,14 +85,35 @@ def test_inspect_text_and_json(imp_run):
 def test_train_ticket_reproduces_the_level_accuracy(imp_run, tmp_path):
     root, _, out = imp_run
     (ticket,) = root.glob("imp-*/level_1/ticket.safetensors")
-    text = run_cli(["train-ticket", str(ticket), "--out", str(tmp_path), "--no-progress"])
+    text = run_cli(["train-ticket", str(ticket), "--root", str(tmp_path), "--no-progress"])
     accuracy = float(re.search(r"test accuracy ([\d.]+)%", text).group(1))
     assert accuracy == table(out)[1][2]
     assert "the ticket's protocol" in text and len(list(tmp_path.glob("train-*"))) == 1
-    other = run_cli(["train-ticket", str(ticket), "--out", str(tmp_path), "--no-progress", "--seed", "5",
+    other = run_cli(["train-ticket", str(ticket), "--root", str(tmp_path), "--no-progress", "--seed", "5",
                      "--length", "6it"])
     assert "data seed 5" in other and "from step 0 to 6" in other
     assert len(list(tmp_path.glob("train-*"))) == 2
+
+
+def test_out_still_names_the_store_where_it_used_to_with_a_deprecation_note(imp_run, tmp_path, capsys):
+    root, _, _ = imp_run
+    (ticket,) = root.glob("imp-*/level_1/ticket.safetensors")
+    assert main(["train-ticket", str(ticket), "--out", str(tmp_path), "--length", "2it", "--no-progress"]) == 0
+    assert "--out DIR for the run store is deprecated; write --root DIR" in capsys.readouterr().err
+    assert len(list(tmp_path.glob("train-*"))) == 1
+
+
+def test_elth_help_lists_every_command_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom elth.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("no torch")
+    for command in ("train", "imp", "inspect", "train-ticket", "transform", "prune", "dst", "lmc", "experiment",
+                    "report", "demo"):
+        assert command in out
 
 
 @pytest.mark.parametrize(
@@ -106,16 +127,16 @@ def test_train_ticket_reproduces_the_level_accuracy(imp_run, tmp_path):
     ],
 )
 def test_imp_bad_input_exits_2_with_a_message(tmp_path, extra, message):
-    err = run_cli(IMP + ["--out", str(tmp_path)] + extra, code=2)
+    err = run_cli(IMP + ["--root", str(tmp_path)] + extra, code=2)
     assert message in err and err.startswith("elth imp: error:")
     assert "Traceback" not in err
     assert not list(tmp_path.glob("imp-*"))
 
 
 def test_imp_unknown_model_and_dataset(tmp_path):
-    err = run_cli(["imp", "--model", "mlp_x", "--dataset", DATASET, "--levels", "1", "--out", str(tmp_path)], code=2)
+    err = run_cli(["imp", "--model", "mlp_x", "--dataset", DATASET, "--levels", "1", "--root", str(tmp_path)], code=2)
     assert "unknown model 'mlp_x'" in err
-    err = run_cli(["imp", "--model", "mlp_1", "--dataset", "nope", "--levels", "1", "--out", str(tmp_path)], code=2)
+    err = run_cli(["imp", "--model", "mlp_1", "--dataset", "nope", "--levels", "1", "--root", str(tmp_path)], code=2)
     assert "unknown dataset 'nope'" in err
 
 
@@ -128,7 +149,7 @@ def test_inspect_and_train_ticket_reject_bad_files(tmp_path, imp_run):
     assert "truncated or corrupted" in run_cli(["train-ticket", str(bad)], code=2)
     root, _, _ = imp_run
     (ticket,) = root.glob("imp-*/level_1/ticket.safetensors")
-    err = run_cli(["train-ticket", str(ticket), "--dataset", "synthetic", "--out", str(tmp_path)], code=2)
+    err = run_cli(["train-ticket", str(ticket), "--dataset", "synthetic", "--root", str(tmp_path)], code=2)
     assert "cannot train on synthetic (input (3, 32, 32), 10 classes)" in err
 
 
@@ -138,11 +159,11 @@ def test_help_explains_every_option():
 
     for command, options in [
         ("imp", ["--model", "--dataset", "--data-dir", "--levels", "--rewind", "--prune-fraction", "--exclude",
-                 "--preset", "--epochs", "--length", "--seed", "--data-seed", "--precision", "--device", "--out",
+                 "--preset", "--epochs", "--length", "--seed", "--data-seed", "--precision", "--device", "--root",
                  "--no-progress", "1 - 0.8^L"]),
         ("inspect", ["TICKET", "--json", "numel", "kept", "sparsity"]),
         ("train-ticket", ["TICKET", "--dataset", "--data-dir", "--preset", "--epochs", "--seed", "--precision",
-                          "--device", "--out", "the ticket's protocol"]),
+                          "--device", "--root", "the ticket's protocol"]),
     ]:
         out = io.StringIO()
         with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
@@ -160,7 +181,7 @@ def test_real_fashion_mnist_imp(tmp_path):
     except DatasetNotFoundError as e:
         pytest.skip(f"Fashion-MNIST is not installed: {e}")
     out = run_cli(["imp", "--model", "mlp_1", "--dataset", "fashion_mnist", "--levels", "1", "--length", "40it",
-                   "--no-progress", "--out", str(tmp_path)])
+                   "--no-progress", "--root", str(tmp_path)])
     rows = table(out)
     assert [(r[0], r[1]) for r in rows] == [(0, 0.0), (1, 20.0)]
     assert all(r[2] > 65.0 for r in rows)  # 40 SGD steps already get well past chance (10%)

@@ -117,7 +117,7 @@ def test_finished_run_returns_its_recorded_result_and_final_weights(tmp_path):
     assert again_result == result
     assert_same_state(trained, again)
     recorded = json.loads((tmp_path / "result.json").read_text())
-    assert recorded == result.to_dict()
+    assert recorded == {"status": "finished", **result.to_dict()}
 
 
 def test_a_longer_end_extends_a_finished_run(tmp_path):

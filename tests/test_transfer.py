@@ -81,7 +81,7 @@ def test_cli_moves_depth_and_dataset_at_once(tmp_path, capsys):
     # the dataset move wraps the depth transformation's record
     assert t.provenance["method"] == "dataset transfer" and t.provenance["from"]["method"] == METHOD
     assert main(["train-ticket", str(out), "--dataset", "synthetic_3x8x8_c4_n32", "--length", "2it",
-                 "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
+                 "--root", str(tmp_path / "runs"), "--no-progress"]) == 0
     # errors: nothing to do, depth options without --to, a dataset the weights do not fit
     assert main(["transform", str(src), "-o", str(out)]) == 2
     assert main(["transform", str(src), "--dataset", "svhn", "--units", "1", "-o", str(out)]) == 2

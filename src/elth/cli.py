@@ -1,46 +1,90 @@
 """`elth` command line: thin subcommands over the Python API.
 
-Each subcommand lives in `elth.commands.<module>` and defines `HELP` (one line),
-`add_arguments(parser)` and `run(args) -> int`.
+Each subcommand lives in `elth.commands.<module>` and defines `add_arguments(parser)`,
+`run(args) -> int` and optionally `DESCRIPTION`; its one-line help is in `COMMANDS` below.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
+import traceback
 
+from elth import __version__
 from elth.errors import ElthError
 
-#: subcommand name -> module in elth.commands
-COMMANDS = {
-    "train": "train",
-    "imp": "imp",
-    "inspect": "inspect",
-    "train-ticket": "train_ticket",
-    "transform": "transform",
-    "prune": "prune",
-    "dst": "dst",
-    "lmc": "lmc",
-    "experiment": "experiment",
-    "report": "report",
-    "demo": "demo",
+#: subcommand -> (module in elth.commands, one-line help). A command's module is imported only when
+#: that command runs or shows its help, so `elth --help` loads no torch (seconds on a cold machine).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": (
+        "train",
+        "train a dense model on a dataset with a preset protocol (resumes an interrupted run)",
+    ),
+    "imp": (
+        "imp",
+        "find winning tickets by Iterative Magnitude Pruning with rewinding (one ticket per level)",
+    ),
+    "inspect": ("inspect", "show a ticket's model, dataset, provenance and per-layer sparsity"),
+    "train-ticket": (
+        "train_ticket",
+        "train a ticket from its rewind point to the end with its mask fixed, and report test accuracy",
+    ),
+    "transform": (
+        "transform",
+        "stretch or squeeze a ticket to another depth of its model family (and/or move it to another dataset)",
+    ),
+    "prune": (
+        "prune",
+        "prune a network by a baseline (magnitude, SNIP, GraSP, SynFlow, random, reinit, snip-extra)",
+    ),
+    "dst": ("dst", "train a sparse network from scratch by dynamic sparse training (RigL, DPF)"),
+    "lmc": (
+        "lmc",
+        "train two copies of each ticket with different data seeds and measure their linear mode connectivity",
+    ),
+    "experiment": (
+        "experiment",
+        "run a paper experiment (IMP, ETTs, baselines over sparsities and seeds) and report it",
+    ),
+    "report": (
+        "report",
+        "write report.md and its figure from an experiment's results (results.jsonl or results.csv)",
+    ),
+    "demo": (
+        "demo",
+        "a few minutes' demonstration: one IMP run's tickets stretched and squeezed to other depths",
+    ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, `elth <cmd>: error: ...`, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `elth` parser; the arguments of `command` only (the others are listed by name and help)."""
+    parser = _Parser(
         prog="elth",
         description="Elastic lottery tickets: find a winning ticket once per model family by IMP, "
         "then stretch or squeeze it to other depths (and datasets); compare with pruning and dynamic "
         "sparse training baselines; run the paper's experiments.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name, module in COMMANDS.items():
+    for name, (module, help) in COMMANDS.items():
+        if name != command:
+            sub.add_parser(name, help=help)
+            continue
+        # The one function-local import of elth by design: a command's module (and torch with it)
+        # loads only when that command is used.
         mod = importlib.import_module(f"elth.commands.{module}")
         p = sub.add_parser(
-            name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+            name, help=help, description=getattr(mod, "DESCRIPTION", help),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         mod.add_arguments(p)
@@ -48,20 +92,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What an OSError's errno means for a path the user gave.
+_OS_HINTS = {
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EISDIR: "it is a directory",
+    errno.EEXIST: "it already exists",
+    errno.ENAMETOOLONG: "a name in the path is too long",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENOENT: "no such file or directory",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an operating-system error: the path(s) involved and what went wrong."""
+    why = _OS_HINTS.get(e.errno, e.strerror or str(e))
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {why}" if paths else why
+
+
+def one_line(message: str) -> str:
+    """A multi-line message as one line: items after a line ending in ':' follow it, others join with '; '."""
+    out = ""
+    for line in (part.strip() for part in message.splitlines()):
+        if line:
+            out += line if not out else (" " if out.endswith(":") else "; ") + line
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(command).parse_args(argv)
+    prefix = f"elth {args.command}"
     try:
         return int(args._run(args) or 0)
     except ElthError as e:
-        print(f"elth {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prefix}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # Output piped into a command that stopped reading (e.g. `| head`): not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print(f"elth {args.command}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
+        print(f"{prefix}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
         return 130
+    except OSError as e:  # a path that cannot be written or read, a full disk: the user's to fix
+        print(f"{prefix}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        print(f"{prefix}: internal error: this is a bug in elth {__version__}, not a problem with your input; "
+              "please report it with the command line and the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,8 +8,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -40,16 +44,66 @@ REPORT_FILE = "report.md"
 ACCURACY_FIGURE = "accuracy_vs_sparsity.png"
 
 
+#: Temporary files of atomic writes: `.<target name>.<host>-<pid>.<random>.tmp` next to the target.
+#: The writer's host (a short hash of its name) and process id let a later writer in the directory
+#: tell a temporary file left by a killed process from one a running process is still writing.
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[^.]+\.tmp")
+#: Temporary files older than this are removed whoever wrote them (a writer on another host that died).
+STALE_SECONDS = 7 * 24 * 3600
+
+
+def _host() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of atomic writes in `directory` whose writer is gone; return them.
+
+    A writer is gone when it ran on this host and its process no longer exists, or when its file is
+    older than `STALE_SECONDS`. Files of live writers (a second run at the same time) are left alone.
+    """
+    removed = []
+    host, now = _host(), time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMPORARY.fullmatch(entry.name)
+        if m is None or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS
+            if old or (m["host"] == host and not _process_alive(int(m["pid"]))):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except FileNotFoundError:  # its writer finished or another cleaner got there first
+            continue
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; when the block succeeds, move it onto `path`.
 
     The file is flushed to disk before the rename, so `path` is always either the old file or the
     complete new one; if the block fails the temporary file is removed and `path` is untouched.
+    Temporary files that killed writers left in the directory are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -68,8 +122,24 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def finite_or_none(value):
+    """`value` with every float that is NaN or infinite replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def json_text(value, **options) -> str:
+    """Strict JSON (RFC 8259): a number that is not finite is written as null, never NaN or Infinity."""
+    return json.dumps(finite_or_none(value), allow_nan=False, **options)
+
+
 def write_json_atomic(path: str | os.PathLike, value) -> Path:
-    return write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+    return write_text_atomic(path, json_text(value, indent=2, sort_keys=True) + "\n")
 
 
 #: How a hashed record spells each tensor before its bytes. Two spellings exist because tickets and

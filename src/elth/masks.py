@@ -123,8 +123,13 @@ def magnitude_prune(
 ) -> Mask:
     """One IMP level: remove ceil(fraction x remaining) of the smallest-magnitude weights among `names`.
 
-    `remaining` counts all of `mask` (excluded layers too); only `names` lose weights.
+    `remaining` counts all of `mask` (excluded layers too); only `names` lose weights. Weights that
+    are not finite (a diverged training) are refused rather than ranked.
     """
+    for n in names:
+        if not bool(torch.isfinite(weights[n][mask[n].to(weights[n].device)]).all()):
+            raise PruningError(f"the trained weights of {n} are not all finite (the training diverged): "
+                               "magnitudes that are NaN or infinite cannot be ranked")
     kept, _ = count(mask)
     n_prune = prune_count(kept, fraction)
     eligible = sum(int(torch.count_nonzero(mask[n])) for n in names)

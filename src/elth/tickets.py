@@ -15,14 +15,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import safetensors.torch
 import torch
+from safetensors import safe_open
 
 from elth.data.base import DatasetInfo
 from elth.errors import ElthError
-from elth.files import atomic_path, tensors_hash
+from elth.files import atomic_path, json_text, tensors_hash
+from elth.limits import check_seed
 from elth.masks import Mask, apply_mask, layer_stats, sparsity
 from elth.models import ElasticModel, build_model
 from elth.runs import hparams_hash
+from elth.training.protocol import Protocol, parse_steps
 
 FORMAT = "elth-ticket"
 FORMAT_VERSION = 2  # 2: optional `dense.<key>` tensors
@@ -166,22 +170,22 @@ def from_model(
 
 def save_ticket(ticket: Ticket, path: str | os.PathLike) -> Path:
     """Validate and write atomically: a crash leaves either no file or the old one, never half a ticket."""
-    from safetensors.torch import save_file
-
     validate(ticket)
     path = Path(path)
     tensors = ticket.file_tensors()
     meta = ticket.metadata()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"elth": json.dumps(meta)})
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"elth": json_text(meta)})
     return path
 
 
 def load_ticket(path: str | os.PathLike) -> Ticket:
     """Read and validate a ticket; any problem is one `TicketError` naming the file."""
-    from safetensors import safe_open
-
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(path.glob("**/*.safetensors"))[:3]
+        hint = f"; ticket files in it: {', '.join(str(p) for p in inside)}" if inside else ""
+        raise TicketError(f"{path}: is a directory, not a ticket file{hint}")
     if not path.is_file():
         raise TicketError(f"{path}: no such ticket file")
     try:
@@ -193,7 +197,7 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
     if raw_meta is None:
         raise TicketError(f"{path}: safetensors file without elth ticket metadata")
     try:
-        meta = json.loads(raw_meta)
+        meta = json.loads(raw_meta, parse_constant=_refuse_constant)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise TicketError(f"{path}: metadata is not an elth ticket's")
         missing = [k for k in REQUIRED_METADATA if k not in meta]
@@ -212,7 +216,7 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
             dataset=DatasetInfo.from_dict(meta["dataset"]),
             state={k[6:]: v for k, v in tensors.items() if k.startswith("state.")},
             mask={k: v.bool() for k, v in masks_raw.items()},
-            rewind_step=int(meta["rewind_step"]),
+            rewind_step=meta["rewind_step"],
             rewind=str(meta["rewind"]),
             protocol=dict(meta["protocol"]),
             provenance=dict(meta["provenance"]),
@@ -283,8 +287,7 @@ def validate(ticket: Ticket) -> None:
     """Keys, shapes and dtypes against the model, binary mask covering every prunable weight,
     pruned weights zero, finite weights; dense weights (if any) finite and equal to the weights
     wherever the mask keeps them."""
-    if ticket.rewind_step < 0:
-        raise TicketError(f"rewind step must be >= 0, got {ticket.rewind_step}")
+    _validate_settings(ticket)
     expected, prunable_list = _shapes_of(ticket.model, ticket.dataset)
     missing = sorted(set(expected) - set(ticket.state))
     unexpected = sorted(set(ticket.state) - set(expected))
@@ -315,6 +318,25 @@ def validate(ticket: Ticket) -> None:
             raise TicketError(f"weights of {k!r} are non-zero where the mask prunes them")
     if ticket.dense is not None:
         _validate_dense(ticket)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _validate_settings(ticket: Ticket) -> None:
+    """The numbers a ticket carries into training: rewind step, rewind point, protocol, recorded seeds."""
+    if isinstance(ticket.rewind_step, bool) or not isinstance(ticket.rewind_step, int) or ticket.rewind_step < 0:
+        raise TicketError(f"rewind step must be an integer >= 0, got {ticket.rewind_step!r}")
+    try:
+        parse_steps(ticket.rewind, 1)
+        if ticket.protocol:
+            Protocol.from_dict(ticket.protocol)
+        for key in ("seed", "data_seed"):
+            if ticket.provenance.get(key) is not None:
+                check_seed(ticket.provenance[key], f"the recorded {key.replace('_', ' ')}")
+    except (ElthError, TypeError) as e:
+        raise TicketError(f"unusable settings: {e}") from None
 
 
 def _validate_dense(ticket: Ticket) -> None:

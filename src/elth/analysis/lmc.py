@@ -25,9 +25,11 @@ from torch import nn
 from tqdm import tqdm
 
 from elth.errors import ElthError
+from elth.methods import curve_label, short_name
 from elth.tickets import Ticket, check_dataset
 from elth.training import Protocol, default_device, evaluate
 from elth.training.device import use_channels_last
+from elth.workflows.ticket_training import ticket_run_dir, train_ticket, trained_state
 
 BN_MODES = ("recompute", "interpolate")
 #: Training batches (at the protocol's batch size) that re-estimate BN statistics at each point.
@@ -188,8 +190,6 @@ class _ExamplesAsTestSet:
 
 def default_label(ticket: Ticket) -> str:
     """'IMP', 'ETT <- ResNet-20', 'Random', ... from the ticket's provenance (as in Figure 8)."""
-    from elth.experiments.aggregate import curve_label, short_name
-
     provenance = ticket.provenance or {}
     method = str(provenance.get("method") or "ticket")
     if method == "elastic_ticket_transformation":
@@ -230,12 +230,6 @@ def linear_mode_connectivity(
     available, as for training. `train_examples_per_class` > 0
     also scores that many fixed un-augmented training examples per class at every point.
     """
-    from elth.workflows.ticket_training import (
-        ticket_run_dir,
-        train_ticket,
-        trained_state,
-    )
-
     seeds = tuple(int(s) for s in data_seeds)
     if len(seeds) != 2:
         raise LMCError(f"linear mode connectivity trains two copies: give two data seeds, not {len(seeds)}")

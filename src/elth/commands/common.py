@@ -5,9 +5,16 @@ Each helper defines one option group once, so every command spells and documents
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
 
 from elth.errors import ElthError
-from elth.training.protocol import PRESETS, Protocol, ProtocolError, preset
+from elth.limits import MAX_SEED, BadNumberError, check_seed
+from elth.training import default_device
+from elth.training.protocol import PRESETS, Protocol, ProtocolError, preset, split_steps
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +30,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_seed_arguments(parser: argparse.ArgumentParser) -> None:
     """--seed (the model's initialisation) and --data-seed (shared by commands that train from scratch)."""
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation (default: 0)")
-    parser.add_argument("--data-seed", type=int, metavar="SEED",
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of the model's initialisation (default: 0)")
+    parser.add_argument("--data-seed", type=seed_arg, metavar="SEED",
                         help="seed of the data order and augmentation (default: the same as --seed)")
 
 
@@ -77,9 +84,6 @@ def protocol_from_args(args: argparse.Namespace, dataset: str, model: str, base:
 
 def resolve_device(name: str | None):
     """`--device` as a torch device, with a clear error for unknown or unavailable ones."""
-    import torch
-
-    from elth.training import default_device
 
     try:
         device = torch.device(name) if name else default_device()
@@ -109,3 +113,91 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+class _OldRootSpelling(argparse.Action):
+    """`--out DIR` where a command used to take the run store that way: still works, with a note."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"elth: {option_string} DIR for the run store is deprecated; write --root DIR "
+              "(--out names a results folder)", file=sys.stderr)
+        setattr(namespace, "root", values)
+
+
+def add_root_argument(parser: argparse.ArgumentParser, help: str, *, out_meant_root: bool = False) -> None:
+    """--root DIR, the store of runs (default ./runs). `out_meant_root`: the command's --out used to
+    name the store; it still does (hidden from --help), with a deprecation note."""
+    parser.add_argument("--root", default="runs", metavar="DIR", help=help)
+    if out_meant_root:
+        parser.add_argument("--out", action=_OldRootSpelling, metavar="DIR", default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
+
+
+def seed_arg(text: str) -> int:
+    """A seed on the command line: an integer from 0 to `MAX_SEED`."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, BadNumberError):
+        raise argparse.ArgumentTypeError(f"seeds are integers from 0 to {MAX_SEED}, got {text!r}") from None
+
+
+#: Longest file name most file systems take (bytes); atomic writes add a prefix and a suffix to it.
+NAME_MAX = 255
+ATOMIC_NAME_EXTRA = len(".") + len(".12345678.tmp")
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """`path` if a directory can be made or written there, else an error naming `flag` (nothing is created)."""
+    p = Path(path)
+    _check_names(p, flag, extra=0)
+    if p.exists() and not p.is_dir():
+        raise OutputPathError(f"{flag} {p}: is a file, not a directory")
+    _check_ancestor(p, p, flag)
+    return p
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """`path` if a file can be written there (atomically), else an error naming `flag` (nothing is created)."""
+    p = Path(path)
+    _check_names(p, flag, extra=ATOMIC_NAME_EXTRA)
+    if p.is_dir():
+        raise OutputPathError(f"{flag} {p}: is a directory; give a file name (e.g. {p / 'ticket.safetensors'})")
+    _check_ancestor(p, p.parent, flag)
+    return p
+
+
+class OutputPathError(ElthError):
+    """An output path that cannot be written."""
+
+
+def _check_names(p: Path, flag: str, extra: int) -> None:
+    for i, part in enumerate(p.parts):
+        limit = NAME_MAX - (extra if i == len(p.parts) - 1 else 0)
+        if len(os.fsencode(part)) > limit:
+            raise OutputPathError(f"{flag} {_short(p)}: the name {_short(part)} is longer than {limit} bytes")
+
+
+def _check_ancestor(p: Path, start: Path, flag: str) -> None:
+    """The nearest existing directory at or above `start` must be a directory elth may write in."""
+    ancestor = start
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputPathError(f"{flag} {p}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {p}: no permission to write in {ancestor}")
+
+
+def _short(text: object, keep: int = 40) -> str:
+    s = str(text)
+    return s if len(s) <= keep else f"{s[:keep]}... ({len(s)} characters)"
+
+
+def eval_every_of(text: str) -> str | None:
+    """--eval-every: a positive step count such as 1ep or 500it, or None for 'none' (only at the end)."""
+    if text.strip().lower() == "none":
+        return None
+    if split_steps(text) == (0, 0):
+        raise ProtocolError(f"--eval-every must be a positive number of steps such as 1ep or 500it, or 'none' "
+                            f"(only at the end), got {text!r}")
+    return text

@@ -6,15 +6,26 @@ import argparse
 from elth.commands.common import (
     add_device_arguments,
     add_protocol_arguments,
+    add_root_argument,
+    check_output_dir,
+    eval_every_of,
     positive_int,
     protocol_from_args,
     resolve_device,
+    seed_arg,
     sparsity_arg,
 )
+from elth.data import canonical_name, load_dataset
+from elth.models import parse_model_name
 from elth.sparsity.dst import DISTRIBUTIONS
-from elth.workflows.dst_training import DEFAULTS, METHODS
+from elth.workflows.dst_training import (
+    DEFAULTS,
+    METHODS,
+    method_label,
+    resolve_options,
+    train_dst,
+)
 
-HELP = "train a sparse network from scratch by dynamic sparse training (RigL, DPF)"
 DESCRIPTION = f"""\
 Train --model on --dataset from scratch to --sparsity (over all prunable weights; the output layer
 of MLPs and VGGs stays dense and counts, as for IMP) while the mask changes during training:
@@ -33,7 +44,7 @@ of MLPs and VGGs stays dense and counts, as for IMP) while the mask changes duri
 --multiplier K trains K times the protocol's length with its LR milestones and warmup scaled alike
 (RigL-5x: --multiplier 5). The protocol options are those of `elth train`.
 
-The run lives in OUT/dst-<hash of all settings>/ (default OUT: runs): train/ (checkpoints every
+The run lives in ROOT/dst-<hash of all settings>/ (default ROOT: runs): train/ (checkpoints every
 epoch; an interrupted run resumes exactly), ticket.safetensors (the final sparse network: mask and
 trained weights, rewind step = end of training; `elth inspect` shows its layerwise sparsity) and
 result.json. Training FLOPs follow `elth.flops` (RigL: (3 f_S dT + 2 f_S + f_D) / (dT + 1) per
@@ -84,24 +95,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
     add_protocol_arguments(parser)
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed of the model's initialisation and of RigL's initial mask (default: 0)")
-    parser.add_argument("--data-seed", type=int, metavar="SEED",
+    parser.add_argument("--data-seed", type=seed_arg, metavar="SEED",
                         help="seed of the data order and augmentation (default: the same as --seed)")
     add_device_arguments(parser, "fp32, or bf16 autocast (default: fp32)")
     parser.add_argument("--eval-every", default="1ep", metavar="STEPS",
                         help="test-set evaluation interval, e.g. 1ep or 500it; 'none' for only at the end (default: 1ep)")
-    parser.add_argument("--out", default="runs", metavar="DIR",
-                        help="run cache: the run goes to DIR/dst-<hash of the settings>/ (default: runs)")
+    add_root_argument(parser, "store of runs: the run goes to ROOT/dst-<hash of the settings>/ (default: ./runs)",
+                      out_meant_root=True)
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from elth.data import canonical_name, load_dataset
-    from elth.models import parse_model_name
-    from elth.training import parse_steps
-    from elth.workflows.dst_training import method_label, resolve_options, train_dst
-
     parse_model_name(args.model)  # a bad name fails before any data is loaded
     dataset = canonical_name(args.dataset)
     protocol = protocol_from_args(args, dataset, args.model)
@@ -110,9 +116,8 @@ def run(args: argparse.Namespace) -> int:
         "end_fraction": args.end_fraction, "multiplier": args.multiplier,
         "exclude": None if args.exclude is None else tuple(args.exclude),
     })
-    eval_every = None if args.eval_every.strip().lower() == "none" else args.eval_every
-    if eval_every is not None:
-        parse_steps(eval_every, 1)
+    eval_every = eval_every_of(args.eval_every)
+    check_output_dir(args.root, "--root")
     data_seed = args.seed if args.data_seed is None else args.data_seed
     device = resolve_device(args.device)
     data = load_dataset(dataset, args.data_dir, device=device)
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
           f"seed {args.seed}, data seed {data_seed}, {args.precision} on {device}", flush=True)
     result = train_dst(
         args.model, data, protocol, args.method, args.sparsity, seed=args.seed, data_seed=data_seed,
-        root=args.out, device=device, progress=not args.no_progress, precision=args.precision,
+        root=args.root, device=device, progress=not args.no_progress, precision=args.precision,
         eval_every=eval_every, **options,
     )
     print(f"test accuracy {100 * result.test_accuracy:.2f}% (test loss {result.test_loss:.4f}) after "

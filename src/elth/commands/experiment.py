@@ -5,9 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from elth.commands.common import check_output_dir, resolve_device
 from elth.errors import ElthError
+from elth.experiments.report import report_figures, summary_text, write_report
+from elth.experiments.results import read_results
+from elth.experiments.runner import ExperimentFailed, run_experiment
+from elth.experiments.spec import expand
+from elth.experiments.specs import EXPERIMENTS, get_experiment
 
-HELP = "run a paper experiment (IMP, ETTs, baselines over sparsities and seeds) and report it"
 DESCRIPTION = """\
 Run a shipped experiment spec: IMP with rewinding on every network of a model family, each IMP
 ticket transformed (stretched or squeezed) to the other depths, pruning baselines matched to the
@@ -58,13 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and the model, 4 on CPUs; 1: each run alone)")
     parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs the experiment expands to and exit")
+    parser.add_argument("--keep-diverged", action="store_true",
+                        help="a ticket whose training diverges (non-finite loss) is recorded as diverged and the "
+                        "experiment goes on and succeeds without it (default: such a run fails the experiment)")
     parser.add_argument("--no-report", action="store_true", help="write the results table only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-run lines")
 
 
 def list_experiments() -> str:
-    from elth.experiments.specs import EXPERIMENTS
-
     lines = []
     for e in EXPERIMENTS.values():
         lines.append(f"{e.name}: {e.title}")
@@ -80,9 +86,6 @@ def list_experiments() -> str:
 
 
 def dry_run(name: str, scale: str, seeds: int | None) -> str:
-    from elth.experiments.spec import expand
-    from elth.experiments.specs import get_experiment
-
     lines = []
     imp, others = set(), 0
     for setup in get_experiment(name).setups(scale):
@@ -106,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise ElthError("name an experiment (`elth experiment --list` shows them)")
-    from elth.experiments.specs import get_experiment
 
     experiment = get_experiment(args.name)
     experiment.setups(args.scale)  # a clear error for a scale the experiment lacks
@@ -116,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         print(dry_run(args.name, args.scale, args.seeds))
         return 0
     out = Path(args.out) if args.out else default_out(args.root, args.name, args.scale)
+    check_output_dir(args.root, "--root")
+    check_output_dir(out, "--out")
     return execute(experiment, args.scale, args, out, command=command_of(args))
 
 
@@ -128,37 +132,34 @@ def command_of(args: argparse.Namespace) -> str:
                         ("--fuse", getattr(args, "fuse", None))):
         if value is not None:
             parts += [flag, str(value)]
+    if args.keep_diverged:
+        parts.append("--keep-diverged")
     return " ".join(parts)
 
 
 def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=None, command: str = "") -> int:
     """Run, print the summary, write the report; shared with `elth demo`."""
-    from elth.commands.common import resolve_device
-    from elth.experiments.report import summary_text, write_report
-    from elth.experiments.runner import ExperimentFailed, run_experiment
-
     device = str(resolve_device(args.device)) if args.device else None
     failed: ExperimentFailed | None = None
     try:
         outcome = run_experiment(
             experiment, scale, root=args.root, out_dir=out, seeds=getattr(args, "seeds", None),
             workers=args.workers, threads=args.threads, data_dir=args.data_dir, device=device,
-            progress=not args.no_progress, setups=setups, command=command, fuse=getattr(args, "fuse", None),
+            progress=not args.no_progress, setups=setups, command=command,
+            keep_diverged=getattr(args, "keep_diverged", False), fuse=getattr(args, "fuse", None),
         )
         rows = outcome.rows
+        kept = f", {len(outcome.diverged)} diverged (kept)" if outcome.diverged else ""
         print(f"\n{experiment.title} ({scale}): {outcome.trained} runs trained, {outcome.cached} read from the "
-              f"store, {outcome.seconds:.0f}s", file=sys.stderr)
+              f"store{kept}, {outcome.seconds:.0f}s", file=sys.stderr)
     except ExperimentFailed as e:
         failed = e
-        from elth.experiments.results import read_results
 
         rows = read_results(out)
     if rows:
         print(summary_text(rows))
     print(f"\nresults: {out / 'results.csv'} (and results.jsonl)")
     if rows and not getattr(args, "no_report", False):
-        from elth.experiments.report import report_figures
-
         report = write_report(out)
         print(f"report:  {report} (figures: {', '.join(str(f) for f in report_figures(report))})")
     if failed is not None:

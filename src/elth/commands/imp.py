@@ -8,13 +8,18 @@ from elth.commands.common import (
     add_device_arguments,
     add_model_arguments,
     add_protocol_arguments,
+    add_root_argument,
     add_seed_arguments,
+    check_output_dir,
     protocol_from_args,
     resolve_device,
 )
+from elth.data import canonical_name, load_dataset
 from elth.errors import ElthError
+from elth.models import parse_model_name
+from elth.training import default_rewind, parse_steps
+from elth.workflows.imp import IMPConfig, imp_run_dir, run_imp
 
-HELP = "find winning tickets by Iterative Magnitude Pruning with rewinding (one ticket per level)"
 DESCRIPTION = """\
 Iterative Magnitude Pruning with rewinding. The dense network is trained to the rewind point
 (--rewind) once; level 0 trains it from there to the end of the protocol; each next level removes
@@ -23,10 +28,10 @@ over the prunable layers, resets the survivors to their rewind values and trains
 rewind step. After L levels the sparsity is 1 - 0.8^L (73.79% at L=6, 89.26% at L=10).
 Sparsity counts every conv/linear weight, excluded (dense) layers included.
 
-Outputs go to OUT/imp-<hash of the settings>/ (all settings but --levels, so a larger --levels
+Outputs go to ROOT/imp-<hash of the settings>/ (all settings but --levels, so a larger --levels
 extends a run): level_<k>/ticket.safetensors (the rewind weights masked, the mask, provenance),
 level_<k>/train/ (the level's training) and levels.json (level, sparsity, test accuracy, steps).
-The dense training to the rewind point is kept in OUT/rewind-<hash>/ and shared with pruning
+The dense training to the rewind point is kept in ROOT/rewind-<hash>/ and shared with pruning
 baselines of the same settings. Running the same command again does no finished work again and
 resumes a killed run from its last checkpoint, with exactly the same result.
 
@@ -53,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_protocol_arguments(parser)
     add_seed_arguments(parser)
     add_device_arguments(parser)
-    parser.add_argument("--out", metavar="DIR", default="runs",
-                        help="root of the output directories (default: ./runs)")
+    add_root_argument(parser, "store of runs: the run goes to ROOT/imp-<hash of the settings>/ (default: ./runs)",
+                      out_meant_root=True)
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
 
 
@@ -64,20 +69,16 @@ def level_row(r) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elth.data import canonical_name, load_dataset
-    from elth.models import parse_model_name
-    from elth.training import default_rewind, parse_steps
-    from elth.workflows.imp import IMPConfig, imp_run_dir, run_imp
-
     parse_model_name(args.model)  # a bad name fails before any data is loaded
     if args.levels < 0:
         raise ElthError(f"--levels must be >= 0, got {args.levels}")
-    if not 0.0 < args.prune_fraction < 1.0:
+    if not 0.0 < args.prune_fraction < 1.0:  # NaN fails this too
         raise ElthError(f"--prune-fraction must be between 0 and 1 (exclusive), got {args.prune_fraction}")
     dataset_key = canonical_name(args.dataset)
     protocol = protocol_from_args(args, dataset_key, args.model)
     rewind = args.rewind if args.rewind is not None else default_rewind(args.model, dataset_key)
     parse_steps(rewind, 1)  # syntax check before the data is loaded
+    check_output_dir(args.root, "--root")
     data_seed = args.seed if args.data_seed is None else args.data_seed
     device = resolve_device(args.device)
 
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         prune_fraction=args.prune_fraction, exclude=None if args.exclude is None else tuple(args.exclude),
         seed=args.seed, data_seed=data_seed, precision=args.precision,
     )
-    run_path = imp_run_dir(config, data, Path(args.out))
+    run_path = imp_run_dir(config, data, Path(args.root))
     ipe = data.iterations_per_epoch(protocol.batch_size)
     print(
         f"IMP on {args.model} / {data.info.name}: levels 0..{args.levels}, prune fraction {args.prune_fraction}, "
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"outputs: {run_path}/", flush=True)
     print(f"{'level':>5}  {'sparsity':>9}  {'kept':>11}  {'test acc':>9}  {'test loss':>9}  {'steps':>7}", flush=True)
     results = run_imp(
-        config, data, args.levels, Path(args.out), device=device, progress=not args.no_progress,
+        config, data, args.levels, Path(args.root), device=device, progress=not args.no_progress,
         on_level=lambda r: print(level_row(r), flush=True),
     )
     print(f"tickets: {run_path}/level_<k>/ticket.safetensors (k = 0..{args.levels}); "

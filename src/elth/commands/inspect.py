@@ -6,7 +6,6 @@ import json
 
 from elth.tickets import Ticket, load_ticket
 
-HELP = "show a ticket's model, dataset, provenance and per-layer sparsity"
 DESCRIPTION = """\
 Show a ticket file: its model and dataset, its rewind point and training protocol, how it was
 made (provenance), its overall sparsity over all prunable weights, and a per-layer table of

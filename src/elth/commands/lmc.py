@@ -5,14 +5,21 @@ import argparse
 import json
 from pathlib import Path
 
+from elth.analysis import alphas_of, linear_mode_connectivity, plot_lmc
 from elth.commands.common import (
     add_device_arguments,
     add_protocol_arguments,
+    check_output_dir,
     resolve_device,
 )
+from elth.commands.train_ticket import ticket_protocol
+from elth.data import canonical_name, dataset_info, load_dataset
 from elth.errors import ElthError
+from elth.files import LMC_FIGURE, LMC_FILE, json_text, write_text_atomic
+from elth.limits import check_seed
+from elth.runs import run_dir
+from elth.tickets import check_dataset, load_ticket
 
-HELP = "train two copies of each ticket with different data seeds and measure their linear mode connectivity"
 DESCRIPTION = """\
 Is a ticket stable to SGD noise? Train two copies of it from the same rewind weights and mask with
 different data orders and augmentation (--seeds), then evaluate the test error of (1 - a) W1 + a W2
@@ -83,6 +90,8 @@ def parse_seeds(text: str) -> tuple[int, int]:
         raise ElthError(f"--seeds takes two comma-separated integers such as 0,1, not {text!r}") from None
     if len(seeds) != 2:
         raise ElthError(f"--seeds takes exactly two data seeds (one per copy), not {len(seeds)}: {text!r}")
+    for seed in seeds:
+        check_seed(seed, "each of --seeds")
     return seeds  # type: ignore[return-value]
 
 
@@ -98,13 +107,6 @@ def _table(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elth.analysis import alphas_of, linear_mode_connectivity, plot_lmc
-    from elth.commands.train_ticket import ticket_protocol
-    from elth.data import canonical_name, dataset_info, load_dataset
-    from elth.files import LMC_FIGURE, LMC_FILE, write_text_atomic
-    from elth.runs import run_dir
-    from elth.tickets import check_dataset, load_ticket
-
     seeds = parse_seeds(args.seeds)
     alphas_of(args.points)  # a bad --points fails before any training
     if args.bn == "recompute" and args.bn_batches < 1:
@@ -113,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         raise ElthError(f"--train-per-class must be 0 or more, got {args.train_per_class}")
     if args.label is not None and len(args.label) != len(args.tickets):
         raise ElthError(f"give --label once per ticket ({len(args.tickets)}), not {len(args.label)} times")
+    check_output_dir(args.root, "--root")
+    if args.out:
+        check_output_dir(args.out, "--out")
     device = resolve_device(args.device)
 
     jobs = []  # (path, ticket, dataset key, protocol)
@@ -169,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     payload = {"settings": settings, "results": [r.to_dict() for r in results]}
-    write_text_atomic(out / LMC_FILE, json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(out / LMC_FILE, json_text(payload, indent=2) + "\n")
     plot_lmc(results, out / LMC_FIGURE)
     if len(results) > 1:
         width = max(len(r.label) for r in results)

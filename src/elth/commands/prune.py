@@ -6,16 +6,24 @@ import argparse
 from elth.commands.common import (
     add_device_arguments,
     add_protocol_arguments,
+    check_output_dir,
+    check_output_file,
     positive_int,
     protocol_from_args,
     resolve_device,
+    seed_arg,
     sparsity_arg,
 )
+from elth.data import canonical_name, load_dataset
 from elth.errors import ElthError
-from elth.sparsity.baselines import METHODS, SCORE_EXAMPLES_PER_CLASS, ScoringOptions
+from elth.methods import PRUNING_METHODS
+from elth.models import parse_model_name
+from elth.sparsity.baselines import SCORE_EXAMPLES_PER_CLASS, ScoringOptions
 from elth.sparsity.scores import SYNFLOW_ROUNDS
+from elth.tickets import load_ticket, save_ticket
+from elth.training import Protocol, default_rewind, parse_steps, preset
+from elth.workflows.baseline_tickets import LIKE_METHODS, prune_ticket
 
-HELP = "prune a network by a baseline (magnitude, SNIP, GraSP, SynFlow, random, reinit, snip-extra)"
 DESCRIPTION = """\
 Make a ticket for --model by a pruning baseline, at a given sparsity (--sparsity) or at the sparsity
 of another ticket (--like; to the weight when the models match, the same fraction otherwise).
@@ -53,7 +61,7 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="the network to prune (default: the --like ticket's model)")
     parser.add_argument("--dataset", help="dataset name (default: the --like ticket's dataset)")
-    parser.add_argument("--method", required=True, choices=METHODS, help="pruning method (see above)")
+    parser.add_argument("--method", required=True, choices=PRUNING_METHODS, help="pruning method (see above)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--sparsity", type=sparsity_arg, metavar="S",
                         help="fraction of all prunable weights to remove, e.g. 0.8926 or 89.26%%")
@@ -78,10 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--exclude", nargs="*", metavar="LAYER",
                    help="layers kept dense (weight or module names, e.g. fc conv); replaces the model's default "
                    "(VGGs and MLPs: the output layer); give --exclude alone to prune every layer")
-    parser.add_argument("--seed", type=int,
+    parser.add_argument("--seed", type=seed_arg,
                         help="seed of the model's initialisation, as for `elth imp` (selects the rewind point); "
                         "also seeds random and reinit (default: the --like ticket's, if recorded, else 0)")
-    parser.add_argument("--data-seed", type=int, metavar="SEED",
+    parser.add_argument("--data-seed", type=seed_arg, metavar="SEED",
                         help="seed of the data order to the rewind point and of the scoring examples "
                         "(default: the --like ticket's, if recorded and --seed is not given, else --seed)")
     parser.add_argument("--data-dir", metavar="DIR",
@@ -94,16 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elth.data import canonical_name, load_dataset
-    from elth.models import parse_model_name
-    from elth.tickets import load_ticket, save_ticket
-    from elth.training import Protocol, default_rewind, parse_steps, preset
-    from elth.workflows.baseline_tickets import LIKE_METHODS, prune_ticket
-
     if args.method in LIKE_METHODS and args.like is None:
         raise ElthError(f"--method {args.method} needs --like TICKET")
     if args.like is None and args.sparsity is None:
         raise ElthError("give --sparsity S or --like TICKET")
+    check_output_file(args.output, "-o")
+    check_output_dir(args.root, "--root")
     like = load_ticket(args.like) if args.like else None
     model = args.model or (like.model if like else None)
     if model is None:

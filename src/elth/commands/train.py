@@ -4,17 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from elth.commands.common import (
-    add_device_arguments,
-    add_model_arguments,
-    add_protocol_arguments,
-    add_seed_arguments,
-    protocol_from_args,
-)
-from elth.errors import ElthError
-from elth.training.protocol import PRESETS, parse_steps
+from elth.commands import common
+from elth.data import canonical_name, load_dataset
+from elth.models import build_model, parse_model_name
+from elth.runs import run_dir
+from elth.training import train
+from elth.training.protocol import PRESETS
 
-HELP = "train a dense model on a dataset with a preset protocol (resumes an interrupted run)"
 DESCRIPTION = """\
 Train a dense model with SGD (momentum, weight decay, multi-step LR decay, optional linear warmup).
 The protocol comes from a preset (default: the paper's Table 4 for the dataset and model family);
@@ -22,7 +18,7 @@ The protocol comes from a preset (default: the paper's Table 4 for the dataset a
 
 Lengths are written in epochs and/or iterations: 160ep, 1000it, 5ep100it.
 
-Outputs (in --out, or runs/train_<model>_<dataset>-<hash of the settings>/): checkpoint.pt
+Outputs (in --out, or ROOT/train_<model>_<dataset>-<hash of the settings>/): checkpoint.pt
 (weights and optimiser state, written every epoch and at the end), metrics.jsonl (one JSON line per
 epoch or evaluation: step, epoch, lr, train loss/accuracy, test loss/accuracy, images/s, seconds),
 run.json, result.json. Running the same command again resumes an interrupted run from its last
@@ -38,39 +34,32 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    add_protocol_arguments(parser)
-    add_seed_arguments(parser)
-    add_device_arguments(parser)
+    common.add_model_arguments(parser)
+    common.add_protocol_arguments(parser)
+    common.add_seed_arguments(parser)
+    common.add_device_arguments(parser)
     parser.add_argument("--eval-every", default="1ep", metavar="STEPS",
                         help="test-set evaluation interval, e.g. 1ep or 500it; 'none' for only at the end (default: 1ep)")
+    common.add_root_argument(parser, "store of runs, where the run goes unless --out is given (default: ./runs)")
     parser.add_argument("--out", metavar="DIR",
-                        help="output directory (default: runs/train_<model>_<dataset>-<hash of the settings>); "
+                        help="this run's folder (default: ROOT/train_<model>_<dataset>-<hash of the settings>); "
                         "an interrupted run there resumes")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
-    from elth.data import canonical_name, load_dataset
-    from elth.models import build_model, parse_model_name
-    from elth.runs import run_dir
-    from elth.training import default_device, train
 
     parse_model_name(args.model)  # a bad name fails before any data is loaded
     dataset_key = canonical_name(args.dataset)
-    protocol = protocol_from_args(args, dataset_key, args.model)
-    eval_every = None if args.eval_every.strip().lower() == "none" else args.eval_every
-    if eval_every is not None:
-        parse_steps(eval_every, 1)  # syntax check before the data is loaded
+    protocol = common.protocol_from_args(args, dataset_key, args.model)
+    eval_every = common.eval_every_of(args.eval_every)
+    if args.out:
+        common.check_output_dir(args.out, "--out")
+    else:
+        common.check_output_dir(args.root, "--root")
     data_seed = args.seed if args.data_seed is None else args.data_seed
-    try:
-        device = torch.device(args.device) if args.device else default_device()
-    except RuntimeError as e:
-        raise ElthError(f"unknown device {args.device!r} ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ElthError("--device cuda was asked for, but this torch build sees no CUDA device")
+    device = common.resolve_device(args.device)
 
     data = load_dataset(dataset_key, args.data_dir, device=device)
     model = build_model(args.model, data.info.input_shape, data.info.num_classes, seed=args.seed)
@@ -86,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
     else:
         kind = f"train_{args.model}_{data.info.name}".lower().replace("-", "_")
-        out = run_dir(Path("runs"), kind, hparams)
+        out = run_dir(Path(args.root), kind, hparams)
 
     ipe = data.iterations_per_epoch(protocol.batch_size)
     total = protocol.total_steps(ipe)

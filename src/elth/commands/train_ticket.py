@@ -7,11 +7,17 @@ from pathlib import Path
 from elth.commands.common import (
     add_device_arguments,
     add_protocol_arguments,
+    add_root_argument,
+    check_output_dir,
     protocol_from_args,
     resolve_device,
+    seed_arg,
 )
+from elth.data import canonical_name, dataset_info, load_dataset
+from elth.tickets import check_dataset, load_ticket
+from elth.training import Protocol, preset
+from elth.workflows.ticket_training import ticket_run_dir, train_ticket
 
-HELP = "train a ticket from its rewind point to the end with its mask fixed, and report test accuracy"
 DESCRIPTION = """\
 Evaluate a ticket the way every ticket is evaluated, however it was made (IMP, an elastic
 transformation, a pruning method): load its rewind weights and mask, train from its rewind step to
@@ -22,7 +28,7 @@ dataset and model); --epochs/--length, --lr, --batch-size, --milestones and --wa
 parts of either. The dataset defaults to the ticket's; another one must have the same input shape
 and number of classes.
 
-Outputs go to OUT/train-<hash of the ticket's content, dataset, protocol and data seed>/, so
+Outputs go to ROOT/train-<hash of the ticket's content, dataset, protocol and data seed>/, so
 training the same ticket again costs nothing and an interrupted training resumes.
 
 examples:
@@ -38,12 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
     add_protocol_arguments(parser)
     parser.set_defaults(preset=None)
-    parser.add_argument("--seed", type=int, metavar="SEED",
+    parser.add_argument("--seed", type=seed_arg, metavar="SEED",
                         help="seed of the data order and augmentation (default: the one that made the "
                         "ticket, if recorded, else 0); the weights come from the ticket")
     add_device_arguments(parser)
-    parser.add_argument("--out", metavar="DIR", default="runs",
-                        help="root of the output directories (default: ./runs)")
+    add_root_argument(parser, "store of runs: the run goes to ROOT/train-<hash>/ (default: ./runs)",
+                      out_meant_root=True)
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     for action in parser._actions:
         if action.dest == "preset":
@@ -52,8 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ticket_protocol(args: argparse.Namespace, ticket, dataset_key: str):
     """(protocol, where its base came from): --preset, else the ticket's, else paper; overrides applied."""
-    from elth.training import Protocol, preset
-
     if args.preset is not None:
         base = preset(args.preset, dataset_key, ticket.model)
         source = f"preset {args.preset}"
@@ -67,14 +71,12 @@ def ticket_protocol(args: argparse.Namespace, ticket, dataset_key: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from elth.data import canonical_name, dataset_info, load_dataset
-    from elth.tickets import check_dataset, load_ticket
-    from elth.workflows.ticket_training import ticket_run_dir, train_ticket
-
     ticket = load_ticket(args.ticket)
     dataset_key = canonical_name(args.dataset or ticket.dataset.name)
     protocol, source = ticket_protocol(args, ticket, dataset_key)
-    data_seed = args.seed if args.seed is not None else int(ticket.provenance.get("data_seed", 0))
+    recorded = ticket.provenance.get("data_seed")  # validated by load_ticket
+    data_seed = args.seed if args.seed is not None else (recorded if recorded is not None else 0)
+    check_output_dir(args.root, "--root")
     device = resolve_device(args.device)
 
     check_dataset(ticket, dataset_info(dataset_key, args.data_dir))  # before loading any images
@@ -88,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     result = train_ticket(
-        ticket, data, protocol, data_seed=data_seed, root=Path(args.out), device=device,
+        ticket, data, protocol, data_seed=data_seed, root=Path(args.root), device=device,
         progress=not args.no_progress, precision=args.precision,
     )
     print(f"test accuracy {100 * result.test_accuracy:.2f}% (test loss {result.test_loss:.4f}) "
           f"after step {result.step}, {result.seconds:.1f} s of training")
-    print(f"outputs: {ticket_run_dir(ticket, data, protocol, data_seed, Path(args.out), args.precision)}/")
+    print(f"outputs: {ticket_run_dir(ticket, data, protocol, data_seed, Path(args.root), args.precision)}/")
     return 0

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from elth.data import dataset_info
 from elth.elastic import (
     ORDERS,
     SQUEEZE_MODES,
     Plan,
+    match_sparsity,
     parse_plan,
     replica_units,
     transform,
 )
+from elth.commands.common import check_output_file, seed_arg
 from elth.elastic.plan import model_view
 from elth.errors import ElthError
 from elth.masks import count
 from elth.tickets import Ticket, load_ticket, save_ticket
-
-HELP = "stretch or squeeze a ticket to another depth of its model family (and/or move it to another dataset)"
+from elth.transfer import to_dataset
 
 DESCRIPTION = """\
 Stretch or squeeze a ticket into another depth of its model family (an Elastic Ticket
@@ -97,7 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(layerwise sparsity kept; the new mask selects the copied dense rewind weights, so the ticket must "
         "keep them, as tickets made by elth imp do)",
     )
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument(
+        "--match-sparsity", action="store_true",
+        help="beyond the paper: bring the new ticket to exactly the source ticket's sparsity by pruning "
+        "(smallest rewind magnitudes) or restoring (largest dense rewind magnitudes) weights of the "
+        "replicable units only; stem, head and transition units stay as copied (recorded in the provenance)",
+    )
+    parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed for --random-replicas and for a new output layer on --dataset (default 0)")
     parser.add_argument("-o", "--output", metavar="OUT.safetensors", help="where to write the new ticket")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the sparsity, write nothing")
@@ -139,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         raise ElthError("--plan replaces the strategy options; drop --order/--units/--squeeze/--drop")
     if args.to is None and args.dataset is None:
         raise ElthError("say what to transform the ticket into: --to MODEL (another depth), --dataset NAME, or both")
+    if not args.dry_run:
+        check_output_file(args.output, "-o")
     source = load_ticket(args.ticket)
     result, plan = source, None
     if args.to is not None:
@@ -147,16 +157,19 @@ def run(args: argparse.Namespace) -> int:
             squeeze_mode=args.squeeze or "consecutive", units=args.units, drop=args.drop,
             random_replicas=args.random_replicas, seed=args.seed, source_path=str(args.ticket),
         )
+        if args.match_sparsity:
+            result = match_sparsity(result, source.sparsity)
+            m = result.provenance["match_sparsity"]
+            print(f"sparsity matched: {100 * m['before']:.2f}% -> {100 * m['after']:.2f}% "
+                  f"({m['pruned']:,} weights pruned, {m['restored']:,} restored in the replicable units)")
         plan_text = result.provenance["plan"]
         plan = parse_plan(plan_text, plan_text.count(";") + 1)
         print(f"{source.model} -> {result.model}")
         print(f"plan: {plan_text}")
-    elif args.plan or args.order or args.squeeze or args.units or args.drop or args.random_replicas:
-        raise ElthError("the depth options (--plan, --order, --units, --squeeze, --drop, --random-replicas) need --to")
+    elif args.plan or args.order or args.squeeze or args.units or args.drop or args.random_replicas or args.match_sparsity:
+        raise ElthError("the depth options (--plan, --order, --units, --squeeze, --drop, --random-replicas, "
+                        "--match-sparsity) need --to")
     if args.dataset is not None:
-        from elth.data import dataset_info
-        from elth.transfer import to_dataset
-
         depth_done = result
         result = to_dataset(result, dataset_info(args.dataset, args.data_dir), seed=args.seed)
         print(f"{depth_done.dataset.name} -> {result.dataset.name}: "

@@ -14,7 +14,11 @@ import re
 import torch
 
 from elth.data.base import Dataset, DatasetInfo, synthetic
+from elth.data.cifar10 import load_cifar10
+from elth.data.digits import load_digits
 from elth.data.errors import UnknownDatasetError
+from elth.data.idx import load_fashion_mnist, load_mnist
+from elth.data.resize import Resized, resized_info, split_size
 from elth.errors import ElthError
 
 DATASETS: dict[str, str] = {
@@ -59,8 +63,6 @@ def _unknown(name: str) -> UnknownDatasetError:
 def canonical_name(name: str) -> str:
     """The registry key for `name` (case and '-' vs '_' do not matter; an @SIZE suffix is left out);
     raises for unknown names."""
-    from elth.data.resize import split_size
-
     key = split_size(name)[0].strip().lower().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key in DATASETS or _SYNTHETIC.fullmatch(key):
@@ -115,14 +117,12 @@ def load_dataset(
     `DatasetNotFoundError`, an unknown name `UnknownDatasetError` (both `ElthError`s).
     Options: `imagenet` takes num_workers, crop_size, resize_size; `synthetic` see the module doc.
     """
-    from elth.data.resize import Resized, split_size
-
     base, size = split_size(name)
     if size is not None:
         return Resized(load_dataset(base, data_dir, device, **options), size)
     key = canonical_name(name)
     if key == "imagenet":
-        from elth.data.imagenet import load_imagenet
+        from elth.data.imagenet import load_imagenet  # PIL loads only for ImageNet
 
         _check_options(key, options, _IMAGENET_OPTIONS)
         return load_imagenet(data_dir, device=device, **options)
@@ -133,25 +133,20 @@ def load_dataset(
         ds.info = dataclasses.replace(ds.info, name=_synthetic_name(opts))
         return ds.to(device)
     _check_options(key, options, set())
-    if key == "cifar10":
-        from elth.data.cifar10 import load_cifar10 as load
-    elif key == "svhn":
-        from elth.data.svhn import load_svhn as load
-    elif key == "mnist":
-        from elth.data.idx import load_mnist as load
-    elif key == "fashion_mnist":
-        from elth.data.idx import load_fashion_mnist as load
-    else:
-        from elth.data.digits import load_digits
+    if key == "svhn":
+        from elth.data.svhn import (
+            load_svhn,  # scipy (its .mat reader) loads only for SVHN
+        )
 
+        return load_svhn(data_dir).to(device)
+    if key == "digits":
         return load_digits().to(device)
+    load = {"cifar10": load_cifar10, "mnist": load_mnist, "fashion_mnist": load_fashion_mnist}[key]
     return load(data_dir).to(device)
 
 
 def dataset_info(name: str, data_dir: str | os.PathLike | None = None, **options) -> DatasetInfo:
     """Shape and class count without loading images (ImageNet counts its class folders)."""
-    from elth.data.resize import resized_info, split_size
-
     base, size = split_size(name)
     if size is not None:
         return resized_info(dataset_info(base, data_dir, **options), size)
@@ -159,7 +154,10 @@ def dataset_info(name: str, data_dir: str | os.PathLike | None = None, **options
     if key in _FIXED_INFO:
         return _FIXED_INFO[key]
     if key == "imagenet":
-        from elth.data.imagenet import class_folders, locate_imagenet
+        from elth.data.imagenet import (  # PIL loads only for ImageNet
+            class_folders,
+            locate_imagenet,
+        )
 
         _check_options(key, options, _IMAGENET_OPTIONS)
         crop = int(options.get("crop_size", 224))

@@ -1,5 +1,6 @@
 """Elastic Ticket Transformations: plans (target unit <- source unit, per stage), strategies, application."""
 from elth.elastic.apply import apply_plan, replica_units, source_key, transform
+from elth.elastic.match import match_sparsity, source_sparsity
 from elth.elastic.plan import (
     ModelView,
     Plan,
@@ -22,10 +23,12 @@ __all__ = [
     "check_compatible",
     "format_plan",
     "make_plan",
+    "match_sparsity",
     "model_view",
     "parse_plan",
     "replica_units",
     "source_key",
+    "source_sparsity",
     "squeeze",
     "stretch",
     "transform",

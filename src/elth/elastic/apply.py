@@ -13,15 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
-from elth.elastic.plan import (
-    Plan,
-    PlanError,
-    check_compatible,
-    format_plan,
-    model_view,
-    parse_plan,
-    validate_plan,
-)
+from elth.elastic.plan import Plan, PlanError, check_compatible, format_plan, model_view, parse_plan, validate_plan
 from elth.elastic.strategies import make_plan
 from elth.masks import count
 from elth.models import ElasticStructure

@@ -14,9 +14,9 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
-from elth.experiments.results import PRUNING_BASELINES, Row
-
-CurveKey = tuple[str, str, str]  # (method, source, strategy)
+from elth.experiments.results import Row
+from elth.methods import BASELINES, CurveKey, curve_label, method_rank
+from elth.models import parse_model_name
 
 
 @dataclass(frozen=True)
@@ -67,57 +67,8 @@ def aggregate(rows: list[Row]) -> list[Point]:
     return sorted(points, key=lambda p: (p.target, method_rank(p.method), p.method, p.source, p.level))
 
 
-def method_rank(method: str) -> int:
-    if method == "dense":
-        return 0
-    if method == "imp":
-        return 1
-    if method == "ett":
-        return 2
-    return 3 + (PRUNING_BASELINES.index(method) if method in PRUNING_BASELINES else len(PRUNING_BASELINES))
-
-
-def curve_label(key: CurveKey) -> str:
-    method, source, strategy = key
-    names = {"dense": "Dense", "imp": "IMP", "ett": "ETT", "magnitude": "Magnitude", "snip": "SNIP",
-             "grasp": "GraSP", "synflow": "SynFlow", "random": "Random", "reinit": "Reinit",
-             "snip-extra": "SNIP-extra", "ett-reinit": "ETT mask, reinit", "ett-random": "ETT weights, random mask",
-             "ett-random-reinit": "Random mask, reinit", "rigl": "RigL", "rigl-5x": "RigL-5x", "dpf": "DPF"}
-    label = names.get(method, method)
-    if source:
-        label += f" \u2190 {short_name(source)}"
-    if strategy and strategy not in DEFAULT_STRATEGIES:
-        label += f" ({strategy})"
-    return label
-
-
-#: strategies left out of curve labels (the defaults: appending stretches, consecutive squeezes)
-DEFAULT_STRATEGIES = ("appending", "consecutive")
-
-
-def short_name(model: str) -> str:
-    """'cifar_resnet_20_8' -> 'ResNet-20 (w8)', 'mlp_3' -> 'MLP-3', 'cifar_vgg_13_fc5' -> 'VGG-13-5'."""
-    from elth.models import parse_model_name
-
-    try:
-        spec = parse_model_name(model)
-    except Exception:
-        return model
-    if spec.kind == "cifar_resnet":
-        return f"ResNet-{spec.depth}" + (f" (w{spec.width})" if spec.width != 16 else "")
-    if spec.kind == "imagenet_resnet":
-        return f"ResNet-{spec.depth}"
-    if spec.kind == "cifar_vgg":
-        return f"VGG-{spec.depth}" + (f"-{spec.fc_layers}" if spec.fc_layers > 1 else "")
-    if spec.kind == "mlp":
-        return f"MLP-{spec.depth}"
-    return model
-
-
 def targets_of(points: list[Point]) -> list[str]:
     """Targets in the order of their depth (then name)."""
-    from elth.models import parse_model_name
-
     def key(t: str):
         try:
             s = parse_model_name(t)
@@ -220,7 +171,7 @@ def compare_ett(points: list[Point]) -> list[Comparison]:
     for target in targets_of(points):
         cs = curves(points, target)
         imp = imp_curve(points, target)
-        baselines = {k: v for k, v in cs.items() if k[0] in PRUNING_BASELINES}
+        baselines = {k: v for k, v in cs.items() if k[0] in BASELINES}
         for key, pts in cs.items():
             if key[0] != "ett":
                 continue

@@ -1,9 +1,48 @@
-"""What tickets cost, and the E-LTH saving: one IMP run serving k targets vs IMP on each target."""
+"""What tickets cost: the FLOPs of finding a mask, the E-LTH saving (one IMP run serving k targets vs
+IMP on each target) and the comparison with dynamic sparse training."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from elth.experiments.aggregate import DEFAULT_STRATEGIES, Point
+from elth.experiments.aggregate import Point
+from elth.flops import training_flops
+from elth.methods import DEFAULT_STRATEGIES, DST_METHODS, METHODS
+
+
+def mask_cost_flops(
+    method: str,
+    *,
+    dense_macs: int,
+    rewind_step: int,
+    batch_size: int,
+    source_cost: float,
+    like_cost: float,
+    score_examples: int,
+    synflow_rounds: int,
+) -> float:
+    """FLOPs spent finding the mask of a ticket made by `method` (its `elth.methods.MaskCost`).
+
+    `source_cost`, `like_cost`: the mask costs of the IMP tickets it came from (an ETT's source) and
+    whose sparsity it matches (the target's); `score_examples`, `synflow_rounds`: the scoring settings
+    the ticket was made with (its provenance); `rewind_step`, `batch_size`: the dense training to the
+    rewind point the scores are taken at. IMP's own levels are priced by their rounds instead.
+    """
+    m = METHODS[method]
+    if m.mask_cost == "source":
+        return source_cost
+    if m.mask_cost == "like":
+        return like_cost
+    if m.mask_cost == "training":
+        return 0.0
+    if m.mask_cost == "imp":
+        raise ValueError("IMP levels are priced by the rounds of their run, not per ticket")
+    if m.scores_all_ones:
+        scoring = training_flops(dense_macs, m.scoring_passes * synflow_rounds, 1)
+    else:
+        scoring = training_flops(dense_macs, m.scoring_passes, score_examples)
+    if m.mask_cost == "source+scoring":
+        return source_cost + scoring
+    return training_flops(dense_macs, rewind_step, batch_size) + scoring
 
 
 @dataclass(frozen=True)
@@ -58,9 +97,6 @@ def dense_training_flops(points: list[Point]) -> float:
     """One full dense training of the largest member (the paper's unit for FLOPs)."""
     dense = [p.total_flops for p in points if p.method == "dense"]
     return max(dense) if dense else 0.0
-
-
-DST_METHODS = ("rigl", "rigl-5x", "dpf")
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,28 @@ from pathlib import Path
 
 import torch
 
-from elth.experiments.spec import DST_BASELINES, ImpRun, LMCRun, TicketRun
+from elth.analysis import linear_mode_connectivity
+from elth.data import Dataset, DatasetInfo, load_dataset
+from elth.elastic import match_sparsity, source_sparsity, transform
+from elth.experiments.compute import mask_cost_flops
+from elth.experiments.spec import ImpRun, LMCRun, TicketRun
 from elth.files import LMC_FILE, RESULT_FILE, TICKET_FILE, write_json_atomic
 from elth.flops import forward_macs, training_flops
+from elth.methods import method
 from elth.models import build_model
 from elth.runs import run_dir
 from elth.tickets import Ticket, load_ticket, save_ticket
+from elth.training import Protocol, TrainingDiverged, default_rewind, preset
+from elth.transfer import to_dataset
+from elth.workflows.baseline_tickets import permute_ticket_mask, prune_ticket
+from elth.workflows.dst_training import train_dst
+from elth.workflows.imp import IMPConfig, imp_run_dir, read_summary, run_imp
+from elth.workflows.imp_groups import run_imp_together
+from elth.workflows.ticket_groups import train_tickets
+from elth.workflows.ticket_training import train_ticket
+
+#: result.json status of a ticket run whose training diverged and was kept (`Context.keep_diverged`)
+DIVERGED = "diverged"
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,8 @@ class Context:
     rewind: str | None = None
     prune_fraction: float = 0.2
     progress: bool = True
+    #: a ticket run whose training diverges is recorded as diverged (`Diverged`) instead of failing
+    keep_diverged: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,48 +90,68 @@ class TicketOutcome:
     seconds: float
 
 
-# -- shared plumbing --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Diverged:
+    """A ticket run whose training diverged, kept in the sweep (`Context.keep_diverged`): no accuracy."""
+
+    step: int
+    error: str
+    ticket: str
+
+
+# -- what a context means for one model, worked out once per process --------------------------
 _DATA: dict[tuple, object] = {}
+_SETTINGS: dict[tuple["Context", str], "ModelSettings"] = {}
 
 
 def dataset(ctx: Context):
     """The experiment's dataset, loaded once per process."""
-    from elth.data import load_dataset
-
     key = (ctx.dataset, ctx.data_dir, ctx.device)
     if key not in _DATA:
         _DATA[key] = load_dataset(ctx.dataset, ctx.data_dir, device=ctx.device or "cpu")
     return _DATA[key]
 
 
-def protocol_for(ctx: Context, model: str):
-    from elth.training import preset
+@dataclass(frozen=True)
+class ModelSettings:
+    """How the runs of one context train one model: its data, protocol and rewind point."""
 
-    base = preset(ctx.preset or "paper", ctx.dataset, model)
-    return base.replace(**dict(ctx.protocol)) if ctx.protocol else base
+    model: str
+    data: Dataset
+    protocol: Protocol
+    rewind: str
+
+    @property
+    def info(self) -> DatasetInfo:
+        return self.data.info
+
+    def macs(self, mask=None) -> int:
+        """Forward multiply-adds per example (shapes only: the model lives on the meta device)."""
+        with torch.device("meta"):
+            model = build_model(self.model, self.info.input_shape, self.info.num_classes, seed=None)
+        return forward_macs(model, mask)
+
+    def training_flops(self, steps: int, mask=None) -> float:
+        return training_flops(self.macs(mask), steps, self.protocol.batch_size)
 
 
-def rewind_for(ctx: Context, model: str) -> str:
-    from elth.training import default_rewind
+def settings(ctx: Context, model: str) -> ModelSettings:
+    """`model`'s settings in `ctx` (the preset and overrides, the rewind point), resolved once."""
+    key = (ctx, model)
+    if key not in _SETTINGS:
+        base = preset(ctx.preset or "paper", ctx.dataset, model)
+        protocol = base.replace(**dict(ctx.protocol)) if ctx.protocol else base
+        rewind = ctx.rewind if ctx.rewind is not None else default_rewind(model, ctx.dataset)
+        _SETTINGS[key] = ModelSettings(model, dataset(ctx), protocol, rewind)
+    return _SETTINGS[key]
 
-    return ctx.rewind if ctx.rewind is not None else default_rewind(model, ctx.dataset)
 
-
-def imp_config(ctx: Context, model: str, seed: int):
-    from elth.workflows.imp import IMPConfig
-
-    data = dataset(ctx)
+def imp_config(ctx: Context, model: str, seed: int) -> IMPConfig:
+    s = settings(ctx, model)
     return IMPConfig(
-        model=model, dataset=data.info.name, protocol=protocol_for(ctx, model), rewind=rewind_for(ctx, model),
+        model=model, dataset=s.info.name, protocol=s.protocol, rewind=s.rewind,
         prune_fraction=ctx.prune_fraction, seed=seed, data_seed=seed,
     )
-
-
-def _macs(model_name: str, info, mask=None) -> int:
-    """Forward multiply-adds per example (shapes only: the model lives on the meta device)."""
-    with torch.device("meta"):
-        model = build_model(model_name, info.input_shape, info.num_classes, seed=None)
-    return forward_macs(model, mask)
 
 
 def _relative(path: str | os.PathLike, root: str) -> str:
@@ -126,40 +164,29 @@ def _relative(path: str | os.PathLike, root: str) -> str:
 # -- IMP --------------------------------------------------------------------------------------
 def imp_cached(ctx: Context, run: ImpRun) -> bool:
     """Whether the IMP run already has every level trained (no work left)."""
-    from elth.workflows.imp import imp_run_dir, read_summary
-
-    data = dataset(ctx)
-    directory = imp_run_dir(imp_config(ctx, run.model, run.seed), data, ctx.root)
+    directory = imp_run_dir(imp_config(ctx, run.model, run.seed), dataset(ctx), ctx.root)
     return len(read_summary(directory)) > run.levels
 
 
 def run_imp_job(ctx: Context, run: ImpRun) -> ImpOutcome:
     """Run (or read back) IMP to `run.levels` and price every level."""
-    from elth.workflows.imp import imp_run_dir, run_imp
-
-    data = dataset(ctx)
+    s = settings(ctx, run.model)
     config = imp_config(ctx, run.model, run.seed)
-    results = run_imp(config, data, run.levels, ctx.root, device=ctx.device, progress=ctx.progress)
-    batch = config.protocol.batch_size
-    dense_macs = _macs(run.model, data.info)
-    rewind_step = results[0].rewind_step
-    spent = training_flops(dense_macs, rewind_step, batch)
+    results = run_imp(config, s.data, run.levels, ctx.root, device=ctx.device, progress=ctx.progress)
+    spent = s.training_flops(results[0].rewind_step)
     levels = []
     for r in results:
-        mask = load_ticket(r.ticket_path).mask
-        flops = training_flops(_macs(run.model, data.info, mask), r.train_steps, batch)
+        flops = s.training_flops(r.train_steps, load_ticket(r.ticket_path).mask)
         levels.append(LevelCost(
             r.level, r.sparsity, r.test_accuracy, str(r.ticket_path), r.rewind_step, r.train_steps, flops, spent,
         ))
         spent += flops
-    return ImpOutcome(run.model, run.seed, imp_run_dir(config, data, ctx.root).name, tuple(levels))
+    return ImpOutcome(run.model, run.seed, imp_run_dir(config, s.data, ctx.root).name, tuple(levels))
 
 
 def run_imp_group_job(ctx: Context, runs: list[ImpRun], group_size: int) -> int:
     """Advance the IMP runs `runs` (one network, different seeds) level by level, each level's
     trainings fused; `run_imp_job` then reads them back. The number of runs."""
-    from elth.workflows.imp_groups import run_imp_together
-
     configs = [imp_config(ctx, run.model, run.seed) for run in runs]
     run_imp_together(configs, dataset(ctx), [run.levels for run in runs], ctx.root, group_size=group_size,
                      device=ctx.device, progress=ctx.progress)
@@ -167,63 +194,56 @@ def run_imp_group_job(ctx: Context, runs: list[ImpRun], group_size: int) -> int:
 
 
 # -- tickets (ETTs and baselines) ---------------------------------------------------------------
-#: forward+backward passes over the scoring examples each scoring method makes (an estimate:
-#: SNIP one gradient; GraSP a gradient then a Hessian-gradient product by double back-propagation)
-SCORING_PASSES = {"magnitude": 0, "snip": 1, "grasp": 3, "snip-extra": 1}
-
-
 def ticket_run_dir(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> Path:
     """`root/ticket-<hash>`: the hash covers the run, the ticket(s) it starts from and the protocol."""
-    data = dataset(ctx)
+    s = settings(ctx, run.target)
     hp = {
         **run.hparams(),
         "from_ticket": _relative(basis.ticket, ctx.root),
         "like_ticket": _relative(like.ticket, ctx.root),
-        "dataset": data.info.to_dict(),
-        "protocol": protocol_for(ctx, run.target).to_dict(),
-        "rewind": rewind_for(ctx, run.target),
+        "dataset": s.info.to_dict(),
+        "protocol": s.protocol.to_dict(),
+        "rewind": s.rewind,
     }
     return run_dir(ctx.root, "ticket", hp)
 
 
-def ticket_cached(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | None:
-    f = ticket_run_dir(ctx, run, basis, like) / RESULT_FILE
-    if f.is_file():
-        return TicketOutcome(**json.loads(f.read_text()))
-    return None
+def ticket_cached(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | Diverged | None:
+    return _recorded(ctx, ticket_run_dir(ctx, run, basis, like) / RESULT_FILE)
 
 
-def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome:
+def _recorded(ctx: Context, result_file: Path) -> TicketOutcome | Diverged | None:
+    """The outcome a ticket run recorded; a recorded divergence counts only when diverged runs are kept
+    (otherwise the run is tried again, and fails)."""
+    if not result_file.is_file():
+        return None
+    record = json.loads(result_file.read_text())
+    if record.get("status") == DIVERGED:
+        return Diverged(record["step"], record["error"], record["ticket"]) if ctx.keep_diverged else None
+    return TicketOutcome(**record)
+
+
+def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | Diverged:
     """Make the run's ticket (or read it back), train it (or resume), and price it.
 
     `basis` is the IMP level the ticket comes from (the source's for ETTs and snip-extra, the
     target's otherwise); `like` is the target's own IMP ticket at that level, whose sparsity the
-    baselines match.
+    baselines match. With `ctx.keep_diverged`, a training that diverges is recorded in result.json
+    with status "diverged" and returned as `Diverged`; otherwise `TrainingDiverged` propagates.
     """
-    from elth.workflows.ticket_training import train_ticket
-
     directory = ticket_run_dir(ctx, run, basis, like)
     result_file = directory / RESULT_FILE
-    if result_file.is_file():
-        return TicketOutcome(**json.loads(result_file.read_text()))
-    if run.method in DST_BASELINES:
-        outcome = _dst_outcome(ctx, run, like)
-        write_json_atomic(result_file, asdict(outcome))
-        return outcome
-    start = time.time()
-    data = dataset(ctx)
-    protocol = protocol_for(ctx, run.target)
-    ticket_path = Path(prepare_ticket_job(ctx, run, basis, like))
-    ticket = load_ticket(ticket_path)
-    res = train_ticket(ticket, data, protocol, data_seed=run.seed, root=ctx.root, device=ctx.device,
-                       progress=ctx.progress)
-    steps = int(res.step) - ticket.rewind_step
-    flops = training_flops(_macs(run.target, data.info, ticket.mask), steps, protocol.batch_size)
-    outcome = TicketOutcome(
-        sparsity=ticket.sparsity, accuracy=float(res.test_accuracy), train_steps=steps, train_flops=flops,
-        mask_cost_flops=mask_cost(ctx, run, basis, like), ticket=str(ticket_path),
-        seconds=time.time() - start,
-    )
+    recorded = _recorded(ctx, result_file)
+    if recorded is not None:
+        return recorded
+    try:
+        outcome = _train_ticket_run(ctx, run, basis, like, directory)
+    except TrainingDiverged as e:
+        if not ctx.keep_diverged:
+            raise
+        kept = Diverged(e.step, str(e), str(directory / TICKET_FILE))
+        write_json_atomic(result_file, {**e.record(), "status": DIVERGED, **asdict(kept)})
+        return kept
     write_json_atomic(result_file, asdict(outcome))
     return outcome
 
@@ -232,7 +252,7 @@ def prepare_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: Lev
     """Make the run's ticket and keep it in its run directory (once); its path."""
     ticket_path = ticket_run_dir(ctx, run, basis, like) / TICKET_FILE
     if not ticket_path.is_file():
-        save_ticket(make_ticket(ctx, run, basis, like), ticket_path)
+        save_ticket(make_ticket(ctx, settings(ctx, run.target), run, basis, like), ticket_path)
     return str(ticket_path)
 
 
@@ -240,23 +260,41 @@ def train_ticket_group_job(ctx: Context, target: str, items: list[tuple[str, int
     """Train the saved tickets `items` ((ticket path, data seed); one target, protocol and rewind
     step) in fused groups of `group_size`, where `train_ticket` would train them alone, so the
     runs' jobs find them trained. The number of trainings."""
-    from elth.workflows.ticket_groups import train_tickets
-
+    s = settings(ctx, target)
     tickets = [(load_ticket(path), seed) for path, seed in items]
-    train_tickets(tickets, dataset(ctx), protocol_for(ctx, target), group_size=group_size, root=ctx.root,
-                  device=ctx.device, progress=ctx.progress)
+    train_tickets(tickets, s.data, s.protocol, group_size=group_size, root=ctx.root, device=ctx.device,
+                  progress=ctx.progress)
     return len(tickets)
 
 
-def _dst_outcome(ctx: Context, run: TicketRun, like: LevelCost) -> TicketOutcome:
-    """RigL or DPF from scratch on the target, to the sparsity of the target's IMP ticket `like`."""
-    from elth.workflows.dst_training import train_dst
-
+def _train_ticket_run(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost, directory: Path) -> TicketOutcome:
+    s = settings(ctx, run.target)
+    if method(run.method).dst is not None:
+        return _dst_outcome(ctx, s, run, like)
     start = time.time()
-    method, multiplier = ("rigl", 5) if run.method == "rigl-5x" else (run.method, 1)
-    res = train_dst(run.target, dataset(ctx), protocol_for(ctx, run.target), method, like.sparsity, seed=run.seed,
-                    data_seed=run.seed, root=ctx.root, device=ctx.device, progress=ctx.progress,
-                    multiplier=multiplier)
+    ticket_path = directory / TICKET_FILE
+    if ticket_path.is_file():
+        ticket = load_ticket(ticket_path)
+    else:
+        ticket = make_ticket(ctx, s, run, basis, like)
+        save_ticket(ticket, ticket_path)
+    res = train_ticket(ticket, s.data, s.protocol, data_seed=run.seed, root=ctx.root, device=ctx.device,
+                       progress=ctx.progress)
+    steps = int(res.step) - ticket.rewind_step
+    return TicketOutcome(
+        sparsity=ticket.sparsity, accuracy=float(res.test_accuracy), train_steps=steps,
+        train_flops=s.training_flops(steps, ticket.mask),
+        mask_cost_flops=ticket_mask_cost(s, run, ticket, basis, like),
+        ticket=str(ticket_path), seconds=time.time() - start,
+    )
+
+
+def _dst_outcome(ctx: Context, s: ModelSettings, run: TicketRun, like: LevelCost) -> TicketOutcome:
+    """RigL or DPF from scratch on the target, to the sparsity of the target's IMP ticket `like`."""
+    start = time.time()
+    algorithm, multiplier = method(run.method).dst
+    res = train_dst(run.target, s.data, s.protocol, algorithm, like.sparsity, seed=run.seed, data_seed=run.seed,
+                    root=ctx.root, device=ctx.device, progress=ctx.progress, multiplier=multiplier)
     return TicketOutcome(
         sparsity=res.sparsity, accuracy=res.test_accuracy, train_steps=res.train_steps,
         train_flops=res.training_flops, mask_cost_flops=0.0, ticket=str(res.ticket_path),
@@ -264,83 +302,68 @@ def _dst_outcome(ctx: Context, run: TicketRun, like: LevelCost) -> TicketOutcome
     )
 
 
-def make_ticket(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> Ticket:
-    if run.method == "ett":
-        return _transformed(ctx, run, basis)
-    if run.method in ("ett-reinit", "ett-random", "ett-random-reinit"):
-        return _ett_variant(ctx, run, basis)
-    return make_baseline(ctx, run, basis, like)
+def make_ticket(ctx: Context, s: ModelSettings, run: TicketRun, basis: LevelCost, like: LevelCost) -> Ticket:
+    kind = method(run.method).kind
+    if kind == "ett":
+        return _transformed(s, run, basis)
+    if kind == "ett-control":
+        return _ett_variant(ctx, s, run, basis)
+    return make_baseline(ctx, s, run, basis, like)
 
 
-def _transformed(ctx: Context, run: TicketRun, basis: LevelCost) -> Ticket:
+def _transformed(s: ModelSettings, run: TicketRun, basis: LevelCost) -> Ticket:
     """The source's IMP ticket at the run's level, stretched or squeezed as the run says, and moved
     to the experiment's dataset when it was found on another."""
-    from elth.elastic import transform
-    from elth.transfer import to_dataset
-
     ticket = load_ticket(basis.ticket)
     if run.target != run.source:
         ticket = transform(
             ticket, run.target, order=run.order, squeeze_mode=run.squeeze_mode, units=run.units, drop=run.drop,
             random_replicas=run.random_replicas, seed=run.seed, source_path=basis.ticket,
         )
+        if run.match_sparsity:
+            ticket = match_sparsity(ticket, source_sparsity(ticket))
     if run.source_dataset:
-        ticket = to_dataset(ticket, dataset(ctx).info, seed=run.seed)
+        ticket = to_dataset(ticket, s.info, seed=run.seed)
     return ticket
 
 
-def _ett_variant(ctx: Context, run: TicketRun, basis: LevelCost) -> Ticket:
+def _ett_variant(ctx: Context, s: ModelSettings, run: TicketRun, basis: LevelCost) -> Ticket:
     """Figure 3's controls: the ETT ticket with fresh weights, with shuffled masks, or both."""
-    from elth.workflows.baseline_tickets import permute_ticket_mask, prune_ticket
-
-    ett = _transformed(ctx, run, basis)
+    ett = _transformed(s, run, basis)
     if run.method in ("ett-random", "ett-random-reinit"):
         ett = permute_ticket_mask(ett, seed=run.seed)
     if run.method == "ett-random":
         return ett
     result = prune_ticket(
-        "reinit", run.target, dataset(ctx), protocol_for(ctx, run.target), rewind=rewind_for(ctx, run.target),
-        like=ett, seed=run.seed, data_seed=run.seed, root=ctx.root, device=ctx.device, progress=ctx.progress,
-    )
-    return result.ticket
-
-
-def make_baseline(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> Ticket:
-    """A pruning baseline for the target, sparsity-matched to the target's IMP ticket `like`.
-
-    snip-extra instead starts from the source's IMP ticket `basis` (which it stretches).
-    """
-    from elth.workflows.baseline_tickets import prune_ticket
-
-    reference = basis if run.method == "snip-extra" else like
-    result = prune_ticket(
-        run.method, run.target, dataset(ctx), protocol_for(ctx, run.target), rewind=rewind_for(ctx, run.target),
-        like=load_ticket(reference.ticket), like_path=reference.ticket, seed=run.seed, data_seed=run.seed,
+        "reinit", run.target, s.data, s.protocol, rewind=s.rewind, like=ett, seed=run.seed, data_seed=run.seed,
         root=ctx.root, device=ctx.device, progress=ctx.progress,
     )
     return result.ticket
 
 
-def mask_cost(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> float:
-    """FLOPs spent finding the ticket's mask (see the results table's documentation)."""
-    if run.method in ("ett", "ett-reinit", "ett-random", "ett-random-reinit"):
-        return basis.mask_cost_flops
-    if run.method in ("random", "reinit"):
-        # Their masks come from the target's IMP ticket (its layerwise sparsities, or the mask itself).
-        return like.mask_cost_flops
-    data = dataset(ctx)
-    protocol = protocol_for(ctx, run.target)
-    dense = _macs(run.target, data.info)
-    rewind_cost = training_flops(dense, like.rewind_step, protocol.batch_size)
-    examples = 10 * data.info.num_classes
-    if run.method == "synflow":
-        # 100 rounds of one forward and backward pass on a single all-ones input.
-        scoring = training_flops(dense, 100, 1)
-    else:
-        scoring = training_flops(dense, SCORING_PASSES.get(run.method, 1), examples)
-    if run.method == "snip-extra":
-        return basis.mask_cost_flops + scoring
-    return rewind_cost + scoring
+def make_baseline(ctx: Context, s: ModelSettings, run: TicketRun, basis: LevelCost, like: LevelCost) -> Ticket:
+    """A pruning baseline for the target, sparsity-matched to the target's IMP ticket `like`.
+
+    snip-extra instead starts from the source's IMP ticket `basis` (which it stretches).
+    """
+    reference = basis if method(run.method).from_transfer else like
+    result = prune_ticket(
+        run.method, run.target, s.data, s.protocol, rewind=s.rewind, like=load_ticket(reference.ticket),
+        like_path=reference.ticket, seed=run.seed, data_seed=run.seed, root=ctx.root, device=ctx.device,
+        progress=ctx.progress,
+    )
+    return result.ticket
+
+
+def ticket_mask_cost(s: ModelSettings, run: TicketRun, ticket: Ticket, basis: LevelCost, like: LevelCost) -> float:
+    """FLOPs spent finding the ticket's mask, priced by its method with the scoring settings it recorded."""
+    provenance = ticket.provenance or {}
+    return mask_cost_flops(
+        run.method, dense_macs=s.macs(), rewind_step=like.rewind_step, batch_size=s.protocol.batch_size,
+        source_cost=basis.mask_cost_flops, like_cost=like.mask_cost_flops,
+        score_examples=int(provenance.get("score_examples") or 0),
+        synflow_rounds=int((provenance.get("options") or {}).get("synflow_rounds") or 0),
+    )
 
 
 # -- linear mode connectivity (Figure 8) ---------------------------------------------------------
@@ -350,10 +373,10 @@ LMC_SEED_OFFSET = 1000
 
 
 def lmc_run_dir(ctx: Context, run: LMCRun, ticket_path: str) -> Path:
-    data = dataset(ctx)
+    s = settings(ctx, run.target)
     hp = {
         "ticket": _relative(ticket_path, ctx.root), "target": run.target, "level": run.level, "seed": run.seed,
-        "points": run.points, "dataset": data.info.to_dict(), "protocol": protocol_for(ctx, run.target).to_dict(),
+        "points": run.points, "dataset": s.info.to_dict(), "protocol": s.protocol.to_dict(),
         "data_seeds": [run.seed, run.seed + LMC_SEED_OFFSET],
     }
     return run_dir(ctx.root, "lmc", hp)
@@ -366,13 +389,12 @@ def lmc_cached(ctx: Context, run: LMCRun, ticket_path: str) -> dict | None:
 
 def run_lmc_job(ctx: Context, run: LMCRun, ticket_path: str, label: str) -> dict:
     """Two copies of the ticket trained with different data seeds and the path between them (cached)."""
-    from elth.analysis import linear_mode_connectivity
-
     cached = lmc_cached(ctx, run, ticket_path)
     if cached is not None:
         return cached
+    s = settings(ctx, run.target)
     result = linear_mode_connectivity(
-        load_ticket(ticket_path), dataset(ctx), protocol_for(ctx, run.target),
+        load_ticket(ticket_path), s.data, s.protocol,
         data_seeds=(run.seed, run.seed + LMC_SEED_OFFSET), points=run.points, label=label,
         ticket_path=ticket_path, root=ctx.root, device=ctx.device, progress=ctx.progress,
     )

@@ -11,29 +11,22 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 import warnings
 from pathlib import Path
 
-from elth.experiments.aggregate import (
+from elth.experiments.aggregate import Point, curves, targets_of
+from elth.methods import (
+    BASELINES,
     DEFAULT_STRATEGIES,
+    METHODS,
     CurveKey,
-    Point,
     curve_label,
-    curves,
     short_name,
-    targets_of,
 )
 
 _ETT_STYLES = [("tab:blue", "s"), ("tab:orange", "^"), ("tab:green", "D"), ("tab:red", "v"),
                ("tab:purple", "P"), ("tab:brown", "X"), ("tab:cyan", "<"), ("tab:olive", ">")]
-_BASELINE_STYLES = {
-    "magnitude": ("#7f7f7f", "o"), "snip": ("#e377c2", "^"), "grasp": ("#bcbd22", "v"),
-    "synflow": ("#17becf", "D"), "random": ("#8c564b", "x"), "reinit": ("#9467bd", "+"),
-    "snip-extra": ("#d62728", "*"),
-    # hues of their own, apart from the ETT curves' (tab10) that share their panels
-    "ett-reinit": ("#5254a3", "1"), "ett-random": ("#d6616b", "2"), "ett-random-reinit": ("#8ca252", "3"),
-    "rigl": ("#7b4173", "h"), "rigl-5x": ("#637939", "H"), "dpf": ("#843c39", "p"),
-}
 
 
 def _matplotlib():
@@ -64,7 +57,8 @@ def _style(key: CurveKey, sources: list[tuple[str, str]]) -> dict:
     if method == "ett":
         color, marker = _ETT_STYLES[sources.index((source, _shown(strategy))) % len(_ETT_STYLES)]
         return dict(color=color, marker=marker, linestyle="-", linewidth=1.8, markersize=6, zorder=4)
-    color, marker = _BASELINE_STYLES.get(method, ("#555555", "."))
+    m = METHODS.get(method)
+    color, marker = (m.color, m.marker) if m is not None else ("#555555", ".")
     return dict(color=color, marker=marker, linestyle="--", linewidth=1.3, markersize=5, zorder=3)
 
 
@@ -149,7 +143,7 @@ def _legend(fig, handles: dict, ncols: int, order: list[str]) -> float:
 
 def _legend_order(sources: list[tuple[str, str]]) -> list[str]:
     keys = [("dense", "", ""), ("imp", "", "")] + [("ett", s, strategy) for s, strategy in sources]
-    keys += [(m, "", "") for m in _BASELINE_STYLES]
+    keys += [(m, "", "") for m in BASELINES]
     return [curve_label(k) for k in keys]
 
 
@@ -158,8 +152,6 @@ def plot_single_level(points: list[Point], path: str | os.PathLike, title: str =
 
     Each bar's label gives its tickets' actual sparsity; pruning baselines are hatched.
     """
-    import textwrap
-
     plt = _matplotlib()
     targets = targets_of(points)
     sources = _ett_curves(points, targets)
@@ -168,7 +160,7 @@ def plot_single_level(points: list[Point], path: str | os.PathLike, title: str =
     targets = compared or targets
     nrows, ncols = _panel_grid(len(targets))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 5.0 * nrows), squeeze=False)
-    level = max((p.level for p in points if p.method == "ett" or p.method in _BASELINE_STYLES), default=None)
+    level = max((p.level for p in points if p.method == "ett" or p.method in BASELINES), default=None)
     label_lines = 0
     for i, target in enumerate(targets):
         ax = axes[i // ncols][i % ncols]

@@ -8,26 +8,32 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import statistics
+from dataclasses import fields
 from pathlib import Path
 
+from elth.analysis import LMCResult, plot_lmc
 from elth.experiments.aggregate import (
-    DEFAULT_STRATEGIES,
     Comparison,
     Point,
     Reading,
     aggregate,
     compare_ett,
-    curve_label,
     curves,
     imp_curve,
     read_at,
-    short_name,
     targets_of,
 )
+from elth.experiments.evidence import paired_section, verdict_section
+from elth.experiments.markdown import table
 from elth.experiments.compute import dense_training_flops, dst_comparisons, elth_savings
 from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
 from elth.experiments.results import Row, read_lmc, read_results
+from elth.experiments.spec import SpecError
+from elth.experiments.specs import get_experiment
 from elth.files import ACCURACY_FIGURE, EXPERIMENT_FILE, REPORT_FILE, write_text_atomic
+from elth.methods import DEFAULT_STRATEGIES, curve_label, short_name
 
 
 def nominal_sparsity(level: int, fraction: float = 0.2) -> float:
@@ -58,12 +64,6 @@ def flops(x: float) -> str:
     return f"{x:.3g}"
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def evaluated_levels(points: list[Point]) -> list[int]:
     """Levels with tickets other than IMP's own (ETTs or baselines); IMP's levels when there are none."""
     levels = sorted({p.level for p in points if p.method not in ("imp", "dense")})
@@ -83,9 +83,6 @@ def _meta(results_dir: Path) -> dict:
 # -- sections ---------------------------------------------------------------------------------
 def _spec_seeds(meta: dict) -> int | None:
     """The number of seeds the shipped spec gives the reported scale (None for unknown experiments)."""
-    from elth.experiments.spec import SpecError
-    from elth.experiments.specs import get_experiment
-
     try:
         setups = get_experiment(meta.get("name", "")).setups(meta.get("scale", ""))
     except SpecError:
@@ -276,10 +273,7 @@ def _lmc_section(paths: list[dict], out: Path) -> str:
     """Figure 8's analysis: per target and level, every ticket's path between its two trained copies."""
     if not paths:
         return ""
-    import statistics
-    from dataclasses import fields
 
-    from elth.analysis import LMCResult, plot_lmc
 
     names = {f.name for f in fields(LMCResult)}
     text = ["## Linear mode connectivity\n",
@@ -330,7 +324,9 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     meta = _meta(results_dir)
     datasets = sorted({r.dataset for r in rows})
     title = meta.get("title", "")
-    parts = [_header(meta, rows, aggregate(rows))]
+    lmc = read_lmc(results_dir)
+    parts = [_header(meta, rows, aggregate(rows)), _failures_section(meta), _diverged_section(meta),
+             verdict_section(meta.get("name", rows[0].experiment), rows, lmc)]
     if len(datasets) <= 1:
         parts += _sections(rows, out, ACCURACY_FIGURE, title)
     else:
@@ -340,10 +336,34 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
             parts += _sections([r for r in rows if r.dataset == ds], out, f"accuracy_vs_sparsity_{ds}.png",
                                f"{title} ({ds})" if title else ds)
     parts += [
-        _lmc_section(read_lmc(results_dir), out),
+        _lmc_section(lmc, out),
         "The raw rows (one per trained ticket and seed) are in `results.csv` and `results.jsonl`.\n",
     ]
     return write_text_atomic(out / REPORT_FILE, "\n".join(p for p in parts if p))
+
+
+def _failures_section(meta: dict) -> str:
+    """The runs that failed (a diverged training, a skipped dependant, an error): never in the tables."""
+    failures = meta.get("failures") or []
+    if not failures:
+        return ""
+    lines = ["## Failed runs", "",
+             f"{len(failures)} run(s) did not finish; their tickets are missing from every table and figure below.",
+             "", "| run | why |", "|---|---|"]
+    lines += [f"| {f['run']} | {f['error'].replace('|', '/')} |" for f in failures]
+    return "\n".join(lines) + "\n"
+
+
+def _diverged_section(meta: dict) -> str:
+    """Ticket runs whose training diverged and that the experiment kept (--keep-diverged)."""
+    diverged = meta.get("diverged") or []
+    if not diverged:
+        return ""
+    lines = ["## Diverged runs", "",
+             f"{len(diverged)} ticket run(s) diverged (a non-finite loss) and were kept as diverged: they have no "
+             "accuracy and are left out of every table and figure below.", "", "| run | what happened |", "|---|---|"]
+    lines += [f"| {d['run']} | {d['error'].replace('|', '/')} |" for d in diverged]
+    return "\n".join(lines) + "\n"
 
 
 def _sections(rows: list[Row], out: Path, figure: str, title: str) -> list[str]:
@@ -359,6 +379,7 @@ def _sections(rows: list[Row], out: Path, figure: str, title: str) -> list[str]:
     return [
         f"![{caption}]({figure})\n\n*{caption}*\n",
         _key_findings(compare_ett(points)),
+        paired_section(rows),
         _matrix(points, sorted({p.level for p in points if p.method == "ett"})),
         _per_target_tables(points, levels),
         _imp_all_levels(points),
@@ -387,7 +408,5 @@ def summary_text(rows: list[Row]) -> str:
 
 def report_figures(report: str | os.PathLike) -> list[Path]:
     """The PNG figures a written report shows, in order."""
-    import re
-
     path = Path(report)
     return [path.parent / name for name in dict.fromkeys(re.findall(r"\]\(([^)\s]+\.png)\)", path.read_text()))]

@@ -19,6 +19,7 @@ Anyone can re-plot an experiment from `results.csv` alone. Columns:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -26,11 +27,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from elth.errors import ElthError
-from elth.files import LMC_JSONL, RESULTS_CSV, RESULTS_JSONL, write_text_atomic
-
-#: methods that prune the target directly (drawn dashed in plots)
-PRUNING_BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra",
-                     "ett-reinit", "ett-random", "ett-random-reinit", "rigl", "rigl-5x", "dpf")
+from elth.files import LMC_JSONL, RESULTS_CSV, RESULTS_JSONL, json_text, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -85,9 +82,8 @@ def write_results(rows: list[Row], out_dir: str | os.PathLike) -> tuple[Path, Pa
     """Write `results.jsonl` and `results.csv` (atomically), rows in a stable order."""
     out = Path(out_dir)
     rows = sorted(rows, key=sort_key)
-    jsonl = "".join(json.dumps(asdict(r), sort_keys=False) + "\n" for r in rows)
+    jsonl = "".join(json_text(asdict(r), sort_keys=False) + "\n" for r in rows)
     p_jsonl = write_text_atomic(out / RESULTS_JSONL, jsonl)
-    import io
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
@@ -123,16 +119,24 @@ def read_results(path: str | os.PathLike) -> list[Row]:
         rows = []
         for i, line in enumerate(p.read_text().splitlines(), 1):
             if line.strip():
-                rows.append(row_from_dict(json.loads(line)))
+                try:
+                    rows.append(row_from_dict(json.loads(line)))
+                except (ValueError, TypeError, ElthError) as e:
+                    raise ElthError(f"{p}, line {i}: unreadable results row ({_without_position(e)})") from None
         return rows
     except (ValueError, TypeError) as e:
         raise ElthError(f"{p}: unreadable results table ({e})") from None
 
 
+def _without_position(e: Exception) -> str:
+    """A JSON error's message without its 'line 1 column 16 (char 15)' (always line 1 of one line)."""
+    return e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+
+
 def write_lmc(paths: list[dict], out_dir: str | os.PathLike) -> Path:
     """Write `lmc.jsonl`: one interpolation path per line, in a stable order."""
     key = lambda d: (d["target"], d["level"], d["method"] != "imp", d["source"], d["strategy"], d["seed"])
-    text = "".join(json.dumps(d, sort_keys=True) + "\n" for d in sorted(paths, key=key))
+    text = "".join(json_text(d, sort_keys=True) + "\n" for d in sorted(paths, key=key))
     return write_text_atomic(Path(out_dir) / LMC_JSONL, text)
 
 

@@ -20,30 +20,39 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from elth.errors import ElthError
 from elth.experiments.jobs import (
     LMC_SEED_OFFSET,
     Context,
+    Diverged,
     ImpOutcome,
     LevelCost,
     TicketOutcome,
     imp_cached,
     lmc_cached,
-    protocol_for,
-    rewind_for,
     run_imp_group_job,
     run_imp_job,
     run_lmc_job,
     prepare_ticket_job,
     run_ticket_job,
+    settings,
     ticket_cached,
     train_ticket_group_job,
 )
+from elth.experiments.jobs import (
+    dataset as context_data,
+)
 from elth.experiments.results import Row, write_lmc, write_results
-from elth.experiments.spec import DST_BASELINES, Experiment, ImpRun, LMCRun, Setup, TicketRun, expand
+from elth.experiments.spec import Experiment, ImpRun, LMCRun, Setup, TicketRun, expand
 from elth.files import EXPERIMENT_FILE, write_json_atomic
+from elth.methods import curve_label, method
+from elth.models import build_model
+from elth.tickets import load_ticket
+from elth.training import default_device
+from elth.training.fused import default_group_size
 
 
 class ExperimentFailed(ElthError):
@@ -59,6 +68,8 @@ class Outcome:
     #: IMP runs, ticket trainings and LMC copies handed to fused groups (the runs count in `trained` too)
     fused: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: ticket runs whose training diverged, kept because the experiment was asked to (label, error)
+    diverged: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -70,8 +81,6 @@ class _Task:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
 
 
@@ -139,9 +148,9 @@ def _execute(tasks: list[_Task], pool: ProcessPoolExecutor | None, progress: _Pr
             progress.start(t.label)
             try:
                 result = t.fn(*t.args)
-            except Exception:  # reported and counted; the other runs go on
-                err = traceback.format_exc()
-                progress.finish(t.label, "FAILED")
+            except Exception as exc:  # reported and counted; the other runs go on
+                err = failure_text(exc)
+                progress.finish(t.label, f"FAILED: {first_line(err)}")
                 yield t, None, err
                 continue
             progress.finish(t.label, describe(result))
@@ -155,8 +164,8 @@ def _execute(tasks: list[_Task], pool: ProcessPoolExecutor | None, progress: _Pr
             t = futures[fut]
             exc = fut.exception()
             if exc is not None:
-                err = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                progress.finish(t.label, "FAILED")
+                err = failure_text(exc)
+                progress.finish(t.label, f"FAILED: {first_line(err)}")
                 yield t, None, err
             else:
                 progress.finish(t.label, describe(fut.result()))
@@ -164,20 +173,37 @@ def _execute(tasks: list[_Task], pool: ProcessPoolExecutor | None, progress: _Pr
         progress.running([futures[f].label for f in pending if f.running()])
 
 
+def failure_text(exc: BaseException) -> str:
+    """An expected failure (ElthError: bad settings, a diverged training) as its message; anything else
+    as its traceback, which a bug report needs."""
+    if isinstance(exc, ElthError):
+        return str(exc)
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def first_line(text: str) -> str:
+    """The line of a failure text that says what happened (a traceback's last line)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if len(lines) > 1 and lines[0].startswith("Traceback") else (lines[0] if lines else "")
+
+
 def _describe_imp(o: ImpOutcome) -> str:
     last = o.levels[-1]
     return f"level {last.level} at {100 * last.sparsity:.2f}% sparsity: {100 * last.accuracy:.2f}%"
 
 
-def _describe_ticket(o: TicketOutcome) -> str:
+def _describe_ticket(o: TicketOutcome | Diverged) -> str:
+    if isinstance(o, Diverged):
+        return f"DIVERGED at step {o.step} (kept)"
     return f"{100 * o.accuracy:.2f}% at {100 * o.sparsity:.2f}% sparsity ({o.seconds:.0f}s)"
 
 
-def context_for(setup: Setup, root: str | os.PathLike, *, data_dir=None, device=None, progress=True) -> Context:
+def context_for(setup: Setup, root: str | os.PathLike, *, data_dir=None, device=None, progress=True,
+                keep_diverged: bool = False) -> Context:
     return Context(
         root=str(root), dataset=setup.dataset, data_dir=None if data_dir is None else str(data_dir),
         device=device, preset=setup.preset, protocol=setup.protocol, rewind=setup.rewind,
-        prune_fraction=setup.prune_fraction, progress=progress,
+        prune_fraction=setup.prune_fraction, progress=progress, keep_diverged=keep_diverged,
     )
 
 
@@ -195,6 +221,7 @@ def run_experiment(
     threads: int | None = None,
     setups: tuple[Setup, ...] | None = None,
     command: str | None = None,
+    keep_diverged: bool = False,
     fuse: int | None = None,
 ) -> Outcome:
     """Execute every run of `experiment` at `scale` and write `results.jsonl`/`.csv` to `out_dir`.
@@ -202,11 +229,14 @@ def run_experiment(
     `workers` > 1 runs independent runs in that many spawned processes with `threads` torch
     threads each (default: the cores shared out); with one worker everything runs here, with
     `threads` torch threads when given. `setups` replaces the spec's parts for `scale` (the demo
-    uses it to pick its dataset). `fuse` K > 1 trains ticket runs that share model, dataset,
-    protocol and rewind step K at a time as one fused network (`elth.training.fused`; the same
-    run directories and results as one at a time); None picks K from the device and the model,
-    1 trains every run alone. Raises `ExperimentFailed` after writing the results of the runs
-    that finished.
+    uses it to pick its dataset). Raises `ExperimentFailed` after writing the results of the runs
+    that finished. `keep_diverged`: a ticket run whose training diverges is recorded as diverged
+    (listed in experiment.json and the report, no row in the results) instead of failing the experiment;
+    an IMP run that diverges still fails (its later levels cannot be made). `fuse` K > 1 trains
+    runs of one network that share dataset, protocol and rewind step K at a time as one fused
+    network (`elth.training.fused`; the same run directories and results as one at a time): IMP
+    runs of different seeds level by level, ticket runs, LMC copies. None picks K from the device
+    and the model; 1 trains every run alone.
     """
     if workers < 1:
         raise ElthError(f"--workers must be at least 1, got {workers}")
@@ -215,14 +245,12 @@ def run_experiment(
     if fuse is not None and fuse < 1:
         raise ElthError(f"--fuse must be at least 1, got {fuse}")
     if workers == 1 and threads:
-        import torch
-
         torch.set_num_threads(threads)
     start = time.time()
     parts = tuple(s.with_seeds(seeds) for s in (setups or experiment.setups(scale)))
     plans = [expand(s) for s in parts]
-    ctxs = [context_for(s, root, data_dir=data_dir, device=device, progress=progress and workers == 1)
-            for s in parts]
+    ctxs = [context_for(s, root, data_dir=data_dir, device=device, progress=progress and workers == 1,
+                        keep_diverged=keep_diverged) for s in parts]
     out = Path(out_dir)
     # One IMP run per network, dataset and seed, however many parts need it.
     unique: dict[tuple, tuple[Context, ImpRun]] = {}
@@ -252,7 +280,8 @@ def run_experiment(
     write_results(outcome.rows, out)
     if any(p.lmc for p in plans):
         write_lmc(lmc, out)
-    write_json_atomic(out / EXPERIMENT_FILE, _meta(experiment, scale, parts, ctxs, outcome, command))
+    looked_up = [_looked_up(c, workers > 1) for c in ctxs]
+    write_json_atomic(out / EXPERIMENT_FILE, _meta(experiment, scale, parts, looked_up, outcome, command))
     if outcome.failures:
         for label, err in outcome.failures:
             print(f"\n--- run failed: {label}\n{err}", file=sys.stderr)
@@ -271,9 +300,14 @@ def _on(ctx: Context, dataset: str) -> Context:
 
 
 def _dataset_name(ctx: Context) -> str:
-    from elth.experiments.jobs import dataset
+    return context_data(ctx).info.name
 
-    return dataset(ctx).info.name
+
+def _looked_up(ctx: Context, with_workers: bool) -> Context:
+    """The context this process finds runs in the store with. With worker processes it only names
+    runs (dataset names and sizes), so its datasets load on the CPU and the device stays free for
+    the workers; with none, this process trains too and shares its datasets with the runs."""
+    return dataclasses.replace(ctx, device="cpu") if with_workers else ctx
 
 
 ImpKey = tuple[str, str, int]  # (dataset, model, seed)
@@ -283,8 +317,9 @@ def _run_imp_phase(runs: list[tuple[Context, ImpRun]], pool, bar, outcome, fuse:
     done: dict[ImpKey, ImpOutcome] = {}
     todo = []
     for ctx, run in runs:
-        if imp_cached(ctx, run):
-            done[(_dataset_name(ctx), run.model, run.seed)] = run_imp_job(ctx, run)
+        here = _looked_up(ctx, pool is not None)
+        if imp_cached(here, run):
+            done[(_dataset_name(here), run.model, run.seed)] = run_imp_job(here, run)
             outcome.cached += 1
             bar.skip(run.label, "read from the store")
         else:
@@ -295,7 +330,7 @@ def _run_imp_phase(runs: list[tuple[Context, ImpRun]], pool, bar, outcome, fuse:
         if err is not None:
             outcome.failures.append((task.label, err))
         else:
-            done[(_dataset_name(task.args[0]), result.model, result.seed)] = result
+            done[(_dataset_name(_looked_up(task.args[0], pool is not None)), result.model, result.seed)] = result
             outcome.trained += 1
     return done
 
@@ -310,7 +345,7 @@ def _advance_imp_together(todo: list[_Task], pool, bar: _Progress, fuse: int | N
         groups.setdefault((ctx, run.model), []).append(run)
     tasks = []
     for (ctx, model), runs in groups.items():
-        size = fuse if fuse is not None else _default_group_size(ctx, model)
+        size = fuse if fuse is not None else _default_group_size(ctx, model, pool is not None)
         for start in range(0, len(runs), size):
             chunk = runs[start : start + size]
             if len(chunk) > 1:
@@ -351,14 +386,19 @@ def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, out
     done: dict[TicketKey, TicketOutcome] = {}
     todo = []
     for ctx, run in runs:
-        bases = _bases(ctx, run, imp)
+        here = _looked_up(ctx, pool is not None)
+        bases = _bases(here, run, imp)
         if isinstance(bases, str):
             outcome.failures.append((run.label, bases))
             bar.skip(run.label, bases)
             continue
-        cached = ticket_cached(ctx, run, *bases)
-        if cached is not None:
-            done[(_dataset_name(ctx), run)] = cached
+        cached = ticket_cached(here, run, *bases)
+        if isinstance(cached, Diverged):
+            outcome.diverged.append((run.label, cached.error))
+            outcome.cached += 1
+            bar.skip(run.label, f"diverged at step {cached.step} (recorded)")
+        elif cached is not None:
+            done[(_dataset_name(here), run)] = cached
             outcome.cached += 1
             bar.skip(run.label, "read from the store")
         else:
@@ -369,8 +409,11 @@ def _run_ticket_phase(runs: list[tuple[Context, TicketRun]], imp, pool, bar, out
         ctx, run = task.args[0], task.args[1]
         if err is not None:
             outcome.failures.append((task.label, err))
+        elif isinstance(result, Diverged):
+            outcome.diverged.append((task.label, result.error))
+            outcome.trained += 1
         else:
-            done[(_dataset_name(ctx), run)] = result
+            done[(_dataset_name(_looked_up(ctx, pool is not None)), run)] = result
             outcome.trained += 1
     return done
 
@@ -381,9 +424,7 @@ def _train_fused_groups(todo: list[_Task], pool, bar: _Progress, fuse: int | Non
     jobs then find their trainings finished. A group that fails is reported and its runs train
     one by one in their own jobs (which report their own errors). The number of tickets trained
     in groups."""
-    from elth.tickets import load_ticket
-
-    runs = [t for t in todo if t.args[1].method not in DST_BASELINES]
+    runs = [t for t in todo if method(t.args[1].method).dst is None]
     if len(runs) < 2:
         return 0
     quiet = _Progress(0, False, bar=False)
@@ -401,14 +442,12 @@ def _train_ticket_groups(items: list[tuple[Context, str, str, int]], pool, bar: 
     """Train the saved tickets `items` ((context, target, ticket path, data seed)) in fused groups:
     those of one target and rewind step together, `fuse` at a time (None: the default for the
     device and model). The number of trainings done in groups."""
-    from elth.tickets import load_ticket
-
     groups: dict[tuple, list[tuple[str, int]]] = {}
     for ctx, target, path, seed in items:
         groups.setdefault((ctx, target, load_ticket(path).rewind_step), []).append((path, seed))
     tasks = []
     for (ctx, target, rewind_step), members in groups.items():
-        size = fuse if fuse is not None else _default_group_size(ctx, target)
+        size = fuse if fuse is not None else _default_group_size(ctx, target, pool is not None)
         for start in range(0, len(members), size):
             chunk = members[start : start + size]
             if len(chunk) > 1:
@@ -417,22 +456,16 @@ def _train_ticket_groups(items: list[tuple[Context, str, str, int]], pool, bar: 
     return _run_groups(tasks, pool, bar)
 
 
-def _default_group_size(ctx: Context, target: str) -> int:
-    from elth.experiments.jobs import dataset
-    from elth.models import build_model
-    from elth.training import default_device
-    from elth.training.fused import default_group_size
-
-    info = dataset(ctx).info
+def _default_group_size(ctx: Context, target: str, with_workers: bool) -> int:
+    s = settings(_looked_up(ctx, with_workers), target)
+    info = s.info
     model = build_model(target, info.input_shape, info.num_classes, seed=0)
     device = ctx.device if ctx.device is not None else default_device()
-    return default_group_size(model, info.input_shape, protocol_for(ctx, target).batch_size, device)
+    return default_group_size(model, info.input_shape, s.protocol.batch_size, device)
 
 
 def _lmc_ticket(ctx: Context, run: LMCRun, imp: dict, tickets: dict) -> tuple[str, str] | str:
     """(ticket path, label) of an LMC run, or why it cannot run."""
-    from elth.experiments.aggregate import curve_label
-
     ds = _dataset_name(ctx)
     if run.ticket is None:
         o = imp.get((ds, run.target, run.seed))
@@ -441,7 +474,7 @@ def _lmc_ticket(ctx: Context, run: LMCRun, imp: dict, tickets: dict) -> tuple[st
         return o.levels[run.level].ticket, "IMP"
     t = tickets.get((ds, run.ticket))
     if t is None:
-        return f"skipped: the ticket run {run.ticket.label} failed"
+        return f"skipped: the ticket run {run.ticket.label} failed or diverged"
     return t.ticket, curve_label((run.ticket.method, run.ticket.source, run.ticket.strategy))
 
 
@@ -456,15 +489,20 @@ def _run_lmc_phase(runs: list[tuple[Context, LMCRun]], imp, tickets, pool, bar, 
                      "source": t.source if t else "", "strategy": t.strategy if t else "", "level": run.level,
                      "seed": run.seed, **result})
 
+    diverged = {label for label, _ in outcome.diverged}
     for ctx, run in runs:
-        found = _lmc_ticket(ctx, run, imp, tickets)
+        if run.ticket is not None and run.ticket.label in diverged:
+            bar.skip(run.label, "skipped: its ticket's training diverged (kept as diverged)")
+            continue
+        here = _looked_up(ctx, pool is not None)
+        found = _lmc_ticket(here, run, imp, tickets)
         if isinstance(found, str):
             outcome.failures.append((run.label, found))
             bar.skip(run.label, found)
             continue
-        cached = lmc_cached(ctx, run, found[0])
+        cached = lmc_cached(here, run, found[0])
         if cached is not None:
-            record(ctx, run, cached)
+            record(here, run, cached)
             outcome.cached += 1
             bar.skip(run.label, "read from the store")
         else:
@@ -478,7 +516,7 @@ def _run_lmc_phase(runs: list[tuple[Context, LMCRun]], imp, tickets, pool, bar, 
         if err is not None:
             outcome.failures.append((task.label, err))
         else:
-            record(task.args[0], task.args[1], result)
+            record(_looked_up(task.args[0], pool is not None), task.args[1], result)
             outcome.trained += 1
     return done
 
@@ -509,11 +547,12 @@ def _ticket_rows(name: str, scale: str, tickets: dict) -> list[Row]:
 
 
 def describe_protocol(ctx: Context, model: str) -> str:
-    p = protocol_for(ctx, model)
+    s = settings(ctx, model)
+    p = s.protocol
     decay = f", x{p.gamma} at {', '.join(p.milestones)}" if p.milestones else ", constant LR"
     warm = f", warmup {p.warmup}" if p.warmup not in ("0", "0it") else ""
     return (f"{p.length} at batch {p.batch_size}, SGD lr {p.lr} (momentum {p.momentum}, weight decay "
-            f"{p.weight_decay}){decay}{warm}; rewind to {rewind_for(ctx, model)}")
+            f"{p.weight_decay}){decay}{warm}; rewind to {s.rewind}")
 
 
 def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, command) -> dict:
@@ -534,6 +573,7 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
                 "transfers": [asdict(t) for t in s.expand_transfers()],
                 "baselines": list(s.baselines),
                 "lmc_levels": list(s.lmc_levels),
+                "match_sparsity": s.match_sparsity,
             }
             for s in parts
         ],
@@ -541,5 +581,7 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
         "command": command or "",
         "wall_seconds": round(outcome.seconds, 1),
         "runs": {"trained": outcome.trained, "cached": outcome.cached, "failed": len(outcome.failures),
-                 "fused": outcome.fused},
+                 "diverged": len(outcome.diverged), "fused": outcome.fused},
+        "failures": [{"run": label, "error": first_line(err)} for label, err in outcome.failures],
+        "diverged": [{"run": label, "error": err} for label, err in outcome.diverged],
     }

@@ -15,25 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from elth.elastic.match import has_replicable_units
+from elth.elastic.strategies import ORDERS, SQUEEZE_MODES
 from elth.errors import ElthError
+from elth.limits import check_int, check_real
+from elth.methods import BASELINES, DEFAULT_STRATEGIES, TRANSFER_BASELINES
 from elth.models import parse_model_name
+from elth.training.protocol import Protocol
 
 SCALES = ("paper", "cpu", "smoke")
 #: `Setup.transfers` shorthand: every source to every other member.
 ALL_PAIRS = "all"
-#: Baseline methods a setup may list (see `elth.sparsity` for each one's definition).
-BASELINES = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra",
-             "ett-reinit", "ett-random", "ett-random-reinit", "rigl", "rigl-5x", "dpf")
-#: Dynamic sparse training baselines: the target trained from scratch by RigL (5x as long for
-#: "rigl-5x") or DPF to the sparsity of its IMP ticket at the level (`elth.sparsity.dst`).
-DST_BASELINES = ("rigl", "rigl-5x", "dpf")
-#: Baselines made from each transfer rather than from the target's IMP ticket (paper's Figure 3):
-#: snip-extra (the source's masks on the units it has, SNIP on the extra ones: stretches only),
-#: ett-reinit (the ETT ticket's mask on fresh weights), ett-random (the ETT ticket's weights under
-#: its masks permuted within each layer) and ett-random-reinit (fresh weights, permuted masks).
-TRANSFER_BASELINES = ("snip-extra", "ett-reinit", "ett-random", "ett-random-reinit")
-STRETCH_ORDERS = ("appending", "interpolation")
-SQUEEZE_MODES = ("consecutive", "interval")
 
 
 class SpecError(ElthError, ValueError):
@@ -46,8 +38,8 @@ class Transfer:
 
     source: str
     target: str
-    order: str = "appending"  # how a stretch orders its replicas
-    squeeze_mode: str = "consecutive"  # how a squeeze drops units
+    order: str = ORDERS[0]  # how a stretch orders its replicas
+    squeeze_mode: str = SQUEEZE_MODES[0]  # how a squeeze drops units
     #: the units a stretch replicates in every stretched stage (None: every replicable unit)
     units: tuple[int, ...] | None = None
     #: the units a squeeze drops in every squeezed stage (None: chosen by `squeeze_mode`)
@@ -79,8 +71,9 @@ class Setup:
     #: members whose IMP tickets are transferred (None: every member)
     sources: tuple[str, ...] | None = None
     transfers: tuple[Transfer, ...] | str = ALL_PAIRS
-    order: str = "appending"
-    squeeze_mode: str = "consecutive"
+    order: str = ORDERS[0]
+    squeeze_mode: str = SQUEEZE_MODES[0]
+    #: compared methods, by name (`elth.methods.BASELINES`); snip-extra and the ETT controls are made from each transfer
     baselines: tuple[str, ...] = ()
     #: members the (non-transfer) baselines are made for (None: every member)
     baseline_targets: tuple[str, ...] | None = None
@@ -93,6 +86,9 @@ class Setup:
     lmc_levels: tuple[int, ...] = ()
     #: evenly spaced interpolation coefficients on each path, endpoints included
     lmc_points: int = 30
+    #: beyond the paper: every transfer that changes depth also gets a sparsity-matched ETT ticket
+    #: (`elth transform --match-sparsity`; strategy "<strategy> matched"), compared like the plain one
+    match_sparsity: bool = False
     #: what this scale changes with respect to the paper, in one or two sentences
     note: str = ""
 
@@ -125,6 +121,20 @@ class Setup:
     def with_seeds(self, seeds: int | None) -> "Setup":
         return self if seeds is None else replace(self, seeds=seeds)
 
+    def _validate_numbers(self) -> None:
+        """Integers where counts are meant, finite fractions, a protocol override that validates."""
+        try:
+            for lv in (*self.levels, *(self.baseline_levels or ()), *self.lmc_levels):
+                check_int(lv, "an IMP level")
+            check_int(self.imp_beyond, "imp_beyond")
+            check_int(self.seeds, "the number of seeds")
+            check_int(self.lmc_points, "lmc_points")
+            check_real(self.prune_fraction, "the prune fraction", low=0, high=1, low_open=True, high_open=True)
+            fields = dict(self.protocol)
+            Protocol(**fields)  # every override value checked on its own (the preset supplies the rest)
+        except (ElthError, TypeError) as e:
+            raise SpecError(f"setup on {self.dataset}: {e}") from None
+
     def validate(self) -> None:
         if not self.members:
             raise SpecError("a setup needs at least one member")
@@ -132,6 +142,7 @@ class Setup:
             parse_model_name(m)
         if len(set(self.members)) != len(self.members):
             raise SpecError(f"members listed twice: {self.members}")
+        self._validate_numbers()
         if not self.levels or min(self.levels) < 1:
             raise SpecError(f"IMP levels must be positive, got {self.levels}")
         if self.baseline_levels is not None and (not self.baseline_levels or min(self.baseline_levels) < 1):
@@ -158,8 +169,8 @@ class Setup:
             parse_model_name(t.source)
             if t.source == t.target and t.source_dataset is None:
                 raise SpecError(f"transfer {t.source} -> {t.target}: the same network, from the same dataset")
-            if t.order not in STRETCH_ORDERS:
-                raise SpecError(f"unknown stretch order {t.order!r} (one of {', '.join(STRETCH_ORDERS)})")
+            if t.order not in ORDERS:
+                raise SpecError(f"unknown stretch order {t.order!r} (one of {', '.join(ORDERS)})")
             if t.squeeze_mode not in SQUEEZE_MODES:
                 raise SpecError(f"unknown squeeze mode {t.squeeze_mode!r} (one of {', '.join(SQUEEZE_MODES)})")
             stretch = is_stretch(t.source, t.target)
@@ -232,11 +243,13 @@ class TicketRun:
     drop: tuple[int, ...] | None = None
     random_replicas: bool = False
     source_dataset: str = ""
+    #: the ETT ticket brought to its source's exact sparsity (`elastic.match_sparsity`)
+    match_sparsity: bool = False
 
     @property
     def label(self) -> str:
         src = f" <- {self.source}" if self.source else ""
-        how = f" ({self.strategy})" if self.strategy not in ("", "appending", "consecutive") else ""
+        how = f" ({self.strategy})" if self.strategy and self.strategy not in DEFAULT_STRATEGIES else ""
         return f"{self.method} {self.target}{src}{how} level {self.level} seed {self.seed}"
 
     @property
@@ -244,10 +257,11 @@ class TicketRun:
         """How a transfer run's ticket is made: 'appending', 'interpolation 1,2', 'drop 1,3', ..."""
         if not self.source:
             return ""
+        matched = " matched" if self.match_sparsity else ""
         if self.source_dataset:
             how = self._depth_strategy()
-            return (f"{how} " if how else "") + f"from {self.source_dataset}"
-        return self._depth_strategy()
+            return (f"{how} " if how else "") + f"from {self.source_dataset}" + matched
+        return self._depth_strategy() + matched
 
     def _depth_strategy(self) -> str:
         if self.source == self.target:
@@ -272,6 +286,8 @@ class TicketRun:
             d["random_replicas"] = True
         if self.source_dataset:
             d["source_dataset"] = self.source_dataset
+        if self.match_sparsity:
+            d["match_sparsity"] = True
         return d
 
 
@@ -332,6 +348,8 @@ def expand(setup: Setup) -> Plan:
             if level in setup.levels:
                 for t in transfers:
                     tickets.append(_transfer_run("ett", t, level, s))
+                    if setup.match_sparsity and t.source != t.target and has_replicable_units(t.target):
+                        tickets.append(replace(_transfer_run("ett", t, level, s), match_sparsity=True))
             for target in setup.members:
                 for b in setup.baselines:
                     if b in TRANSFER_BASELINES:

@@ -1,8 +1,11 @@
 """Model families whose depth structure is explicit (see `ElasticStructure`)."""
 from elth.models.base import ElasticModel
 from elth.models.registry import (
+    MAX_PARAMETERS,
+    MAX_UNITS,
     NAME_FORMS,
     ModelSpec,
+    ModelTooLargeError,
     UnknownModelError,
     build_model,
     parse_model_name,
@@ -12,7 +15,10 @@ from elth.models.structure import ElasticStructure
 __all__ = [
     "ElasticModel",
     "ElasticStructure",
+    "MAX_PARAMETERS",
+    "MAX_UNITS",
     "ModelSpec",
+    "ModelTooLargeError",
     "NAME_FORMS",
     "UnknownModelError",
     "build_model",

@@ -1,15 +1,18 @@
 """Model names -> models. Names: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>."""
 from __future__ import annotations
 
+import functools
+import math
 import re
 from dataclasses import dataclass
 
 import torch
 
 from elth.errors import ElthError
+from elth.limits import check_seed
 from elth.models.base import ElasticModel
 from elth.models.cifar_resnet import CifarResNet
-from elth.models.cifar_vgg import LAYOUTS as VGG_LAYOUTS, CifarVGG
+from elth.models.cifar_vgg import FC_WIDTH as VGG_FC_WIDTH, LAYOUTS as VGG_LAYOUTS, CifarVGG
 from elth.models.imagenet_resnet import LAYOUTS as IMAGENET_LAYOUTS, ImageNetResNet
 from elth.models.mlp import MLP
 
@@ -21,8 +24,20 @@ NAME_FORMS = (
 )
 
 
+#: Largest number of elastic units (hidden layers, residual blocks, fully connected layers) a name
+#: may ask for: ten times the deepest network the paper uses, and far more than fits a 2-core CPU.
+MAX_UNITS = 1000
+#: Largest number of parameters `build_model` builds (4 GB of fp32 weights; the paper's largest
+#: network, ImageNet ResNet-34, has 21.8 million). Counted on the meta device before any memory is used.
+MAX_PARAMETERS = 1_000_000_000
+
+
 class UnknownModelError(ElthError, ValueError):
     pass
+
+
+class ModelTooLargeError(ElthError, ValueError):
+    """A model name or input that asks for more units or parameters than elth builds."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,7 @@ def parse_model_name(name: str) -> ModelSpec:
             width = int(m.group(2)) if m.group(2) else 16
             if width < 1:
                 raise _unknown(name, "the width must be positive")
+            _check_units(name, 3 * (depth - 2) // 6)
             return ModelSpec(kind, depth, width=width)
         if kind == "imagenet_resnet":
             if depth not in IMAGENET_LAYOUTS:
@@ -78,11 +94,55 @@ def parse_model_name(name: str) -> ModelSpec:
             fc = int(m.group(2)) if m.group(2) else 1
             if fc < 1:
                 raise _unknown(name, "a VGG needs at least one fully connected layer")
+            _check_units(name, fc)
             return ModelSpec(kind, depth, width=64, fc_layers=fc)
         if depth < 1:
             raise _unknown(name, "an MLP needs at least one hidden layer")
+        _check_units(name, depth)
         return ModelSpec(kind, depth, width=300)
     raise _unknown(name, "no model family matches")
+
+
+def _check_units(name: str, units: int) -> None:
+    if units > MAX_UNITS:
+        raise ModelTooLargeError(f"model {name!r} has {units:,} units (layers or blocks); elth builds models of at "
+                                 f"most {MAX_UNITS:,}")
+
+
+def parameter_bound(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """An upper bound of the parameters of a model (from its name alone: no tensor is made).
+
+    MLPs: exact. Conv nets pool globally before their head, so only the input channels matter:
+    at most (weight layers) x (3x3 conv and BN at the widest channel count) + a 7x7 stem + heads.
+    """
+    if spec.kind == "mlp":
+        d_in = math.prod(input_shape)
+        return (d_in + 1) * 300 + (spec.depth - 1) * 301 * 300 + 301 * 100 + 101 * num_classes
+    if spec.kind == "cifar_resnet":
+        widest, layers = 4 * spec.width, 3 * (spec.depth - 2) // 6 * 2 + 4
+    elif spec.kind == "imagenet_resnet":
+        widest, layers = 512, 2 * sum(IMAGENET_LAYOUTS[spec.depth]) + 4
+    else:
+        widest, layers = max(512, VGG_FC_WIDTH), spec.depth + spec.fc_layers
+    return layers * (9 * widest * widest + 4 * widest) + 49 * input_shape[0] * widest + (widest + 1) * num_classes
+
+
+@functools.lru_cache(maxsize=64)
+def parameter_count(name: str, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Parameters of `name` for this input and class count, counted on the meta device (no memory used)."""
+    with torch.device("meta"):
+        model = _make(parse_model_name(name), name, input_shape, num_classes)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _make(spec: ModelSpec, name: str, shape: tuple[int, ...], num_classes: int) -> ElasticModel:
+    if spec.kind == "cifar_resnet":
+        return CifarResNet(name, spec.depth, spec.width, shape, num_classes)
+    if spec.kind == "imagenet_resnet":
+        return ImageNetResNet(name, spec.depth, shape, num_classes)
+    if spec.kind == "cifar_vgg":
+        return CifarVGG(name, spec.depth, spec.fc_layers, shape, num_classes)
+    return MLP(name, spec.depth, shape, num_classes)
 
 
 def build_model(
@@ -94,18 +154,15 @@ def build_model(
     """Build a freshly initialised model. `seed` makes the initialisation reproducible (None: global RNG)."""
     spec = parse_model_name(name)
     shape = tuple(int(d) for d in input_shape)
-
-    def make() -> ElasticModel:
-        if spec.kind == "cifar_resnet":
-            return CifarResNet(name, spec.depth, spec.width, shape, num_classes)
-        if spec.kind == "imagenet_resnet":
-            return ImageNetResNet(name, spec.depth, shape, num_classes)
-        if spec.kind == "cifar_vgg":
-            return CifarVGG(name, spec.depth, spec.fc_layers, shape, num_classes)
-        return MLP(name, spec.depth, shape, num_classes)
-
+    if seed is not None:
+        check_seed(seed)
+    # The exact count (a meta-device build, slow the first time) only when the cheap bound is too high.
+    if parameter_bound(spec, shape, int(num_classes)) > MAX_PARAMETERS and \
+            (count := parameter_count(name, shape, int(num_classes))) > MAX_PARAMETERS:
+        raise ModelTooLargeError(f"model {name!r} on inputs of shape {'x'.join(map(str, shape))} has {count:,} "
+                                 f"parameters; elth builds models of at most {MAX_PARAMETERS:,}")
     if seed is None:
-        return make()
+        return _make(spec, name, shape, num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return make()
+        return _make(spec, name, shape, num_classes)

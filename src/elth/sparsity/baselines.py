@@ -1,8 +1,8 @@
 """Masks of the pruning baselines, computed on a model in memory (no training, no files).
 
 Counting follows the paper's framework: the sparsity is over every prunable weight, excluded layers
-(all ones) included, and pruning is global over the eligible weights. `pai.prune_ticket` puts these
-pieces together with rewind points and tickets.
+(all ones) included, and pruning is global over the eligible weights.
+`workflows.baseline_tickets.prune_ticket` puts these pieces together with rewind points and tickets.
 
 - `score_mask`: one-shot by magnitude, SNIP or GraSP; SynFlow iteratively (see `scores`).
 - `uniform_random_mask`: the same sparsity in every eligible layer, positions drawn at random.
@@ -37,12 +37,8 @@ from elth.sparsity.scores import (
     synflow_mask,
 )
 
-#: Methods that produce a ticket (`pai.prune_ticket`).
-METHODS = ("magnitude", "snip", "grasp", "synflow", "random", "reinit", "snip-extra")
 #: Methods that score the target's rewind weights and prune globally.
 SCORE_METHODS = ("magnitude", "snip", "grasp", "synflow")
-#: Methods that need scoring examples.
-DATA_METHODS = ("snip", "grasp", "snip-extra")
 #: Default scoring examples per class (the reference setting of SNIP and GraSP).
 SCORE_EXAMPLES_PER_CLASS = 10
 

@@ -38,6 +38,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from elth.errors import ElthError
 from elth.masks import Mask, apply_mask, prunable_names, prune_lowest
@@ -225,8 +226,6 @@ def synflow_mask(
     progress: bool = False,
 ) -> Mask:
     """Iterative SynFlow: prune `names` from their current count down to `keep` weights in `rounds` rounds."""
-    from tqdm import tqdm
-
     shape = _input_shape(model, input_shape)
     net = linearised_copy(model)
     alive = sum(int(mask[n].sum()) for n in names)

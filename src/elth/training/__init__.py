@@ -12,7 +12,7 @@ from elth.training.protocol import (
     preset,
 )
 from elth.training.resume import TrainResult
-from elth.training.step import TrainingController
+from elth.training.step import TrainingController, TrainingDiverged
 
 __all__ = [
     "CheckpointError",
@@ -23,6 +23,7 @@ __all__ = [
     "ProtocolError",
     "TrainResult",
     "TrainingController",
+    "TrainingDiverged",
     "default_device",
     "default_rewind",
     "evaluate",

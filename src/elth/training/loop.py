@@ -22,6 +22,11 @@ the checkpoint's key, so a checkpoint of other controller settings is refused. A
 the sparsity, so it cannot be combined with a fixed `mask`. Without a controller the loop does
 exactly what it did before (no extra work per step).
 
+Divergence: the first step whose loss is not finite (and non-finite weights before any checkpoint
+or result) stops the run with `TrainingDiverged`, naming the step and its learning rate; with
+`out_dir`, `result.json` then records `{"status": "failed", "reason": "diverged", ...}` and no
+checkpoint of the diverged weights is written.
+
 The pieces: `resume.RunFiles` (the run directory: key, checkpoint, run.json, result.json),
 `step.SGDStep` (one update on one batch; the part a faster or distributed step replaces),
 `step.EpochBatches` (where the batches come from), `progress.Progress` (running sums, log
@@ -50,9 +55,10 @@ from elth.training.masking import GradientMask
 from elth.training.progress import Progress
 from elth.training.protocol import LRSchedule, Protocol, ProtocolError, parse_steps
 from elth.training.resume import RunFiles, TrainResult, run_key
-from elth.training.step import EpochBatches, SGDStep, TrainingController
+from elth.training.step import DivergenceCheck, EpochBatches, SGDStep, TrainingController, TrainingDiverged
 
-__all__ = ["PRECISIONS", "TrainResult", "TrainingController", "default_device", "evaluate", "make_optimizer", "train"]
+__all__ = ["PRECISIONS", "TrainResult", "TrainingController", "TrainingDiverged", "default_device", "evaluate",
+           "make_optimizer", "train"]
 
 
 @torch.no_grad()
@@ -149,7 +155,7 @@ def train(
         raise ProtocolError(f"cannot train from step {start_step} to step {end}")
     eval_interval = None if eval_every is None else parse_steps(eval_every, ipe)
     if eval_interval == 0:
-        raise ProtocolError("eval_every must be a positive number of steps (or None for only at the end)")
+        raise ProtocolError(f"the evaluation interval must be a positive number of steps such as 1ep or 500it, got {eval_every!r}")
     if controller is not None and mask is not None:
         raise ElthError("give either a fixed mask or a controller that manages the sparsity, not both")
 
@@ -163,6 +169,7 @@ def train(
         controller.attach(model, optimizer)
     schedule = LRSchedule(protocol, ipe)
     sgd_step = SGDStep(model, optimizer, schedule, device, precision, channels_last, masker, controller)
+    divergence = DivergenceCheck(device, schedule)
     batches = EpochBatches(data, protocol.batch_size, data_seed, protocol.augment)
 
     # Resume
@@ -180,6 +187,8 @@ def train(
         return evaluate(model, data, eval_batch_size, device, precision)
 
     def save(result: TrainResult | None = None) -> None:
+        if step > start_step:
+            divergence.check_weights(model, step - 1)  # never a checkpoint or a result of a diverged run
         if files is not None:
             files.save(step, report.clock.total(), model, optimizer, controller, result)
 
@@ -194,7 +203,9 @@ def train(
             epoch, first = divmod(step, ipe)
             stop = min(end, (epoch + 1) * ipe)
             for x, y in batches(epoch, first):
-                report.after_step(*sgd_step(step, x, y))
+                loss, logits, labels = sgd_step(step, x, y)
+                divergence.after_step(step, loss)
+                report.after_step(loss, logits, labels)
                 step += 1
                 if callback is not None:
                     callback(step, model)
@@ -219,5 +230,9 @@ def train(
         if files is not None:
             files.write_result(result)
         return result
+    except TrainingDiverged as e:
+        if files is not None:
+            files.write_failure(e.record())
+        raise
     finally:
         report.close()

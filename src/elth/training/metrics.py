@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 import torch
 
-from elth.files import write_text_atomic
+from elth.files import json_text, write_text_atomic
 
 
 class MetricsLog:
@@ -33,13 +32,12 @@ class MetricsLog:
         rows = self.read()
         kept = [r for r in rows if r.get("step", 0) <= step]
         if self.path.is_file() and len(kept) != len(self.path.read_text().splitlines()):
-            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_text_atomic(self.path, "".join(json_text(r) + "\n" for r in kept))
 
     def append(self, row: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         with open(self.path, "a") as f:
-            f.write(json.dumps(clean) + "\n")
+            f.write(json_text(row) + "\n")  # NaN/inf as null
 
 
 class RunningStats:

@@ -28,7 +28,10 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from elth.data import canonical_name
 from elth.errors import ElthError
+from elth.limits import BadNumberError, check_real
+from elth.models import parse_model_name
 
 
 class ProtocolError(ElthError, ValueError):
@@ -89,18 +92,19 @@ class Protocol:
         object.__setattr__(self, "milestones", tuple(self.milestones))
         for text in (self.length, self.warmup, *self.milestones):
             split_steps(text)
+        if split_steps(self.length) == (0, 0):
+            raise ProtocolError(f"training length must be at least one step, got {self.length!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ProtocolError(f"batch size must be a positive integer, got {self.batch_size!r}")
-        labels = {"lr": "learning rate", "momentum": "momentum", "weight_decay": "weight decay",
-                  "gamma": "LR decay factor (gamma)"}
-        for name, label in labels.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ProtocolError(f"{label} must be a non-negative number, got {value!r}")
-        if self.lr <= 0:
-            raise ProtocolError(f"learning rate must be positive, got {self.lr}")
-        if self.momentum >= 1:
-            raise ProtocolError(f"momentum must be below 1, got {self.momentum}")
+        if not isinstance(self.augment, bool):
+            raise ProtocolError(f"augment must be true or false, got {self.augment!r}")
+        try:
+            check_real(self.lr, "learning rate", low=0, low_open=True)
+            check_real(self.momentum, "momentum", low=0, high=1, high_open=True)
+            check_real(self.weight_decay, "weight decay", low=0)
+            check_real(self.gamma, "LR decay factor (gamma)", low=0)
+        except BadNumberError as e:
+            raise ProtocolError(str(e)) from None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -164,14 +168,10 @@ _MLP = Protocol(length="40ep", batch_size=128, lr=0.1, momentum=0.0, weight_deca
 
 
 def _dataset_key(dataset: str) -> str:
-    from elth.data import canonical_name
-
     return canonical_name(dataset)
 
 
 def _model_kind(model: str) -> str:
-    from elth.models import parse_model_name
-
     return parse_model_name(model).kind
 
 

@@ -136,7 +136,12 @@ class RunFiles:
         )
 
     def write_result(self, result: TrainResult) -> None:
-        write_json_atomic(self.out / RESULT_FILE, result.to_dict())
+        write_json_atomic(self.out / RESULT_FILE, {"status": "finished", **result.to_dict()})
+
+    def write_failure(self, record: dict) -> None:
+        """result.json of a run that could not finish (`record["status"]` is "failed")."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.out / RESULT_FILE, record)
 
     def _check_compatible(self, ckpt: dict) -> None:
         if ckpt.get("key") != self.key:

@@ -2,6 +2,7 @@
 
 `SGDStep` is the only place that runs forward, backward and the optimiser: a faster or distributed
 step replaces it and leaves the rest of the loop (resume, batches, logging) as it is.
+`DivergenceCheck` stops a run at its first non-finite loss (or weights) with `TrainingDiverged`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from elth.errors import ElthError
 from elth.training.device import autocast, prepare_input
 from elth.training.masking import GradientMask
 from elth.training.protocol import LRSchedule
@@ -87,3 +89,69 @@ class EpochBatches:
 
     def __call__(self, epoch: int, start: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         return self.data.train_epoch(epoch, self.batch_size, self.data_seed, start=start, augment=self.augment)
+
+
+class TrainingDiverged(ElthError):
+    """The loss (or the weights) stopped being finite: the run cannot give a meaningful result."""
+
+    def __init__(self, step: int, what: str, lr: float):
+        self.step, self.what, self.lr = step, what, lr
+        super().__init__(
+            f"training diverged: {what} at step {step} (learning rate {lr:g}); the learning rate is likely too "
+            "high for this model and batch size (try a lower --lr, or a warmup)"
+        )
+
+    def __reduce__(self):  # picklable, so a worker process can hand it back
+        return (type(self), (self.step, self.what, self.lr))
+
+    def record(self) -> dict:
+        """The failure as a run records it (strict JSON)."""
+        return {"status": "failed", "reason": "diverged", "step": self.step, "what": self.what, "lr": self.lr,
+                "error": str(self)}
+
+
+#: On accelerators, steps between reads of the device-side divergence flag (each read waits for the device).
+CHECK_EVERY = 50
+
+
+class DivergenceCheck:
+    """The first step whose training loss is NaN or infinite, and whether the weights are still finite.
+
+    On the CPU every loss is looked at as soon as it is computed (reading a CPU scalar costs
+    nothing). On accelerators the first bad step is kept on the device and read every CHECK_EVERY
+    steps and before every checkpoint, so no step waits for the host; the error still names the
+    first bad step. Steps are counted from 1 (step t + 1 is the update at global step index t).
+    """
+
+    def __init__(self, device: torch.device, schedule: LRSchedule, eager: bool | None = None):
+        self.schedule = schedule
+        self.eager = device.type == "cpu" if eager is None else eager
+        self.first_bad = None if self.eager else torch.full((), -1, dtype=torch.int64, device=device)
+        self.steps = 0
+
+    def after_step(self, step: int, loss: torch.Tensor) -> None:
+        """After the update at global step index `step` whose loss was `loss`."""
+        if self.eager:
+            if not bool(torch.isfinite(loss.detach())):
+                self._raise(step, f"the training loss is {float(loss.detach())}")
+            return
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.steps += 1
+        if self.steps % CHECK_EVERY == 0:
+            self.check_loss()
+
+    def check_loss(self) -> None:
+        """Raise if any loss so far was not finite (one host read on accelerators; nothing on the CPU)."""
+        if self.first_bad is not None and (bad := int(self.first_bad)) >= 0:
+            self._raise(bad, "the training loss is not finite")
+
+    def check_weights(self, model: nn.Module, step: int) -> None:
+        """Raise if a parameter of `model`, after global step index `step`, is NaN or infinite."""
+        self.check_loss()
+        for name, p in model.named_parameters():
+            if not bool(torch.isfinite(p.detach()).all()):
+                self._raise(step, f"the weights of {name} are not finite")
+
+    def _raise(self, step: int, what: str) -> None:
+        raise TrainingDiverged(step + 1, what, self.schedule(step))

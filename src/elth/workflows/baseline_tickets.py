@@ -29,6 +29,7 @@ prunable weight, excluded layers included.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -44,10 +45,9 @@ from elth.masks import (
     excluded_names,
     full_mask,
 )
+from elth.methods import METHODS, PRUNING_METHODS
 from elth.models import build_model, parse_model_name
 from elth.sparsity.baselines import (
-    DATA_METHODS,
-    METHODS,
     ScoringOptions,
     collapse_warnings,
     derived_seed,
@@ -63,7 +63,7 @@ from elth.training import Protocol
 from elth.workflows.rewind import rewind_point
 
 #: Methods that need a like-ticket (whose mask or source they use).
-LIKE_METHODS = ("reinit", "snip-extra")
+LIKE_METHODS = tuple(m for m in PRUNING_METHODS if METHODS[m].needs_like)
 
 
 @dataclass
@@ -84,8 +84,8 @@ def _sync(device: torch.device | str | None) -> None:
 
 
 def _check_request(method: str, model_name: str, sparsity: float | None, like: Ticket | None, data) -> None:
-    if method not in METHODS:
-        raise PruningError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in PRUNING_METHODS:
+        raise PruningError(f"unknown pruning method {method!r}; choose one of {', '.join(PRUNING_METHODS)}")
     parse_model_name(model_name)
     if method in LIKE_METHODS:
         if like is None:
@@ -180,7 +180,7 @@ def prune_ticket(
             mask = uniform_random_mask(full_mask(model), eligible, kept, g)
     else:
         examples = None
-        if method in DATA_METHODS:
+        if METHODS[method].needs_examples:
             examples = data.scoring_examples(options.score_examples, data_seed)
             n_examples = int(examples[1].numel())
         mask = score_mask(method, model, eligible, kept, examples=examples, options=options, progress=progress)
@@ -212,7 +212,7 @@ def _provenance(method, model_name, options: ScoringOptions, like, like_path, re
         opts["grasp_temperature"] = GRASP_TEMPERATURE
     if method not in ("synflow",):
         opts.pop("synflow_rounds")
-    if method not in DATA_METHODS:
+    if not METHODS[method].needs_examples:
         for k in ("score_examples_per_class", "score_train_mode", "score_batch_size"):
             opts.pop(k)
     return {
@@ -367,8 +367,6 @@ def permute_ticket_mask(ticket: Ticket, seed: int) -> Ticket:
     dense weights (IMP tickets and their elastic transformations do). Used for the paper's Figure 3
     control "the source's weights, a random mask".
     """
-    import copy
-
     if ticket.dense is None:
         raise PruningError(
             "permuting a ticket's masks needs its dense rewind weights, and this ticket has none "

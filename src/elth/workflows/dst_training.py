@@ -8,11 +8,23 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from elth.files import RESULT_FILE, TICKET_FILE, TRAIN_DIR, write_json_atomic
+from elth.flops import (
+    dpf_training_flops,
+    forward_macs,
+    rigl_training_flops,
+    training_flops,
+    weight_positions,
+)
+from elth.limits import check_seed
 from elth.masks import count, excluded_names
+from elth.models import build_model
+from elth.runs import run_dir
 from elth.sparsity.dst.common import check_settings
 from elth.sparsity.dst.densities import DISTRIBUTIONS, DSTError, layer_densities
 from elth.sparsity.dst.dpf import DPF
 from elth.sparsity.dst.rigl import RigL
+from elth.tickets import from_model, save_ticket
+from elth.training import PRECISIONS, train
 from elth.training.protocol import scale_steps
 
 METHODS = ("rigl", "dpf")
@@ -138,23 +150,12 @@ def train_dst(
     With `root`, the run lives in `root/dst-<hash>/` (train/ checkpoints, ticket.safetensors,
     result.json): a finished run is returned as recorded, an interrupted one resumes exactly.
     """
-    from elth.flops import (
-        dpf_training_flops,
-        forward_macs,
-        rigl_training_flops,
-        training_flops,
-        weight_positions,
-    )
-    from elth.models import build_model
-    from elth.runs import run_dir
-    from elth.tickets import from_model, save_ticket
-    from elth.training import PRECISIONS, train
-
     options = resolve_options(method, method_options)
     if precision not in PRECISIONS:
         raise DSTError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if not 0.0 <= sparsity < 1.0:
+    if not 0.0 <= sparsity < 1.0:  # NaN fails this too
         raise DSTError(f"sparsity must be at least 0 and below 1, got {sparsity}")
+    check_seed(data_seed, "data seed")
     info = data.info
     model = build_model(model_name, info.input_shape, info.num_classes, seed=seed)
     excluded = excluded_names(model, None if options["exclude"] is None else list(options["exclude"]))

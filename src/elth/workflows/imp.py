@@ -36,6 +36,7 @@ from elth.files import (
     TRAIN_DIR,
     write_json_atomic,
 )
+from elth.limits import BadNumberError, check_real, check_seed
 from elth.masks import count, excluded_names, full_mask, magnitude_prune
 from elth.models import build_model
 from elth.runs import run_dir
@@ -72,6 +73,16 @@ class IMPConfig:
     seed: int = 0
     data_seed: int = 0
     precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.protocol, Protocol):
+            raise IMPError(f"protocol must be a Protocol, got {type(self.protocol).__name__}")
+        try:
+            check_real(self.prune_fraction, "the prune fraction", low=0, high=1, low_open=True, high_open=True)
+            check_seed(self.seed, "seed")
+            check_seed(self.data_seed, "data seed")
+        except BadNumberError as e:
+            raise IMPError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -130,10 +141,8 @@ def level_dir(run: Path, level: int) -> Path:
 def _check(config: IMPConfig, data, levels: int) -> None:
     if data.info.name != config.dataset:
         raise IMPError(f"the IMP config is for dataset {config.dataset!r} but the data is {data.info.name!r}")
-    if not 0.0 < config.prune_fraction < 1.0:
-        raise IMPError(f"the prune fraction must be between 0 and 1 (exclusive), got {config.prune_fraction}")
-    if levels < 0:
-        raise IMPError(f"the number of levels must be >= 0, got {levels}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 0:
+        raise IMPError(f"the number of levels must be an integer >= 0, got {levels!r}")
 
 
 def run_imp(

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from elth.errors import ElthError
 from elth.files import REWIND_WEIGHTS_FILE, TRAIN_DIR, atomic_path
@@ -67,8 +68,6 @@ def rewind_point(
     Rewind 0 means no training (the initial weights). Otherwise the training is resumable and its
     result is cached in `root/rewind-<hash>/rewind.safetensors`.
     """
-    from safetensors.torch import load_file, save_file
-
     step = rewind_step_of(rewind, data, protocol)
     info = data.info
     model = build_model(model_name, info.input_shape, info.num_classes, seed=seed)

@@ -16,6 +16,7 @@ from elth.files import CHECKPOINT_FILE, TRAIN_DIR
 from elth.runs import run_dir
 from elth.tickets import Ticket, TicketError, check_dataset
 from elth.training import Protocol, TrainResult, train
+from elth.training.checkpoint import load_checkpoint
 
 
 def train_ticket_hparams(ticket: Ticket, data, protocol: Protocol, data_seed: int, precision: str = "fp32") -> dict:
@@ -77,8 +78,6 @@ def trained_state(
     precision: str = "fp32",
 ) -> dict[str, torch.Tensor]:
     """The final weights and buffers (on CPU) of a finished `train_ticket(..., root=root)` run."""
-    from elth.training.checkpoint import load_checkpoint
-
     path = ticket_run_dir(ticket, data, protocol, data_seed, root, precision) / TRAIN_DIR / CHECKPOINT_FILE
     ckpt = load_checkpoint(path)
     if ckpt is None or ckpt.get("result") is None:

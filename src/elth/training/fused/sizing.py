@@ -2,6 +2,8 @@
 model's size on CUDA; a fixed number on CPUs (see `CPU_GROUP_SIZE`)."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -37,8 +39,6 @@ def activation_elements(model: nn.Module, input_shape: tuple[int, ...], batch_si
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).to("meta")
 
 

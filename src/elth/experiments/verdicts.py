@@ -1,0 +1,295 @@
+"""The paper's claims each experiment tests, the effect measured for each, and a verdict.
+
+A claim's effect is a paired difference over seeds (`elth.analysis.stats`), oriented so that larger
+supports the claim: e.g. ETT - IMP for "ETT is on par with IMP", the instability of far-depth ETT
+tickets minus that of close-depth ones for "close-depth tickets are more stable". Where a claim
+covers several tickets (transfers, levels), their differences are averaged within each seed first,
+so the pairing stays within seeds. The rule (`RULE`):
+
+- confirmed: at least `MIN_SEEDS` seeds and the whole 95% interval above -margin;
+- contradicted: at least `MIN_SEEDS` seeds and the whole interval below -margin;
+- inconclusive otherwise (the interval straddles -margin, or too few seeds to tell).
+
+The margin is 0 for claims that one thing beats another and, for claims that ETT tickets are "on par"
+with IMP, the largest shortfall the claim allows: the paper's own 0.21 points for Table 5, half a
+point (`ON_PAR_MARGIN`) where the paper says "nearly the same" without a number.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from elth.analysis.stats import PairedDifference, format_difference, paired_difference, pooled
+from elth.experiments.aggregate import aggregate, curves, targets_of
+from elth.experiments.paired import IMP_KEY, SeedPoints, compare_paired, ett_comparisons
+from elth.experiments.results import Row
+from elth.methods import DEFAULT_STRATEGIES, CurveKey, names
+from elth.models import parse_model_name
+
+MIN_SEEDS = 3
+#: the largest shortfall (accuracy fraction) an "on par" claim without a number of its own allows
+ON_PAR_MARGIN = 0.005
+#: Table 5: "E-LTH yields less than 0.21% accuracy drop in all cases"
+TABLE5_MARGIN = 0.0021
+#: Figure 3: "ETTs are among the best at all non-trivial sparsity levels (>= 50%)"
+NON_TRIVIAL_SPARSITY = 0.5
+#: Figure 3's controls: the ETT ticket re-initialised, under a shuffled mask, both, and SNIP-extra
+CONTROLS = names("ett-control") + ("snip-extra",)
+
+RULE = (f"Verdict rule: each claim's effect is a per-seed paired difference (seeds pair the runs that "
+        f"share an IMP run; several tickets are averaged within a seed first), oriented so that larger "
+        f"supports the claim, with a 95% t-interval over seeds. **Confirmed** when there are at least "
+        f"{MIN_SEEDS} seeds and the whole interval lies above −margin; **contradicted** when there are at "
+        f"least {MIN_SEEDS} seeds and the whole interval lies below −margin; **inconclusive** otherwise. "
+        f"The margin is 0 for \"beats\" claims; for \"on par\" claims it is the shortfall the claim allows "
+        f"(Table 5: the paper's 0.21 points; elsewhere {100 * ON_PAR_MARGIN:.1f} points).")
+
+Measure = Callable[[list[Row], list[dict]], tuple[PairedDifference | None, int]]
+
+
+@dataclass(frozen=True)
+class Claim:
+    experiment: str
+    where: str  # "Fig. 6", "Table 5"
+    statement: str
+    effect: str  # what the difference is, in words
+    margin: float  # accuracy fraction (or instability fraction)
+    measure: Measure
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: Claim
+    difference: PairedDifference | None
+    cells: int  # how many comparisons were pooled
+    outcome: str  # confirmed / contradicted / inconclusive
+    reason: str
+
+
+def decide(d: PairedDifference | None, margin: float) -> tuple[str, str]:
+    """The rule of the module docstring: (outcome, why)."""
+    if d is None:
+        return "inconclusive", "not measured by this run"
+    iv = d.interval
+    if iv.n < MIN_SEEDS or iv.low is None:
+        return "inconclusive", f"only {iv.n} seed{'s' if iv.n != 1 else ''}; {MIN_SEEDS} needed"
+    bound = f"{-100 * margin:+.2f}" if margin else "0"
+    if iv.low > -margin:
+        return "confirmed", f"interval above {bound}"
+    if iv.high < -margin:
+        return "contradicted", f"interval below {bound}"
+    return "inconclusive", f"interval contains {bound}"
+
+
+# -- measures ---------------------------------------------------------------------------------
+def _by_dataset(rows: list[Row]) -> list[list[Row]]:
+    return [[r for r in rows if r.dataset == ds] for ds in sorted({r.dataset for r in rows})]
+
+
+def _pool(diffs: list[PairedDifference | None]) -> tuple[PairedDifference | None, int]:
+    present = [d for d in diffs if d is not None]
+    return pooled(present), len(present)
+
+
+def ett_vs_imp(rows: list[Row], lmc: list[dict]) -> tuple[PairedDifference | None, int]:
+    """ETT - IMP at each ETT ticket's sparsity, every transfer (default strategies) and level."""
+    diffs = []
+    for part in _by_dataset(rows):
+        diffs += [imp.difference for imp, _ in ett_comparisons(part) if imp.key[2] in DEFAULT_STRATEGIES]
+    return _pool(diffs)
+
+
+def matched_ett_vs_imp(rows: list[Row], lmc: list[dict]) -> tuple[PairedDifference | None, int]:
+    """Sparsity-matched ETT - IMP at the same sparsity (beyond the paper), every transfer and level."""
+    diffs = []
+    for part in _by_dataset(rows):
+        diffs += [imp.difference for imp, _ in ett_comparisons(part) if imp.key[2].endswith(" matched")]
+    return _pool(diffs)
+
+
+def ett_vs_best_baseline(rows: list[Row], lmc: list[dict], min_sparsity: float = 0.0):
+    """ETT - the most accurate baseline at each ETT ticket's sparsity."""
+    diffs = []
+    for part in _by_dataset(rows):
+        diffs += [b.difference for _, b in ett_comparisons(part)
+                  if b is not None and b.key[2] in DEFAULT_STRATEGIES and b.sparsity >= min_sparsity]
+    return _pool(diffs)
+
+
+def ett_vs_controls(rows: list[Row], lmc: list[dict]):
+    return ett_vs_best_baseline([r for r in rows if r.method in ("ett", "imp", "dense") or r.method in CONTROLS],
+                                lmc, min_sparsity=NON_TRIVIAL_SPARSITY)
+
+
+def _blocks(strategy: str, order: str) -> tuple[int, ...] | None:
+    """(1, 2) from 'appending 1,2' (order 'appending'); None for other strategies or random variants."""
+    m = re.fullmatch(rf"{order} ([\d,]+)", strategy)
+    return tuple(int(i) for i in m.group(1).split(",")) if m else None
+
+
+def _strategy_pairs(rows: list[Row], order: str, pick) -> list[PairedDifference | None]:
+    """Per target: the ETT curve `pick` chooses as A minus the ETT curve it chooses as B (read at A's
+    sparsity, seed by seed), at every level of A."""
+    diffs = []
+    for part in _by_dataset(rows):
+        points = aggregate(part)
+        seeds = SeedPoints.of(part)
+        for target in targets_of(points):
+            cs = curves(points, target)
+            options = {k: _blocks(k[2], order) for k in cs if k[0] == "ett"}
+            options = {k: v for k, v in options.items() if v}
+            for a, b in pick(options):
+                diffs += [compare_paired(seeds, target, a, p.level, b).difference for p in cs[a]]
+    return diffs
+
+
+def _more_vs_first(options: dict[CurveKey, tuple[int, ...]]):
+    if not options:
+        return []
+    most = max(options, key=lambda k: (len(options[k]), k))
+    first = [k for k, v in options.items() if v == (1,)]
+    return [(most, first[0])] if first and len(options[most]) > 1 else []
+
+
+def replicate_more(rows: list[Row], lmc: list[dict]):
+    """Replicating the most unique blocks (appending) minus replicating only the first."""
+    return _pool(_strategy_pairs(rows, "appending", _more_vs_first))
+
+
+def _earliest_vs_latest(options):
+    if len(options) < 2:
+        return []
+    size = max(len(v) for v in options.values())
+    same = {k: v for k, v in options.items() if len(v) == size}
+    early, late = min(same, key=lambda k: sum(same[k])), max(same, key=lambda k: sum(same[k]))
+    return [(early, late)] if early != late else []
+
+
+def replicate_earlier(rows: list[Row], lmc: list[dict]):
+    """Appending the earliest blocks minus appending the latest ones (as many blocks)."""
+    return _pool(_strategy_pairs(rows, "appending", _earliest_vs_latest))
+
+
+def _others_vs_earliest(options):
+    if len(options) < 2:
+        return []
+    earliest = min(options, key=lambda k: (sum(options[k]), k))
+    return [(k, earliest) for k in options if k != earliest]
+
+
+def drop_earliest_hurts(rows: list[Row], lmc: list[dict]):
+    """Each other way of dropping blocks minus dropping the earliest ones."""
+    return _pool(_strategy_pairs(rows, "drop", _others_vs_earliest))
+
+
+def _depth(model: str) -> int:
+    return parse_model_name(model).depth
+
+
+def lmc_close_more_stable(rows: list[Row], lmc: list[dict]):
+    """Instability of the ETT ticket from the farthest depth minus that from the closest, per target,
+    level and seed."""
+    groups: dict[tuple, dict[str, dict[int, float]]] = {}
+    for d in lmc:
+        if d.get("method") == "ett":
+            groups.setdefault((d["target"], d["level"]), {}).setdefault(d["source"], {})[d["seed"]] = d["instability"]
+    diffs = []
+    for (target, _), by_source in groups.items():
+        if len(by_source) < 2:
+            continue
+        gap = lambda s: abs(_depth(s) - _depth(target))
+        close, far = min(by_source, key=gap), max(by_source, key=gap)
+        if gap(close) != gap(far):
+            diffs.append(paired_difference(by_source[far], by_source[close]))
+    return _pool(diffs)
+
+
+def simpler_dataset_costs_most(rows: list[Row], lmc: list[dict]):
+    """(IMP - ticket moved from the simpler dataset) minus (IMP - ticket moved from the harder one),
+    depth unchanged; the simpler dataset is the one whose dense networks are more accurate."""
+    parts = {part[0].dataset: part for part in _by_dataset(rows)}
+    if len(parts) != 2:
+        return None, 0
+    dense = {ds: sum(r.accuracy for r in p if r.method == "dense") / max(1, sum(r.method == "dense" for r in p))
+             for ds, p in parts.items()}
+    simpler, harder = sorted(parts, key=lambda ds: -dense[ds])
+    # ETT - IMP for tickets moved into each dataset from the other one, per target and level.
+    def moved_into(ds: str, other: str) -> dict[tuple, PairedDifference]:
+        points = aggregate(parts[ds])
+        seeds = SeedPoints.of(parts[ds])
+        out = {}
+        for target in targets_of(points):
+            for k, pts in curves(points, target).items():
+                if k[0] == "ett" and k[2] == f"from {other}":
+                    for p in pts:
+                        d = compare_paired(seeds, target, k, p.level, IMP_KEY).difference
+                        if d is not None:
+                            out[(target, k[1], p.level)] = d
+        return out
+
+    into_harder, into_simpler = moved_into(harder, simpler), moved_into(simpler, harder)
+    diffs = []
+    for cell in sorted(set(into_harder) & set(into_simpler)):
+        a, b = into_simpler[cell], into_harder[cell]
+        # drop into harder - drop into simpler = (ETT - IMP) into simpler - (ETT - IMP) into harder
+        diffs.append(paired_difference(dict(zip(a.seeds, a.differences)), dict(zip(b.seeds, b.differences))))
+    return _pool(diffs)
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("resnet_family", "Fig. 6", "ETT tickets are on par with IMP tickets on the target at matched sparsity",
+          "ETT − IMP at the ETT ticket's sparsity, all transfers and levels", ON_PAR_MARGIN, ett_vs_imp),
+    Claim("resnet_family", "Fig. 6", "ETT tickets beat the pruning baselines",
+          "ETT − the best baseline at the ETT ticket's sparsity", 0.0, ett_vs_best_baseline),
+    Claim("ett_baselines", "Fig. 3", "ETT tickets beat their controls at non-trivial sparsity (≥ 50%)",
+          "ETT − the best control (reinit, random mask, both, SNIP-extra) at the ETT ticket's sparsity",
+          0.0, ett_vs_controls),
+    Claim("replicate_units", "Fig. 4", "replicating more unique blocks beats replicating only the first",
+          "appending the most blocks − appending the first block, at the former's sparsity", 0.0, replicate_more),
+    Claim("earlier_later", "Fig. 5", "replicating earlier blocks beats replicating later ones",
+          "appending the earliest blocks − appending the latest ones", 0.0, replicate_earlier),
+    Claim("earlier_later", "Fig. 5", "dropping the earliest blocks hurts most",
+          "each other drop − dropping the earliest blocks", 0.0, drop_earliest_hurts),
+    Claim("lmc_figure8", "Fig. 8", "close-depth ETT tickets are linearly more stable than far-depth ones",
+          "instability of the far-depth ETT − that of the close-depth ETT (points of error)", 0.0,
+          lmc_close_more_stable),
+    Claim("fc_table5", "Table 5", "ETT is within 0.21 points of IMP on FC layers",
+          "ETT − IMP at the ETT ticket's sparsity, every source and target", TABLE5_MARGIN, ett_vs_imp),
+    Claim("fc_table5", "Table 5 (beyond)", "sparsity-matched ETT is within 0.21 points of IMP on FC layers",
+          "matched ETT − IMP at the same sparsity, every source and target", TABLE5_MARGIN, matched_ett_vs_imp),
+    Claim("demo", "Sec. 4 in miniature", "ETT tickets are on par with IMP tickets on the target at matched sparsity",
+          "ETT − IMP at the ETT ticket's sparsity, both transfers", ON_PAR_MARGIN, ett_vs_imp),
+    Claim("demo", "Sec. 4 in miniature", "ETT tickets beat the pruning baselines",
+          "ETT − the best baseline (SNIP, random) at the ETT ticket's sparsity", 0.0, ett_vs_best_baseline),
+    Claim("dataset_table6", "Table 6", "transfer from the simpler dataset costs most",
+          "accuracy drop (IMP − moved ticket) into the harder dataset − drop into the simpler one", 0.0,
+          simpler_dataset_costs_most),
+)
+
+
+def claims_of(experiment: str) -> list[Claim]:
+    return [c for c in CLAIMS if c.experiment == experiment]
+
+
+def judge(claim: Claim, rows: list[Row], lmc: list[dict]) -> Verdict:
+    d, cells = claim.measure(rows, lmc)
+    outcome, reason = decide(d, claim.margin)
+    return Verdict(claim, d, cells, outcome, reason)
+
+
+def verdicts_for(experiment: str, rows: list[Row], lmc: list[dict]) -> list[Verdict]:
+    return [judge(c, rows, lmc) for c in claims_of(experiment)]
+
+
+def verdict_rows(verdicts: list[Verdict], link: str | None = None) -> list[list[str]]:
+    out = []
+    for v in verdicts:
+        seeds = str(v.difference.interval.n) if v.difference is not None else "0"
+        row = [v.claim.where, v.claim.statement, v.claim.effect, format_difference(v.difference), seeds,
+               str(v.cells), f"**{v.outcome}** ({v.reason})"]
+        out.append(row + ([link] if link else []))
+    return out
+
+
+VERDICT_HEADER = ["paper", "claim", "effect (points)", "mean [95% interval]", "seeds", "tickets pooled", "verdict"]

@@ -1,0 +1,245 @@
+"""Every bad input to the `elth` CLI: exit status 2, one line on stderr, no traceback, nothing written.
+
+Each case runs the real CLI in its own process (`cli_runner.py` forks one per case after a single
+torch import) in a fresh copy of a workspace holding a ticket, a regular file `afile`, an empty
+directory `adir`, crafted tickets with unusable settings and results tables.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from elth.cli import main
+from elth.data import dataset_info
+from elth.experiments.results import Row, write_results
+from elth.masks import full_mask
+from elth.models import build_model
+from elth.tickets import from_model, save_ticket
+from elth.training import preset
+
+HUGE = str(2**70)
+LONG = "x" * 300
+SMOKE = ["--preset", "smoke", "--no-progress"]
+MLP = ["--model", "mlp_2", "--dataset", "digits", *SMOKE]
+PRUNE = ["prune", *MLP, "--method", "magnitude", "--sparsity", "0.5"]
+DST = ["dst", "--method", "rigl", *MLP, "--sparsity", "0.5"]
+TRAIN_TICKET = ["train-ticket", "t.safetensors", *SMOKE]
+TRANSFORM = ["transform", "t.safetensors", "--to", "mlp_3"]
+LMC = ["lmc", "t.safetensors", *SMOKE, "--points", "3"]
+EXPERIMENT = ["experiment", "smoke", "--scale", "smoke", "--no-progress"]
+DEMO = ["demo", "--dataset", "digits", "--no-progress"]
+NOT_A_DIR = "afile is a file, not a directory"
+
+#: (case, argv, text the one error line must contain)
+CASES = [
+    # output paths: a parent that is a file, a file where a directory goes, a directory where a
+    # file goes, a name too long for the file system, for every command that writes
+    ("train --out under a file", ["train", *MLP, "--out", "afile/run"], NOT_A_DIR),
+    ("train --out is a file", ["train", *MLP, "--out", "afile"], "is a file, not a directory"),
+    ("train --out name too long", ["train", *MLP, "--out", LONG], "longer than 255 bytes"),
+    ("train --root under a file", ["train", *MLP, "--root", "afile/r"], NOT_A_DIR),
+    ("imp --root under a file", ["imp", *MLP, "--levels", "1", "--root", "afile/r"], NOT_A_DIR),
+    ("imp --root name too long", ["imp", *MLP, "--levels", "1", "--root", LONG], "longer than"),
+    ("train-ticket --root under a file", [*TRAIN_TICKET, "--root", "afile/r"], NOT_A_DIR),
+    ("train-ticket --root name too long", [*TRAIN_TICKET, "--root", LONG], "longer than"),
+    ("transform -o under a file", [*TRANSFORM, "-o", "afile/x.safetensors"], NOT_A_DIR),
+    ("transform -o a directory", [*TRANSFORM, "-o", "adir"], "adir: is a directory"),
+    ("transform -o name too long", [*TRANSFORM, "-o", LONG + ".safetensors"], "longer than"),
+    ("prune -o under a file", [*PRUNE, "-o", "afile/x.safetensors"], NOT_A_DIR),
+    ("prune -o a directory", [*PRUNE, "-o", "adir"], "adir: is a directory"),
+    ("prune --root under a file", [*PRUNE, "--root", "afile/r", "-o", "x.safetensors"], NOT_A_DIR),
+    ("dst --root under a file", [*DST, "--root", "afile/r"], NOT_A_DIR),
+    ("lmc --root under a file", [*LMC, "--root", "afile/r"], NOT_A_DIR),
+    ("lmc --out under a file", [*LMC, "--out", "afile/r"], NOT_A_DIR),
+    ("experiment --root under a file", [*EXPERIMENT, "--root", "afile/r"], NOT_A_DIR),
+    ("experiment --out under a file", [*EXPERIMENT, "--out", "afile/r"], NOT_A_DIR),
+    ("report --out under a file", ["report", "res", "--out", "afile/r"], NOT_A_DIR),
+    ("demo --root under a file", [*DEMO, "--root", "afile/r"], NOT_A_DIR),
+    ("demo --out under a file", [*DEMO, "--out", "afile/r"], NOT_A_DIR),
+    # hyperparameters that are not finite or out of range
+    ("train --lr inf", ["train", *MLP, "--lr", "inf"], "learning rate must be a finite number"),
+    ("train --lr nan", ["train", *MLP, "--lr", "nan"], "learning rate must be a finite number"),
+    ("train --lr 0", ["train", *MLP, "--lr", "0"], "learning rate must be above 0"),
+    ("imp --lr inf", ["imp", *MLP, "--levels", "1", "--lr", "inf"], "finite"),
+    ("train-ticket --lr inf", [*TRAIN_TICKET, "--lr", "inf"], "finite"),
+    ("prune --lr inf", [*PRUNE, "--lr", "inf", "-o", "x.safetensors"], "finite"),
+    ("dst --lr inf", [*DST, "--lr", "inf"], "finite"),
+    ("lmc --lr inf", [*LMC, "--lr", "inf"], "finite"),
+    ("train --batch-size 0", ["train", *MLP, "--batch-size", "0"], "batch size must be a positive integer"),
+    ("imp --prune-fraction nan", ["imp", *MLP, "--levels", "1", "--prune-fraction", "nan"], "--prune-fraction"),
+    ("imp --prune-fraction 1", ["imp", *MLP, "--levels", "1", "--prune-fraction", "1"], "--prune-fraction"),
+    ("imp --levels -1", ["imp", *MLP, "--levels", "-1"], "--levels"),
+    ("prune --sparsity nan", ["prune", *MLP, "--method", "magnitude", "--sparsity", "nan", "-o", "x.safetensors"],
+     "sparsity must be"),
+    ("lmc --points 1", [*LMC[:-1], "1"], "at least 2 points"),
+    # step counts
+    ("train --length 0it", ["train", *MLP, "--length", "0it"], "training length must be at least one step"),
+    ("train --length 0", ["train", *MLP, "--length", "0"], "training length must be at least one step"),
+    ("train --epochs 0", ["train", *MLP, "--epochs", "0"], "--epochs must be at least 1"),
+    ("train --eval-every 0it", ["train", *MLP, "--eval-every", "0it"], "--eval-every must be a positive number"),
+    ("dst --eval-every 0ep", [*DST, "--eval-every", "0ep"], "--eval-every must be a positive number"),
+    # seeds
+    ("train --seed 2**70", ["train", *MLP, "--seed", HUGE], "seeds are integers from 0 to 4294967295"),
+    ("train --seed -1", ["train", *MLP, "--seed", "-1"], "seeds are integers"),
+    ("train --data-seed 2**70", ["train", *MLP, "--data-seed", HUGE], "seeds are integers"),
+    ("imp --seed 2**70", ["imp", *MLP, "--levels", "1", "--seed", HUGE], "seeds are integers"),
+    ("prune --seed 2**70", [*PRUNE, "--seed", HUGE, "-o", "x.safetensors"], "seeds are integers"),
+    ("dst --seed 2**70", [*DST, "--seed", HUGE], "seeds are integers"),
+    ("train-ticket --seed 2**70", [*TRAIN_TICKET, "--seed", HUGE], "seeds are integers"),
+    ("transform --seed 2**70", [*TRANSFORM, "--random-replicas", "--seed", HUGE, "-o", "y.safetensors"],
+     "seeds are integers"),
+    ("lmc --seeds 0,2**70", [*LMC, "--seeds", f"0,{HUGE}"], "must be an integer from 0 to 4294967295"),
+    # model sizes
+    ("train mlp_100000000", ["train", "--model", "mlp_100000000", "--dataset", "digits", *SMOKE],
+     "has 100,000,000 units"),
+    ("train cifar_resnet_20_100000", ["train", "--model", "cifar_resnet_20_100000", "--dataset", "digits", *SMOKE],
+     "elth builds models of at most 1,000,000,000"),
+    # tickets whose recorded settings cannot be used
+    ("train-ticket: recorded lr Infinity", ["train-ticket", "lr_inf.safetensors", *SMOKE], "not a number JSON allows"),
+    ("inspect: recorded lr 1e999", ["inspect", "lr_huge.safetensors"], "learning rate must be a finite number"),
+    ("inspect: rewind step 2.5", ["inspect", "step_frac.safetensors"], "rewind step must be an integer"),
+    ("train-ticket: recorded data seed 2**70", ["train-ticket", "seed_huge.safetensors", *SMOKE],
+     "the recorded data seed must be an integer"),
+    ("inspect a directory", ["inspect", "adir"], "adir: is a directory, not a ticket file"),
+    ("report: broken line 3", ["report", "broken"], "results.jsonl, line 3: unreadable results row"),
+    # argument problems
+    ("train --lr x", ["train", *MLP, "--lr", "x"], "argument --lr: invalid float value"),
+    ("train without --dataset", ["train", "--model", "mlp_2"], "required: --dataset"),
+    ("unknown command", ["trian"], "invalid choice: 'trian'"),
+    ("experiment --workers 0", [*EXPERIMENT, "--workers", "0"], "--workers must be at least 1"),
+    ("experiment --seeds 0", [*EXPERIMENT, "--seeds", "0"], "--seeds must be at least 1"),
+    ("unknown model", ["train", "--model", "mlp_x", "--dataset", "digits"], "unknown model 'mlp_x'"),
+]
+
+
+def _write_ticket_with(path: Path, source: Path, change) -> None:
+    """A copy of the ticket at `source` whose metadata JSON text went through `change` (checksum intact)."""
+    with safe_open(str(source), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={"elth": change(meta["elth"])})
+
+
+def _meta_edit(edit):
+    def change(text: str) -> str:
+        meta = json.loads(text)
+        edit(meta)
+        return json.dumps(meta)
+    return change
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cli-errors")
+    info = dataset_info("digits")
+    model = build_model("mlp_2", info.input_shape, info.num_classes, seed=0)
+    protocol = preset("smoke", "digits", "mlp_2").to_dict()
+    save_ticket(from_model(model, info, full_mask(model), protocol=protocol, provenance={"data_seed": 0}),
+                d / "t.safetensors")
+    src = d / "t.safetensors"
+    _write_ticket_with(d / "lr_inf.safetensors", src,
+                       lambda t: t.replace('"lr": 0.05', '"lr": Infinity'))
+    _write_ticket_with(d / "lr_huge.safetensors", src, lambda t: t.replace('"lr": 0.05', '"lr": 1e999'))
+    _write_ticket_with(d / "step_frac.safetensors", src, _meta_edit(lambda m: m.update(rewind_step=2.5)))
+    _write_ticket_with(d / "seed_huge.safetensors", src,
+                       _meta_edit(lambda m: m["provenance"].update(data_seed=2**70)))
+    (d / "afile").write_text("a regular file\n")
+    (d / "adir").mkdir()
+    rows = [Row("smoke", "smoke", "digits", "mlp_2", "imp", "", "", level, 1 - 0.8**level, 0, 0.9, 10, 1e6, 0.0,
+                f"level_{level}/ticket.safetensors") for level in range(4)]
+    write_results(rows, d / "res")
+    (d / "broken").mkdir()
+    lines = (d / "res" / "results.jsonl").read_text().splitlines()
+    lines[2] = lines[2][:40]
+    (d / "broken" / "results.jsonl").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def _tree(d: Path) -> dict[str, int]:
+    return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in d.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def outcomes(template, tmp_path_factory) -> dict[str, tuple[dict, dict, dict]]:
+    """case -> (runner result, files before, files after), every case run once, two at a time."""
+    base = tmp_path_factory.mktemp("cli-error-cases")
+    cases, before = [], []
+    for i, (_, argv, _) in enumerate(CASES):
+        cwd = base / f"case_{i}"
+        shutil.copytree(template, cwd)
+        before.append(_tree(cwd))
+        cases.append({"argv": argv, "cwd": str(cwd)})
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("cli_runner.py"))],
+                          input=json.dumps(cases), capture_output=True, text=True, timeout=900, check=True)
+    results = json.loads(proc.stdout)
+    return {name: (r, b, _tree(base / f"case_{i}"))
+            for i, ((name, _, _), r, b) in enumerate(zip(CASES, results, before))}
+
+
+@pytest.mark.parametrize("name, argv, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(outcomes, name, argv, message):
+    result, before, after = outcomes[name]
+    err = result["stderr"]
+    assert result["code"] == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    command = argv[0] if argv[0] != "trian" else ""
+    assert lines[0].startswith(f"elth {command}: error: " if command else "elth: error: "), lines[0]
+    assert message in lines[0]
+    assert after == before, f"files changed: {sorted(set(after) ^ set(before))}"
+
+
+def test_an_unexpected_exception_keeps_its_traceback_and_says_it_is_a_bug(monkeypatch, capsys):
+    import elth.commands.inspect as inspect_command
+
+    def broken(args):
+        raise ZeroDivisionError("something elth did not expect")
+
+    monkeypatch.setattr(inspect_command, "run", broken)
+    assert main(["inspect", "x.safetensors"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: something elth did not expect" in err
+    assert err.splitlines()[-1].startswith("elth inspect: internal error: this is a bug in elth")
+
+
+def test_an_os_error_during_work_is_one_line(monkeypatch, capsys):
+    import errno
+
+    import elth.commands.inspect as inspect_command
+
+    def disk_full(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/x/checkpoint.pt")
+
+    monkeypatch.setattr(inspect_command, "run", disk_full)
+    assert main(["inspect", "x.safetensors"]) == 2
+    assert capsys.readouterr().err == "elth inspect: error: runs/x/checkpoint.pt: no space left on the device\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not stop root")
+def test_a_directory_without_write_permission_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *MLP, "--out", "locked/run"]) == 2
+    assert "no permission to write in locked" in capsys.readouterr().err
+    assert list(locked.iterdir()) == []
+
+
+def test_the_console_script_gives_the_same_one_line(template, tmp_path):
+    """The installed `elth` entry point (not the forking runner) on one case."""
+    shutil.copytree(template, tmp_path / "w")
+    elth = Path(sys.executable).with_name("elth")
+    argv = [str(elth)] if elth.is_file() else [sys.executable, "-m", "elth.cli"]
+    p = subprocess.run([*argv, "train", *MLP, "--lr", "inf"], cwd=tmp_path / "w", capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2
+    assert p.stderr == "elth train: error: learning rate must be a finite number, got inf\n"

@@ -1,0 +1,182 @@
+"""The report's paired differences and verdicts, pinned to exact signed cells of hand-made tables."""
+import json
+
+import pytest
+
+from elth.analysis.stats import paired_difference
+from elth.experiments.evidence import INDEX, write_verdict_index
+from elth.experiments.paired import IMP_KEY, SeedPoints, compare_paired
+from elth.experiments.report import write_report
+from elth.experiments.results import Row, write_results
+from elth.experiments.verdicts import MIN_SEEDS, TABLE5_MARGIN, claims_of, decide, judge
+
+
+def row(target, method, level, sparsity, seed, accuracy, source="", experiment="hand"):
+    return Row(experiment, "cpu", "fashion_mnist", target, method, source, "appending" if source else "",
+               level, sparsity, seed, accuracy, 100, 10.0, 0.0, f"t/{target}/{method}/{level}/{seed}")
+
+
+# Per seed: IMP on MLP-3 at 36% sparsity, the ETT ticket from MLP-2 at exactly that sparsity, SNIP there.
+IMP_36 = {0: 0.890, 1: 0.900, 2: 0.910}
+ETT_36 = {0: 0.880, 1: 0.885, 2: 0.900}  # ETT - IMP: -1.0, -1.5, -1.0 points
+SNIP_36 = {0: 0.870, 1: 0.875, 2: 0.880}  # ETT - SNIP: +1.0, +1.0, +2.0 points
+
+
+def table(experiment="hand", ett_shift=0.0) -> list[Row]:
+    rows = []
+    for seed in (0, 1, 2):
+        for target in ("mlp_2", "mlp_3"):
+            rows.append(row(target, "dense", 0, 0.0, seed, 0.91, experiment=experiment))
+            for level, acc in ((1, 0.905), (2, IMP_36[seed]), (3, 0.85)):
+                rows.append(row(target, "imp", level, 1 - 0.8 ** level, seed, acc, experiment=experiment))
+        rows.append(row("mlp_3", "snip", 2, 0.36, seed, SNIP_36[seed], experiment=experiment))
+        rows.append(row("mlp_3", "ett", 2, 0.36, seed, ETT_36[seed] + ett_shift, source="mlp_2",
+                        experiment=experiment))
+    return rows
+
+
+# mean -1.1667 points; sample std 0.28868; t_{0.975,2} = 4.302653: half width 0.71711
+ETT_MINUS_IMP = "-1.17 [-1.88, -0.45]"
+# mean +1.3333; sample std 0.57735; half width 1.43422
+ETT_MINUS_SNIP = "+1.33 [-0.10, +2.77] ~0"
+
+
+def test_report_cells_carry_the_exact_signed_differences(tmp_path):
+    write_results(table(), tmp_path)
+    text = write_report(tmp_path).read_text()
+    # the comparison of means: ETT 88.83 vs IMP 90.00 read at 36%
+    findings = next(line for line in text.splitlines() if line.startswith("| MLP-3 | MLP-2 | 2 | 36.00% | 88.83"))
+    cells = [c.strip() for c in findings.strip("|").split("|")]
+    assert cells[5:10] == ["90.00", "-1.17", "SNIP", "87.50", "+1.33"]
+    # the source x target matrix's ETT - IMP cell
+    assert "| MLP-2 | — | -1.17 |" in text
+    # the paired differences, with their intervals
+    paired = next(line for line in text.splitlines() if line.startswith("| MLP-3 | MLP-2 | 2 | 36.00% | 3 |"))
+    assert [c.strip() for c in paired.strip("|").split("|")][5:] == [ETT_MINUS_IMP, "SNIP", ETT_MINUS_SNIP]
+
+
+def test_seeds_are_never_paired_across(tmp_path):
+    rows = table()
+    # a fourth seed that only IMP has, and a seed of ETT that IMP lacks: neither may enter the pairing
+    rows += [row("mlp_3", "imp", lv, 1 - 0.8 ** lv, 7, 0.10) for lv in (1, 2, 3)]
+    rows += [row("mlp_3", "ett", 2, 0.36, 9, 0.99, source="mlp_2")]
+    c = compare_paired(SeedPoints.of(rows), "mlp_3", ("ett", "mlp_2", "appending"), 2, IMP_KEY)
+    assert c.difference.seeds == (0, 1, 2)
+    assert c.difference.differences == pytest.approx((-0.010, -0.015, -0.010))
+
+
+def test_verdict_rule():
+    above = paired_difference({0: 0.001, 1: 0.002, 2: 0.0015}, {0: 0.0, 1: 0.0, 2: 0.0})
+    below = paired_difference({0: -0.010, 1: -0.012, 2: -0.011}, {0: 0.0, 1: 0.0, 2: 0.0})
+    straddling = paired_difference({0: -0.010, 1: 0.010, 2: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    two_seeds = paired_difference({0: 0.05, 1: 0.06}, {0: 0.0, 1: 0.0})
+    assert decide(above, 0.0)[0] == "confirmed"
+    assert decide(below, 0.0)[0] == "contradicted"
+    assert decide(below, 0.02)[0] == "confirmed"  # a shortfall the margin allows
+    assert decide(straddling, 0.0)[0] == "inconclusive"
+    assert MIN_SEEDS == 3 and decide(two_seeds, 0.0)[0] == "inconclusive"
+    assert decide(None, 0.0)[0] == "inconclusive"
+
+
+def test_table5_claim_judged_on_hand_made_rows():
+    claim, matched = claims_of("fc_table5")
+    assert claim.margin == TABLE5_MARGIN == matched.margin
+    assert judge(matched, table("fc_table5"), []).outcome == "inconclusive"  # no matched tickets here
+    # ETT 1.17 points below IMP: beyond the paper's 0.21, tightly: contradicted
+    v = judge(claim, table("fc_table5"), [])
+    assert v.outcome == "contradicted" and v.cells == 1
+    assert v.difference.mean == pytest.approx(-0.011667, abs=1e-6)
+    # ETT 0.1 points above IMP in every seed: confirmed
+    shifted = {s: IMP_36[s] - ETT_36[s] + 0.001 for s in IMP_36}
+    rows = [r if r.method != "ett" else row(r.target, "ett", r.level, r.sparsity, r.seed,
+                                            r.accuracy + shifted[r.seed], source=r.source, experiment="fc_table5")
+            for r in table("fc_table5")]
+    assert judge(claim, rows, []).outcome == "confirmed"
+
+
+def test_paper_wide_verdict_table_links_each_row_to_its_report(tmp_path):
+    exp = tmp_path / "fc_table5-cpu"
+    write_results(table("fc_table5"), exp)
+    (exp / "experiment.json").write_text(json.dumps({"name": "fc_table5", "paper": "Table 5", "command": "x"}))
+    text = write_verdict_index(tmp_path).read_text()
+    assert (tmp_path / INDEX).is_file()
+    line = next(l for l in text.splitlines() if l.startswith("| Table 5 |"))
+    assert "-1.17 [-1.88, -0.45]" in line and "**contradicted**" in line
+    assert line.endswith("[fc_table5-cpu](fc_table5-cpu/report.md) |")
+    report = write_report(exp).read_text()
+    assert "## Verdicts on the paper's claims at this scale" in report and "**contradicted**" in report
+
+
+def test_report_index_command(tmp_path, capsys):
+    from elth.cli import main
+
+    exp = tmp_path / "fc_table5-cpu"
+    write_results(table("fc_table5"), exp)
+    (exp / "experiment.json").write_text(json.dumps({"name": "fc_table5", "paper": "Table 5", "command": "x"}))
+    assert main(["report", str(tmp_path), "--index"]) == 0
+    assert (exp / "report.md").is_file() and "**contradicted**" in (tmp_path / INDEX).read_text()
+    assert main(["report", str(tmp_path / "fc_table5-cpu"), "--index"]) == 2  # no experiments inside
+    assert "no experiment directories" in capsys.readouterr().err
+
+
+def test_plain_summary_says_when_a_difference_is_within_noise():
+    from elth.experiments.evidence import plain_summary
+
+    (line,) = plain_summary(table())
+    assert line.strip() == ("MLP-3 <- MLP-2 at 36.0% sparsity (3 seeds): vs IMP -1.17 [-1.88, -0.45] points: ETT worse; "
+                            "vs best baseline (SNIP) +1.33 [-0.10, +2.77] points: within seed noise")
+    one_seed = [r for r in table() if r.seed == 0]
+    assert "cannot be told from seed noise" in plain_summary(one_seed)[0]
+
+
+def _ett(target, source, strategy, level, sparsity, seed, accuracy, dataset="fashion_mnist", experiment="x"):
+    return Row(experiment, "cpu", dataset, target, "ett", source, strategy, level, sparsity, seed, accuracy, 100,
+               10.0, 0.0, "t")
+
+
+def _imp_rows(target, seed, accs, dataset="fashion_mnist", experiment="x"):
+    rows = [Row(experiment, "cpu", dataset, target, "dense", "", "", 0, 0.0, seed, accs[0], 100, 10.0, 0.0, "t")]
+    rows += [Row(experiment, "cpu", dataset, target, "imp", "", "", lv, 1 - 0.8 ** lv, seed, a, 100, 10.0, 0.0, "t")
+             for lv, a in enumerate(accs[1:], 1)]
+    return rows
+
+
+def test_dropping_the_earliest_blocks_claim():
+    (_, claim) = claims_of("earlier_later")
+    rows = []
+    for seed in (0, 1, 2):
+        rows += _imp_rows("cifar_resnet_20_8", seed, [0.90, 0.90, 0.89])
+        # every drop lands at IMP level 2's sparsity; dropping 1,2 costs 2 points more than the others
+        for strategy, acc in (("drop 1,2", 0.86), ("drop 3,4", 0.88), ("drop 1,3", 0.88 + 0.001 * seed)):
+            rows.append(_ett("cifar_resnet_20_8", "cifar_resnet_32_8", strategy, 2, 0.36, seed, acc))
+    v = judge(claim, rows, [])
+    assert v.cells == 2 and v.outcome == "confirmed"
+    assert v.difference.differences == pytest.approx((0.02, 0.0205, 0.021))
+
+
+def test_lmc_claim_pairs_far_and_close_sources_by_seed():
+    (claim,) = claims_of("lmc_figure8")
+    paths = []
+    for seed, (far, close) in enumerate(((0.10, 0.02), (0.12, 0.03), (0.11, 0.02))):
+        paths.append({"method": "ett", "target": "cifar_resnet_32_8", "level": 4, "seed": seed,
+                      "source": "cifar_resnet_14_8", "instability": far})
+        paths.append({"method": "ett", "target": "cifar_resnet_32_8", "level": 4, "seed": seed,
+                      "source": "cifar_resnet_20_8", "instability": close})
+        paths.append({"method": "imp", "target": "cifar_resnet_32_8", "level": 4, "seed": seed,
+                      "source": "", "instability": 0.0})
+    v = judge(claim, [], paths)
+    assert v.outcome == "confirmed" and v.difference.differences == pytest.approx((0.08, 0.09, 0.09))
+
+
+def test_table6_claim_compares_the_drops_into_each_dataset():
+    (claim,) = claims_of("dataset_table6")
+    rows, m = [], "cifar_resnet_14_8"
+    for seed in (0, 1, 2):
+        rows += _imp_rows(m, seed, [0.90, 0.90, 0.89], dataset="fashion_mnist")
+        rows += _imp_rows(m, seed, [0.98, 0.98, 0.97], dataset="digits")
+        # into the harder Fashion-MNIST (from digits): 3 points below IMP; into digits: 0.5 points
+        rows.append(_ett(m, m, "from digits", 2, 0.36, seed, 0.86 - 0.001 * seed, dataset="fashion_mnist"))
+        rows.append(_ett(m, m, "from fashion_mnist", 2, 0.36, seed, 0.965, dataset="digits"))
+    v = judge(claim, rows, [])
+    assert v.outcome == "confirmed"
+    assert v.difference.differences == pytest.approx((0.025, 0.026, 0.027))
