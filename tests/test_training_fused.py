@@ -28,7 +28,7 @@ import elth.training.loop as loop_module
 from elth.data import load_dataset
 from elth.files import CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE, RUN_FILE
 from elth.models import build_model
-from elth.training import Protocol, train
+from elth.training import Protocol, TrainingDiverged, train
 from elth.training.checkpoint import load_checkpoint
 from elth.training.fused import FusedNetwork, FusionError, Member, train_fused
 
@@ -155,7 +155,7 @@ def test_a_fused_member_resumes_alone_and_a_finished_group_trains_nothing(digits
     assert all(r.step == 90 for r in results)
 
 
-def test_a_nan_member_leaves_the_others_untouched(digits):
+def test_a_nan_member_leaves_the_others_untouched_and_ends_as_a_diverged_run(digits, tmp_path):
     for name, protocol in (("mlp_2", MLP_PROTOCOL.replace(length="30it")), ("cifar_resnet_8_8", MLP_PROTOCOL.replace(length="15it", batch_size=16))):
         models, masks = make_members(name, digits)
         clean, poisoned = copy.deepcopy(models), copy.deepcopy(models)
@@ -163,8 +163,17 @@ def test_a_nan_member_leaves_the_others_untouched(digits):
             first = poisoned[1].prunable_names()[0]
             poisoned[1].get_parameter(first)[0].fill_(float("nan"))
         clean_results = train_together(clean, masks, digits, protocol)
-        poisoned_results = train_together(poisoned, masks, digits, protocol)
-        assert poisoned_results[1].train_loss != poisoned_results[1].train_loss  # NaN
+        poisoned_results = train_together(poisoned, masks, digits, protocol, tmp_path / name)
+        # The poisoned member ends as `train` ends a diverged run: the error, a failure record.
+        assert isinstance(poisoned_results[1], TrainingDiverged) and poisoned_results[1].step == 1
+        record = json.loads((tmp_path / name / "m1" / RESULT_FILE).read_text())
+        assert record["status"] == "failed" and record["reason"] == "diverged" and record["step"] == 1
+        assert not (tmp_path / name / "m1" / CHECKPOINT_FILE).exists()
+        with pytest.raises(TrainingDiverged) as lone:
+            train(copy.deepcopy(poisoned[1]), digits, protocol, data_seed=DATA_SEEDS[1], mask=masks[1],
+                  progress=False, device="cpu")
+        assert str(lone.value) == str(poisoned_results[1])
+        # The others: exactly as in a group without the poison.
         for i in (0, 2):
             assert poisoned_results[i].to_dict() | {"seconds": 0} == clean_results[i].to_dict() | {"seconds": 0}
             for key, value in clean[i].state_dict().items():
@@ -289,3 +298,18 @@ def load_ticket_file(path):
     from elth.tickets import load_ticket
 
     return load_ticket(path)
+
+
+def test_divergence_read_late_on_accelerators_still_names_the_first_bad_step():
+    """The accelerator path (losses read every CHECK_EVERY steps), run on the CPU."""
+    from elth.training.fused.loop import _MemberDivergence
+    from elth.training.protocol import LRSchedule
+
+    check = _MemberDivergence(3, torch.device("cpu"), LRSchedule(MLP_PROTOCOL, 45))
+    check.eager = False
+    nan = float("nan")
+    assert check.after_step(0, torch.tensor([1.0, 1.0, 1.0])) == []
+    assert check.after_step(1, torch.tensor([1.0, nan, 1.0])) == []  # not read yet
+    check.after_step(2, torch.tensor([1.0, nan, float("inf")]))
+    assert check.check_losses() == [1, 2]
+    assert (check.errors[1].step, check.errors[2].step) == (2, 3)

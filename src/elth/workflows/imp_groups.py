@@ -4,7 +4,8 @@ level together: each level's trainings run as fused groups (`elth.training.fused
 Every file lands where `run_imp` puts it (level tickets, `level_<k>/train/`, `result.json`), made
 by the same steps (rewind point, magnitude pruning of the trained weights, rewound ticket), so
 `run_imp` afterwards reads each run back, writes its `levels.json` and returns its results; a
-killed group resumes from the files like a lone run.
+killed group resumes from the files like a lone run. A run whose training diverges at some level
+stops there (its training records the failure, as `train` does) and the others go on.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from elth.files import CHECKPOINT_FILE, RESULT_FILE, TICKET_FILE, TRAIN_DIR, wri
 from elth.masks import magnitude_prune
 from elth.tickets import load_ticket, save_ticket
 from elth.training.checkpoint import load_checkpoint
+from elth.training import TrainingDiverged
 from elth.training.fused import Member, train_fused
 from elth.workflows.imp import (
     IMPConfig,
@@ -41,9 +43,10 @@ def run_imp_together(
     group_size: int,
     device: torch.device | str | None = None,
     progress: bool = True,
-) -> list[list[LevelResult]]:
+) -> list[list[LevelResult] | TrainingDiverged]:
     """`run_imp(configs[i], data, levels[i], root)` for every i, each level's trainings fused in
-    groups of at most `group_size` (runs of one model, protocol, rewind step and precision)."""
+    groups of at most `group_size` (runs of one model, protocol, rewind step and precision); for a
+    run whose training diverged, the `TrainingDiverged` that `run_imp` would raise."""
     if len(levels) != len(configs):
         raise ValueError("one number of levels per IMP config")
     hps = []
@@ -51,8 +54,9 @@ def run_imp_together(
         _check(config, data, n)
         hps.append(imp_hparams(config, data))
     runs = [run_dir(root, "imp", hp) for hp in hps]
+    diverged: dict[int, TrainingDiverged] = {}
     for k in range(max(levels, default=-1) + 1):
-        active = [i for i in range(len(configs)) if levels[i] >= k]
+        active = [i for i in range(len(configs)) if levels[i] >= k and i not in diverged]
         for i in active:
             _make_level_ticket(configs[i], data, runs[i], k, hps[i], root, device, progress)
         todo = [i for i in active if not (level_dir(runs[i], k) / RESULT_FILE).is_file()]
@@ -74,8 +78,14 @@ def run_imp_together(
                     progress=progress, desc=f"IMP level {k} of {model} x{len(chunk)} fused",
                 )
                 for i, ticket, res in zip(chunk, tickets, results):
-                    write_json_atomic(level_dir(runs[i], k) / RESULT_FILE, level_record(ticket, k, res))
-    return [run_imp(c, data, n, root, device=device, progress=progress) for c, n in zip(configs, levels)]
+                    if isinstance(res, TrainingDiverged):
+                        diverged[i] = res
+                    else:
+                        write_json_atomic(level_dir(runs[i], k) / RESULT_FILE, level_record(ticket, k, res))
+    return [
+        diverged[i] if i in diverged else run_imp(c, data, n, root, device=device, progress=progress)
+        for i, (c, n) in enumerate(zip(configs, levels))
+    ]
 
 
 def _make_level_ticket(config: IMPConfig, data, run, k: int, hp: dict, root, device, progress) -> None:

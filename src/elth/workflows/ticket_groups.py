@@ -13,7 +13,7 @@ import torch
 
 from elth.files import TRAIN_DIR
 from elth.tickets import Ticket, TicketError, check_dataset
-from elth.training import Protocol, TrainResult
+from elth.training import Protocol, TrainingDiverged, TrainResult
 from elth.training.fused import Member, train_fused
 from elth.workflows.ticket_training import ticket_run_dir, train_ticket
 
@@ -28,9 +28,10 @@ def train_tickets(
     device: torch.device | str | None = None,
     progress: bool = True,
     precision: str = "fp32",
-) -> list[TrainResult]:
+) -> list[TrainResult | TrainingDiverged]:
     """Train every (ticket, data seed) of `tickets`, at most `group_size` at once as one fused
-    network (tickets of one model and rewind step share a group); results in the given order."""
+    network (tickets of one model and rewind step share a group); results in the given order (a
+    training that diverged: the `TrainingDiverged` that `train_ticket` would raise)."""
     if group_size < 1:
         raise ValueError(f"group size must be at least 1, got {group_size}")
     total = protocol.total_steps(data.iterations_per_epoch(protocol.batch_size))
@@ -41,7 +42,7 @@ def train_tickets(
                 f"the ticket's rewind step {ticket.rewind_step} is not before the end of the protocol "
                 f"({protocol.length} = {total} steps on {data.info.name}): nothing to train"
             )
-    results: list[TrainResult | None] = [None] * len(tickets)
+    results: list[TrainResult | TrainingDiverged | None] = [None] * len(tickets)
     groups: dict[tuple[str, int], list[int]] = {}
     for i, (ticket, _) in enumerate(tickets):
         groups.setdefault((ticket.model, ticket.rewind_step), []).append(i)
@@ -50,8 +51,11 @@ def train_tickets(
             chunk = indices[start : start + group_size]
             if len(chunk) == 1:
                 ticket, seed = tickets[chunk[0]]
-                results[chunk[0]] = train_ticket(ticket, data, protocol, data_seed=seed, root=root, device=device,
-                                                 progress=progress, precision=precision)
+                try:
+                    results[chunk[0]] = train_ticket(ticket, data, protocol, data_seed=seed, root=root, device=device,
+                                                     progress=progress, precision=precision)
+                except TrainingDiverged as e:
+                    results[chunk[0]] = e
                 continue
             members = [
                 Member(

@@ -18,10 +18,16 @@ Each member's output directory gets what `train` writes there (`run.json`, `metr
 members' checkpoints. A member whose run is already finished is left out; members whose
 checkpoints stopped at different steps train in separate groups (each group starts at one step).
 
+A member whose training loss (or weights) stops being finite ends as `train` ends such a run:
+its `result.json` records the failure, no checkpoint of its diverged weights is written, and its
+entry in the returned list is the `TrainingDiverged` error `train` would raise. Its NaNs reach no
+other member, so the group trains on.
+
 Not fused: controllers (RigL, DPF) and per-step callbacks; those runs train with `train`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +44,7 @@ from elth.training.masking import GradientMask
 from elth.training.progress import Progress
 from elth.training.protocol import LRSchedule, Protocol, ProtocolError, parse_steps
 from elth.training.resume import RunFiles, TrainResult, run_key
+from elth.training.step import CHECK_EVERY, TrainingDiverged
 
 
 @dataclass
@@ -59,7 +66,7 @@ class _Run:
     seconds_before: float = 0.0
     files: RunFiles | None = None
     optimizer_state: dict | None = None
-    result: TrainResult | None = None
+    result: TrainResult | TrainingDiverged | None = None
 
 
 class _StateView:
@@ -82,10 +89,10 @@ def train_fused(
     progress: bool = True,
     desc: str = "",
     eval_batch_size: int = 1000,
-) -> list[TrainResult]:
+) -> list[TrainResult | TrainingDiverged]:
     """Train every member from global step `start_step` to `end_step` (default: the protocol's
     end); the results in member order, each what `train` alone returns for it (and each model
-    ends with its final weights)."""
+    ends with its final weights), or the `TrainingDiverged` it would raise."""
     if precision not in PRECISIONS:
         raise ElthError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if not members:
@@ -106,9 +113,12 @@ def train_fused(
     if len(members) == 1:
         # A group of one is a lone run.
         m = members[0]
-        return [train(m.model, data, protocol, data_seed=m.data_seed, start_step=start_step, end_step=end_step,
-                      mask=m.mask, out_dir=m.out_dir, eval_every=eval_every, precision=precision, device=device,
-                      progress=progress, desc=desc, eval_batch_size=eval_batch_size)]
+        try:
+            return [train(m.model, data, protocol, data_seed=m.data_seed, start_step=start_step, end_step=end_step,
+                          mask=m.mask, out_dir=m.out_dir, eval_every=eval_every, precision=precision, device=device,
+                          progress=progress, desc=desc, eval_batch_size=eval_batch_size)]
+        except TrainingDiverged as e:
+            return [e]
     runs = [_prepare(m, data, protocol, start_step, end, precision, device) for m in members]
     pending = [r for r in runs if r.result is None]
     for step in sorted({r.step for r in pending}):
@@ -185,6 +195,55 @@ def evaluate_fused(net: FusedNetwork, data, batch_size: int, device: torch.devic
     return [(int(c) / count, float(s) / count) for c, s in zip(correct.tolist(), loss_sum.tolist())]
 
 
+class _MemberDivergence:
+    """`DivergenceCheck` per member: the first step whose loss is not finite, for each member.
+
+    On the CPU the losses are looked at every step; on accelerators the first bad step of each
+    member stays on the device and is read every CHECK_EVERY steps and before every checkpoint.
+    """
+
+    def __init__(self, k: int, device: torch.device, schedule: LRSchedule):
+        self.schedule = schedule
+        self.eager = device.type == "cpu"
+        self.first_bad = torch.full((k,), -1, dtype=torch.int64, device=device)
+        self.errors: dict[int, TrainingDiverged] = {}
+        self.steps = 0
+
+    def after_step(self, step: int, losses: torch.Tensor) -> list[int]:
+        """After the update at global step index `step`: the members found diverged just now."""
+        if self.eager:
+            values = losses.detach().tolist()
+            new = [i for i, v in enumerate(values) if not math.isfinite(v) and i not in self.errors]
+            for i in new:
+                self.errors[i] = TrainingDiverged(step + 1, f"the training loss is {values[i]}", self.schedule(step))
+            return new
+        bad = ~torch.isfinite(losses.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.steps += 1
+        return self.check_losses() if self.steps % CHECK_EVERY == 0 else []
+
+    def check_losses(self) -> list[int]:
+        if self.eager:
+            return []
+        new = []
+        for i, bad in enumerate(self.first_bad.tolist()):
+            if bad >= 0 and i not in self.errors:
+                self.errors[i] = TrainingDiverged(bad + 1, "the training loss is not finite", self.schedule(bad))
+                new.append(i)
+        return new
+
+    def check_weights(self, net: FusedNetwork, step: int) -> list[int]:
+        """Members whose weights, after global step index `step`, hold a NaN or infinity."""
+        new = self.check_losses()
+        for name, p in net.net.named_parameters():
+            finite = torch.isfinite(p.detach().reshape(net.k, -1)).all(1).tolist()
+            for i, ok in enumerate(finite):
+                if not ok and i not in self.errors:
+                    self.errors[i] = TrainingDiverged(step + 1, f"the weights of {name} are not finite", self.schedule(step))
+                    new.append(i)
+        return new
+
+
 class _Group:
     """Members resuming at one step, fused into one network."""
 
@@ -236,6 +295,14 @@ class _Group:
             for i, (r, log) in enumerate(zip(runs, logs))
         ]
         tests: list[tuple[float, float]] | None = None
+        divergence = _MemberDivergence(k, self.device, self.schedule)
+
+        def end_diverged(new: list[int]) -> None:
+            """Members just found diverged: record the failure as `train` does; no more logs."""
+            for i in new:
+                if runs[i].files is not None:
+                    runs[i].files.write_failure(divergence.errors[i].record())
+                reports[i].log = None
 
         def test_metrics(i: int):
             # One fused evaluation serves every member's log point.
@@ -253,14 +320,17 @@ class _Group:
                 report.log_point(step, test_metrics(i) if evaluate_now else None)
 
         def save(results: list[TrainResult] | None = None) -> None:
+            if step > first_step:
+                end_diverged(divergence.check_weights(net, step - 1))  # never a checkpoint of diverged weights
             for i, r in enumerate(runs):
-                if r.files is not None:
+                if r.files is not None and i not in divergence.errors:
                     r.files.save(
                         step, reports[i].clock.total(), _StateView(lambda i=i: net.member_state(i)),
                         _StateView(lambda i=i: self.optimizer.member_state_dict(i)), None,
                         results[i] if results is not None else None,
                     )
 
+        first_step = step
         net.train()
         try:
             while step < end:
@@ -268,6 +338,7 @@ class _Group:
                 stop = min(end, (epoch + 1) * self.ipe)
                 for x, y in self._batches(epoch, first):
                     losses, logits = self._step(step, x, y)
+                    end_diverged(divergence.after_step(step, losses))
                     for i, report in enumerate(reports):
                         report.after_step(losses[i], logits[i], y[i])
                     step += 1
@@ -292,6 +363,9 @@ class _Group:
             ]
             save(results)
             for i, r in enumerate(runs):
+                if i in divergence.errors:
+                    r.result = divergence.errors[i]
+                    continue
                 r.result = results[i]
                 r.member.model.load_state_dict(net.member_state(i))
                 if r.files is not None:
