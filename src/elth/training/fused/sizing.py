@@ -1,5 +1,5 @@
 """How many members a fused group should have by default: from the device's free memory and the
-model's size on CUDA; a fixed number on CPUs (see `CPU_GROUP_SIZE`)."""
+model's size on CUDA; on CPUs from the model's width (see `CPU_GROUP_SIZE`)."""
 from __future__ import annotations
 
 import copy
@@ -7,9 +7,14 @@ import copy
 import torch
 from torch import nn
 
-#: Members per group on CPUs. A CPU is busy with one network already, so fusion gains little
-#: there (benchmarks/fused_throughput.py); a small group still shares the per-step work in Python.
+#: Members per group on CPUs, for MLPs and narrow conv nets. A CPU is busy with one network
+#: already, so fusion gains little there: benchmarks/fused_throughput.py measured 1.0-1.2x for
+#: mlp_2 and cifar_resnet_20_8 at K <= 4, but slower groups of wider conv nets (cifar_resnet_20:
+#: ~0.97x at K = 2 and 4, 0.66x at K = 8), because oneDNN's grouped convolution runs forward +
+#: backward about 2x slower than K separate ones once groups have 16 channels or more.
 CPU_GROUP_SIZE = 4
+#: On CPUs, conv nets with a convolution wider than this train one run at a time by default.
+CPU_MAX_CONV_CHANNELS = 32
 #: At most this many members per group on accelerators (HFTA's gains flatten out around here).
 MAX_GROUP_SIZE = 16
 #: Share of the free device memory a group may plan for (the rest: allocator slack, evaluation).
@@ -52,6 +57,7 @@ def member_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: int
 def default_group_size(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, device: torch.device | str) -> int:
     device = torch.device(device)
     if device.type != "cuda":
-        return CPU_GROUP_SIZE
+        widest = max((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)), default=0)
+        return CPU_GROUP_SIZE if widest <= CPU_MAX_CONV_CHANNELS else 1
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(MAX_GROUP_SIZE, int(MEMORY_SHARE * free) // member_bytes(model, input_shape, batch_size)))
