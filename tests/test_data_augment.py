@@ -139,3 +139,18 @@ def test_unknown_augmentation_is_refused():
     x = torch.zeros((2, 1, 4, 4), dtype=torch.uint8)
     with pytest.raises(ValueError, match="augment"):
         InMemoryDataset("t", x, torch.zeros(2), x, torch.zeros(2), 1, augment="flip")
+
+
+@pytest.mark.parametrize("augment", ["crop_flip", "none"])
+def test_rank_shares_of_a_batch_are_the_batch(augment):
+    """Data-parallel ranks load contiguous shares of each batch, augmented exactly as in the whole batch."""
+    ds = synthetic(num_train=103, num_test=10, augment=augment)
+    for b, (x, y) in enumerate(ds.train_epoch(1, 20, seed=3)):
+        shares = [list(ds.train_epoch(1, 20, seed=3, part=(r, 3)))[b] for r in range(3)]
+        assert [s[0].shape[0] for s in shares] == ([6, 7, 7] if b < 5 else [1, 1, 1])
+        assert torch.equal(torch.cat([s[0] for s in shares]), x)
+        assert torch.equal(torch.cat([s[1] for s in shares]), y)
+    whole = torch.cat([y for _, y in ds.test_batches(3)])
+    ranks = [[y for _, y in ds.test_batches(3, part=(r, 2))] for r in range(2)]
+    interleaved = [ranks[i % 2][i // 2] for i in range(4)]
+    assert torch.equal(torch.cat(interleaved), whole)

@@ -179,3 +179,18 @@ def test_missing_imagenet(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DatasetNotFoundError, match=r"expected train/, val/"):
         load_dataset("imagenet", data_dir=tmp_path / "nope")
+
+
+def test_ranks_decode_only_their_share(tiny_imagenet):
+    """Two ranks' shares of every batch, side by side, are the whole batch (decoded and augmented alike)."""
+    ds = load_dataset("imagenet", data_dir=tiny_imagenet, num_workers=0)
+    whole = list(ds.train_epoch(2, 5, seed=4, start=1))
+    shares = [list(ds.train_epoch(2, 5, seed=4, start=1, part=(r, 2))) for r in range(2)]
+    assert [x.shape[0] for x, _ in shares[0]] == [2, 1] and [x.shape[0] for x, _ in shares[1]] == [3, 1]
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, *shares):
+        assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))
+    test = [y for _, y in ds.test_batches(2)]
+    test_shares = [[y for _, y in ds.test_batches(2, part=(r, 2))] for r in range(2)]
+    assert [len(t) for t in test_shares] == [2, 1]  # 6 val images in batches of 2: rank 0 has 0 and 2, rank 1 has 1
+    for got, want in zip(test_shares[0] + test_shares[1], [test[0], test[2], test[1]]):
+        assert torch.equal(got, want)

@@ -17,7 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("elth.elastic", "elth.transfer", "elth.methods"),
     ("elth.workflows",),
     ("elth.analysis", "elth.experiments"),
-    ("elth.commands", "elth.cli"),
+    ("elth.commands", "elth.cli", "elth.__main__"),
 )
 
 SRC = Path(elth.__file__).parent

@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command).parse_args(argv)
     prefix = f"elth {args.command}"
     try:
-        return int(args._run(args) or 0)
+        # Commands that train run through `_launch` (commands.common.run_on_ranks: --nproc, torchrun ranks).
+        launch = getattr(args, "_launch", None)
+        code = launch(args, argv) if launch is not None else args._run(args)
+        return int(code or 0)
     except ElthError as e:
         print(f"{prefix}: error: {one_line(str(e))}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
+import torch.distributed as dist
 
 # Any run directory (`runs.run_dir`)
 HPARAMS_FILE = "hparams.json"
@@ -92,6 +93,34 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _several_ranks() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_writer() -> bool:
+    """Whether this process writes the store: always on one process, rank 0 of several ranks."""
+    return not _several_ranks() or dist.get_rank() == 0
+
+
+@contextlib.contextmanager
+def rank_zero_writes() -> Iterator[bool]:
+    """Yield `is_writer()`; with several ranks (torch.distributed) a barrier before and after the block.
+
+    Every rank must enter at the same point (it is a collective). The barriers make every check of
+    the store that ranks do between two writes see the same files on every rank, so all ranks take
+    the same branches and meet at the same collectives (several nodes: the store on a shared file
+    system).
+    """
+    if not _several_ranks():
+        yield True
+        return
+    dist.barrier()
+    try:
+        yield dist.get_rank() == 0
+    finally:
+        dist.barrier()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; when the block succeeds, move it onto `path`.
@@ -99,8 +128,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The file is flushed to disk before the rename, so `path` is always either the old file or the
     complete new one; if the block fails the temporary file is removed and `path` is untouched.
     Temporary files that killed writers left in the directory are removed first.
+    With several ranks only rank 0 writes (`rank_zero_writes`: every rank calls this at the same
+    point); the others write a scratch file that is thrown away.
     """
-    path = Path(path)
+    with rank_zero_writes() as writes:
+        if writes:
+            with _atomic_path(Path(path)) as tmp:
+                yield tmp
+        else:
+            with tempfile.TemporaryDirectory(prefix="elth-rank-") as scratch:
+                yield Path(scratch) / Path(path).name
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp", dir=path.parent)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from elth.errors import ElthError
 from elth.methods import curve_label, short_name
 from elth.tickets import Ticket, check_dataset
-from elth.training import Protocol, default_device, evaluate
+from elth.training import Protocol, default_device, distributed, evaluate
 from elth.training.device import use_channels_last
 from elth.workflows.ticket_training import ticket_run_dir, train_ticket, trained_state
 
@@ -241,6 +241,9 @@ def linear_mode_connectivity(
     if train_examples_per_class < 0:
         raise LMCError(f"train_examples_per_class must be 0 or more, got {train_examples_per_class}")
     check_dataset(ticket, data.info)
+    if root is None and distributed.is_active():
+        # Each rank's temporary directory is its own; the copies' final weights are read from files.
+        raise LMCError("with several ranks, give a root for the two trainings (a store every rank sees)")
     device = torch.device(device) if device is not None else default_device()
 
     with tempfile.TemporaryDirectory(prefix="elth-lmc-") as scratch:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from elth.analysis.lmc import LMCResult
+from elth.files import atomic_path
 
 _COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:cyan", "tab:olive"]
 _MARKERS = ["s", "^", "D", "v", "P", "X", "<", ">"]
@@ -52,7 +53,7 @@ def plot_lmc(results: Sequence[LMCResult], path: str | os.PathLike, title: str |
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    with atomic_path(path) as tmp:  # one writer when several ranks run this
+        fig.savefig(tmp, dpi=150, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path

@@ -13,7 +13,7 @@ import torch
 
 from elth.errors import ElthError
 from elth.limits import MAX_SEED, BadNumberError, check_seed
-from elth.training import default_device
+from elth.training import default_device, distributed
 from elth.training.protocol import PRESETS, Protocol, ProtocolError, preset, split_steps
 
 
@@ -40,7 +40,37 @@ def add_device_arguments(parser: argparse.ArgumentParser, precision_help: str | 
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help=precision_help or "fp32, or bf16 autocast (fast on GPUs and CPUs with bf16 units; "
                         "default: fp32)")
-    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    parser.add_argument("--device", help="torch device such as cpu, cuda, cuda:1 (default: cuda if available, else cpu); "
+                        "under torchrun each rank takes cuda:LOCAL_RANK")
+    add_distributed_arguments(parser)
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--nproc and --sync-bn (shared by commands that train; see the README's "Several GPUs")."""
+    g = parser.add_argument_group("several devices (one training over ranks started by torchrun)")
+    g.add_argument("--nproc", type=positive_int, metavar="N",
+                   help="start this command as N ranks on this node through torchrun's launcher (one per GPU, "
+                   "or gloo ranks on CPUs), as `torchrun --standalone --nproc_per_node=N -m elth ...` does; "
+                   "the protocol's batch is the global batch, split over the ranks")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="BatchNorm statistics over the global batch (SyncBatchNorm) instead of per rank; the "
+                   "paper presets use per-rank BN, the usual multi-GPU ImageNet recipe (one process: no change)")
+    parser.set_defaults(_launch=run_on_ranks)
+
+
+def run_on_ranks(args: argparse.Namespace, argv: list[str]) -> int:
+    """How `elth` runs a command that trains: `--nproc N` starts N ranks of the same command line
+    through torchrun's launcher API; a rank that torchrun started joins the process group first (its
+    device becomes `cuda:LOCAL_RANK` for CUDA, and only rank 0 prints); otherwise the command runs."""
+    if args.nproc is not None and not distributed.launched_by_torchrun():
+        return distributed.launch(args.nproc, distributed.strip_nproc(argv))
+    if distributed.launched_by_torchrun():
+        device = distributed.init(getattr(args, "device", None), sync_batchnorm=args.sync_bn)
+        if hasattr(args, "device"):
+            args.device = str(device)
+        if not distributed.is_main():
+            sys.stdout = open(os.devnull, "w")
+    return int(args._run(args) or 0)
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from elth.commands.common import check_output_dir, resolve_device
+from elth.commands.common import add_distributed_arguments, check_output_dir, resolve_device
 from elth.errors import ElthError
 from elth.experiments.report import report_figures, summary_text, write_report
 from elth.experiments.results import read_results
@@ -61,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train ticket runs of one network, protocol and rewind step K at a time as one fused "
                              "network (same results and run directories; default: chosen from the device's memory "
                              "and the model; on CPUs 4 for MLPs and narrow conv nets, else 1; 1: each run alone)")
-    parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu)")
+    parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu); "
+                        "under torchrun each rank takes cuda:LOCAL_RANK")
+    add_distributed_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="list the runs the experiment expands to and exit")
     parser.add_argument("--keep-diverged", action="store_true",
                         help="a ticket whose training diverges (non-finite loss) is recorded as diverged and the "

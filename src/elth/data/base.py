@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+#: (rank, number of ranks): the share of every batch one data-parallel rank loads (None: all of it)
+Part = tuple[int, int]
 
 #: augmentation recipes of `InMemoryDataset`
 AUGMENTATIONS = ("crop_flip", "crop", "none")
@@ -43,18 +45,34 @@ class Dataset(Protocol):
     def iterations_per_epoch(self, batch_size: int) -> int: ...
 
     def train_epoch(
-        self, epoch: int, batch_size: int, seed: int, start: int = 0, augment: bool = True
+        self, epoch: int, batch_size: int, seed: int, start: int = 0, augment: bool = True,
+        part: Part | None = None,
     ) -> Iterator[Batch]:
-        """Batches `start`, `start`+1, ... of epoch `epoch` (normalised float inputs, int64 labels)."""
+        """Batches `start`, `start`+1, ... of epoch `epoch` (normalised float inputs, int64 labels).
+
+        With `part`, only that rank's contiguous share of each batch (`part_slice`), decoded and
+        augmented exactly as in the whole batch.
+        """
         ...
 
-    def test_batches(self, batch_size: int) -> Iterator[Batch]: ...
+    def test_batches(self, batch_size: int, part: Part | None = None) -> Iterator[Batch]:
+        """The test set in batches; with `part` = (r, n), only batches r, r + n, r + 2n, ..."""
+        ...
 
     def scoring_examples(self, per_class: int, seed: int) -> Batch:
         """A fixed, seeded, class-balanced set of un-augmented training examples."""
         ...
 
     def to(self, device: torch.device | str) -> "Dataset": ...
+
+
+def part_slice(n: int, part: Part | None) -> slice:
+    """The share of a batch of `n` examples that `part` = (rank, ranks) loads: contiguous, in rank
+    order, sizes differing by at most one."""
+    if part is None:
+        return slice(0, n)
+    r, w = part
+    return slice(n * r // w, n * (r + 1) // w)
 
 
 def _generator(device: torch.device, *seeds: int) -> torch.Generator:
@@ -154,23 +172,31 @@ class InMemoryDataset:
         return self._perm_cache[1]
 
     def train_epoch(
-        self, epoch: int, batch_size: int, seed: int, start: int = 0, augment: bool = True
+        self, epoch: int, batch_size: int, seed: int, start: int = 0, augment: bool = True,
+        part: Part | None = None,
     ) -> Iterator[Batch]:
         perm = self._permutation(epoch, seed)
         for b in range(start, self.iterations_per_epoch(batch_size)):
             idx = perm[b * batch_size : (b + 1) * batch_size]
-            x = self.train_x[idx]
+            share = part_slice(idx.shape[0], part)
+            x = self.train_x[idx[share]]
             if augment and self.augment != "none":
                 g = _generator(torch.device("cpu"), seed, epoch, b)
-                x = self._crop_flip(x, g, flip=self.augment == "crop_flip")
-            yield self.normalize(x), self.train_y[idx]
+                x = self._crop_flip(x, g, flip=self.augment == "crop_flip", batch=idx.shape[0], share=share)
+            yield self.normalize(x), self.train_y[idx[share]]
 
-    def _crop_flip(self, x: torch.Tensor, g: torch.Generator, flip: bool = True) -> torch.Tensor:
+    def _crop_flip(
+        self, x: torch.Tensor, g: torch.Generator, flip: bool = True, batch: int | None = None,
+        share: slice = slice(None),
+    ) -> torch.Tensor:
+        """Crop (and flip) `x`, the `share` of a batch of `batch` examples (default: all of `x`)."""
         n, c, h, w = x.shape
         p = self.pad
         # Both recipes draw the same random numbers, so "crop" is "crop_flip" without the mirror.
-        offsets = torch.randint(0, 2 * p + 1, (2, n), generator=g).to(x.device, non_blocking=True)
-        flips = (torch.rand(n, generator=g) < 0.5).to(x.device, non_blocking=True)
+        # They are drawn for the whole batch, so a rank's share is augmented as in the whole batch.
+        full = n if batch is None else batch
+        offsets = torch.randint(0, 2 * p + 1, (2, full), generator=g)[:, share].to(x.device, non_blocking=True)
+        flips = (torch.rand(full, generator=g) < 0.5)[share].to(x.device, non_blocking=True)
         padded = F.pad(x, (p, p, p, p))
         # Two gathers (rows, then columns) with broadcast index tensors: no per-image Python.
         rows = offsets[0, :, None] + torch.arange(h, device=x.device)
@@ -182,8 +208,9 @@ class InMemoryDataset:
         cols = cols + offsets[1, :, None]
         return x.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
-    def test_batches(self, batch_size: int) -> Iterator[Batch]:
-        for i in range(0, self.num_test, batch_size):
+    def test_batches(self, batch_size: int, part: Part | None = None) -> Iterator[Batch]:
+        r, w = part or (0, 1)
+        for i in range(r * batch_size, self.num_test, w * batch_size):
             yield self.normalize(self.test_x[i : i + batch_size]), self.test_y[i : i + batch_size]
 
     def scoring_examples(self, per_class: int, seed: int) -> Batch:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from elth.data.base import Batch, DatasetInfo, _generator
+from elth.data.base import Batch, DatasetInfo, Part, _generator, part_slice
 from elth.data.errors import DatasetFormatError
 from elth.data.paths import Wanted, find_files
 from elth.errors import ElthError
@@ -173,17 +173,24 @@ def _collate(items):
 
 
 class _BatchList(torch.utils.data.Sampler):
-    """Batches `start`, `start`+1, ... of `order` cut into `batch_size` pieces."""
+    """Batches `start`, `start`+1, ... of `order` cut into `batch_size` pieces.
 
-    def __init__(self, order: torch.Tensor, batch_size: int, start: int = 0):
-        self.order, self.batch_size, self.start = order, batch_size, start
+    With `part`, one rank's share of each batch (`part_slice`); with `every` = (r, n), only batches
+    r, r + n, r + 2n, ... after `start` (a rank's test batches). Ranks decode only what they use.
+    """
+
+    def __init__(self, order: torch.Tensor, batch_size: int, start: int = 0, part: Part | None = None,
+                 every: Part = (0, 1)):
+        self.order, self.batch_size, self.part = order, batch_size, part
+        self.numbers = range(start + every[0], math.ceil(len(order) / batch_size), every[1])
 
     def __len__(self) -> int:
-        return max(0, math.ceil(len(self.order) / self.batch_size) - self.start)
+        return len(self.numbers)
 
     def __iter__(self):
-        for b in range(self.start, self.start + len(self)):
-            yield self.order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+        for b in self.numbers:
+            idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield idx[part_slice(len(idx), self.part)].tolist()
 
 
 # -- the dataset ------------------------------------------------------------------------------------
@@ -270,7 +277,8 @@ class ImageFolderDataset:
 
     # -- the Dataset interface --------------------------------------------------------------
     def train_epoch(
-        self, epoch: int, batch_size: int, seed: int, start: int = 0, augment: bool = True
+        self, epoch: int, batch_size: int, seed: int, start: int = 0, augment: bool = True,
+        part: Part | None = None,
     ) -> Iterator[Batch]:
         order = torch.randperm(self.num_train, generator=_generator(torch.device("cpu"), seed, epoch))
         if augment:
@@ -278,12 +286,13 @@ class ImageFolderDataset:
         else:
             transform = TestTransform(self.resize_size, self.crop_size)
         decoded = _Decoded(self.root / "train", self.train_paths, self.train_labels, transform, self.crop_size)
-        yield from self._batches(decoded, _BatchList(order, batch_size, start), loader_seed=seed * 7919 + epoch)
+        yield from self._batches(decoded, _BatchList(order, batch_size, start, part), loader_seed=seed * 7919 + epoch)
 
-    def test_batches(self, batch_size: int) -> Iterator[Batch]:
+    def test_batches(self, batch_size: int, part: Part | None = None) -> Iterator[Batch]:
         transform = TestTransform(self.resize_size, self.crop_size)
         decoded = _Decoded(self.root / "val", self.test_paths, self.test_labels, transform, self.crop_size)
-        yield from self._batches(decoded, _BatchList(torch.arange(self.num_test), batch_size), loader_seed=0)
+        yield from self._batches(decoded, _BatchList(torch.arange(self.num_test), batch_size, every=part or (0, 1)),
+                                 loader_seed=0)
 
     def scoring_examples(self, per_class: int, seed: int) -> Batch:
         order = torch.randperm(self.num_train, generator=_generator(torch.device("cpu"), seed, 7919))

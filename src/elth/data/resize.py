@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from elth.data.base import DatasetInfo
+from elth.data.base import DatasetInfo, Part
 from elth.errors import ElthError
 
 _RESIZED = re.compile(r"(.+)@(\d+)")
@@ -52,12 +52,12 @@ class Resized:
         return self.dataset.iterations_per_epoch(batch_size)
 
     def train_epoch(self, epoch: int, batch_size: int, seed: int, start: int = 0,
-                    augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self.dataset.train_epoch(epoch, batch_size, seed, start=start, augment=augment):
+                    augment: bool = True, part: Part | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.dataset.train_epoch(epoch, batch_size, seed, start=start, augment=augment, part=part):
             yield self._resize(x), y
 
-    def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self.dataset.test_batches(batch_size):
+    def test_batches(self, batch_size: int, part: Part | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.dataset.test_batches(batch_size, part=part):
             yield self._resize(x), y
 
     def scoring_examples(self, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ from elth.methods import (
     curve_label,
     short_name,
 )
+from elth.files import atomic_path
 
 _ETT_STYLES = [("tab:blue", "s"), ("tab:orange", "^"), ("tab:green", "D"), ("tab:red", "v"),
                ("tab:purple", "P"), ("tab:brown", "X"), ("tab:cyan", "<"), ("tab:olive", ">")]
@@ -242,7 +243,8 @@ def _far_below(values: list[float], points: float = 15.0) -> set[int]:
 
 def _save(fig, path, plt, crop: bool = False) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, **({"bbox_inches": "tight", "pad_inches": 0.15} if crop else {}))
+    with atomic_path(path) as tmp:  # one writer when several ranks run this
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png",
+                    **({"bbox_inches": "tight", "pad_inches": 0.15} if crop else {}))
     plt.close(fig)
     return path

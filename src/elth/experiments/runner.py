@@ -51,7 +51,7 @@ from elth.files import EXPERIMENT_FILE, write_json_atomic
 from elth.methods import curve_label, method
 from elth.models import build_model
 from elth.tickets import load_ticket
-from elth.training import default_device
+from elth.training import default_device, distributed
 from elth.training.fused import default_group_size
 
 
@@ -244,6 +244,13 @@ def run_experiment(
         raise ElthError(f"--threads must be at least 1, got {threads}")
     if fuse is not None and fuse < 1:
         raise ElthError(f"--fuse must be at least 1, got {fuse}")
+    if workers > 1 and distributed.is_active():
+        raise ElthError("--workers runs trainings side by side in worker processes; with several ranks "
+                        "(torchrun, --nproc) every training uses all of them: leave --workers at 1")
+    if distributed.is_active():
+        if fuse is not None and fuse > 1:
+            raise ElthError("--fuse does not combine with several ranks (torchrun, --nproc) yet: leave it out")
+        fuse = 1  # fused groups train on one process
     if workers == 1 and threads:
         torch.set_num_threads(threads)
     start = time.time()

@@ -18,6 +18,10 @@ convention of `masks.prune_lowest`: **the lowest scores are pruned**.
   an all-ones tensor of one example's shape, R = sum of the outputs and score = |dR/dw * w|.
   `synflow_mask` prunes iteratively (default 100 rounds) with the exponential schedule
   density_k = d^(k / rounds), re-scoring the masked model each round without resetting weights.
+
+With several ranks (torchrun), SNIP's and GraSP's scoring batches are shared out over the ranks and
+their gradient sums all-reduced, so every rank gets the scores of all the examples (and the same
+mask); magnitude and SynFlow need no data and are computed alike on every rank.
   The copy is taken once, so the caller's model keeps its signs (the original restores them).
   SynFlow always runs in float64: R is a sum over paths of products of |w|, which overflows
   float32 on deep networks (e.g. ~27 per 3x3x64 conv layer, so ~1e156 for ResNet-110); non-finite
@@ -42,6 +46,7 @@ from tqdm import tqdm
 
 from elth.errors import ElthError
 from elth.masks import Mask, apply_mask, prunable_names, prune_lowest
+from elth.training import distributed
 
 Scores = dict[str, torch.Tensor]
 Examples = tuple[torch.Tensor, torch.Tensor]
@@ -62,6 +67,17 @@ def _batches(examples: Examples, batch_size: int, device: torch.device) -> Itera
         raise ElthError("no scoring examples: the dataset gave none for the requested classes")
     for i in range(0, x.shape[0], batch_size):
         yield x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+
+
+def _my_batches(examples: Examples, batch_size: int, device: torch.device) -> Iterator[Examples]:
+    """This rank's share of the scoring batches (round-robin; all of them on one process).
+
+    The batches themselves do not change with the rank count (BatchNorm in train mode sees the same
+    examples together), and the sums over them are all-reduced by the callers.
+    """
+    for i, batch in enumerate(_batches(examples, batch_size, device)):
+        if distributed.is_mine(i):
+            yield batch
 
 
 def _scoring_copy(model: nn.Module, mask: Mask | None, train_mode: bool) -> nn.Module:
@@ -103,10 +119,11 @@ def loss_gradient(
 ) -> list[torch.Tensor]:
     """Gradient of the mean cross-entropy of each batch, summed over the batches (no graph kept)."""
     total = [torch.zeros_like(w) for w in weights]
-    for x, y in _batches(examples, batch_size, _device(net)):
+    for x, y in _my_batches(examples, batch_size, _device(net)):
         loss = F.cross_entropy(net(x) / temperature, y)
         for acc, g in zip(total, torch.autograd.grad(loss, weights)):
             acc += g
+    distributed.all_reduce_sum_(total)
     return total
 
 
@@ -145,12 +162,13 @@ def grasp_scores(
     weights = _weights(net, all_names)
     g = loss_gradient(net, weights, examples, temperature=temperature, batch_size=batch_size)
     hg = [torch.zeros_like(w) for w in weights]
-    for x, y in _batches(examples, batch_size, _device(net)):
+    for x, y in _my_batches(examples, batch_size, _device(net)):
         loss = F.cross_entropy(net(x) / temperature, y)
         grad = torch.autograd.grad(loss, weights, create_graph=True)
         z = sum((gi * di).sum() for gi, di in zip(g, grad))
         for acc, h in zip(hg, torch.autograd.grad(z, weights)):
             acc += h
+    distributed.all_reduce_sum_(hg)
     index = {n: i for i, n in enumerate(all_names)}
     return {n: (weights[index[n]] * hg[index[n]]).detach() for n in names}
 

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from elth.errors import ElthError
+from elth.training import distributed
 from elth.training.allocator import tune_malloc
 from elth.training.device import (
     PRECISIONS,
@@ -65,7 +66,12 @@ __all__ = ["PRECISIONS", "TrainResult", "TrainingController", "TrainingDiverged"
 def evaluate(
     model: nn.Module, data, batch_size: int = 1000, device=None, precision: str = "fp32"
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy loss) on the test set, in eval mode (BN running statistics)."""
+    """(accuracy, mean cross-entropy loss) on the test set, in eval mode (BN running statistics).
+
+    With several ranks the test batches are shared out round-robin (each rank loads only its own)
+    and the sums all-reduced (every rank calls this, with the same weights), so each rank gets the
+    metrics of the whole test set.
+    """
     device = torch.device(device) if device is not None else model_device(model)
     channels_last = use_channels_last(model, device)
     was_training = model.training
@@ -74,7 +80,7 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     try:
-        for x, y in data.test_batches(batch_size):
+        for x, y in data.test_batches(batch_size, **distributed.data_part_kwargs()):
             x = prepare_input(x, device, channels_last)
             y = y.to(device, non_blocking=True)
             with autocast(device, precision):
@@ -84,9 +90,10 @@ def evaluate(
             count += y.shape[0]
     finally:
         model.train(was_training)
+    loss_total, correct_total, count = distributed.all_reduce_numbers([float(loss_sum), float(correct), count], device)
     if count == 0:
         raise ElthError("the dataset has no test examples to evaluate on")
-    return int(correct) / count, float(loss_sum) / count
+    return int(correct_total) / count, loss_total / count
 
 
 def make_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.SGD:
@@ -158,6 +165,7 @@ def train(
         raise ProtocolError(f"the evaluation interval must be a positive number of steps such as 1ep or 500it, got {eval_every!r}")
     if controller is not None and mask is not None:
         raise ElthError("give either a fixed mask or a controller that manages the sparsity, not both")
+    _check_split(data, protocol.batch_size)
 
     # Model, optimiser, step and batches
     channels_last = place_model(model, device)
@@ -168,7 +176,6 @@ def train(
     if controller is not None:
         controller.attach(model, optimizer)
     schedule = LRSchedule(protocol, ipe)
-    sgd_step = SGDStep(model, optimizer, schedule, device, precision, channels_last, masker, controller)
     divergence = DivergenceCheck(device, schedule)
     batches = EpochBatches(data, protocol.batch_size, data_seed, protocol.augment)
 
@@ -182,20 +189,27 @@ def train(
                 return resumed.result
             step, seconds_before = resumed.step, resumed.seconds
         log = files.start(step, end, ipe)
+    # Every rank now holds the same weights (one checkpoint); with several ranks DDP all-reduces the
+    # gradients of each rank's share of the global batch.
+    net = distributed.data_parallel(model, device)
+    sgd_step = SGDStep(model, optimizer, schedule, device, precision, channels_last, masker, controller, net=net)
 
     def test_metrics() -> tuple[float, float]:
+        distributed.broadcast_module_buffers(model)  # per-rank BN statistics: rank 0's, as saved
         return evaluate(model, data, eval_batch_size, device, precision)
 
     def save(result: TrainResult | None = None) -> None:
         if step > start_step:
             divergence.check_weights(model, step - 1)  # never a checkpoint or a result of a diverged run
         if files is not None:
+            distributed.broadcast_module_buffers(model)
+            distributed.check_identical(dict(model.named_parameters()), f"the weights at step {step}")
             files.save(step, report.clock.total(), model, optimizer, controller, result)
 
     # Train, epoch by epoch (a checkpoint at the end of each)
     report = Progress(
         device, schedule, ipe, start_step=start_step, step=step, end=end, seconds_before=seconds_before,
-        log=log, desc=desc or getattr(model, "name", "train"), enabled=progress,
+        log=log, desc=desc or getattr(model, "name", "train"), enabled=progress and distributed.is_main(),
     )
     model.train()
     try:
@@ -203,9 +217,10 @@ def train(
             epoch, first = divmod(step, ipe)
             stop = min(end, (epoch + 1) * ipe)
             for x, y in batches(epoch, first):
-                loss, logits, labels = sgd_step(step, x, y)
+                global_batch = batches.size(step % ipe)
+                loss, logits, labels = sgd_step(step, x, y, global_batch)
                 divergence.after_step(step, loss)
-                report.after_step(loss, logits, labels)
+                report.after_step(loss, logits, labels, images=global_batch)
                 step += 1
                 if callback is not None:
                     callback(step, model)
@@ -223,7 +238,7 @@ def train(
                 save()
         test = report.last_test
         if test[0] is None:
-            # Nothing trained in this call (start == end): still report the test metrics.
+            # Nothing trained in this call (start == end): still report the test metrics (a collective).
             test = test_metrics()
         result = TrainResult(step, test[0], test[1], report.train_loss, report.clock.total())
         save(result)
@@ -236,3 +251,16 @@ def train(
         raise
     finally:
         report.close()
+
+
+def _check_split(data, batch_size: int) -> None:
+    """With several ranks, every rank needs at least one example of every batch (the last one too)."""
+    ranks = distributed.world_size()
+    if ranks == 1:
+        return
+    smallest = min(batch_size, data.num_train - (data.iterations_per_epoch(batch_size) - 1) * batch_size)
+    if smallest < ranks:
+        raise distributed.DistributedError(
+            f"a batch of {smallest} examples (batch size {batch_size}, {data.num_train} training examples) "
+            f"cannot be split over {ranks} ranks"
+        )

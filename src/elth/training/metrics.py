@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from elth.files import json_text, write_text_atomic
+from elth.files import is_writer, json_text, write_text_atomic
+from elth.training import distributed
 
 
 class MetricsLog:
@@ -28,13 +29,16 @@ class MetricsLog:
         return rows
 
     def truncate_after(self, step: int) -> None:
-        """Keep only the lines logged at or before global step `step`."""
+        """Keep only the lines logged at or before global step `step` (every rank calls it)."""
         rows = self.read()
         kept = [r for r in rows if r.get("step", 0) <= step]
         if self.path.is_file() and len(kept) != len(self.path.read_text().splitlines()):
             write_text_atomic(self.path, "".join(json_text(r) + "\n" for r in kept))
 
     def append(self, row: dict) -> None:
+        """Add a line (on rank 0 only, when several ranks train: the rows are reduced over ranks)."""
+        if not is_writer():
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json_text(row) + "\n")  # NaN/inf as null
@@ -59,6 +63,17 @@ class RunningStats:
         if self.count == 0:
             return None, None
         return float(self.loss) / self.count, int(self.correct) / self.count
+
+    def read_global(self) -> tuple[float | None, float | None]:
+        """`read` over every rank's examples (a collective: every rank calls it at the same step)."""
+        if not distributed.is_active():
+            return self.read()
+        loss, correct, count = distributed.all_reduce_numbers(
+            [float(self.loss), float(self.correct), self.count], self.loss.device
+        )
+        if count == 0:
+            return None, None
+        return loss / count, int(correct) / count
 
     def reset(self) -> None:
         self.loss.zero_()

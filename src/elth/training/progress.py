@@ -45,9 +45,10 @@ class Progress:
         self.last_test: tuple[float | None, float | None] = (None, None)
         self.train_loss: float | None = None
 
-    def after_step(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def after_step(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, images: int | None = None) -> None:
+        """`images`: the step's global batch when `labels` is one rank's share (for images/s)."""
         self.stats.add(loss, logits, labels)
-        self.clock.images += labels.shape[0]
+        self.clock.images += labels.shape[0] if images is None else images
         self.bar.update(1)
 
     def refresh(self, step: int) -> None:
@@ -56,8 +57,9 @@ class Progress:
             _show(self.bar, *self.stats.read(), self.clock.window_rate(), self.last_test[0])
 
     def log_point(self, step: int, evaluate: Evaluation | None) -> None:
-        """Read the running sums, run `evaluate` if given, and log the row for global step `step`."""
-        loss, acc = self.stats.read()
+        """Read the running sums (of every rank), run `evaluate` if given, and log the row for global
+        step `step` (a collective with several ranks: every rank calls it at the same step)."""
+        loss, acc = self.stats.read_global()
         images_per_s = self.clock.window_rate()
         test = (None, None)
         if evaluate is not None:

@@ -59,7 +59,7 @@ from elth.sparsity.baselines import (
 )
 from elth.sparsity.scores import GRASP_TEMPERATURE
 from elth.tickets import Ticket, check_dataset, from_model
-from elth.training import Protocol
+from elth.training import Protocol, distributed
 from elth.workflows.rewind import rewind_point
 
 #: Methods that need a like-ticket (whose mask or source they use).
@@ -187,6 +187,8 @@ def prune_ticket(
     _sync(device)
     seconds = time.perf_counter() - start
     _check_count(mask, kept)
+    # Several ranks: scores all-reduced over the scoring examples, seeds shared: one mask everywhere.
+    distributed.check_identical(mask, f"the {method} masks")
     if method == "random" and like is not None:
         excluded = None  # the like-ticket's layerwise counts decide
     provenance = _provenance(method, model_name, options, like, like_path, requested, mask, seconds,
@@ -336,6 +338,7 @@ def _snip_extra(model_name, data, like: Ticket, like_path, exclude, options, see
     seconds = time.perf_counter() - start
     kept = count(stretched.mask)[0]
     _check_count(mask, kept)
+    distributed.check_identical(mask, "the snip-extra masks")
     provenance = _provenance(
         "snip-extra", model_name, options, like, like_path, stretched.sparsity, mask, seconds,
         int(examples[1].numel()), seed, data_seed, excluded,

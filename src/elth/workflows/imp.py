@@ -48,7 +48,7 @@ from elth.tickets import (
     model_layout,
     save_ticket,
 )
-from elth.training import Protocol, train
+from elth.training import Protocol, distributed, train
 from elth.workflows.rewind import rewind_point, rewind_step_of
 
 
@@ -188,6 +188,9 @@ def run_imp(
                 model, _ = _train_level(config, data, ticket, k, levels, run, device, progress)
             trained = {n: p.detach() for n, p in model.named_parameters()}
             mask = magnitude_prune(trained, ticket.mask, config.prune_fraction, eligible)
+            # Several ranks prune the same weights (DDP keeps them identical): check, then rank 0 writes
+            # the ticket that every rank loads for the next level.
+            distributed.check_identical(mask, f"the masks of IMP level {k + 1}")
             save_ticket(_level_ticket(config, data, run, k + 1, rewind_state, mask, hp), next_path)
     return results
 

@@ -12,6 +12,7 @@ from elth.sparsity.dst.common import (
     top_k_mask,
 )
 from elth.sparsity.dst.densities import DSTError, param_shapes
+from elth.training import distributed
 
 
 class DPF(MaskController):
@@ -86,6 +87,8 @@ class DPF(MaskController):
             self.masks[i] = flat[offset:offset + numel].view(self.shapes[n]).clone()
             offset += numel
         self._refresh_layouts()
+        # Several ranks: the dense weights get the same all-reduced gradients, so the masks agree.
+        distributed.check_identical(dict(zip(self.names, self.masks)), f"DPF masks after the update at step {progress}")
 
     def weight_steps(self, progress: int) -> dict[str, int]:
         """Per prunable weight tensor: kept weights summed over the first `progress` steps (FLOPs)."""

@@ -21,6 +21,7 @@ from elth.sparsity.dst.densities import (
     layer_densities,
     param_shapes,
 )
+from elth.training import distributed
 from elth.training.masking import mask_gradients, mask_like
 
 
@@ -111,6 +112,9 @@ class RigL(MaskController):
                 buf.mul_(keep)  # dropped and grown weights start with zero momentum
             self.masks[i] = new.view(mask.shape)
             self.layouts[i] = mask_like(p, self.masks[i])
+        # Several ranks: drop (|w|) and grow (|dense gradient|, all-reduced by DDP) chose the same
+        # weights on every rank; a rank that diverged stops the run here, at the update that diverged.
+        distributed.check_identical(dict(zip(self.names, self.masks)), f"RigL masks after the update at step {step}")
 
     def hparams(self) -> dict:
         return {

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from elth.errors import ElthError
+from elth.training import distributed
 from elth.training.device import PRECISIONS, autocast, default_device, use_channels_last
 from elth.training.fused.network import FusedNetwork, FusionError, stack_members
 from elth.training.fused.optimizer import MemberSGD
@@ -97,6 +98,8 @@ def train_fused(
         raise ElthError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if not members:
         return []
+    if distributed.is_active():
+        raise FusionError("fused training runs in one process; under torchrun train the runs one by one")
     device = torch.device(device) if device is not None else default_device()
     ipe = data.iterations_per_epoch(protocol.batch_size)
     end = protocol.total_steps(ipe) if end_step is None else int(end_step)
