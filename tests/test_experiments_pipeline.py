@@ -8,6 +8,7 @@ import pytest
 
 from elth.cli import main
 from elth.experiments import get_experiment, read_results, run_experiment
+from elth.experiments import runner
 from elth.experiments.runner import ExperimentFailed
 from elth.experiments.spec import Setup, Transfer, expand
 from elth.tickets import load_ticket
@@ -75,6 +76,21 @@ def test_fused_ticket_training_gives_the_results_of_training_one_by_one(smoke_ru
     assert alone.fused == 0
     untimed = lambda rows: sorted((dataclasses.replace(r, ticket="") for r in rows), key=_key)
     assert untimed(alone.rows) == untimed(read_results(out))
+
+
+def test_a_failing_fused_group_leaves_its_runs_to_train_one_by_one(smoke_run, tmp_path, monkeypatch, capsys):
+    store, out = smoke_run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a fused group that breaks")
+
+    monkeypatch.setattr(runner, "train_ticket_group_job", broken)
+    outcome = run_experiment(SMOKE, "smoke", root=tmp_path / "store", out_dir=tmp_path / "out", seeds=1,
+                             progress=True, threads=1, fuse=3)
+    assert outcome.fused == 0 and not outcome.failures
+    assert "its runs go on one by one" in capsys.readouterr().err
+    untimed = lambda rows: sorted((dataclasses.replace(r, ticket="") for r in rows), key=_key)
+    assert untimed(outcome.rows) == untimed(read_results(out))
 
 
 def test_a_finished_experiment_is_read_back_without_training(smoke_run, monkeypatch, tmp_path):
