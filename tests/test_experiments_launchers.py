@@ -53,7 +53,7 @@ def local_results(tmp_path_factory):
     outcome, out = _run(tmp, "local", LaunchOptions(threads=1))
     assert outcome.trained == expand(PART).total == 3
     meta = json.loads((out / "experiment.json").read_text())
-    assert meta["runs"] == {"trained": 3, "cached": 0, "by_others": 0, "failed": 0, "diverged": 0}
+    assert meta["runs"] == {"trained": 3, "cached": 0, "by_others": 0, "failed": 0, "diverged": 0, "fused": 0}
     return _results(out)
 
 
@@ -70,6 +70,24 @@ def test_submitit_jobs_give_the_local_results(local_results, tmp_path):
     assert outcome.trained == 3 and not outcome.failures
     assert _results(out) == local_results
     _trained_once(tmp_path / "submitit" / "store")
+    assert len(list((out / "jobs").glob("*/*_result.pkl"))) == 3
+
+
+def test_fused_groups_run_as_one_submitit_job_each(tmp_path):
+    """With two seeds, the IMP runs of each network and the two ETT runs are fused groups: one job
+    each, holding its members' leases; every run still records one attempt, and the rows are
+    those of training every run alone (MLPs train bit for bit alike fused)."""
+    part = dataclasses.replace(PART, seeds=2)
+    alone = run_experiment(SMOKE, "smoke", root=tmp_path / "alone" / "store", out_dir=tmp_path / "alone" / "out",
+                           setups=(part,), launch=LaunchOptions(threads=1), progress=False, fuse=1)
+    assert alone.fused == 0 and alone.trained == expand(part).total == 6
+    out = tmp_path / "fused" / "out"
+    outcome = run_experiment(SMOKE, "smoke", root=tmp_path / "fused" / "store", out_dir=out, setups=(part,),
+                             launch=LaunchOptions(launcher="submitit-local", max_parallel=2), progress=False,
+                             poll=0.2, fuse=2)
+    assert outcome.trained == 6 and outcome.fused == 6 and not outcome.failures
+    assert _results(out) == _results(tmp_path / "alone" / "out")
+    _trained_once(tmp_path / "fused" / "store")
     assert len(list((out / "jobs").glob("*/*_result.pkl"))) == 3
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from elth.cli import main
 from elth.experiments import get_experiment, read_results, run_experiment
+from elth.experiments import fusion
 from elth.experiments.runner import ExperimentFailed
 from elth.experiments.spec import Setup, Transfer, expand
 from elth.tickets import load_ticket
@@ -64,7 +65,36 @@ def test_smoke_experiment_writes_the_table_and_the_report(smoke_run):
     assert meta["runs"]["failed"] == 0 and meta["runs"]["trained"] == plan.total
 
 
+def test_fused_ticket_training_gives_the_results_of_training_one_by_one(smoke_run, tmp_path):
+    """The smoke run trained its tickets in fused groups (the CPU default); one by one (--fuse 1)
+    the MLP tickets train bit for bit alike, so every result is the same."""
+    store, out = smoke_run
+    meta = json.loads((out / "experiment.json").read_text())
+    assert meta["runs"]["fused"] >= 2
+    alone = run_experiment(SMOKE, "smoke", root=tmp_path / "store", out_dir=tmp_path / "out", seeds=1,
+                           progress=False, threads=1, fuse=1)
+    assert alone.fused == 0
+    untimed = lambda rows: sorted((dataclasses.replace(r, ticket="") for r in rows), key=_key)
+    assert untimed(alone.rows) == untimed(read_results(out))
+
+
+def test_a_failing_fused_group_leaves_its_runs_to_train_one_by_one(smoke_run, tmp_path, monkeypatch, capsys):
+    store, out = smoke_run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a fused group that breaks")
+
+    monkeypatch.setattr(fusion, "train_ticket_group_job", broken)
+    outcome = run_experiment(SMOKE, "smoke", root=tmp_path / "store", out_dir=tmp_path / "out", seeds=1,
+                             progress=True, threads=1, fuse=3)
+    assert outcome.fused == 0 and not outcome.failures
+    assert "its runs go on one by one" in capsys.readouterr().err
+    untimed = lambda rows: sorted((dataclasses.replace(r, ticket="") for r in rows), key=_key)
+    assert untimed(outcome.rows) == untimed(read_results(out))
+
+
 def test_a_finished_experiment_is_read_back_without_training(smoke_run, monkeypatch, tmp_path):
+    """Also after a fused run: neither `train` nor `train_fused` is called."""
     store, out = smoke_run
 
     def no_training(*args, **kwargs):
@@ -74,6 +104,8 @@ def test_a_finished_experiment_is_read_back_without_training(smoke_run, monkeypa
         if getattr(module, "__name__", "").startswith("elth") and hasattr(module, "train"):
             if getattr(module.train, "__name__", "") == "train":
                 monkeypatch.setattr(module, "train", no_training)
+        if hasattr(module, "train_fused"):
+            monkeypatch.setattr(module, "train_fused", no_training)
     outcome = run_experiment(SMOKE, "smoke", root=store, out_dir=tmp_path, seeds=1, progress=False)
     assert outcome.trained == 0 and outcome.cached == expand(SMOKE.setups("smoke")[0].with_seeds(1)).total
     assert sorted(outcome.rows, key=_key) == sorted(read_results(out), key=_key)

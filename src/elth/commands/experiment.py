@@ -86,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where results and report go (default: ROOT/experiments/NAME-SCALE)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
+    parser.add_argument("--fuse", type=int, metavar="K",
+                        help="train ready runs of one network and protocol (ticket runs, IMP runs of different seeds, "
+                             "LMC copies) K at a time as one fused network, one task per group (one job with "
+                             "--launcher slurm) (same results and run directories; default: chosen from the device's memory "
+                             "and the model; on CPUs 4 for MLPs and narrow conv nets, else 1; 1: each run alone)")
     parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu); "
                         "under torchrun each rank takes cuda:LOCAL_RANK")
     add_distributed_arguments(parser)
@@ -239,7 +244,8 @@ def command_of(args: argparse.Namespace) -> str:
                         ("--out", args.out), ("--data-dir", args.data_dir), ("--device", args.device),
                         ("--devices", getattr(args, "devices", None)),
                         ("--launcher", getattr(args, "launcher", "local") if getattr(args, "launcher", "local") != "local"
-                         else None)):
+                         else None),
+                        ("--fuse", getattr(args, "fuse", None))):
         if value is not None:
             parts += [flag, str(value)]
     if args.keep_diverged:
@@ -266,6 +272,7 @@ def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=
             data_dir=args.data_dir, device=device, progress=not args.no_progress, setups=setups, command=command,
             launch=launch, lease_timeout=getattr(args, "lease_timeout", DEFAULT_TIMEOUT),
             tensorboard=getattr(args, "tensorboard", False), keep_diverged=getattr(args, "keep_diverged", False),
+            fuse=getattr(args, "fuse", None),
         )
         rows = outcome.rows
         others = f", {outcome.by_others} by other workers" if outcome.by_others else ""

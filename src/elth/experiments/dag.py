@@ -14,6 +14,7 @@ stale) they are run here. So any number of runners can work on one store.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -38,7 +39,8 @@ from elth.experiments.jobs import (
     ticket_run_dir,
 )
 from elth.experiments.attempts import first_line
-from elth.experiments.launch import Busy, Failed, Finished, Task, WorkerSettings
+from elth.experiments import fusion
+from elth.experiments.launch import Busy, Failed, Finished, GroupOutcome, GroupTask, Task, WorkerSettings
 from elth.experiments.lease import holder
 from elth.experiments.spec import ImpRun, LMCRun, TicketRun
 from elth.methods import curve_label
@@ -230,15 +232,19 @@ class Tally:
     by_others: int = 0  # finished by another worker while this runner waited
     failures: list[tuple[str, str]] = field(default_factory=list)
     diverged: list[tuple[str, str]] = field(default_factory=list)  # ticket runs kept as diverged
+    fused: int = 0  # runs whose training was done in a fused group
 
 
 class Scheduler:
     """Runs a `Graph` through a launcher (see `launch.py`), reading the store between completions."""
 
-    def __init__(self, graph: Graph, launcher, settings: WorkerSettings, progress, poll: float = 2.0):
+    def __init__(self, graph: Graph, launcher, settings: WorkerSettings, progress, poll: float = 2.0,
+                 fuse: int | None = 1):
+        """`fuse`: trainings per fused group (None: the default for each network's device; 1: none fused)."""
         self.graph, self.launcher, self.settings = graph, launcher, settings
-        self.progress, self.poll = progress, poll
+        self.progress, self.poll, self.fuse = progress, poll, fuse
         self.tally = Tally()
+        self._sizes: dict[tuple, int] = {}
 
     def _finish(self, node: Node, result, note: str) -> None:
         node.result = result
@@ -256,12 +262,35 @@ class Scheduler:
         self.progress.finish(node.label, note)
 
     def _try_start(self, node: Node) -> bool:
-        """Start `node` if its inputs exist and nobody holds it; True if something changed.
+        """Start `node` if its inputs exist and nobody holds it (with the ready runs it fuses with,
+        see `fusion.py`); True if something changed."""
+        ready = self._ready(node)
+        if ready is not True:
+            return ready == "changed"
+        group = self._group(node)
+        if group is not None:
+            self._submit_group(*group)
+            return True
+        node.state = SUBMITTED
+        self.progress.start(node.label)
+        self.launcher.submit(self._task(node))
+        self._collect(0.0)  # an inline launcher has finished it already
+        return True
+
+    def _task(self, node: Node) -> Task:
+        fn, check = _JOBS[node.kind]
+        return Task(key=node, label=node.label, directory=node.directory, fn=fn, ctx=node.ctx,
+                    args=(node.run, *node.args), cached=check, settings=self.settings)
+
+    def _ready(self, node: Node, need_slot: bool = True) -> bool | str:
+        """True if `node` can start now (its inputs exist, the store has no result, nobody holds it);
+        else "changed" if its state changed (finished from the store, skipped) or False.
 
         The store is asked whether the run is finished when its inputs first exist, then only when
         a launcher slot is free or another worker had it (so a long queue of ready runs costs no
         file-system traffic while every slot is busy).
         """
+        full = need_slot and self.launcher.in_flight() >= self.launcher.slots
         if not node.looked:
             found = self.graph.inputs(node, max_age=self.poll)
             if isinstance(found, Cannot):
@@ -270,13 +299,13 @@ class Scheduler:
                 else:
                     node.state, node.error = SKIPPED, found.reason
                     self.progress.finish(node.label, found.reason)
-                return True
+                return "changed"
             if found is None:
                 return False
             node.args = found
             node.directory = self.graph.directory(node)
             node.looked = True
-        elif node.state != ELSEWHERE and self.launcher.in_flight() >= self.launcher.slots:
+        elif node.state != ELSEWHERE and full:
             return False
         done = cached(node)
         if done is not None:
@@ -286,26 +315,73 @@ class Scheduler:
             else:
                 self.tally.cached += 1
                 self._finish(node, done, "read from the store")
-            return True
-        if self.launcher.in_flight() >= self.launcher.slots:
+            return "changed"
+        if full:
             return False
         busy = holder(node.directory, self.settings.lease_timeout)
         if busy is not None:
             self._elsewhere(node, busy)
             return False
-        fn, check = _JOBS[node.kind]
-        task = Task(key=node, label=node.label, directory=node.directory, fn=fn, ctx=node.ctx,
-                    args=(node.run, *node.args), cached=check, settings=self.settings)
-        node.state = SUBMITTED
-        self.progress.start(node.label)
-        self.launcher.submit(task)
-        self._collect(0.0)  # an inline launcher has finished it already
         return True
+
+    # -- fused groups ----------------------------------------------------------------------------
+    def _size(self, node: Node) -> int:
+        key = fusion.fusion_key(node.kind, node.ctx, node.run)
+        if key not in self._sizes:
+            self._sizes[key] = fusion.group_size(node.ctx, node.here, fusion.network(node.run), self.fuse)
+        return self._sizes[key]
+
+    def _group(self, node: Node) -> tuple[list[Node], int] | None:
+        """`node` and the ready runs that train with it in one fused group, and the group's size
+        (trainings at once); None when it trains alone."""
+        if self.fuse == 1 or not fusion.fusable(node.kind, node.run):
+            return None
+        size = self._size(node)
+        wanted = fusion.members_per_group(node.kind, size)
+        key = fusion.fusion_key(node.kind, node.ctx, node.run)
+        members = [node]
+        for other in self.graph.nodes:
+            if len(members) >= wanted:
+                break
+            if (other is node or other.kind != node.kind or other.state != WAITING
+                    or not fusion.fusable(other.kind, other.run)
+                    or fusion.fusion_key(other.kind, other.ctx, other.run) != key):
+                continue
+            if self._ready(other, need_slot=False) is True:
+                members.append(other)
+        return (members, size) if fusion.worth_fusing(node.kind, len(members), size) else None
+
+    def _submit_group(self, members: list[Node], size: int) -> None:
+        first = members[0]
+        what = {"imp": "IMP runs (level by level)", "ticket": "tickets", "lmc": "LMC runs (both copies)"}[first.kind]
+        label = f"{fusion.network(first.run)}: {len(members)} {what} fused"
+        train = functools.partial(fusion.TRAINERS[first.kind], size=size)
+        group = GroupTask(key=tuple(members), label=label, members=tuple(self._task(n) for n in members),
+                          train=train, settings=self.settings)
+        for n in members:
+            n.state = SUBMITTED
+        self.progress.start(label)
+        self.launcher.submit(group)
+        self._collect(0.0)
+
+    def _complete_group(self, group: GroupTask, outcome: GroupOutcome | None, error: str | None) -> None:
+        if outcome is None:  # the whole task failed (its worker died, its SLURM job ended without a result)
+            for member in group.members:
+                self._complete(member, None, error)
+            return
+        if outcome.error is not None:
+            self.progress.say(f"        {group.label}: failed ({first_line(outcome.error)}); its runs go on one by one")
+        self.tally.fused += outcome.fused
+        for member, (result, err) in zip(group.members, outcome.members):
+            self._complete(member, result, err)
 
     def _collect(self, timeout: float) -> bool:
         done = self.launcher.wait(timeout)
         for task, outcome, error in done:
-            self._complete(task, outcome, error)
+            if isinstance(task, GroupTask):
+                self._complete_group(task, outcome, error)
+            else:
+                self._complete(task, outcome, error)
         return bool(done)
 
     def _elsewhere(self, node: Node, who) -> None:

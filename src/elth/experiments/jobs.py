@@ -31,6 +31,8 @@ from elth.transfer import to_dataset
 from elth.workflows.baseline_tickets import permute_ticket_mask, prune_ticket
 from elth.workflows.dst_training import train_dst
 from elth.workflows.imp import IMPConfig, imp_run_dir, level_dir, read_summary, run_imp
+from elth.workflows.imp_groups import run_imp_together
+from elth.workflows.ticket_groups import train_tickets
 from elth.workflows.ticket_training import train_ticket
 
 #: result.json status of a ticket run whose training diverged and was kept (`Context.keep_diverged`)
@@ -233,6 +235,15 @@ def imp_levels(ctx: Context, run: ImpRun) -> list[LevelCost]:
         k += 1
 
 
+def run_imp_group_job(ctx: Context, runs: list[ImpRun], group_size: int) -> int:
+    """Advance the IMP runs `runs` (one network, different seeds) level by level, each level's
+    trainings fused; `run_imp_job` then reads them back. The number of runs."""
+    configs = [imp_config(ctx, run.model, run.seed) for run in runs]
+    run_imp_together(configs, dataset(ctx), [run.levels for run in runs], ctx.root, group_size=group_size,
+                     device=ctx.device, progress=ctx.progress)
+    return len(runs)
+
+
 # -- tickets (ETTs and baselines) ---------------------------------------------------------------
 def ticket_run_dir(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> Path:
     """`root/ticket-<hash>`: the hash covers the run, the ticket(s) it starts from and the protocol."""
@@ -286,6 +297,25 @@ def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
         return kept
     write_json_atomic(result_file, asdict(outcome))
     return outcome
+
+
+def prepare_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> str:
+    """Make the run's ticket and keep it in its run directory (once); its path."""
+    ticket_path = ticket_run_dir(ctx, run, basis, like) / TICKET_FILE
+    if not ticket_path.is_file():
+        save_ticket(make_ticket(ctx, settings(ctx, run.target), run, basis, like), ticket_path)
+    return str(ticket_path)
+
+
+def train_ticket_group_job(ctx: Context, target: str, items: list[tuple[str, int]], group_size: int) -> int:
+    """Train the saved tickets `items` ((ticket path, data seed); one target, protocol and rewind
+    step) in fused groups of `group_size`, where `train_ticket` would train them alone, so the
+    runs' jobs find them trained. The number of trainings."""
+    s = settings(ctx, target)
+    tickets = [(load_ticket(path), seed) for path, seed in items]
+    train_tickets(tickets, s.data, s.protocol, group_size=group_size, root=ctx.root, device=ctx.device,
+                  progress=ctx.progress)
+    return len(tickets)
 
 
 def _train_ticket_run(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost, directory: Path) -> TicketOutcome:

@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Hashable
+from contextlib import ExitStack
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -119,11 +120,14 @@ def _apply(settings: WorkerSettings) -> None:
         enable_tensorboard(True)
 
 
-def run_task(task: Task) -> Finished | Busy | Failed:
+def run_task(task: "Task | GroupTask") -> "Finished | Busy | Failed | GroupOutcome":
     """Execute `task` under its run's lease (what every launcher runs, wherever it runs).
 
     An expected failure (ElthError) comes back as `Failed` with its message, so that it reads the
-    same whichever launcher ran the task; anything else is raised, with its traceback."""
+    same whichever launcher ran the task; anything else is raised, with its traceback. A
+    `GroupTask` runs as `run_group_task`."""
+    if isinstance(task, GroupTask):
+        return run_group_task(task)
     _apply(task.settings)
     ctx = _worker_context(task.ctx)
     timeout = task.settings.lease_timeout
@@ -131,20 +135,33 @@ def run_task(task: Task) -> Finished | Busy | Failed:
     clear_submitted(task.directory)  # the job has started (whether it works on the run or not)
     if lease is None:
         return Busy(holder(task.directory, timeout))
+    with lease:
+        return _run_leased(task, ctx, lease)
+
+
+def _record_start(task: Task, lease: Lease, **fields) -> None:
+    taken = {"took_over_from": lease.taken_over.where()} if lease.taken_over else {}
+    record(task.directory, "start", label=task.label, **taken, **fields)
+
+
+def _run_leased(task: Task, ctx, lease: Lease, started: float | None = None) -> Finished | Busy | Failed:
+    """The run of `task` while this worker holds its lease: read back, or trained and recorded.
+    `started`: the time its attempt started (recorded already, as a member of a fused group)."""
+    timeout = task.settings.lease_timeout
     if threading.current_thread() is threading.main_thread():
         lease.on_lost = _thread.interrupt_main  # stop training a run that another worker now owns
-    with lease:
-        found = task.cached(ctx, *task.args)
-        if found is not None:
-            return Finished(found, trained=False)
-        taken = {"took_over_from": lease.taken_over.where()} if lease.taken_over else {}
-        record(task.directory, "start", label=task.label, **taken)
-        start = time.time()
+    try:
+        if started is None:
+            found = task.cached(ctx, *task.args)
+            if found is not None:
+                return Finished(found, trained=False)
+            _record_start(task, lease)
+        start = time.time() if started is None else started
         try:
             result = task.fn(ctx, *task.args)
         except SystemExit:
             # submitit ends a job it requeued (time limit, preemption) this way: not a failure; the
-            # lease is released below, so the requeued job resumes the run from its checkpoints
+            # lease is released by the caller, so the requeued job resumes the run from its checkpoints
             record(task.directory, "stop", error="job requeued", seconds=time.time() - start)
             raise
         except KeyboardInterrupt:
@@ -165,6 +182,89 @@ def run_task(task: Task) -> Finished | Busy | Failed:
         clear_failure(task.directory)
         record(task.directory, "finish", seconds=time.time() - start)
         return Finished(result, trained=True)
+    finally:
+        lease.on_lost = None
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    """Runs trained together as one fused group, then each run's own task.
+
+    `train(ctx, [member args...])` trains what the members' tasks would train (writing it where
+    they look for it) and returns how many trainings it did; each member's task then runs as it
+    would alone and finds its training done. All members share `ctx`."""
+
+    key: Hashable
+    label: str
+    members: tuple[Task, ...]
+    train: Callable
+    settings: WorkerSettings = field(default_factory=WorkerSettings)
+
+    @property
+    def directory(self) -> str:
+        return self.members[0].directory
+
+    @property
+    def directories(self) -> tuple[str, ...]:
+        return tuple(m.directory for m in self.members)
+
+
+@dataclass(frozen=True)
+class GroupOutcome:
+    """What a group task did: per member what its task returned, or its error text; how many
+    members trained in the fused group; why the group failed (its members then ran one by one)."""
+
+    members: tuple[tuple["Finished | Busy | Failed | None", "str | None"], ...]
+    fused: int
+    error: str | None = None
+
+
+def run_group_task(group: GroupTask) -> GroupOutcome:
+    """Take the leases of the group's runs (a run another worker holds is left to it), train those
+    not yet finished as one fused group, then run each member's own task under its lease (finding
+    its training done; after a failed group, training it alone)."""
+    _apply(group.settings)
+    ctx = _worker_context(group.members[0].ctx)
+    timeout = group.settings.lease_timeout
+    outcomes: list = [None] * len(group.members)
+    with ExitStack() as held_leases:
+        held: list[tuple[int, Task, Lease]] = []
+        for i, member in enumerate(group.members):
+            lease = Lease.acquire(member.directory, label=member.label, timeout=timeout)
+            clear_submitted(member.directory)
+            if lease is None:
+                outcomes[i] = (Busy(holder(member.directory, timeout)), None)
+                continue
+            held_leases.enter_context(lease)
+            found = member.cached(ctx, *member.args)
+            if found is not None:
+                outcomes[i] = (Finished(found, trained=False), None)
+                continue
+            held.append((i, member, lease))
+        fused, error = 0, None
+        started = time.time()
+        for _, member, lease in held:  # each member's attempt starts with the group
+            _record_start(member, lease, fused_group=group.label)
+        if len(held) > 1:
+            try:
+                group.train(ctx, [m.args for _, m, _ in held])
+                fused = len(held)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as e:  # the members train one by one below, each reporting its own errors
+                error = failure_text(e)
+        for i, member, lease in held:
+            if lease.lost:
+                record(member.directory, "lost", seconds=time.time() - started)
+                outcomes[i] = (Busy(holder(member.directory, timeout)), None)
+                continue
+            try:
+                outcomes[i] = (_run_leased(member, ctx, lease, started=started), None)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except Exception as e:
+                outcomes[i] = (None, failure_text(e))
+    return GroupOutcome(tuple(outcomes), fused, error)
 
 
 #: (task, what run_task returned or None, error text or None)
@@ -331,7 +431,7 @@ class _RunTaskJob(submitit.helpers.Checkpointable):
     """`run_task` as a submitit job that SLURM requeues when it reaches its time limit or is
     preempted (submitit signals it 90 s before): the requeued job resumes the run from its checkpoints."""
 
-    def __call__(self, task: Task) -> Finished | Busy:
+    def __call__(self, task):
         return run_task(task)
 
 
@@ -360,7 +460,8 @@ class SubmititLauncher:
         self._executor.update_parameters(name=f"elth:{task.label}"[:100])
         job = self._executor.submit(_RunTaskJob(), task)
         self._jobs[job] = task
-        write_submitted(task.directory, str(job.job_id), self.name)
+        for directory in _directories(task):
+            write_submitted(directory, str(job.job_id), self.name)
 
     def in_flight(self) -> int:
         return len(self._jobs)
@@ -417,7 +518,8 @@ class SubmititLauncher:
                     continue
                 if not job.paths.result_pickle.exists():
                     del self._jobs[job]
-                    clear_submitted(task.directory)
+                    for directory in _directories(task):
+                        clear_submitted(directory)
                     out.append((task, None, f"SLURM job {job.job_id} ended without a result; the end of its log "
                                 f"({job.paths.stderr}):\n{_tail(job.paths.stderr)}"))
                     continue
@@ -437,7 +539,8 @@ class SubmititLauncher:
                 job.cancel(check=False)
             except Exception:
                 pass
-            clear_submitted(task.directory)
+            for directory in _directories(task):
+                clear_submitted(directory)
         self._jobs.clear()
 
     def __enter__(self):
@@ -513,6 +616,10 @@ def make_launcher(options: LaunchOptions, out_dir: str | os.PathLike):
     return SubmititLauncher(Path(out_dir) / JOBS_DIR, cluster=cluster, options=options.slurm,
                             max_parallel=options.max_parallel)
 
+
+
+def _directories(task) -> tuple[str, ...]:
+    return getattr(task, "directories", (task.directory,))
 
 
 def _have(program: str) -> bool:

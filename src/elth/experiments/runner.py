@@ -47,6 +47,8 @@ class Outcome:
     trained: int = 0
     cached: int = 0
     by_others: int = 0
+    #: runs whose training was done in a fused group (they count in `trained` too)
+    fused: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: ticket runs whose training diverged, kept because the experiment was asked to (label, error)
     diverged: list[tuple[str, str]] = field(default_factory=list)
@@ -142,6 +144,7 @@ def run_experiment(
     tensorboard: bool = False,
     poll: float = POLL_SECONDS,
     keep_diverged: bool = False,
+    fuse: int | None = None,
 ) -> Outcome:
     """Execute every run of `experiment` at `scale` and write `results.jsonl`/`.csv` to `out_dir`.
 
@@ -151,11 +154,21 @@ def run_experiment(
     `lease_timeout`: seconds without a heartbeat after which another runner takes over a run.
     `keep_diverged`: a ticket run whose training diverges is recorded as diverged (listed in
     experiment.json and the report, no row in the results) instead of failing the experiment; an IMP
-    run that diverges still fails (its later levels cannot be made). Raises `ExperimentFailed` after
-    writing the results of the runs that finished.
+    run that diverges still fails (its later levels cannot be made). `fuse` K > 1: ready runs of one
+    network, dataset and protocol (IMP runs of different seeds, ticket runs, LMC copies) train K at
+    a time as one fused network, one task per group (`fusion.py`; the same run directories, results
+    and attempt records as one at a time); None picks K from the device and the network; 1 trains
+    every run alone. Raises
+    `ExperimentFailed` after writing the results of the runs that finished.
     """
     launch = launch or LaunchOptions(workers=workers, threads=threads)
     launch.check()
+    if fuse is not None and fuse < 1:
+        raise ElthError(f"--fuse must be at least 1, got {fuse}")
+    if distributed.is_active():
+        if fuse is not None and fuse > 1:
+            raise ElthError("--fuse does not combine with several ranks (torchrun, --nproc) yet: leave it out")
+        fuse = 1  # fused groups train on one process
     in_process = launch.launcher == "local" and launch.workers == 1
     if not in_process and distributed.is_active():
         raise ElthError("--workers and --launcher slurm run trainings side by side in other processes; with "
@@ -179,11 +192,11 @@ def run_experiment(
     worker = WorkerSettings(threads=launch.worker_threads(), lease_timeout=lease_timeout, tensorboard=tensorboard)
     try:
         with make_launcher(launch, out) as launcher:
-            tally = Scheduler(graph, launcher, worker, bar, poll=poll).run()
+            tally = Scheduler(graph, launcher, worker, bar, poll=poll, fuse=fuse).run()
     finally:
         bar.close()
     outcome.trained, outcome.cached, outcome.by_others = tally.trained, tally.cached, tally.by_others
-    outcome.failures, outcome.diverged = tally.failures, tally.diverged
+    outcome.failures, outcome.diverged, outcome.fused = tally.failures, tally.diverged, tally.fused
     _finish(experiment, scale, parts, ctxs, graph, outcome, command, start)
     if outcome.failures:
         for label, err in outcome.failures:
@@ -290,7 +303,7 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
         "command": command or "",
         "wall_seconds": round(outcome.seconds, 1),
         "runs": {"trained": outcome.trained, "cached": outcome.cached, "by_others": outcome.by_others,
-                 "failed": len(outcome.failures), "diverged": len(outcome.diverged)},
+                 "failed": len(outcome.failures), "diverged": len(outcome.diverged), "fused": outcome.fused},
         "failures": [{"run": label, "error": first_line(err)} for label, err in outcome.failures],
         "diverged": [{"run": label, "error": err} for label, err in outcome.diverged],
     }

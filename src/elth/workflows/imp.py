@@ -238,8 +238,13 @@ def _train_level(config, data, ticket: Ticket, level: int, levels: int, run: Pat
         device=device, progress=progress,
         desc=f"IMP level {level}/{levels} ({100 * ticket.sparsity:.1f}% sparse)",
     )
+    return model, level_record(ticket, level, res)
+
+
+def level_record(ticket: Ticket, level: int, res) -> dict:
+    """What `level_<k>/result.json` holds for a level whose training gave `res` (a TrainResult)."""
     kept, total = count(ticket.mask)
-    result = {
+    return {
         "level": level,
         "sparsity": ticket.sparsity,
         "kept": kept,
@@ -251,7 +256,6 @@ def _train_level(config, data, ticket: Ticket, level: int, levels: int, run: Pat
         "end_step": int(res.step),
         "seconds": float(res.seconds),
     }
-    return model, result
 
 
 def _level_result(r: dict, ticket_path: Path) -> LevelResult:

@@ -1,0 +1,116 @@
+"""Total training throughput (images/s) of K fused members against the same K runs one after
+another, in the same process and the same run.
+
+For each model and K: K tickets (different initial weights, ~80%-sparse random masks, different
+data seeds) are trained for `--steps` steps at batch `--batch` on 32x32x3 in-memory synthetic data
+(crop + flip augmentation), once with `elth.training.train` run after run ("separate") and once as
+one fused group with `elth.training.fused.train_fused` ("fused"). Both include what a real run does
+per step (augmentation, masks, metrics); evaluation is left out (`eval_every=None`, a one-batch
+test set). Each (model, K) first runs one untimed step of each, then `--rounds` rounds that
+alternate which goes first; reported are total images/s from the median round and the ratio
+fused/separate (> 1: fusion is faster).
+
+On a busy machine `--clock cpu` (default on CPU with one thread) times the process's CPU time,
+which other processes barely disturb; `--clock wall` times wall-clock seconds (use it on a GPU).
+
+    python benchmarks/fused_throughput.py                                  # CPU, ~10 min on 2 cores
+    python benchmarks/fused_throughput.py --models mlp_2 --ks 1,4,16 --device cuda --clock wall
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+SHAPE = (3, 32, 32)
+CLASSES = 10
+SPARSITY = 0.8
+
+
+def _members(model_name: str, k: int, device: str):
+    import torch
+
+    from elth.models import build_model
+    from elth.training.fused import Member
+
+    members = []
+    for i in range(k):
+        model = build_model(model_name, SHAPE, CLASSES, seed=i)
+        g = torch.Generator().manual_seed(1000 + i)
+        mask = {n: torch.rand(model.get_parameter(n).shape, generator=g) >= SPARSITY for n in model.prunable_names()}
+        members.append(Member(model.to(device), data_seed=i, mask=mask))
+    return members
+
+
+def _timer(clock: str, device: str):
+    import torch
+
+    def now() -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.process_time() if clock == "cpu" else time.perf_counter()
+
+    return now
+
+
+def measure(model_name: str, k: int, steps: int, batch: int, rounds: int, device: str, clock: str, precision: str) -> tuple[float, float]:
+    """(separate, fused) total images/s for K members of `model_name`."""
+    from elth.data.base import synthetic
+    from elth.training import Protocol, train
+    from elth.training.fused import train_fused
+
+    data = synthetic(input_shape=SHAPE, num_classes=CLASSES, num_train=batch * steps, num_test=batch, seed=0).to(device)
+    protocol = Protocol(length=f"{steps}it", batch_size=batch, lr=0.05, milestones=())
+    now = _timer(clock, device)
+    common = dict(eval_every=None, precision=precision, device=device, progress=False)
+
+    def separate(end: int) -> float:
+        start = now()
+        for m in _members(model_name, k, device):
+            train(m.model, data, protocol, data_seed=m.data_seed, mask=m.mask, end_step=end, **common)
+        return now() - start
+
+    def fused(end: int) -> float:
+        members = _members(model_name, k, device)
+        start = now()
+        train_fused(members, data, protocol, end_step=end, **common)
+        return now() - start
+
+    separate(1), fused(1)  # warm-up: allocator, kernel caches
+    times = {"separate": [], "fused": []}
+    for r in range(rounds):
+        order = (separate, fused) if r % 2 == 0 else (fused, separate)
+        for fn in order:
+            times[fn.__name__].append(fn(steps))
+    images = k * steps * batch
+    return images / statistics.median(times["separate"]), images / statistics.median(times["fused"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="mlp_2,cifar_resnet_20_8,cifar_resnet_20")
+    parser.add_argument("--ks", default="1,2,4,8,16", help="numbers of members, comma-separated")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default=None, help="default: cpu on CPU with one thread, else wall")
+    parser.add_argument("--precision", default="fp32")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    clock = args.clock or ("cpu" if args.device == "cpu" and args.threads == 1 else "wall")
+    print(f"device {args.device}, {args.threads} thread(s), batch {args.batch}, {args.steps} steps x "
+          f"{args.rounds} rounds, {args.precision}, {clock} clock, torch {torch.__version__}")
+    print(f"{'model':<20} {'K':>3} {'separate img/s':>15} {'fused img/s':>12} {'fused/separate':>15}")
+    for model_name in args.models.split(","):
+        for k in (int(v) for v in args.ks.split(",")):
+            sep, fus = measure(model_name, k, args.steps, args.batch, args.rounds, args.device, clock, args.precision)
+            print(f"{model_name:<20} {k:>3} {sep:>15.0f} {fus:>12.0f} {fus / sep:>14.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

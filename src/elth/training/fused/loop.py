@@ -1,0 +1,379 @@
+"""Training K runs of one model and protocol as one fused network, each as if it ran alone.
+
+`train_fused(members, data, protocol, ...)` is `train` for K members at once. Each `Member` has its
+own model (starting weights), mask, data seed and output directory; what differs between members
+stays per member by construction:
+
+- data: each member's batches come from its own `data.train_epoch(..., seed)` (its own order and
+  augmentation); the K batches of a step are stacked, one member per channel group;
+- weights, masks, BN statistics, momentum and weight decay: every fused tensor is the members'
+  tensors side by side, every op of the network is per channel group or element-wise, the loss is
+  the sum of the members' own mean losses (so each member's gradient is its own) and SGD steps each
+  member's part on its own (`MemberSGD`);
+- the LR schedule is a function of the global step, the same for every member.
+
+Each member's output directory gets what `train` writes there (`run.json`, `metrics.jsonl`,
+`checkpoint.pt` every epoch and at the end, `result.json`), through the same `RunFiles` and
+`Progress`, so a member's run can be resumed by `train` alone and a fused group resumes from its
+members' checkpoints. A member whose run is already finished is left out; members whose
+checkpoints stopped at different steps train in separate groups (each group starts at one step).
+
+A member whose training loss (or weights) stops being finite ends as `train` ends such a run:
+its `result.json` records the failure, no checkpoint of its diverged weights is written, and its
+entry in the returned list is the `TrainingDiverged` error `train` would raise. Its NaNs reach no
+other member, so the group trains on.
+
+Not fused: controllers (RigL, DPF) and per-step callbacks; those runs train with `train`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from elth.errors import ElthError
+from elth.training import distributed
+from elth.training.device import PRECISIONS, autocast, default_device, use_channels_last
+from elth.training.fused.network import FusedNetwork, FusionError, stack_members
+from elth.training.fused.optimizer import MemberSGD
+from elth.training.loop import make_optimizer, place_model, train
+from elth.training.masking import GradientMask
+from elth.training.progress import Progress
+from elth.training.protocol import LRSchedule, Protocol, ProtocolError, parse_steps
+from elth.training.resume import RunFiles, TrainResult, run_key
+from elth.training.step import CHECK_EVERY, TrainingDiverged
+
+
+@dataclass
+class Member:
+    """One run of a fused group: `model` holds its starting weights and gets its final ones."""
+
+    model: nn.Module
+    data_seed: int = 0
+    mask: dict[str, torch.Tensor] | None = None
+    out_dir: str | Path | None = None
+
+
+@dataclass
+class _Run:
+    """A member's place while its group trains: resume step, run files, saved optimiser state."""
+
+    member: Member
+    step: int
+    seconds_before: float = 0.0
+    files: RunFiles | None = None
+    optimizer_state: dict | None = None
+    result: TrainResult | TrainingDiverged | None = None
+
+
+class _StateView:
+    """Something with a `state_dict()` (what `RunFiles.save` reads) that returns `fn()`."""
+
+    def __init__(self, fn):
+        self.state_dict = fn
+
+
+def train_fused(
+    members: list[Member],
+    data,
+    protocol: Protocol,
+    *,
+    start_step: int = 0,
+    end_step: int | None = None,
+    eval_every: str | None = "1ep",
+    precision: str = "fp32",
+    device=None,
+    progress: bool = True,
+    desc: str = "",
+    eval_batch_size: int = 1000,
+) -> list[TrainResult | TrainingDiverged]:
+    """Train every member from global step `start_step` to `end_step` (default: the protocol's
+    end); the results in member order, each what `train` alone returns for it (and each model
+    ends with its final weights), or the `TrainingDiverged` it would raise."""
+    if precision not in PRECISIONS:
+        raise ElthError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if not members:
+        return []
+    if distributed.is_active():
+        raise FusionError("fused training runs in one process; under torchrun train the runs one by one")
+    device = torch.device(device) if device is not None else default_device()
+    ipe = data.iterations_per_epoch(protocol.batch_size)
+    end = protocol.total_steps(ipe) if end_step is None else int(end_step)
+    start_step = int(start_step)
+    if start_step < 0 or end < start_step:
+        raise ProtocolError(f"cannot train from step {start_step} to step {end}")
+    eval_interval = None if eval_every is None else parse_steps(eval_every, ipe)
+    if eval_interval == 0:
+        raise ProtocolError("eval_every must be a positive number of steps (or None for only at the end)")
+    outs = [Path(m.out_dir).resolve() for m in members if m.out_dir is not None]
+    if len(set(outs)) != len(outs):
+        raise FusionError("members of a fused group need different output directories")
+
+    if len(members) == 1:
+        # A group of one is a lone run.
+        m = members[0]
+        try:
+            return [train(m.model, data, protocol, data_seed=m.data_seed, start_step=start_step, end_step=end_step,
+                          mask=m.mask, out_dir=m.out_dir, eval_every=eval_every, precision=precision, device=device,
+                          progress=progress, desc=desc, eval_batch_size=eval_batch_size)]
+        except TrainingDiverged as e:
+            return [e]
+    runs = [_prepare(m, data, protocol, start_step, end, precision, device) for m in members]
+    pending = [r for r in runs if r.result is None]
+    for step in sorted({r.step for r in pending}):
+        group = [r for r in pending if r.step == step]
+        _Group(group, data, protocol, ipe, precision, device).train(
+            start_step, step, end, eval_interval, progress, desc, eval_batch_size
+        )
+    return [r.result for r in runs]
+
+
+def _prepare(member: Member, data, protocol: Protocol, start_step: int, end: int, precision: str, device) -> _Run:
+    """As `train` begins a run: the model on the device, masked, and resumed from its checkpoint
+    (a finished run gets its result and is left out)."""
+    model = member.model
+    place_model(model, device)
+    if member.mask is not None:
+        GradientMask(model, member.mask).apply_to_weights()
+    run = _Run(member, start_step)
+    if member.out_dir is None:
+        return run
+    key = run_key(model, protocol, data, member.data_seed, member.mask, precision, None)
+    run.files = RunFiles(member.out_dir, key, model, start_step)
+    optimizer = make_optimizer(model, protocol)
+    resumed = run.files.resume(model, optimizer, None, end)
+    if resumed is not None:
+        run.step, run.seconds_before, run.result = resumed.step, resumed.seconds, resumed.result
+        run.optimizer_state = optimizer.state_dict()
+    return run
+
+
+def _fused_mask(net: FusedNetwork, masks: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor] | None:
+    """The members' masks side by side (a member without a mask, or a layer it leaves out: ones)."""
+    names = sorted({n for m in masks if m is not None for n in m})
+    if not names:
+        return None
+    params = dict(net.net.named_parameters())
+    fused = {}
+    for name in names:
+        if name not in params:
+            raise FusionError(f"a mask covers {name!r}, which the model {net.name} does not have")
+        shape = net.member_shapes[name]
+        parts = [m[name] if m is not None and name in m else torch.ones(shape) for m in masks]
+        fused[f"net.{name}"] = stack_members([p.to(torch.float32) for p in parts], params[name])
+    return fused
+
+
+def _member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each member's own mean cross-entropy (the op `train` uses), stacked."""
+    return torch.stack([F.cross_entropy(logits[k], y[k]) for k in range(logits.shape[0])])
+
+
+@torch.no_grad()
+def evaluate_fused(net: FusedNetwork, data, batch_size: int, device: torch.device, precision: str) -> list[tuple[float, float]]:
+    """Every member's (test accuracy, mean cross-entropy), as `evaluate` gives it for one model."""
+    was_training = net.training
+    net.eval()
+    k = net.k
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+    correct = torch.zeros(k, dtype=torch.int64, device=device)
+    count = 0
+    try:
+        for x, y in data.test_batches(batch_size):
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = net(x.unsqueeze(0).expand(k, *x.shape))
+            loss_sum += torch.stack([F.cross_entropy(logits[i].float(), y, reduction="sum") for i in range(k)])
+            correct += (logits.argmax(2) == y).sum(1)
+            count += y.shape[0]
+    finally:
+        net.train(was_training)
+    if count == 0:
+        raise ElthError("the dataset has no test examples to evaluate on")
+    return [(int(c) / count, float(s) / count) for c, s in zip(correct.tolist(), loss_sum.tolist())]
+
+
+class _MemberDivergence:
+    """`DivergenceCheck` per member: the first step whose loss is not finite, for each member.
+
+    On the CPU the losses are looked at every step; on accelerators the first bad step of each
+    member stays on the device and is read every CHECK_EVERY steps and before every checkpoint.
+    """
+
+    def __init__(self, k: int, device: torch.device, schedule: LRSchedule):
+        self.schedule = schedule
+        self.eager = device.type == "cpu"
+        self.first_bad = torch.full((k,), -1, dtype=torch.int64, device=device)
+        self.errors: dict[int, TrainingDiverged] = {}
+        self.steps = 0
+
+    def after_step(self, step: int, losses: torch.Tensor) -> list[int]:
+        """After the update at global step index `step`: the members found diverged just now."""
+        if self.eager:
+            values = losses.detach().tolist()
+            new = [i for i, v in enumerate(values) if not math.isfinite(v) and i not in self.errors]
+            for i in new:
+                self.errors[i] = TrainingDiverged(step + 1, f"the training loss is {values[i]}", self.schedule(step))
+            return new
+        bad = ~torch.isfinite(losses.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.steps += 1
+        return self.check_losses() if self.steps % CHECK_EVERY == 0 else []
+
+    def check_losses(self) -> list[int]:
+        if self.eager:
+            return []
+        new = []
+        for i, bad in enumerate(self.first_bad.tolist()):
+            if bad >= 0 and i not in self.errors:
+                self.errors[i] = TrainingDiverged(bad + 1, "the training loss is not finite", self.schedule(bad))
+                new.append(i)
+        return new
+
+    def check_weights(self, net: FusedNetwork, step: int) -> list[int]:
+        """Members whose weights, after global step index `step`, hold a NaN or infinity."""
+        new = self.check_losses()
+        for name, p in net.net.named_parameters():
+            finite = torch.isfinite(p.detach().reshape(net.k, -1)).all(1).tolist()
+            for i, ok in enumerate(finite):
+                if not ok and i not in self.errors:
+                    self.errors[i] = TrainingDiverged(step + 1, f"the weights of {name} are not finite", self.schedule(step))
+                    new.append(i)
+        return new
+
+
+class _Group:
+    """Members resuming at one step, fused into one network."""
+
+    def __init__(self, runs: list[_Run], data, protocol: Protocol, ipe: int, precision: str, device: torch.device):
+        self.runs, self.data, self.protocol, self.ipe = runs, data, protocol, ipe
+        self.precision, self.device = precision, device
+        models = [r.member.model for r in runs]
+        self.net = FusedNetwork(models)
+        if use_channels_last(models[0], device):
+            self.net.to_channels_last()
+        fused_mask = _fused_mask(self.net, [r.member.mask for r in runs])
+        self.masker = GradientMask(self.net, fused_mask) if fused_mask is not None else None
+        self.optimizer = MemberSGD(self.net, models[0], protocol)
+        self.optimizer.load_member_state_dicts([r.optimizer_state for r in runs])
+        self.schedule = LRSchedule(protocol, ipe)
+
+    def _step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.optimizer.lr = self.schedule(step)
+        with autocast(self.device, self.precision):
+            logits = self.net(x)
+            losses = _member_losses(logits, y)
+        self.optimizer.zero_grad()
+        losses.sum().backward()
+        if self.masker is not None:
+            self.masker.apply_to_gradients()
+        self.optimizer.step()
+        return losses, logits
+
+    def _batches(self, epoch: int, first: int):
+        """The members' batches of `epoch` from batch `first` on, stacked: x [K, N, ...], y [K, N]."""
+        p = self.protocol
+        streams = [self.data.train_epoch(epoch, p.batch_size, r.member.data_seed, start=first, augment=p.augment) for r in self.runs]
+        for batch in zip(*streams):
+            xs, ys = zip(*batch)
+            # Stacked as [N, K, ...] in memory (the fused network's input layout: no second copy),
+            # handed over as the [K, N, ...] view.
+            x = torch.stack(xs, dim=1).transpose(0, 1)
+            yield x.to(self.device, non_blocking=True), torch.stack(ys).to(self.device, non_blocking=True)
+
+    def train(self, start_step: int, step: int, end: int, eval_interval: int | None, progress: bool, desc: str, eval_batch_size: int) -> None:
+        net, runs, k = self.net, self.runs, len(self.runs)
+        logs = [r.files.start(step, end, self.ipe) if r.files is not None else None for r in runs]
+        reports = [
+            Progress(
+                self.device, self.schedule, self.ipe, start_step=start_step, step=step, end=end,
+                seconds_before=r.seconds_before, log=log, desc=desc or f"{net.name} x{k} fused",
+                enabled=progress and i == 0,
+            )
+            for i, (r, log) in enumerate(zip(runs, logs))
+        ]
+        tests: list[tuple[float, float]] | None = None
+        divergence = _MemberDivergence(k, self.device, self.schedule)
+
+        def end_diverged(new: list[int]) -> None:
+            """Members just found diverged: record the failure as `train` does; no more logs."""
+            for i in new:
+                if runs[i].files is not None:
+                    runs[i].files.write_failure(divergence.errors[i].record())
+                reports[i].log = None
+
+        def test_metrics(i: int):
+            # One fused evaluation serves every member's log point.
+            def read() -> tuple[float, float]:
+                nonlocal tests
+                if tests is None:
+                    tests = evaluate_fused(net, self.data, eval_batch_size, self.device, self.precision)
+                return tests[i]
+            return read
+
+        def log_point(evaluate_now: bool) -> None:
+            nonlocal tests
+            tests = None
+            for i, report in enumerate(reports):
+                report.log_point(step, test_metrics(i) if evaluate_now else None)
+
+        def save(results: list[TrainResult] | None = None) -> None:
+            if step > first_step:
+                end_diverged(divergence.check_weights(net, step - 1))  # never a checkpoint of diverged weights
+            for i, r in enumerate(runs):
+                if r.files is not None and i not in divergence.errors:
+                    r.files.save(
+                        step, reports[i].clock.total(), _StateView(lambda i=i: net.member_state(i)),
+                        _StateView(lambda i=i: self.optimizer.member_state_dict(i)), None,
+                        results[i] if results is not None else None,
+                    )
+
+        first_step = step
+        net.train()
+        try:
+            while step < end:
+                epoch, first = divmod(step, self.ipe)
+                stop = min(end, (epoch + 1) * self.ipe)
+                for x, y in self._batches(epoch, first):
+                    losses, logits = self._step(step, x, y)
+                    end_diverged(divergence.after_step(step, losses))
+                    for i, report in enumerate(reports):
+                        report.after_step(losses[i], logits[i], y[i])
+                    step += 1
+                    if step >= stop:
+                        break
+                    if eval_interval is not None and step % eval_interval == 0:
+                        log_point(True)
+                    else:
+                        reports[0].refresh(step)
+                if step < stop:
+                    raise ElthError(f"the dataset ended epoch {epoch} after step {step}, before step {stop}")
+                log_point(step == end or (eval_interval is not None and step % eval_interval == 0))
+                if step < end:
+                    save()
+            if any(report.last_test[0] is None for report in reports):
+                tests = evaluate_fused(net, self.data, eval_batch_size, self.device, self.precision)
+                for report, test in zip(reports, tests):
+                    report.last_test = test
+            results = [
+                TrainResult(step, rep.last_test[0], rep.last_test[1], rep.train_loss, rep.clock.total())
+                for rep in reports
+            ]
+            save(results)
+            for i, r in enumerate(runs):
+                if i in divergence.errors:
+                    r.result = divergence.errors[i]
+                    continue
+                r.result = results[i]
+                r.member.model.load_state_dict(net.member_state(i))
+                if r.files is not None:
+                    r.files.write_result(results[i])
+        finally:
+            for report in reports:
+                report.close()
+

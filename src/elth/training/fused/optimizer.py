@@ -1,0 +1,112 @@
+"""SGD for a fused network, stepped member by member so that every member's update is bitwise the
+one its own optimiser would make.
+
+One `torch.optim.SGD` over the fused tensors would give the same update up to rounding only:
+the vectorised kernel splits a tensor into chunks from its first element, and a member's part of
+a fused tensor starts elsewhere in those chunks (fused multiply-adds in the body, plain ones in
+the tail). So the step hands the kernel each member's part as its own tensor (views, no copies):
+one call, K x (number of parameters) tensors, exactly per member. Momentum buffers live in fused
+tensors beside the weights, so checkpoints slice them per member like the weights.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim.sgd import sgd
+
+from elth.training.fused.network import FusedNetwork, member_slice, stack_members
+from elth.training.loop import make_optimizer
+from elth.training.protocol import Protocol
+
+
+def member_views(t: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """The K members' parts of a fused tensor as views (same memory layout as a member's tensor)."""
+    return list(t.detach().unflatten(0, (k, -1)).unbind(0))
+
+
+class MemberSGD:
+    """SGD (momentum, weight decay, no Nesterov) over a `FusedNetwork`, member by member.
+
+    Settings come from the optimiser `train` makes for one member (`make_optimizer`), so the two
+    use the same kernel (fused where torch has it, else foreach) and the same hyperparameters.
+    """
+
+    def __init__(self, net: FusedNetwork, member_model: nn.Module, protocol: Protocol):
+        self.net = net
+        self.k = net.k
+        self.template = make_optimizer(member_model, protocol)
+        self.group = self.template.param_groups[0]
+        self.names = [n for n, _ in net.net.named_parameters()]
+        self.params = [p for _, p in net.net.named_parameters()]
+        self.shapes = [net.member_shapes[n] for n in self.names]
+        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
+        self.lr = float(self.group["lr"])
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        g = self.group
+        params, grads, bufs, owners = [], [], [], []
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            params += member_views(p, self.k)
+            grads += member_views(p.grad, self.k)
+            bufs += member_views(self.buffers[i], self.k) if self.buffers[i] is not None else [None] * self.k
+            owners.append(i)
+        if not params:
+            return
+        has_momentum = g["momentum"] != 0
+        if has_momentum and any(b is None for b in bufs) and not all(b is None for b in bufs):
+            # Some tensors have momentum and others not yet: give the new ones zero buffers
+            # (SGD's first step sets buf = grad; 0 * momentum + grad is the same number).
+            for j, i in enumerate(owners):
+                if self.buffers[i] is None:
+                    self.buffers[i] = torch.zeros_like(self.params[i])
+                    bufs[j * self.k : (j + 1) * self.k] = member_views(self.buffers[i], self.k)
+        sgd(
+            params, grads, bufs,
+            foreach=g.get("foreach"), fused=g.get("fused"),
+            weight_decay=g["weight_decay"], momentum=g["momentum"], lr=self.lr, dampening=g["dampening"],
+            nesterov=g["nesterov"], maximize=g["maximize"],
+        )
+        if has_momentum:
+            for j, i in enumerate(owners):
+                if self.buffers[i] is None:
+                    # First step: the kernel made one buffer per member tensor; keep them fused.
+                    fused = torch.empty_like(self.params[i])
+                    for view, new in zip(member_views(fused, self.k), bufs[j * self.k : (j + 1) * self.k]):
+                        view.copy_(new)
+                    self.buffers[i] = fused
+
+    def member_state_dict(self, k: int) -> dict:
+        """Member k's optimiser state in the layout of its own `torch.optim.SGD.state_dict()`."""
+        state = {
+            i: {"momentum_buffer": member_slice(b, self.k, self.shapes[i], k).clone()}
+            for i, b in enumerate(self.buffers)
+            if b is not None
+        }
+        groups = self.template.state_dict()["param_groups"]
+        for group in groups:
+            group["lr"] = self.lr
+        return {"state": state, "param_groups": groups}
+
+    @torch.no_grad()
+    def load_member_state_dicts(self, states: list[dict | None]) -> None:
+        """Stack the members' saved SGD states (a member starting fresh: zero buffers, which SGD
+        treats exactly as none) and take their settings (they agree: same protocol)."""
+        given = [s for s in states if s is not None]
+        if not given:
+            return
+        for i, p in enumerate(self.params):
+            parts = [s["state"].get(i, {}).get("momentum_buffer") if s is not None else None for s in states]
+            if all(t is None for t in parts):
+                continue
+            parts = [t if t is not None else torch.zeros(self.shapes[i]) for t in parts]
+            self.buffers[i] = torch.empty_like(p).copy_(stack_members(parts, p))
+        self.template.load_state_dict({"state": {}, "param_groups": given[0]["param_groups"]})
+        self.group = self.template.param_groups[0]
+        self.lr = float(self.group["lr"])

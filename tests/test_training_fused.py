@@ -1,0 +1,315 @@
+"""Fused training (K runs as one network) against the same runs trained one by one.
+
+MLPs: bitwise (the batched matmul, the per-member bias reduction and the per-member SGD step run
+the same kernels on the same numbers as a lone run). Conv nets: a grouped convolution sums its
+products in another order than a lone convolution, so the first step already differs by rounding
+(~1e-6 relative), and small SGD runs amplify rounding chaotically. The tolerance is therefore
+measured, not guessed: after a few steps the fused weights must agree to 1e-4 relative (rounding
+of ~1e-6 per layer and step, through up to 9 layers and 10 steps), and after a few hundred steps they must lie no further from the lone run than a second lone
+run does whose only change is the memory format of its convolutions (channels_last vs
+contiguous: the same arithmetic in another order), pooled over the members (which member a
+rounding difference sends elsewhere is a matter of chance), with a factor 4 of slack. Masks must be
+identical throughout: pruned weights exactly zero at the same places.
+"""
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import elth.training.loop as loop_module
+from elth.data import load_dataset
+from elth.files import CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE, RUN_FILE
+from elth.models import build_model
+from elth.training import Protocol, TrainingDiverged, train
+from elth.training.checkpoint import load_checkpoint
+from elth.training.fused import FusedNetwork, FusionError, Member, train_fused
+
+K = 3
+DATA_SEEDS = (11, 12, 13)
+DENSITIES = (0.8, 0.6, 0.5)
+
+
+@pytest.fixture
+def tmp_path():
+    with tempfile.TemporaryDirectory(prefix="elth-fused-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def make_members(name: str, data, k: int = K) -> tuple[list[torch.nn.Module], list[dict[str, torch.Tensor]]]:
+    """k models of `name` with different initial weights and different random masks."""
+    models, masks = [], []
+    for i in range(k):
+        model = build_model(name, data.info.input_shape, data.info.num_classes, seed=i)
+        g = torch.Generator().manual_seed(100 + i)
+        density = DENSITIES[i % len(DENSITIES)]
+        masks.append({n: torch.rand(model.get_parameter(n).shape, generator=g) < density for n in model.prunable_names()})
+        models.append(model)
+    return models, masks
+
+
+def train_separately(models, masks, data, protocol, out: Path | None = None, **kwargs) -> list:
+    return [
+        train(m, data, protocol, data_seed=DATA_SEEDS[i], mask=masks[i], progress=False, device="cpu",
+              out_dir=out / f"m{i}" if out is not None else None, **kwargs)
+        for i, m in enumerate(models)
+    ]
+
+
+def train_together(models, masks, data, protocol, out: Path | None = None, **kwargs) -> list:
+    members = [
+        Member(m, DATA_SEEDS[i], masks[i], out / f"m{i}" if out is not None else None) for i, m in enumerate(models)
+    ]
+    return train_fused(members, data, protocol, progress=False, device="cpu", **kwargs)
+
+
+def relative_distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """Largest relative L2 distance over the floating-point tensors of two state dicts."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return max(
+        float((sa[k].double() - sb[k].double()).norm() / sb[k].double().norm().clamp_min(1e-12))
+        for k in sa if sa[k].is_floating_point()
+    )
+
+
+def assert_same_pruned_weights(a: torch.nn.Module, b: torch.nn.Module, mask: dict[str, torch.Tensor]) -> None:
+    for name, m in mask.items():
+        wa, wb = a.get_parameter(name), b.get_parameter(name)
+        assert torch.equal(wa == 0, wb == 0), name
+        assert bool((wa[~m] == 0).all()), name
+
+
+# --- MLPs: bitwise -------------------------------------------------------------------------------
+
+MLP_PROTOCOL = Protocol(length="4ep", batch_size=32, lr=0.05, milestones=("3ep",), warmup="10it")  # 180 steps
+
+
+def test_mlp_fused_equals_separate_bitwise_with_the_same_files(digits, tmp_path):
+    models, masks = make_members("mlp_2", digits)
+    lone, fused = copy.deepcopy(models), copy.deepcopy(models)
+    lone_results = train_separately(lone, masks, digits, MLP_PROTOCOL, tmp_path / "lone")
+    fused_results = train_together(fused, masks, digits, MLP_PROTOCOL, tmp_path / "fused")
+    for i in range(K):
+        for key, value in lone[i].state_dict().items():
+            assert torch.equal(value, fused[i].state_dict()[key]), (i, key)
+        a, b = lone_results[i].to_dict(), fused_results[i].to_dict()
+        assert {**a, "seconds": 0} == {**b, "seconds": 0}
+        # The run directories hold the same files with the same contents (times aside).
+        da, db = tmp_path / "lone" / f"m{i}", tmp_path / "fused" / f"m{i}"
+        assert sorted(p.name for p in da.iterdir()) == sorted(p.name for p in db.iterdir())
+        assert json.loads((da / RUN_FILE).read_text()) == json.loads((db / RUN_FILE).read_text())
+        ca, cb = load_checkpoint(da / CHECKPOINT_FILE), load_checkpoint(db / CHECKPOINT_FILE)
+        assert ca.keys() == cb.keys() and ca["key"] == cb["key"] and ca["origin"] == cb["origin"]
+        assert ca["optimizer"]["param_groups"] == cb["optimizer"]["param_groups"]
+        assert ca["optimizer"]["state"].keys() == cb["optimizer"]["state"].keys()
+        for j, entry in ca["optimizer"]["state"].items():
+            assert torch.equal(entry["momentum_buffer"], cb["optimizer"]["state"][j]["momentum_buffer"])
+        rows_a = [json.loads(line) for line in (da / METRICS_FILE).read_text().splitlines()]
+        rows_b = [json.loads(line) for line in (db / METRICS_FILE).read_text().splitlines()]
+        untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rows]
+        assert untimed(rows_a) == untimed(rows_b)
+    # Different masks, seeds and data orders: the members did train differently.
+    assert len({round(r.train_loss, 6) for r in fused_results}) == K
+
+
+def test_mlp_fused_equals_separate_bitwise_in_bf16(digits):
+    models, masks = make_members("mlp_2", digits)
+    lone, fused = copy.deepcopy(models), copy.deepcopy(models)
+    protocol = MLP_PROTOCOL.replace(length="30it")
+    train_separately(lone, masks, digits, protocol, precision="bf16")
+    train_together(fused, masks, digits, protocol, precision="bf16")
+    for i in range(K):
+        for key, value in lone[i].state_dict().items():
+            assert torch.equal(value, fused[i].state_dict()[key]), (i, key)
+
+
+def test_a_fused_member_resumes_alone_and_a_finished_group_trains_nothing(digits, tmp_path):
+    models, masks = make_members("mlp_1", digits)
+    half = Protocol(length="2ep", batch_size=32, lr=0.05, milestones=())
+    fused = copy.deepcopy(models)
+    train_together(fused, masks, digits, half, tmp_path, end_step=45)
+    # Member 0 continues alone with `train` from the fused checkpoint: the same as lone throughout.
+    lone = copy.deepcopy(models)
+    train_separately(lone, masks, digits, half)
+    again = copy.deepcopy(models[0])
+    train(again, digits, half, data_seed=DATA_SEEDS[0], mask=masks[0], out_dir=tmp_path / "m0", progress=False, device="cpu")
+    for key, value in lone[0].state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    # The others finish fused; then every member is finished and a rerun trains nothing.
+    train_together(copy.deepcopy(models), masks, digits, half, tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob(CHECKPOINT_FILE)}
+    results = train_together(copy.deepcopy(models), masks, digits, half, tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob(CHECKPOINT_FILE)} == before
+    assert all(r.step == 90 for r in results)
+
+
+def test_a_nan_member_leaves_the_others_untouched_and_ends_as_a_diverged_run(digits, tmp_path):
+    for name, protocol in (("mlp_2", MLP_PROTOCOL.replace(length="30it")), ("cifar_resnet_8_8", MLP_PROTOCOL.replace(length="15it", batch_size=16))):
+        models, masks = make_members(name, digits)
+        clean, poisoned = copy.deepcopy(models), copy.deepcopy(models)
+        with torch.no_grad():
+            first = poisoned[1].prunable_names()[0]
+            poisoned[1].get_parameter(first)[0].fill_(float("nan"))
+        clean_results = train_together(clean, masks, digits, protocol)
+        poisoned_results = train_together(poisoned, masks, digits, protocol, tmp_path / name)
+        # The poisoned member ends as `train` ends a diverged run: the error, a failure record.
+        assert isinstance(poisoned_results[1], TrainingDiverged) and poisoned_results[1].step == 1
+        record = json.loads((tmp_path / name / "m1" / RESULT_FILE).read_text())
+        assert record["status"] == "failed" and record["reason"] == "diverged" and record["step"] == 1
+        assert not (tmp_path / name / "m1" / CHECKPOINT_FILE).exists()
+        with pytest.raises(TrainingDiverged) as lone:
+            train(copy.deepcopy(poisoned[1]), digits, protocol, data_seed=DATA_SEEDS[1], mask=masks[1],
+                  progress=False, device="cpu")
+        assert str(lone.value) == str(poisoned_results[1])
+        # The others: exactly as in a group without the poison.
+        for i in (0, 2):
+            assert poisoned_results[i].to_dict() | {"seconds": 0} == clean_results[i].to_dict() | {"seconds": 0}
+            for key, value in clean[i].state_dict().items():
+                assert torch.equal(value, poisoned[i].state_dict()[key]), (name, i, key)
+
+
+# --- Conv nets: a measured tolerance -----------------------------------------------------------
+
+
+def lone_contiguous(models, masks, data, protocol):
+    """Lone runs whose convolutions use the contiguous memory format instead of channels_last."""
+    original = loop_module.use_channels_last
+    loop_module.use_channels_last = lambda model, device: False
+    try:
+        train_separately(models, masks, data, protocol)
+    finally:
+        loop_module.use_channels_last = original
+
+
+@pytest.mark.parametrize(
+    "name, batch_size, short, long",
+    [
+        ("cifar_resnet_8_8", 8, 10, 150),  # conv + BN + residual adds + pooling, width 8
+        ("cifar_vgg_11", 8, 4, 12),  # conv (biases) + BN + max-pool: 9.2M weights (the smallest VGG), so few steps
+    ],
+)
+def test_conv_fused_matches_separate_within_rounding(digits, name, batch_size, short, long):
+    protocol = Protocol(length=f"{long}it", batch_size=batch_size, lr=0.02, milestones=(f"{long // 2}it",), warmup="5it")
+    models, masks = make_members(name, digits)
+    # A few steps: rounding differences only.
+    lone, fused = copy.deepcopy(models), copy.deepcopy(models)
+    train_separately(lone, masks, digits, protocol, end_step=short)
+    train_together(fused, masks, digits, protocol, end_step=short)
+    for i in range(K):
+        assert relative_distance(fused[i], lone[i]) < 1e-4
+        assert_same_pruned_weights(fused[i], lone[i], masks[i])
+    # A few hundred steps: no further than the lone run's own spread over kernel choices.
+    lone, fused, other = copy.deepcopy(models), copy.deepcopy(models), copy.deepcopy(models)
+    lone_results = train_separately(lone, masks, digits, protocol)
+    fused_results = train_together(fused, masks, digits, protocol)
+    lone_contiguous(other, masks, digits, protocol)
+    # Chaos strikes members at random, so the spread is pooled over the members.
+    spread = max(relative_distance(other[i], lone[i]) for i in range(K))
+    for i in range(K):
+        assert_same_pruned_weights(fused[i], lone[i], masks[i])
+        assert relative_distance(fused[i], lone[i]) <= 4 * spread + 1e-4, (i, spread)
+        assert abs(fused_results[i].train_loss - lone_results[i].train_loss) <= 0.05 + 4 * spread
+
+
+# --- Building blocks ----------------------------------------------------------------------------
+
+
+def test_fused_network_round_trips_member_states_and_refuses_mixed_models(digits):
+    models, _ = make_members("cifar_resnet_8_8", digits)
+    net = FusedNetwork(models)
+    for i, m in enumerate(models):
+        state = net.member_state(i)
+        assert state.keys() == m.state_dict().keys()
+        assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
+    other = build_model("cifar_resnet_14_8", digits.info.input_shape, digits.info.num_classes, seed=0)
+    with pytest.raises(FusionError):
+        FusedNetwork([models[0], other])
+
+
+# --- Killed and resumed -------------------------------------------------------------------------
+
+KILL_PROTOCOL = Protocol(length="6ep", batch_size=64, lr=0.05, milestones=("3ep",))  # 132 steps
+
+
+def run_kill_group(out: str) -> None:
+    """The fused run the kill test interrupts (also run in a child process)."""
+    torch.set_num_threads(1)
+    data = load_dataset("digits")
+    models, masks = make_members("mlp_1", data)
+    train_together(models, masks, data, KILL_PROTOCOL, Path(out))
+
+
+def test_a_fused_run_killed_and_resumed_gives_the_same_members(digits, tmp_path):
+    killed = tmp_path / "killed"
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_training_fused as t; t.run_kill_group({str(killed)!r})"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (killed / "m2" / CHECKPOINT_FILE).exists():
+            assert child.poll() is None and time.time() < deadline, "the child ended before its first checkpoint"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    assert not (killed / "m0" / RESULT_FILE).exists(), "the kill came too late to interrupt the run"
+    steps = {load_checkpoint(killed / f"m{i}" / CHECKPOINT_FILE)["step"] for i in range(K) if (killed / f"m{i}" / CHECKPOINT_FILE).exists()}
+    assert max(steps) < KILL_PROTOCOL.total_steps(digits.iterations_per_epoch(KILL_PROTOCOL.batch_size))
+    models, masks = make_members("mlp_1", digits)
+    resumed, whole = copy.deepcopy(models), copy.deepcopy(models)
+    train_together(resumed, masks, digits, KILL_PROTOCOL, killed)
+    train_together(whole, masks, digits, KILL_PROTOCOL, tmp_path / "whole")
+    for i in range(K):
+        for key, value in whole[i].state_dict().items():
+            assert torch.equal(value, resumed[i].state_dict()[key]), (i, key)
+
+
+# --- IMP runs of several seeds, level by level ---------------------------------------------------
+
+
+def test_imp_runs_advanced_together_equal_imp_run_alone(digits, tmp_path):
+    from elth.workflows.imp import IMPConfig, run_imp
+    from elth.workflows.imp_groups import run_imp_together
+
+    protocol = Protocol(length="2ep", batch_size=64, lr=0.05, milestones=())
+    configs = [IMPConfig("mlp_1", "digits", protocol, rewind="5it", seed=s, data_seed=s) for s in (0, 1, 2)]
+    together = run_imp_together(configs, digits, [2, 2, 1], tmp_path / "together", group_size=3, progress=False, device="cpu")
+    for config, levels, fused_levels in zip(configs, (2, 2, 1), together):
+        alone = run_imp(config, digits, levels, tmp_path / "alone", progress=False, device="cpu")
+        assert len(alone) == len(fused_levels) == levels + 1
+        for a, b in zip(alone, fused_levels):
+            assert (a.sparsity, a.kept, a.test_accuracy, a.test_loss, a.train_loss) == (b.sparsity, b.kept, b.test_accuracy, b.test_loss, b.train_loss)
+            ta, tb = load_ticket_file(a.ticket_path), load_ticket_file(b.ticket_path)
+            assert all(torch.equal(ta.mask[n], tb.mask[n]) for n in ta.mask)
+
+
+def load_ticket_file(path):
+    from elth.tickets import load_ticket
+
+    return load_ticket(path)
+
+
+def test_divergence_read_late_on_accelerators_still_names_the_first_bad_step():
+    """The accelerator path (losses read every CHECK_EVERY steps), run on the CPU."""
+    from elth.training.fused.loop import _MemberDivergence
+    from elth.training.protocol import LRSchedule
+
+    check = _MemberDivergence(3, torch.device("cpu"), LRSchedule(MLP_PROTOCOL, 45))
+    check.eager = False
+    nan = float("nan")
+    assert check.after_step(0, torch.tensor([1.0, 1.0, 1.0])) == []
+    assert check.after_step(1, torch.tensor([1.0, nan, 1.0])) == []  # not read yet
+    check.after_step(2, torch.tensor([1.0, nan, float("inf")]))
+    assert check.check_losses() == [1, 2]
+    assert (check.errors[1].step, check.errors[2].step) == (2, 3)
