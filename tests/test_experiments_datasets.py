@@ -39,7 +39,6 @@ def test_both_ways_run_once_per_imp_and_report_per_dataset(tmp_path):
         (d, m) for d in (A, B) for m in ("mlp_2", "mlp_3")}
     moved = [r for r in rows if r.method == "ett" and "from" in r.strategy]
     assert len(moved) == 4
-    by_key = {(r.dataset, r.target, r.method): r for r in rows}
     for r in moved:
         t = load_ticket(r.ticket)
         assert t.dataset.name == r.dataset and t.provenance["method"] == "dataset transfer"

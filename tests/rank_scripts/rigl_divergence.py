@@ -6,7 +6,6 @@ and `check_identical` raises. With DDP's all-reduced gradients, the same update 
 """
 import sys
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from elth.analysis import alphas_of, linear_mode_connectivity, plot_lmc

@@ -85,7 +85,7 @@ def squeeze(
     if drop is not None:
         dropped = _unit_set(drop, n_source, "drop")
         if 0 in dropped:
-            raise PlanError(f"cannot drop unit 0: it is the stage's transition")
+            raise PlanError("cannot drop unit 0: it is the stage's transition")
         if len(dropped) != n_drop:
             raise PlanError(
                 f"squeezing {n_source} units into {n_target} drops {n_drop}, "

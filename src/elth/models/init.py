@@ -1,7 +1,6 @@
 """Initialisation used by the paper's framework (open_lth conventions)."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 

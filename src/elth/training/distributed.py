@@ -35,6 +35,7 @@ from torch import nn
 from elth.data.base import Part, part_slice
 from elth.errors import ElthError
 from elth.files import tensors_hash
+from elth.training.sync_batchnorm import GlobalBatchNorm
 
 #: torchrun's variables that say a process is one rank of a group.
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -242,8 +243,6 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     CUDA: torch's SyncBatchNorm. CPU: `GlobalBatchNorm` (torch's works on accelerators only).
     The state-dict keys stay the same, so checkpoints and tickets do not change.
     """
-    from elth.training.sync_batchnorm import GlobalBatchNorm
-
     on_cuda = any(p.is_cuda for p in model.parameters())
     for parent in model.modules():
         for name, child in list(parent.named_children()):

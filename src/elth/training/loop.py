@@ -121,6 +121,25 @@ def place_model(model: nn.Module, device: torch.device) -> bool:
     return channels_last
 
 
+def resolve_span(
+    data, protocol: Protocol, start_step: int, end_step: int | None, eval_every: str | None, precision: str, device
+) -> tuple[torch.device, tuple[int, int, int, int | None]]:
+    """The checked settings of a training: its device, and (iterations per epoch, first step, end
+    step, steps between test evaluations or None) with `end_step` None meaning the protocol's end."""
+    if precision not in PRECISIONS:
+        raise ElthError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    device = torch.device(device) if device is not None else default_device()
+    ipe = data.iterations_per_epoch(protocol.batch_size)
+    end = protocol.total_steps(ipe) if end_step is None else int(end_step)
+    start_step = int(start_step)
+    if start_step < 0 or end < start_step:
+        raise ProtocolError(f"cannot train from step {start_step} to step {end}")
+    eval_interval = None if eval_every is None else parse_steps(eval_every, ipe)
+    if eval_interval == 0:
+        raise ProtocolError(f"the evaluation interval must be a positive number of steps such as 1ep or 500it, got {eval_every!r}")
+    return device, (ipe, start_step, end, eval_interval)
+
+
 def train(
     model: nn.Module,
     data,
@@ -152,17 +171,8 @@ def train(
     the mask during training through the hooks of `TrainingController`; not together with `mask`.
     """
     # Settings
-    if precision not in PRECISIONS:
-        raise ElthError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    device = torch.device(device) if device is not None else default_device()
-    ipe = data.iterations_per_epoch(protocol.batch_size)
-    end = protocol.total_steps(ipe) if end_step is None else int(end_step)
-    start_step = int(start_step)
-    if start_step < 0 or end < start_step:
-        raise ProtocolError(f"cannot train from step {start_step} to step {end}")
-    eval_interval = None if eval_every is None else parse_steps(eval_every, ipe)
-    if eval_interval == 0:
-        raise ProtocolError(f"the evaluation interval must be a positive number of steps such as 1ep or 500it, got {eval_every!r}")
+    device, span = resolve_span(data, protocol, start_step, end_step, eval_every, precision, device)
+    ipe, start_step, end, eval_interval = span
     if controller is not None and mask is not None:
         raise ElthError("give either a fixed mask or a controller that manages the sparsity, not both")
     _check_split(data, protocol.batch_size)

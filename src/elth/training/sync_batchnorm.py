@@ -13,7 +13,6 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
-from elth.training import distributed
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -37,7 +36,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         return new
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and distributed.is_active()):
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(input)
         self._check_input_dim(input)
         c = input.shape[1]

@@ -37,13 +37,13 @@ from torch import nn
 
 from elth.errors import ElthError
 from elth.training import distributed
-from elth.training.device import PRECISIONS, autocast, default_device, use_channels_last
+from elth.training.device import autocast, use_channels_last
 from elth.training.fused.network import FusedNetwork, FusionError, stack_members
 from elth.training.fused.optimizer import MemberSGD
-from elth.training.loop import make_optimizer, place_model, train
+from elth.training.loop import make_optimizer, place_model, resolve_span, train
 from elth.training.masking import GradientMask
 from elth.training.progress import Progress
-from elth.training.protocol import LRSchedule, Protocol, ProtocolError, parse_steps
+from elth.training.protocol import LRSchedule, Protocol
 from elth.training.resume import RunFiles, TrainResult, run_key
 from elth.training.step import CHECK_EVERY, TrainingDiverged
 
@@ -94,21 +94,12 @@ def train_fused(
     """Train every member from global step `start_step` to `end_step` (default: the protocol's
     end); the results in member order, each what `train` alone returns for it (and each model
     ends with its final weights), or the `TrainingDiverged` it would raise."""
-    if precision not in PRECISIONS:
-        raise ElthError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    device, (ipe, start_step, end, eval_interval) = resolve_span(
+        data, protocol, start_step, end_step, eval_every, precision, device)
     if not members:
         return []
     if distributed.is_active():
         raise FusionError("fused training runs in one process; under torchrun train the runs one by one")
-    device = torch.device(device) if device is not None else default_device()
-    ipe = data.iterations_per_epoch(protocol.batch_size)
-    end = protocol.total_steps(ipe) if end_step is None else int(end_step)
-    start_step = int(start_step)
-    if start_step < 0 or end < start_step:
-        raise ProtocolError(f"cannot train from step {start_step} to step {end}")
-    eval_interval = None if eval_every is None else parse_steps(eval_every, ipe)
-    if eval_interval == 0:
-        raise ProtocolError("eval_every must be a positive number of steps (or None for only at the end)")
     outs = [Path(m.out_dir).resolve() for m in members if m.out_dir is not None]
     if len(set(outs)) != len(outs):
         raise FusionError("members of a fused group need different output directories")
