@@ -143,6 +143,9 @@ def test_slurm_options_and_their_parsing():
     assert params["timeout_min"] == 60 and params["slurm_additional_parameters"] == {"qos": "high"}
     with pytest.raises(LaunchError):
         LaunchOptions(launcher="slurm", devices=("cuda:0",)).check()
+    LaunchOptions(launcher="slurm", slurm=SlurmOptions(gpus_per_run=1)).check()
+    with pytest.raises(LaunchError, match="0 or 1"):  # a second GPU would sit idle: no ranks in a job
+        LaunchOptions(launcher="slurm", slurm=SlurmOptions(gpus_per_run=2)).check()
     assert LaunchOptions(workers=4, threads=None).worker_threads() == max(1, (os.cpu_count() or 1) // 4)
     assert LaunchOptions(launcher="slurm", slurm=SlurmOptions(cpus_per_run=6)).worker_threads() == 6
 

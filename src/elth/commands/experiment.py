@@ -117,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="where runs execute (default: local; see above)")
     cluster.add_argument("--partition", help="SLURM partition of the jobs (default: the cluster's)")
     cluster.add_argument("--cpus-per-run", type=int, default=1, metavar="N", help="CPUs per job (default: 1)")
-    cluster.add_argument("--gpus-per-run", type=int, default=0, metavar="N", help="GPUs per job (default: 0; a run trains on the first of them)")
+    cluster.add_argument("--gpus-per-run", type=int, default=0, metavar="N", help="GPUs per job: 0 (default) or 1; several ranks per job are not supported")
     cluster.add_argument("--time", default="24:00:00", metavar="T",
                          help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS (default: 24:00:00)")
     cluster.add_argument("--max-parallel", type=int, default=64, metavar="N",

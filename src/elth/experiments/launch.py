@@ -581,6 +581,12 @@ class LaunchOptions:
             raise LaunchError(f"--max-parallel must be at least 1, got {self.max_parallel}")
         if self.slurm.cpus_per_run < 1 or self.slurm.gpus_per_run < 0:
             raise LaunchError("--cpus-per-run must be at least 1 and --gpus-per-run at least 0")
+        if self.slurm.gpus_per_run > 1:
+            raise LaunchError(
+                "--gpus-per-run is 0 or 1: a job trains its run (or fused group) on one GPU; the SLURM "
+                "launcher does not start several ranks in a job (run a single command over several GPUs "
+                "with torchrun instead)"
+            )
         if self.devices and self.launcher != "local":
             raise LaunchError("--devices spreads local workers over GPUs; SLURM jobs get theirs with --gpus-per-run")
 
