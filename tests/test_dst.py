@@ -253,7 +253,7 @@ def test_dpf_applies_the_gradient_at_the_masked_weights_to_the_dense_weights():
     params = dict(model.named_parameters())
     dense = {n: d.clone() for n, d in zip(dpf.names, dpf.dense)}
     masks = dict(zip(dpf.names, dpf.masks))
-    x, y = torch.randn(8, 1, 4, 4), torch.arange(8) % 3
+    x, y = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 3
     # Reference: the gradient of the loss at m * W, by a copy of the model.
     ref = build_model("mlp_1", (1, 4, 4), 3, seed=0)
     ref.load_state_dict(model.state_dict())
@@ -266,7 +266,9 @@ def test_dpf_applies_the_gradient_at_the_masked_weights_to_the_dense_weights():
     dpf.after_step(5)
     for n in dpf.names:
         new_dense = dict(zip(dpf.names, dpf.dense))[n]
-        assert torch.allclose(new_dense, dense[n] - 0.1 * ref_grads[n], rtol=0, atol=1e-7)
+        # The optimiser's update and this expression may round differently: a few float32 ulps of
+        # weights below 1 (an ulp is at most 6e-8 there), far below any real error.
+        assert torch.allclose(new_dense, dense[n] - 0.1 * ref_grads[n], rtol=0, atol=5e-7)
         pruned = ~masks[n]
         assert bool(pruned.any()) and bool((ref_grads[n][pruned] != 0).any())  # feedback reaches pruned W
         assert not torch.equal(new_dense[pruned], dense[n][pruned])
