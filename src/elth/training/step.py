@@ -178,8 +178,12 @@ class DivergenceCheck:
     def check_weights(self, model: nn.Module, step: int) -> None:
         """Raise if a parameter of `model`, after global step index `step`, is NaN or infinite."""
         self.check_loss()
-        for name, p in model.named_parameters():
-            if not bool(torch.isfinite(p.detach()).all()):
+        named = list(model.named_parameters())
+        if not named:
+            return
+        finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).tolist()  # one host read
+        for (name, _), ok in zip(named, finite):
+            if not ok:
                 self._raise(step, f"the weights of {name} are not finite")
 
     def _raise(self, step: int, what: str) -> None:

@@ -229,9 +229,13 @@ class _MemberDivergence:
     def check_weights(self, net: FusedNetwork, step: int) -> list[int]:
         """Members whose weights, after global step index `step`, hold a NaN or infinity."""
         new = self.check_losses()
-        for name, p in net.net.named_parameters():
-            finite = torch.isfinite(p.detach().reshape(net.k, -1)).all(1).tolist()
-            for i, ok in enumerate(finite):
+        named = list(net.net.named_parameters())
+        if not named:
+            return new
+        # [parameters, members], read back at once
+        finite = torch.stack([torch.isfinite(p.detach().reshape(net.k, -1)).all(1) for _, p in named]).tolist()
+        for (name, _), member_ok in zip(named, finite):
+            for i, ok in enumerate(member_ok):
                 if not ok and i not in self.errors:
                     self.errors[i] = TrainingDiverged(step + 1, f"the weights of {name} are not finite", self.schedule(step))
                     new.append(i)
