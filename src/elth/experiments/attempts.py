@@ -54,12 +54,16 @@ def write_failure(directory: str | os.PathLike, error: str) -> None:
     write_json_atomic(Path(directory) / FAILURE_FILE, {"time": time.time(), **_where(), "error": error})
 
 
-def read_failure(directory: str | os.PathLike) -> dict | None:
-    path = Path(directory) / FAILURE_FILE
+def _read_json(path: Path) -> dict | None:
+    """The record in `path`; None when it is absent or unreadable (being replaced, torn)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_failure(directory: str | os.PathLike) -> dict | None:
+    return _read_json(Path(directory) / FAILURE_FILE)
 
 
 def clear_failure(directory: str | os.PathLike) -> None:
@@ -86,10 +90,7 @@ def write_submitted(directory: str | os.PathLike, job: str, launcher: str) -> No
 
 
 def read_submitted(directory: str | os.PathLike) -> dict | None:
-    try:
-        return json.loads((Path(directory) / SUBMITTED_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    return _read_json(Path(directory) / SUBMITTED_FILE)
 
 
 def clear_submitted(directory: str | os.PathLike) -> None:

@@ -100,16 +100,20 @@ def holder(directory: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT) -> Le
     return info
 
 
-def _write_atomic(path: Path, info: LeaseInfo) -> None:
+def _private_copy(path: Path, info: LeaseInfo) -> Path:
+    """`info` written to a file beside `path` that only this holder (its owner token) writes."""
     tmp = path.with_name(f".{path.name}.{info.owner}.tmp")
     tmp.write_text(json.dumps(asdict(info)))
-    os.replace(tmp, path)
+    return tmp
+
+
+def _write_atomic(path: Path, info: LeaseInfo) -> None:
+    os.replace(_private_copy(path, info), path)
 
 
 def _link_new(path: Path, info: LeaseInfo) -> bool:
     """Create `path` holding `info` if no file of that name exists; False when one does."""
-    tmp = path.with_name(f".{path.name}.{info.owner}.tmp")
-    tmp.write_text(json.dumps(asdict(info)))
+    tmp = _private_copy(path, info)
     try:
         os.link(tmp, path)
         return True
