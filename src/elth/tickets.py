@@ -121,8 +121,9 @@ class Ticket:
 
     def summary(self) -> dict:
         """What `elth inspect --json` prints: identity, provenance and sparsity per layer."""
-        kept = sum(v["kept"] for v in self.layer_stats().values())
-        total = sum(v["numel"] for v in self.layer_stats().values())
+        layers = self.layer_stats()
+        kept = sum(v["kept"] for v in layers.values())
+        total = sum(v["numel"] for v in layers.values())
         return {
             "model": self.model,
             "dataset": self.dataset.to_dict(),
@@ -133,7 +134,7 @@ class Ticket:
             "sparsity": self.sparsity,
             "kept": kept,
             "prunable": total,
-            "layers": self.layer_stats(),
+            "layers": layers,
             "has_dense": self.has_dense,
             "warnings": self.warnings,
             "content_hash": self.content_hash(),

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     results_dir = src if src.is_dir() else src.parent
     out = Path(args.out) if args.out else results_dir
     check_output_dir(out, "--out" if args.out else "the results' directory")
-    report = write_report(src, out)
+    report = write_report(src, out, rows=rows)
     print(f"report: {report}")
 
     for figure in report_figures(report):

@@ -311,16 +311,18 @@ def _lmc_section(paths: list[dict], out: Path) -> str:
     return "\n".join(text)
 
 
-def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 rows: list[Row] | None = None) -> Path:
     """Write `report.md` and its PNG figure; return the report's path.
 
     `results_dir` is an experiment's output directory or a results file in one; the report goes to
-    `out_dir` (default: that directory).
+    `out_dir` (default: that directory). `rows`: its results table when the caller has read it already.
     """
     source = Path(results_dir)
     results_dir = source if source.is_dir() else source.parent
     out = Path(out_dir) if out_dir else results_dir
-    rows = read_results(source)
+    if rows is None:
+        rows = read_results(source)
     meta = _meta(results_dir)
     datasets = sorted({r.dataset for r in rows})
     title = meta.get("title", "")
@@ -345,25 +347,24 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
 def _failures_section(meta: dict) -> str:
     """The runs that failed (a diverged training, a skipped dependant, an error): never in the tables."""
     failures = meta.get("failures") or []
-    if not failures:
-        return ""
-    lines = ["## Failed runs", "",
-             f"{len(failures)} run(s) did not finish; their tickets are missing from every table and figure below.",
-             "", "| run | why |", "|---|---|"]
-    lines += [f"| {f['run']} | {f['error'].replace('|', '/')} |" for f in failures]
-    return "\n".join(lines) + "\n"
+    return _runs_section("Failed runs", f"{len(failures)} run(s) did not finish; their tickets are missing from "
+                         "every table and figure below.", "why", failures)
 
 
 def _diverged_section(meta: dict) -> str:
     """Ticket runs whose training diverged and that the experiment kept (--keep-diverged)."""
     diverged = meta.get("diverged") or []
-    if not diverged:
+    return _runs_section("Diverged runs", f"{len(diverged)} ticket run(s) diverged (a non-finite loss) and were kept "
+                         "as diverged: they have no accuracy and are left out of every table and figure below.",
+                         "what happened", diverged)
+
+
+def _runs_section(heading: str, intro: str, column: str, entries: list[dict]) -> str:
+    """A section listing runs of experiment.json (each a `run` and its `error`); empty when there are none."""
+    if not entries:
         return ""
-    lines = ["## Diverged runs", "",
-             f"{len(diverged)} ticket run(s) diverged (a non-finite loss) and were kept as diverged: they have no "
-             "accuracy and are left out of every table and figure below.", "", "| run | what happened |", "|---|---|"]
-    lines += [f"| {d['run']} | {d['error'].replace('|', '/')} |" for d in diverged]
-    return "\n".join(lines) + "\n"
+    rows = [[e["run"], e["error"].replace("|", "/")] for e in entries]
+    return f"## {heading}\n\n{intro}\n\n" + table(["run", column], rows)
 
 
 def _sections(rows: list[Row], out: Path, figure: str, title: str) -> list[str]:
