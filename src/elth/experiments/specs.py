@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from elth.experiments.spec import Experiment, Setup, SpecError, Transfer
 
+#: The width-8 ResNets' training at cpu scale: 2 Fashion-MNIST epochs, the LR divided by 10 at 50% and 75%
+#: of training as in the paper's CIFAR-10 protocol (160 epochs, decays at 80 and 120).
+CPU_RESNET_PROTOCOL = (("length", "938it"), ("milestones", ("469it", "703it")))
+CPU_RESNET_TRAINING = "938 iterations (2 epochs) per training, the LR divided by 10 at 469 and 703"
+
 RESNETS_PAPER = tuple(f"cifar_resnet_{d}" for d in (14, 20, 32, 44, 56))
 FIG6_BASELINES = ("magnitude", "snip", "grasp", "random", "reinit")
 
@@ -33,12 +38,13 @@ RESNET_FAMILY = Experiment(
             members=("cifar_resnet_8_8", "cifar_resnet_14_8", "cifar_resnet_20_8"),
             sources=("cifar_resnet_14_8", "cifar_resnet_20_8"),
             levels=(2, 4, 6), preset="paper",
-            protocol=(("length", "300it"), ("milestones", ("225it",))),
-            rewind="30it", baselines=FIG6_BASELINES, seeds=3,
+            protocol=CPU_RESNET_PROTOCOL,
+            rewind="30it", baselines=FIG6_BASELINES, seeds=3, match_sparsity=True,
             note="Fashion-MNIST instead of CIFAR-10; ResNet-8/14/20 at width 8 instead of ResNet-14...56 at "
-                 "width 16; 300 iterations per training (LR x0.1 at 225: short of a plateau) instead of 160 "
-                 "epochs, rewinding to iteration 30 (10% of training, as 1000 of 62,560 iterations is an early "
-                 "point); tickets compared at IMP levels 2, 4, 6 (up to 73.8%); three seeds. ResNet-8 has one block "
+                 "width 16; " + CPU_RESNET_TRAINING + " instead of 160 "
+                 "epochs, rewinding to iteration 30 (3% of training, as 1000 of 62,560 iterations is an early "
+                 "point); tickets compared at IMP levels 2, 4, 6 (up to 73.8%); three seeds; beyond the paper, a "
+                 "sparsity-matched ETT ticket next to each plain one. ResNet-8 has one block "
                  "per stage, which cannot be stretched (a stage's only block is its downsampling "
                  "transition), so it is a target only.",
         ),)),
@@ -152,11 +158,11 @@ R32, R56 = "cifar_resnet_32", "cifar_resnet_56"
 R20C, R32C = "cifar_resnet_20_8", "cifar_resnet_32_8"
 CPU_ABLATION = dict(
     dataset="fashion_mnist", levels=(2, 4, 6), preset="paper",
-    protocol=(("length", "300it"), ("milestones", ("225it",))), rewind="30it", seeds=3,
+    protocol=CPU_RESNET_PROTOCOL, rewind="30it", seeds=3,
 )
 CPU_ABLATION_NOTE = ("Fashion-MNIST instead of CIFAR-10; ResNet-20 -> ResNet-32 at width 8 instead of "
-                     "ResNet-32 -> ResNet-56 (3 and 5 blocks per stage instead of 5 and 9); 300 iterations per "
-                     "training (LR x0.1 at 225: short of a plateau), rewinding to iteration 30; IMP levels 2, 4, 6; "
+                     "ResNet-32 -> ResNet-56 (3 and 5 blocks per stage instead of 5 and 9); " + CPU_RESNET_TRAINING
+                     + ", rewinding to iteration 30; IMP levels 2, 4, 6; "
                      "three seeds.")
 PAPER_ABLATION = dict(dataset="cifar10", levels=tuple(range(1, 11)), preset="paper", seeds=3)
 SMOKE_ABLATION = dict(dataset="synthetic_3x8x8_n128", levels=(1, 2), preset="smoke", rewind="2it", seeds=1)
@@ -319,12 +325,12 @@ DPF_TABLE3 = Experiment(
                  "(89.26% and 94.50%) stand for the paper's 90% and 95%.", **DPF_LEVELS),)),
         ("cpu", (Setup(
             dataset="fashion_mnist", members=("cifar_resnet_14_8", "cifar_resnet_20_8", "cifar_resnet_32_8"),
-            preset="paper", protocol=(("length", "300it"), ("milestones", ("225it",))), rewind="30it",
+            preset="paper", protocol=CPU_RESNET_PROTOCOL, rewind="30it",
             transfers=(Transfer("cifar_resnet_14_8", "cifar_resnet_20_8"),
                        Transfer("cifar_resnet_20_8", "cifar_resnet_32_8")),
             baselines=("dpf",), baseline_targets=("cifar_resnet_20_8", "cifar_resnet_32_8"), seeds=3,
-            note="Fashion-MNIST; ResNet-14 -> 20 and 20 -> 32 at width 8 (no ResNet-56); 300 iterations per "
-                 "training (LR x0.1 at 225: short of a plateau), rewinding to iteration 30; IMP levels 10 and "
+            note="Fashion-MNIST; ResNet-14 -> 20 and 20 -> 32 at width 8 (no ResNet-56); " + CPU_RESNET_TRAINING
+                 + ", rewinding to iteration 30; IMP levels 10 and "
                  "13; three seeds.",
             **DPF_LEVELS),)),
         ("smoke", (Setup(
@@ -374,10 +380,9 @@ LMC_FIGURE8 = Experiment(
             dataset="fashion_mnist", members=("cifar_resnet_14_8", "cifar_resnet_20_8", "cifar_resnet_32_8"),
             transfers=(Transfer("cifar_resnet_14_8", "cifar_resnet_32_8"),
                        Transfer("cifar_resnet_20_8", "cifar_resnet_32_8")),
-            levels=(4,), lmc_levels=(4,), preset="paper", protocol=(("length", "300it"), ("milestones", ("225it",))),
+            levels=(4,), lmc_levels=(4,), preset="paper", protocol=CPU_RESNET_PROTOCOL,
             rewind="30it", seeds=3, lmc_points=15,
-            note="Fashion-MNIST; width-8 ResNets; 300 iterations per training (LR x0.1 at 225: short of a "
-                 "plateau), rewinding to iteration 30; IMP level 4 (59.04%); 15 points per path; three seeds."),)),
+            note="Fashion-MNIST; width-8 ResNets; " + CPU_RESNET_TRAINING + ", rewinding to iteration 30; IMP level 4 (59.04%); 15 points per path; three seeds."),)),
         ("smoke", (Setup(
             dataset="synthetic_3x8x8_n128", members=(R14S, R20S), transfers=(Transfer(R14S, R20S),), levels=(1,),
             lmc_levels=(1,), lmc_points=5, preset="smoke", rewind="2it", seeds=1,
@@ -409,10 +414,10 @@ DATASET_TABLE6 = Experiment(
                                         "the sparsity: IMP level 6 (73.79%); three seeds.")
                         for d, o in (("svhn", "cifar10"), ("cifar10", "svhn")))),
         ("cpu", tuple(_both_ways(d, o, "cifar_resnet_14_8", "cifar_resnet_20_8", levels=(4,), preset="paper",
-                                 protocol=(("length", "300it"), ("milestones", ("225it",))), rewind="30it", seeds=3,
+                                 protocol=CPU_RESNET_PROTOCOL, rewind="30it", seeds=3,
                                  note="Fashion-MNIST and scikit-learn's digits (8x8, upsampled by nothing: the "
                                       "ResNets pool globally) instead of SVHN and CIFAR-10; ResNet-14 -> 20 at width 8; "
-                                      "300 iterations per training (LR x0.1 at 225: short of a plateau), rewinding to "
+                                      + CPU_RESNET_TRAINING + ", rewinding to "
                                       "iteration 30; IMP level 4 (59.04%); three seeds.")
                       for d, o in (("fashion_mnist", "digits"), ("digits", "fashion_mnist")))),
         ("smoke", tuple(_both_ways(d, o, R14S, R20S, levels=(1,), preset="smoke", rewind="2it", seeds=1,
