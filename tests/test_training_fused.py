@@ -302,14 +302,27 @@ def load_ticket_file(path):
 
 def test_divergence_read_late_on_accelerators_still_names_the_first_bad_step():
     """The accelerator path (losses read every CHECK_EVERY steps), run on the CPU."""
-    from elth.training.fused.loop import _MemberDivergence
     from elth.training.protocol import LRSchedule
+    from elth.training.step import DivergenceCheck
 
-    check = _MemberDivergence(3, torch.device("cpu"), LRSchedule(MLP_PROTOCOL, 45))
-    check.eager = False
+    check = DivergenceCheck(torch.device("cpu"), LRSchedule(MLP_PROTOCOL, 45), eager=False, members=3)
     nan = float("nan")
-    assert check.after_step(0, torch.tensor([1.0, 1.0, 1.0])) == []
-    assert check.after_step(1, torch.tensor([1.0, nan, 1.0])) == []  # not read yet
-    check.after_step(2, torch.tensor([1.0, nan, float("inf")]))
-    assert check.check_losses() == [1, 2]
+    assert check.diverged_after_step(0, torch.tensor([1.0, 1.0, 1.0])) == []
+    assert check.diverged_after_step(1, torch.tensor([1.0, nan, 1.0])) == []  # not read yet
+    check.diverged_after_step(2, torch.tensor([1.0, nan, float("inf")]))
+    assert check.diverged_so_far() == [1, 2]
     assert (check.errors[1].step, check.errors[2].step) == (2, 3)
+
+
+def test_divergence_of_weights_is_found_per_member_and_recorded_once():
+    from elth.training.protocol import LRSchedule
+    from elth.training.step import DivergenceCheck
+
+    check = DivergenceCheck(torch.device("cpu"), LRSchedule(MLP_PROTOCOL, 45), members=3)
+    weight, bias = torch.zeros(3 * 4, 5), torch.zeros(3, 4)  # fused layouts: member k's rows k*4..k*4+3
+    weight[9, 2] = float("inf")  # member 2
+    bias[0, 1] = float("nan")  # member 0
+    assert sorted(check.diverged_weights([("w", weight), ("b", bias)], 6)) == [0, 2]
+    assert (check.errors[0].step, check.errors[0].what) == (7, "the weights of b are not finite")
+    assert check.errors[2].what == "the weights of w are not finite"
+    assert check.diverged_weights([("w", weight), ("b", bias)], 7) == []  # already recorded

@@ -56,7 +56,14 @@ from elth.training.masking import GradientMask
 from elth.training.progress import Progress
 from elth.training.protocol import LRSchedule, Protocol, ProtocolError, parse_steps
 from elth.training.resume import RunFiles, TrainResult, run_key
-from elth.training.step import DivergenceCheck, EpochBatches, SGDStep, TrainingController, TrainingDiverged
+from elth.training.step import (
+    DivergenceCheck,
+    EpochBatches,
+    SGDStep,
+    TrainingController,
+    TrainingDiverged,
+    steps_by_epoch,
+)
 
 __all__ = ["PRECISIONS", "TrainResult", "TrainingController", "TrainingDiverged", "default_device", "evaluate",
            "make_optimizer", "train"]
@@ -223,29 +230,23 @@ def train(
     )
     model.train()
     try:
-        while step < end:
-            epoch, first = divmod(step, ipe)
-            stop = min(end, (epoch + 1) * ipe)
-            for x, y in batches(epoch, first):
-                global_batch = batches.size(step % ipe)
-                loss, logits, labels = sgd_step(step, x, y, global_batch)
-                divergence.after_step(step, loss)
-                report.after_step(loss, logits, labels, images=global_batch)
-                step += 1
-                if callback is not None:
-                    callback(step, model)
-                if step >= stop:
-                    break
-                if eval_interval is not None and step % eval_interval == 0:
-                    report.log_point(step, test_metrics)
-                else:
-                    report.refresh(step)
-            if step < stop:
-                raise ElthError(f"the dataset ended epoch {epoch} after step {step}, before step {stop}")
+        for t, (x, y), epoch_ends in steps_by_epoch(step, end, ipe, batches):
+            global_batch = batches.size(t % ipe)
+            loss, logits, labels = sgd_step(t, x, y, global_batch)
+            divergence.after_step(t, loss)
+            report.after_step(loss, logits, labels, images=global_batch)
+            step = t + 1
+            if callback is not None:
+                callback(step, model)
             evaluate_now = step == end or (eval_interval is not None and step % eval_interval == 0)
-            report.log_point(step, test_metrics if evaluate_now else None)
-            if step < end:
-                save()
+            if epoch_ends:
+                report.log_point(step, test_metrics if evaluate_now else None)
+                if step < end:
+                    save()
+            elif evaluate_now:
+                report.log_point(step, test_metrics)
+            else:
+                report.refresh(step)
         test = report.last_test
         if test[0] is None:
             # Nothing trained in this call (start == end): still report the test metrics (a collective).

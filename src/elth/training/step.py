@@ -8,7 +8,8 @@ gradient average is the gradient of the mean loss over the global batch.
 """
 from __future__ import annotations
 
-from typing import Iterable, runtime_checkable
+import math
+from typing import Callable, Iterable, Iterator, runtime_checkable
 from typing import Protocol as TypingProtocol
 
 import torch
@@ -20,6 +21,8 @@ from elth.training import distributed
 from elth.training.device import autocast, prepare_input
 from elth.training.masking import GradientMask
 from elth.training.protocol import LRSchedule
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @runtime_checkable
@@ -106,6 +109,23 @@ class EpochBatches:
         return min(self.batch_size, self.data.num_train - batch * self.batch_size)
 
 
+def steps_by_epoch(
+    step: int, end: int, ipe: int, batches: Callable[[int, int], Iterable[Batch]]
+) -> Iterator[tuple[int, Batch, bool]]:
+    """(global step index, its batch, whether the step ends an epoch or the run) for every step from
+    `step` to `end`; each epoch's batches come from `batches(epoch, first batch)`."""
+    while step < end:
+        epoch, first = divmod(step, ipe)
+        stop = min(end, (epoch + 1) * ipe)
+        for batch in batches(epoch, first):
+            yield step, batch, step + 1 == stop
+            step += 1
+            if step >= stop:
+                break
+        if step < stop:
+            raise ElthError(f"the dataset ended epoch {epoch} after step {step}, before step {stop}")
+
+
 class TrainingDiverged(ElthError):
     """The loss (or the weights) stopped being finite: the run cannot give a meaningful result."""
 
@@ -132,59 +152,85 @@ NO_BAD_STEP = 2**62
 
 
 class DivergenceCheck:
-    """The first step whose training loss is NaN or infinite, and whether the weights are still finite.
+    """The first step whose training loss is NaN or infinite, and whether the weights are still
+    finite: for one run, or for each of the K members of a fused group (`members=K`, losses [K],
+    every parameter [K, ...] with member k's part at index k).
 
     On the CPU every loss is looked at as soon as it is computed (reading a CPU scalar costs
-    nothing). On accelerators the first bad step is kept on the device and read every CHECK_EVERY
-    steps and before every checkpoint, so no step waits for the host; the error still names the
-    first bad step. Steps are counted from 1 (step t + 1 is the update at global step index t).
-    With several ranks each rank sees only its share's loss, so the ranks could stop at different
-    steps and leave the others waiting in a collective: there the flag is kept as on accelerators and
-    its reads are all-reduced (every rank reads at the same steps), so all ranks stop together.
+    nothing). On accelerators each member's first bad step is kept on the device and read every
+    CHECK_EVERY steps and before every checkpoint, so no step waits for the host; the error still
+    names the first bad step. Steps are counted from 1 (step t + 1 is the update at global step
+    index t). With several ranks each rank sees only its share's loss, so the ranks could stop at
+    different steps and leave the others waiting in a collective: there the flags are kept as on
+    accelerators and their reads are all-reduced (every rank reads at the same steps), so all ranks
+    stop together.
+
+    `diverged_*` return the members found diverged just now (their errors are in `errors`); a lone
+    run uses `after_step`, `check_loss` and `check_weights`, which raise the error instead.
     """
 
-    def __init__(self, device: torch.device, schedule: LRSchedule, eager: bool | None = None):
-        self.schedule = schedule
+    def __init__(self, device: torch.device, schedule: LRSchedule, eager: bool | None = None, members: int = 1):
+        self.schedule, self.members = schedule, members
         if eager is None:
             eager = device.type == "cpu" and not distributed.is_active()
         self.eager = eager
-        self.first_bad = None if self.eager else torch.full((), -1, dtype=torch.int64, device=device)
+        self.first_bad = None if self.eager else torch.full((members,), -1, dtype=torch.int64, device=device)
+        self.errors: dict[int, TrainingDiverged] = {}
         self.steps = 0
 
-    def after_step(self, step: int, loss: torch.Tensor) -> None:
-        """After the update at global step index `step` whose loss was `loss`."""
+    def diverged_after_step(self, step: int, losses: torch.Tensor) -> list[int]:
+        """After the update at global step index `step`, whose loss(es) were `losses`."""
+        losses = losses.detach().reshape(self.members)
         if self.eager:
-            if not bool(torch.isfinite(loss.detach())):
-                self._raise(step, f"the training loss is {float(loss.detach())}")
-            return
-        bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+            values = losses.tolist()
+            return self._new((i, step, f"the training loss is {v}") for i, v in enumerate(values) if not math.isfinite(v))
+        bad = ~torch.isfinite(losses) & (self.first_bad < 0)
         self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
         self.steps += 1
-        if self.steps % CHECK_EVERY == 0:
-            self.check_loss()
+        return self.diverged_so_far() if self.steps % CHECK_EVERY == 0 else []
 
-    def check_loss(self) -> None:
-        """Raise if any loss so far was not finite (one host read on accelerators; nothing on the CPU)."""
+    def diverged_so_far(self) -> list[int]:
+        """Members with a non-finite loss so far (one host read on accelerators; nothing on the CPU)."""
         if self.first_bad is None:
-            return
+            return []
         bad = self.first_bad
         if distributed.is_active():  # the earliest bad step of any rank, on every rank
             bad = torch.where(bad < 0, torch.full_like(bad, NO_BAD_STEP), bad)
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
             bad = torch.where(bad == NO_BAD_STEP, torch.full_like(bad, -1), bad)
-        if (first := int(bad)) >= 0:
-            self._raise(first, "the training loss is not finite")
+        return self._new((i, first, "the training loss is not finite") for i, first in enumerate(bad.tolist()) if first >= 0)
+
+    def diverged_weights(self, named: Iterable[tuple[str, torch.Tensor]], step: int) -> list[int]:
+        """Members whose loss so far, or whose weights after global step index `step`, are not finite."""
+        new = self.diverged_so_far()
+        named = list(named)
+        if named:
+            # [parameters, members], read back at once
+            finite = torch.stack([torch.isfinite(p.detach().reshape(self.members, -1)).all(1) for _, p in named]).tolist()
+            new += self._new((i, step, f"the weights of {name} are not finite")
+                             for (name, _), member_ok in zip(named, finite) for i, ok in enumerate(member_ok) if not ok)
+        return new
+
+    def after_step(self, step: int, loss: torch.Tensor) -> None:
+        self._raise(self.diverged_after_step(step, loss))
+
+    def check_loss(self) -> None:
+        """Raise if any loss so far was not finite."""
+        self._raise(self.diverged_so_far())
 
     def check_weights(self, model: nn.Module, step: int) -> None:
-        """Raise if a parameter of `model`, after global step index `step`, is NaN or infinite."""
-        self.check_loss()
-        named = list(model.named_parameters())
-        if not named:
-            return
-        finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).tolist()  # one host read
-        for (name, _), ok in zip(named, finite):
-            if not ok:
-                self._raise(step, f"the weights of {name} are not finite")
+        """Raise if a loss so far, or a parameter of `model` after global step index `step`, is not finite."""
+        self._raise(self.diverged_weights(model.named_parameters(), step))
 
-    def _raise(self, step: int, what: str) -> None:
-        raise TrainingDiverged(step + 1, what, self.schedule(step))
+    def _new(self, found: Iterable[tuple[int, int, str]]) -> list[int]:
+        """Record (member, step index, what) for members not already diverged; those members."""
+        new = []
+        for member, step, what in found:
+            if member not in self.errors:
+                self.errors[member] = TrainingDiverged(step + 1, what, self.schedule(step))
+                new.append(member)
+        return new
+
+    def _raise(self, new: list[int]) -> None:
+        if new:
+            raise self.errors[new[0]]

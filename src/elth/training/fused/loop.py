@@ -27,7 +27,6 @@ Not fused: controllers (RigL, DPF) and per-step callbacks; those runs train with
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from elth.training.masking import GradientMask
 from elth.training.progress import Progress
 from elth.training.protocol import LRSchedule, Protocol
 from elth.training.resume import RunFiles, TrainResult, run_key
-from elth.training.step import CHECK_EVERY, TrainingDiverged
+from elth.training.step import DivergenceCheck, TrainingDiverged, steps_by_epoch
 
 
 @dataclass
@@ -189,59 +188,6 @@ def evaluate_fused(net: FusedNetwork, data, batch_size: int, device: torch.devic
     return [(int(c) / count, float(s) / count) for c, s in zip(correct.tolist(), loss_sum.tolist())]
 
 
-class _MemberDivergence:
-    """`DivergenceCheck` per member: the first step whose loss is not finite, for each member.
-
-    On the CPU the losses are looked at every step; on accelerators the first bad step of each
-    member stays on the device and is read every CHECK_EVERY steps and before every checkpoint.
-    """
-
-    def __init__(self, k: int, device: torch.device, schedule: LRSchedule):
-        self.schedule = schedule
-        self.eager = device.type == "cpu"
-        self.first_bad = torch.full((k,), -1, dtype=torch.int64, device=device)
-        self.errors: dict[int, TrainingDiverged] = {}
-        self.steps = 0
-
-    def after_step(self, step: int, losses: torch.Tensor) -> list[int]:
-        """After the update at global step index `step`: the members found diverged just now."""
-        if self.eager:
-            values = losses.detach().tolist()
-            new = [i for i, v in enumerate(values) if not math.isfinite(v) and i not in self.errors]
-            for i in new:
-                self.errors[i] = TrainingDiverged(step + 1, f"the training loss is {values[i]}", self.schedule(step))
-            return new
-        bad = ~torch.isfinite(losses.detach()) & (self.first_bad < 0)
-        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
-        self.steps += 1
-        return self.check_losses() if self.steps % CHECK_EVERY == 0 else []
-
-    def check_losses(self) -> list[int]:
-        if self.eager:
-            return []
-        new = []
-        for i, bad in enumerate(self.first_bad.tolist()):
-            if bad >= 0 and i not in self.errors:
-                self.errors[i] = TrainingDiverged(bad + 1, "the training loss is not finite", self.schedule(bad))
-                new.append(i)
-        return new
-
-    def check_weights(self, net: FusedNetwork, step: int) -> list[int]:
-        """Members whose weights, after global step index `step`, hold a NaN or infinity."""
-        new = self.check_losses()
-        named = list(net.net.named_parameters())
-        if not named:
-            return new
-        # [parameters, members], read back at once
-        finite = torch.stack([torch.isfinite(p.detach().reshape(net.k, -1)).all(1) for _, p in named]).tolist()
-        for (name, _), member_ok in zip(named, finite):
-            for i, ok in enumerate(member_ok):
-                if not ok and i not in self.errors:
-                    self.errors[i] = TrainingDiverged(step + 1, f"the weights of {name} are not finite", self.schedule(step))
-                    new.append(i)
-        return new
-
-
 class _Group:
     """Members resuming at one step, fused into one network."""
 
@@ -293,7 +239,7 @@ class _Group:
             for i, (r, log) in enumerate(zip(runs, logs))
         ]
         tests: list[tuple[float, float]] | None = None
-        divergence = _MemberDivergence(k, self.device, self.schedule)
+        divergence = DivergenceCheck(self.device, self.schedule, members=k)
 
         def end_diverged(new: list[int]) -> None:
             """Members just found diverged: record the failure as `train` does; no more logs."""
@@ -319,7 +265,7 @@ class _Group:
 
         def save(results: list[TrainResult] | None = None) -> None:
             if step > first_step:
-                end_diverged(divergence.check_weights(net, step - 1))  # never a checkpoint of diverged weights
+                end_diverged(divergence.diverged_weights(net.net.named_parameters(), step - 1))  # never a checkpoint of diverged weights
             for i, r in enumerate(runs):
                 if r.files is not None and i not in divergence.errors:
                     r.files.save(
@@ -331,26 +277,21 @@ class _Group:
         first_step = step
         net.train()
         try:
-            while step < end:
-                epoch, first = divmod(step, self.ipe)
-                stop = min(end, (epoch + 1) * self.ipe)
-                for x, y in self._batches(epoch, first):
-                    losses, logits = self._step(step, x, y)
-                    end_diverged(divergence.after_step(step, losses))
-                    for i, report in enumerate(reports):
-                        report.after_step(losses[i], logits[i], y[i])
-                    step += 1
-                    if step >= stop:
-                        break
-                    if eval_interval is not None and step % eval_interval == 0:
-                        log_point(True)
-                    else:
-                        reports[0].refresh(step)
-                if step < stop:
-                    raise ElthError(f"the dataset ended epoch {epoch} after step {step}, before step {stop}")
-                log_point(step == end or (eval_interval is not None and step % eval_interval == 0))
-                if step < end:
-                    save()
+            for t, (x, y), epoch_ends in steps_by_epoch(step, end, self.ipe, self._batches):
+                losses, logits = self._step(t, x, y)
+                end_diverged(divergence.diverged_after_step(t, losses))
+                for i, report in enumerate(reports):
+                    report.after_step(losses[i], logits[i], y[i])
+                step = t + 1
+                evaluate_now = step == end or (eval_interval is not None and step % eval_interval == 0)
+                if epoch_ends:
+                    log_point(evaluate_now)
+                    if step < end:
+                        save()
+                elif evaluate_now:
+                    log_point(True)
+                else:
+                    reports[0].refresh(step)
             if any(report.last_test[0] is None for report in reports):
                 tests = evaluate_fused(net, self.data, eval_batch_size, self.device, self.precision)
                 for report, test in zip(reports, tests):

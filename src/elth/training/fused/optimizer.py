@@ -39,7 +39,13 @@ class MemberSGD:
         self.names = [n for n, _ in net.net.named_parameters()]
         self.params = [p for _, p in net.net.named_parameters()]
         self.shapes = [net.member_shapes[n] for n in self.names]
-        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
+        # Momentum buffers start at zero, which SGD's update turns into exactly what its first step
+        # sets (buf = 0 * momentum + grad = grad), so they exist from the start and their member
+        # views (like the weights') are made once, not at every step.
+        momentum = self.group["momentum"] != 0
+        self.buffers: list[torch.Tensor | None] = [torch.zeros_like(p) if momentum else None for p in self.params]
+        self._param_views = [member_views(p, self.k) for p in self.params]
+        self._buffer_views = [member_views(b, self.k) if b is not None else [None] * self.k for b in self.buffers]
         self.lr = float(self.group["lr"])
 
     def zero_grad(self) -> None:
@@ -49,38 +55,20 @@ class MemberSGD:
     @torch.no_grad()
     def step(self) -> None:
         g = self.group
-        params, grads, bufs, owners = [], [], [], []
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            params += member_views(p, self.k)
-            grads += member_views(p.grad, self.k)
-            bufs += member_views(self.buffers[i], self.k) if self.buffers[i] is not None else [None] * self.k
-            owners.append(i)
+        params, grads, bufs = [], [], []
+        for p, param_views, buffer_views in zip(self.params, self._param_views, self._buffer_views):
+            if p.grad is not None:
+                params += param_views
+                grads += member_views(p.grad, self.k)
+                bufs += buffer_views
         if not params:
             return
-        has_momentum = g["momentum"] != 0
-        if has_momentum and any(b is None for b in bufs) and not all(b is None for b in bufs):
-            # Some tensors have momentum and others not yet: give the new ones zero buffers
-            # (SGD's first step sets buf = grad; 0 * momentum + grad is the same number).
-            for j, i in enumerate(owners):
-                if self.buffers[i] is None:
-                    self.buffers[i] = torch.zeros_like(self.params[i])
-                    bufs[j * self.k : (j + 1) * self.k] = member_views(self.buffers[i], self.k)
         sgd(
             params, grads, bufs,
             foreach=g.get("foreach"), fused=g.get("fused"),
             weight_decay=g["weight_decay"], momentum=g["momentum"], lr=self.lr, dampening=g["dampening"],
             nesterov=g["nesterov"], maximize=g["maximize"],
         )
-        if has_momentum:
-            for j, i in enumerate(owners):
-                if self.buffers[i] is None:
-                    # First step: the kernel made one buffer per member tensor; keep them fused.
-                    fused = torch.empty_like(self.params[i])
-                    for view, new in zip(member_views(fused, self.k), bufs[j * self.k : (j + 1) * self.k]):
-                        view.copy_(new)
-                    self.buffers[i] = fused
 
     def member_state_dict(self, k: int) -> dict:
         """Member k's optimiser state in the layout of its own `torch.optim.SGD.state_dict()`."""
@@ -96,17 +84,17 @@ class MemberSGD:
 
     @torch.no_grad()
     def load_member_state_dicts(self, states: list[dict | None]) -> None:
-        """Stack the members' saved SGD states (a member starting fresh: zero buffers, which SGD
-        treats exactly as none) and take their settings (they agree: same protocol)."""
+        """Take the members' saved SGD states (a member starting fresh keeps zero buffers) and their
+        settings (they agree: same protocol)."""
         given = [s for s in states if s is not None]
         if not given:
             return
-        for i, p in enumerate(self.params):
+        for i, buffer in enumerate(self.buffers):
             parts = [s["state"].get(i, {}).get("momentum_buffer") if s is not None else None for s in states]
-            if all(t is None for t in parts):
+            if buffer is None or all(t is None for t in parts):
                 continue
             parts = [t if t is not None else torch.zeros(self.shapes[i]) for t in parts]
-            self.buffers[i] = torch.empty_like(p).copy_(stack_members(parts, p))
+            buffer.copy_(stack_members(parts, buffer))  # in place: the member views stay valid
         self.template.load_state_dict({"state": {}, "param_groups": given[0]["param_groups"]})
         self.group = self.template.param_groups[0]
         self.lr = float(self.group["lr"])
