@@ -169,3 +169,38 @@ def test_cli_errors_and_listing(capsys):
     assert main(["experiment", "smoke", "--scale", "paper"]) == 2
     assert "no 'paper' scale" in capsys.readouterr().err
     assert main(["experiment"]) == 2
+
+
+def test_a_group_member_held_elsewhere_is_left_to_its_holder_and_the_rest_train_fused(
+        smoke_run, tmp_path, monkeypatch):
+    """Between the scheduler's pick and the group taking its leases, another worker takes one
+    member: the group trains the others fused, the held run waits for its holder and, once that
+    holder lets go without finishing it, trains alone. The results are those of the run that
+    trained everything one by one."""
+    import threading
+
+    from elth.experiments import launch
+    from elth.experiments.attempts import read_attempts
+    from elth.experiments.lease import Lease
+
+    real = launch.run_group_task
+    stolen: list[str] = []
+
+    def another_worker_takes_a_member_first(group):
+        if not stolen:
+            directory = group.members[1].directory
+            lease = Lease.acquire(directory, label="another worker", timeout=60, heartbeat=0.2)
+            lease.start_heartbeat()
+            stolen.append(directory)
+            threading.Timer(1.0, lease.release).start()  # it gives up without training
+        return real(group)
+
+    monkeypatch.setattr(launch, "run_group_task", another_worker_takes_a_member_first)
+    outcome = run_experiment(SMOKE, "smoke", root=tmp_path / "store", out_dir=tmp_path / "out", seeds=1,
+                             progress=False, threads=1, fuse=3, poll=0.2)
+    assert stolen and not outcome.failures and outcome.fused >= 2
+    events = read_attempts(stolen[0])
+    assert [e["event"] for e in events] == ["start", "finish"]  # trained once, by this runner
+    assert "fused_group" not in events[0]  # alone, after its holder let go
+    untimed = lambda rows: sorted((dataclasses.replace(r, ticket="") for r in rows), key=_key)
+    assert untimed(outcome.rows) == untimed(read_results(smoke_run[1]))
