@@ -193,3 +193,10 @@ def test_status_and_report_only_from_the_command_line(tmp_path, capsys):
     rows = read_results(tmp_path / "out")
     assert {(r.target, r.method) for r in rows} == {("mlp_2", "dense"), ("mlp_2", "imp")}
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_status_of_a_new_store_creates_nothing(tmp_path, capsys):
+    store = tmp_path / "store"
+    assert main(["experiment", "smoke", "--scale", "smoke", "--root", str(store), "--status"]) == 0
+    assert "38 runs: 6 ready, 32 waiting" in capsys.readouterr().out
+    assert not store.exists()

@@ -36,13 +36,15 @@ def hparams_hash(hparams: dict) -> str:
     return hashlib.sha256(canonical_json(hparams).encode()).hexdigest()[:HASH_LENGTH]
 
 
-def run_dir(root: str | os.PathLike, kind: str, hparams: dict) -> Path:
-    """`root/<kind>-<hash of hparams>`, created with its `hparams.json` (or checked against it)."""
+def run_dir(root: str | os.PathLike, kind: str, hparams: dict, create: bool = True) -> Path:
+    """`root/<kind>-<hash of hparams>`, created with its `hparams.json` (or checked against it);
+    with `create=False` only named (and checked if it exists), as when surveying a store."""
     if not _KIND.fullmatch(kind):
         raise ValueError(f"run kind must be lower-case letters, digits and '_', got {kind!r}")
     text = canonical_json(hparams)
     path = Path(root) / f"{kind}-{hparams_hash(hparams)}"
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     record = path / HPARAMS_FILE
     if record.exists():
         try:
@@ -53,6 +55,6 @@ def run_dir(root: str | os.PathLike, kind: str, hparams: dict) -> Path:
             raise RunDirError(
                 f"{path} was made with different hparams than its name says; remove it to start over"
             )
-    else:
+    elif create:
         write_text_atomic(record, json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n")
     return path

@@ -164,12 +164,12 @@ def _relative(path: str | os.PathLike, root: str) -> str:
 # -- IMP --------------------------------------------------------------------------------------
 def imp_cached(ctx: Context, run: ImpRun) -> bool:
     """Whether the IMP run already has every level trained (no work left)."""
-    directory = imp_run_dir(imp_config(ctx, run.model, run.seed), dataset(ctx), ctx.root)
-    return len(read_summary(directory)) > run.levels
+    return len(read_summary(imp_directory(ctx, run))) > run.levels
 
 
 def imp_directory(ctx: Context, run: ImpRun) -> Path:
-    return imp_run_dir(imp_config(ctx, run.model, run.seed), dataset(ctx), ctx.root)
+    """The IMP run's directory in the store (named, not created: looking creates nothing)."""
+    return imp_run_dir(imp_config(ctx, run.model, run.seed), dataset(ctx), ctx.root, create=False)
 
 
 def imp_outcome(ctx: Context, run: ImpRun) -> ImpOutcome | None:

@@ -129,9 +129,10 @@ def imp_hparams(config: IMPConfig, data) -> dict:
     }
 
 
-def imp_run_dir(config: IMPConfig, data, root: str | os.PathLike) -> Path:
-    """`root/imp-<hash>`: where `run_imp(config, data, ..., root)` keeps its levels."""
-    return run_dir(root, "imp", imp_hparams(config, data))
+def imp_run_dir(config: IMPConfig, data, root: str | os.PathLike, create: bool = True) -> Path:
+    """`root/imp-<hash>`: where `run_imp(config, data, ..., root)` keeps its levels (created unless
+    `create` is False)."""
+    return run_dir(root, "imp", imp_hparams(config, data), create=create)
 
 
 def level_dir(run: Path, level: int) -> Path:
