@@ -71,6 +71,8 @@ def test_submitit_jobs_give_the_local_results(local_results, tmp_path):
     assert _results(out) == local_results
     _trained_once(tmp_path / "submitit" / "store")
     assert len(list((out / "jobs").glob("*/*_result.pkl"))) == 3
+    assert not (out / "jobs" / "%j").exists()  # no folder left with submitit's placeholder as its name
+    assert not (out / "jobs" / "%j").exists()  # no folder left with submitit's placeholder as its name
 
 
 def test_fused_groups_run_as_one_submitit_job_each(tmp_path):

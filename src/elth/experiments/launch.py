@@ -542,6 +542,10 @@ class SubmititLauncher:
             for directory in _directories(task):
                 clear_submitted(directory)
         self._jobs.clear()
+        try:  # submitit leaves an empty folder named by its placeholder "%j"
+            (self.folder / "%j").rmdir()
+        except OSError:
+            pass
 
     def __enter__(self):
         return self
