@@ -115,7 +115,9 @@ CASES = [
     ("train without --dataset", ["train", "--model", "mlp_2"], "required: --dataset"),
     ("unknown command", ["trian"], "invalid choice: 'trian'"),
     ("experiment --workers 0", [*EXPERIMENT, "--workers", "0"], "--workers must be at least 1"),
-    ("experiment --seeds 0", [*EXPERIMENT, "--seeds", "0"], "--seeds must be at least 1"),
+    ("experiment --seeds 0", [*EXPERIMENT, "--seeds", "0"], "--seeds must be from 1 to 100, got 0"),
+    ("experiment --seeds 101", [*EXPERIMENT, "--seeds", "101"], "--seeds must be from 1 to 100, got 101"),
+    ("dst --multiplier 101", [*DST, "--multiplier", "101"], "length multiplier must be a whole number from 1 to 100"),
     ("unknown model", ["train", "--model", "mlp_x", "--dataset", "digits"], "unknown model 'mlp_x'"),
 ]
 

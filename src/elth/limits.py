@@ -12,6 +12,10 @@ from elth.errors import ElthError
 
 #: Seeds are integers 0..MAX_SEED (torch, NumPy and every derived seed accept them all).
 MAX_SEED = 2**32 - 1
+#: Seeds of one experiment (0..N-1): the paper uses 3; past this a typo is far likelier than intent.
+MAX_SEEDS = 100
+#: RigL-Kx length multipliers: the paper's largest is 5.
+MAX_MULTIPLIER = 100
 
 
 class BadNumberError(ElthError, ValueError):

@@ -9,6 +9,7 @@ import torch
 
 from elth.commands.common import add_distributed_arguments, check_output_dir, resolve_device
 from elth.errors import ElthError
+from elth.limits import MAX_SEEDS
 from elth.experiments.launch import LaunchOptions, SlurmOptions, parse_slurm_args, parse_time
 from elth.experiments.lease import DEFAULT_TIMEOUT
 from elth.experiments.report import report_figures, summary_text, write_report
@@ -168,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
 
     experiment = get_experiment(args.name)
     experiment.setups(args.scale)  # a clear error for a scale the experiment lacks
-    if args.seeds is not None and args.seeds < 1:
-        raise ElthError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
+        raise ElthError(f"--seeds must be from 1 to {MAX_SEEDS}, got {args.seeds}")
     if args.dry_run:
         print(dry_run(args.name, args.scale, args.seeds))
         return 0

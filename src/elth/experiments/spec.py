@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from elth.elastic.match import has_replicable_units
 from elth.elastic.strategies import ORDERS, SQUEEZE_MODES
 from elth.errors import ElthError
-from elth.limits import check_int, check_real
+from elth.limits import MAX_SEEDS, check_int, check_real
 from elth.methods import BASELINES, DEFAULT_STRATEGIES, TRANSFER_BASELINES
 from elth.models import parse_model_name
 from elth.training.protocol import Protocol
@@ -127,7 +127,7 @@ class Setup:
             for lv in (*self.levels, *(self.baseline_levels or ()), *self.lmc_levels):
                 check_int(lv, "an IMP level")
             check_int(self.imp_beyond, "imp_beyond")
-            check_int(self.seeds, "the number of seeds")
+            check_int(self.seeds, "the number of seeds", low=1, high=MAX_SEEDS)
             check_int(self.lmc_points, "lmc_points")
             check_real(self.prune_fraction, "the prune fraction", low=0, high=1, low_open=True, high_open=True)
             fields = dict(self.protocol)

@@ -15,7 +15,7 @@ from elth.flops import (
     training_flops,
     weight_positions,
 )
-from elth.limits import check_seed
+from elth.limits import MAX_MULTIPLIER, check_seed
 from elth.masks import count, excluded_names
 from elth.models import build_model
 from elth.runs import run_dir
@@ -51,8 +51,8 @@ def resolve_options(method: str, options: dict) -> dict:
         raise DSTError(f"{', '.join(foreign).replace('_', ' ')} applies to RigL only, not to {method.upper()}")
     resolved = {**DEFAULTS[method], "multiplier": 1, "exclude": None, **given}
     k = resolved["multiplier"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise DSTError(f"the length multiplier must be a positive whole number, got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_MULTIPLIER:
+        raise DSTError(f"the length multiplier must be a whole number from 1 to {MAX_MULTIPLIER}, got {k!r}")
     check_settings(0.0, 1, resolved["update_every"], resolved["end_fraction"])
     if method == "rigl":
         if resolved["distribution"] not in DISTRIBUTIONS:
