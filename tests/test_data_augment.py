@@ -154,3 +154,19 @@ def test_rank_shares_of_a_batch_are_the_batch(augment):
     ranks = [[y for _, y in ds.test_batches(3, part=(r, 2))] for r in range(2)]
     interleaved = [ranks[i % 2][i // 2] for i in range(4)]
     assert torch.equal(torch.cat(interleaved), whole)
+
+
+@pytest.mark.parametrize("augment", ["crop_flip", "crop", "none"])
+def test_several_seeds_at_once_give_each_seeds_own_batches(augment):
+    """What a fused group's members get in one gather and augmentation: member k's batches are
+    exactly those of `train_epoch` with its seed (order, crops, flips, the short last batch)."""
+    data = raw_dataset(augment, n=45)
+    seeds = [3, 0, 7]
+    together = list(data.train_epoch_members(2, 16, seeds, start=1))
+    assert len(together) == 2  # batches 1 and 2 of 3; the last has 13 examples
+    for k, seed in enumerate(seeds):
+        alone = list(data.train_epoch(2, 16, seed, start=1))
+        for (x, y), (xa, ya) in zip(together, alone):
+            assert x.shape[0] == len(seeds) and torch.equal(x[k], xa) and torch.equal(y[k], ya)
+    x, _ = together[-1]
+    assert x.shape[1] == 13 and x.transpose(0, 1).is_contiguous()  # [N, K, ...] memory: the fused input layout

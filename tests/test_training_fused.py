@@ -93,6 +93,16 @@ def assert_same_pruned_weights(a: torch.nn.Module, b: torch.nn.Module, mask: dic
 
 # --- MLPs: bitwise -------------------------------------------------------------------------------
 
+
+def assert_same_but_loss_rounding(a: dict, b: dict, ignore: tuple[str, ...]) -> None:
+    """Equal records, times aside; the running training loss may differ in its last bits (a fused
+    group sums each member's per-example losses in another order; its gradients are the same)."""
+    rest = lambda r: {k: v for k, v in r.items() if k not in (*ignore, "train_loss")}
+    assert rest(a) == rest(b)
+    assert (a["train_loss"] is None) == (b["train_loss"] is None)
+    if a["train_loss"] is not None:
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6, abs=0)
+
 MLP_PROTOCOL = Protocol(length="4ep", batch_size=32, lr=0.05, milestones=("3ep",), warmup="10it")  # 180 steps
 
 
@@ -105,7 +115,7 @@ def test_mlp_fused_equals_separate_bitwise_with_the_same_files(digits, tmp_path)
         for key, value in lone[i].state_dict().items():
             assert torch.equal(value, fused[i].state_dict()[key]), (i, key)
         a, b = lone_results[i].to_dict(), fused_results[i].to_dict()
-        assert {**a, "seconds": 0} == {**b, "seconds": 0}
+        assert_same_but_loss_rounding(a, b, ignore=("seconds",))
         # The run directories hold the same files with the same contents (times aside).
         da, db = tmp_path / "lone" / f"m{i}", tmp_path / "fused" / f"m{i}"
         assert sorted(p.name for p in da.iterdir()) == sorted(p.name for p in db.iterdir())
@@ -118,8 +128,9 @@ def test_mlp_fused_equals_separate_bitwise_with_the_same_files(digits, tmp_path)
             assert torch.equal(entry["momentum_buffer"], cb["optimizer"]["state"][j]["momentum_buffer"])
         rows_a = [json.loads(line) for line in (da / METRICS_FILE).read_text().splitlines()]
         rows_b = [json.loads(line) for line in (db / METRICS_FILE).read_text().splitlines()]
-        untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rows]
-        assert untimed(rows_a) == untimed(rows_b)
+        assert len(rows_a) == len(rows_b)
+        for ra, rb in zip(rows_a, rows_b):
+            assert_same_but_loss_rounding(ra, rb, ignore=("seconds", "images_per_second"))
     # Different masks, seeds and data orders: the members did train differently.
     assert len({round(r.train_loss, 6) for r in fused_results}) == K
 
@@ -289,7 +300,8 @@ def test_imp_runs_advanced_together_equal_imp_run_alone(digits, tmp_path):
         alone = run_imp(config, digits, levels, tmp_path / "alone", progress=False, device="cpu")
         assert len(alone) == len(fused_levels) == levels + 1
         for a, b in zip(alone, fused_levels):
-            assert (a.sparsity, a.kept, a.test_accuracy, a.test_loss, a.train_loss) == (b.sparsity, b.kept, b.test_accuracy, b.test_loss, b.train_loss)
+            assert (a.sparsity, a.kept, a.test_accuracy, a.test_loss) == (b.sparsity, b.kept, b.test_accuracy, b.test_loss)
+            assert a.train_loss == pytest.approx(b.train_loss, rel=1e-6, abs=0)  # summed in another order
             ta, tb = load_ticket_file(a.ticket_path), load_ticket_file(b.ticket_path)
             assert all(torch.equal(ta.mask[n], tb.mask[n]) for n in ta.mask)
 

@@ -185,18 +185,47 @@ class InMemoryDataset:
                 x = self._crop_flip(x, g, flip=self.augment == "crop_flip", batch=idx.shape[0], share=share)
             yield self.normalize(x), self.train_y[idx[share]]
 
+    def train_epoch_members(
+        self, epoch: int, batch_size: int, seeds: list[int], start: int = 0, augment: bool = True,
+    ) -> Iterator[Batch]:
+        """`train_epoch` for several data seeds at once (a fused group's members): x [K, N, ...] as a
+        view of [N, K, ...] memory (the fused network's input layout), y [K, N]. Member k's batches
+        equal `train_epoch(epoch, batch_size, seeds[k], start, augment)`'s, made by one gather, one
+        augmentation and one normalisation for all members (no per-member work on the device)."""
+        perms = torch.stack([self._permutation(epoch, s) for s in seeds], dim=1)  # [num_train, K]
+        k = len(seeds)
+        for b in range(start, self.iterations_per_epoch(batch_size)):
+            idx = perms[b * batch_size : (b + 1) * batch_size]  # [N, K]
+            n = idx.shape[0]
+            x = self.train_x[idx.flatten()]  # example (i, member) at row i * K + member
+            if augment and self.augment != "none":
+                draws = [self._draw_crop_flip(_generator(torch.device("cpu"), s, epoch, b), n) for s in seeds]
+                offsets = torch.stack([d[0] for d in draws], dim=2).flatten(1)  # [2, N * K]
+                flips = torch.stack([d[1] for d in draws], dim=1).flatten()
+                x = self._apply_crop_flip(x, offsets, flips, flip=self.augment == "crop_flip")
+            x = self.normalize(x)
+            yield x.view(n, k, *x.shape[1:]).transpose(0, 1), self.train_y[idx].T.contiguous()
+
+    def _draw_crop_flip(self, g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of `n` examples' crop offsets [2, n] and flips [n], on the CPU. Both recipes draw
+        the same numbers, so "crop" is "crop_flip" without the mirror."""
+        p = self.pad
+        return torch.randint(0, 2 * p + 1, (2, n), generator=g), torch.rand(n, generator=g) < 0.5
+
     def _crop_flip(
         self, x: torch.Tensor, g: torch.Generator, flip: bool = True, batch: int | None = None,
         share: slice = slice(None),
     ) -> torch.Tensor:
         """Crop (and flip) `x`, the `share` of a batch of `batch` examples (default: all of `x`)."""
+        # Drawn for the whole batch, so a rank's share is augmented as in the whole batch.
+        offsets, flips = self._draw_crop_flip(g, x.shape[0] if batch is None else batch)
+        return self._apply_crop_flip(x, offsets[:, share], flips[share], flip)
+
+    def _apply_crop_flip(self, x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, flip: bool) -> torch.Tensor:
         n, c, h, w = x.shape
         p = self.pad
-        # Both recipes draw the same random numbers, so "crop" is "crop_flip" without the mirror.
-        # They are drawn for the whole batch, so a rank's share is augmented as in the whole batch.
-        full = n if batch is None else batch
-        offsets = torch.randint(0, 2 * p + 1, (2, full), generator=g)[:, share].to(x.device, non_blocking=True)
-        flips = (torch.rand(full, generator=g) < 0.5)[share].to(x.device, non_blocking=True)
+        offsets = offsets.to(x.device, non_blocking=True)
+        flips = flips.to(x.device, non_blocking=True)
         padded = F.pad(x, (p, p, p, p))
         # Two gathers (rows, then columns) with broadcast index tensors: no per-image Python.
         rows = offsets[0, :, None] + torch.arange(h, device=x.device)

@@ -132,3 +132,44 @@ class RunningStats:
         self.loss.zero_()
         self.correct.zero_()
         self.count = 0
+
+
+class GroupStats:
+    """`RunningStats` of the K members of a fused group, summed for all of them in one `add` per
+    step (losses [K], logits [K, N, classes], labels [K, N]); `member(k)` is member k's view, which
+    a member's `Progress` reads and resets like its own `RunningStats`."""
+
+    def __init__(self, device: torch.device, members: int):
+        self.loss = torch.zeros(members, dtype=torch.float64, device=device)
+        self.correct = torch.zeros(members, dtype=torch.int64, device=device)
+        self.counts = [0] * members
+
+    def add(self, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.shape[1]
+        self.loss.add_(losses.detach(), alpha=n)
+        self.correct.add_((logits.detach().argmax(2) == labels).sum(1))
+        self.counts = [c + n for c in self.counts]
+
+    def member(self, k: int) -> "MemberStats":
+        return MemberStats(self, k)
+
+
+class MemberStats:
+    """Member k's running sums inside a `GroupStats` (the interface of `RunningStats`)."""
+
+    def __init__(self, group: GroupStats, k: int):
+        self.group, self.k = group, k
+
+    def read(self) -> tuple[float | None, float | None]:
+        count = self.group.counts[self.k]
+        if count == 0:
+            return None, None
+        return float(self.group.loss[self.k]) / count, int(self.group.correct[self.k]) / count
+
+    read_global = read  # a fused group trains in one process
+
+    def reset(self) -> None:
+        self.group.loss[self.k] = 0.0
+        self.group.correct[self.k] = 0
+        self.group.counts[self.k] = 0
+

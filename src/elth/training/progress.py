@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from elth.console import progress_bar
-from elth.training.metrics import MetricsLog, RunningStats
+from elth.training.metrics import MemberStats, MetricsLog, RunningStats
 from elth.training.protocol import LRSchedule
 
 #: Steps between progress-bar refreshes of loss/accuracy (each one reads the device sums).
@@ -34,9 +34,12 @@ class Progress:
         log: MetricsLog | None,
         desc: str,
         enabled: bool,
+        stats: RunningStats | MemberStats | None = None,
     ):
+        """`stats`: where the running sums are kept (default: a `RunningStats` of this run; a fused
+        group's members get views of one `GroupStats`, summed once per step for all, see `count`)."""
         self.schedule, self.ipe, self.start_step, self.log = schedule, iterations_per_epoch, start_step, log
-        self.stats = RunningStats(device)
+        self.stats = RunningStats(device) if stats is None else stats
         self.bar = progress_bar(
             total=end - start_step, initial=step - start_step, desc=desc, unit="it", disable=not enabled,
             file=sys.stderr, dynamic_ncols=True, leave=True,
@@ -48,7 +51,11 @@ class Progress:
     def after_step(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, images: int | None = None) -> None:
         """`images`: the step's global batch when `labels` is one rank's share (for images/s)."""
         self.stats.add(loss, logits, labels)
-        self.clock.images += labels.shape[0] if images is None else images
+        self.count(labels.shape[0] if images is None else images)
+
+    def count(self, images: int) -> None:
+        """A step of `images` examples whose sums were added to `stats` elsewhere."""
+        self.clock.images += images
         self.bar.update(1)
 
     def refresh(self, step: int) -> None:

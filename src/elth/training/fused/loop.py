@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from elth.data.base import InMemoryDataset
 from elth.errors import ElthError
 from elth.training import distributed
 from elth.training.device import autocast, use_channels_last
@@ -41,6 +42,7 @@ from elth.training.fused.network import FusedNetwork, FusionError, stack_members
 from elth.training.fused.optimizer import MemberSGD
 from elth.training.loop import make_optimizer, place_model, resolve_span, train
 from elth.training.masking import GradientMask
+from elth.training.metrics import GroupStats
 from elth.training.progress import Progress
 from elth.training.protocol import LRSchedule, Protocol
 from elth.training.resume import RunFiles, TrainResult, run_key
@@ -159,8 +161,14 @@ def _fused_mask(net: FusedNetwork, masks: list[dict[str, torch.Tensor] | None]) 
 
 
 def _member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Each member's own mean cross-entropy (the op `train` uses), stacked."""
-    return torch.stack([F.cross_entropy(logits[k], y[k]) for k in range(logits.shape[0])])
+    """Each member's mean cross-entropy [K], all members in one kernel.
+
+    The gradient of their sum is, member by member, bit for bit the gradient of a lone run's
+    `F.cross_entropy` ((softmax - one-hot) / N for each example); the loss values themselves are
+    summed in another order than a lone run's, so a logged training loss may differ in its last bit.
+    """
+    k, n = y.shape
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, n).mean(1)
 
 
 @torch.no_grad()
@@ -186,6 +194,15 @@ def evaluate_fused(net: FusedNetwork, data, batch_size: int, device: torch.devic
     if count == 0:
         raise ElthError("the dataset has no test examples to evaluate on")
     return [(int(c) / count, float(s) / count) for c, s in zip(correct.tolist(), loss_sum.tolist())]
+
+
+def _stacked(streams):
+    """Batches of several streams stacked as `InMemoryDataset.train_epoch_members` gives them."""
+    for batch in zip(*streams):
+        xs, ys = zip(*batch)
+        # Stacked as [N, K, ...] in memory (the fused network's input layout: no second copy),
+        # handed over as the [K, N, ...] view.
+        yield torch.stack(xs, dim=1).transpose(0, 1), torch.stack(ys)
 
 
 class _Group:
@@ -219,22 +236,24 @@ class _Group:
     def _batches(self, epoch: int, first: int):
         """The members' batches of `epoch` from batch `first` on, stacked: x [K, N, ...], y [K, N]."""
         p = self.protocol
-        streams = [self.data.train_epoch(epoch, p.batch_size, r.member.data_seed, start=first, augment=p.augment) for r in self.runs]
-        for batch in zip(*streams):
-            xs, ys = zip(*batch)
-            # Stacked as [N, K, ...] in memory (the fused network's input layout: no second copy),
-            # handed over as the [K, N, ...] view.
-            x = torch.stack(xs, dim=1).transpose(0, 1)
-            yield x.to(self.device, non_blocking=True), torch.stack(ys).to(self.device, non_blocking=True)
+        seeds = [r.member.data_seed for r in self.runs]
+        if isinstance(self.data, InMemoryDataset):  # one gather and augmentation for all members
+            batches = self.data.train_epoch_members(epoch, p.batch_size, seeds, start=first, augment=p.augment)
+        else:
+            batches = _stacked([self.data.train_epoch(epoch, p.batch_size, s, start=first, augment=p.augment)
+                                for s in seeds])
+        for x, y in batches:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def train(self, start_step: int, step: int, end: int, eval_interval: int | None, progress: bool, desc: str, eval_batch_size: int) -> None:
         net, runs, k = self.net, self.runs, len(self.runs)
         logs = [r.files.start(step, end, self.ipe) if r.files is not None else None for r in runs]
+        stats = GroupStats(self.device, k)  # every member's running loss and accuracy, summed at once
         reports = [
             Progress(
                 self.device, self.schedule, self.ipe, start_step=start_step, step=step, end=end,
                 seconds_before=r.seconds_before, log=log, desc=desc or f"{net.name} x{k} fused",
-                enabled=progress and i == 0,
+                enabled=progress and i == 0, stats=stats.member(i),
             )
             for i, (r, log) in enumerate(zip(runs, logs))
         ]
@@ -280,8 +299,9 @@ class _Group:
             for t, (x, y), epoch_ends in steps_by_epoch(step, end, self.ipe, self._batches):
                 losses, logits = self._step(t, x, y)
                 end_diverged(divergence.diverged_after_step(t, losses))
-                for i, report in enumerate(reports):
-                    report.after_step(losses[i], logits[i], y[i])
+                stats.add(losses, logits, y)
+                for report in reports:
+                    report.count(y.shape[1])
                 step = t + 1
                 evaluate_now = step == end or (eval_interval is not None and step % eval_interval == 0)
                 if epoch_ends:
