@@ -6,6 +6,7 @@ and `check_identical` raises. With DDP's all-reduced gradients, the same update 
 """
 import sys
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -37,4 +38,8 @@ def update_once(wrap: bool) -> str:
 
 print(f"rank {distributed.rank()} local gradients: {update_once(wrap=False)}", flush=True)
 print(f"rank {distributed.rank()} all-reduced gradients: {update_once(wrap=True)}", flush=True)
+# Leave together: a rank that tears its process group down while the other still talks to it can
+# abort the other ("terminate called without an active exception").
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 sys.exit(0)
