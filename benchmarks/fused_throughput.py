@@ -4,11 +4,13 @@ another, in the same process and the same run.
 For each model and K: K tickets (different initial weights, ~80%-sparse random masks, different
 data seeds) are trained for `--steps` steps at batch `--batch` on 32x32x3 in-memory synthetic data
 (crop + flip augmentation), once with `elth.training.train` run after run ("separate") and once as
-one fused group with `elth.training.fused.train_fused` ("fused"). Both include what a real run does
+one fused network with `elth.training.fused.train_fused(..., members_at_once=K)` ("fused"). Both include what a real run does
 per step (augmentation, masks, metrics); evaluation is left out (`eval_every=None`, a one-batch
 test set). Each (model, K) first runs one untimed step of each, then `--rounds` rounds that
-alternate which goes first; reported are total images/s from the median round and the ratio
-fused/separate (> 1: fusion is faster).
+rotate which goes first; reported are total images/s from the median round and the ratio
+fused/separate (> 1: fusion is faster). On CPUs also "default/separate": `train_fused` as elth
+calls it there, which puts at most a few members in one fused network (`cpu_members_at_once`: 4
+for MLPs and narrow conv nets, 1 for wider ones) and trains larger groups as several in turn.
 
 On a busy machine `--clock cpu` (default on CPU with one thread) times the process's CPU time,
 which other processes barely disturb; `--clock wall` times wall-clock seconds (use it on a GPU).
@@ -53,8 +55,9 @@ def _timer(clock: str, device: str):
     return now
 
 
-def measure(model_name: str, k: int, steps: int, batch: int, rounds: int, device: str, clock: str, precision: str) -> tuple[float, float]:
-    """(separate, fused) total images/s for K members of `model_name`."""
+def measure(model_name: str, k: int, steps: int, batch: int, rounds: int, device: str, clock: str, precision: str) -> dict[str, float]:
+    """Total images/s for K members of `model_name`: "separate", "fused" (all K in one fused network)
+    and, on CPUs, "default" (`train_fused` as elth calls it there: at most a few members at once)."""
     from elth.data.base import synthetic
     from elth.training import Protocol, train
     from elth.training.fused import train_fused
@@ -70,20 +73,26 @@ def measure(model_name: str, k: int, steps: int, batch: int, rounds: int, device
             train(m.model, data, protocol, data_seed=m.data_seed, mask=m.mask, end_step=end, **common)
         return now() - start
 
-    def fused(end: int) -> float:
-        members = _members(model_name, k, device)
-        start = now()
-        train_fused(members, data, protocol, end_step=end, **common)
-        return now() - start
+    def fused_with(members_at_once: int | None):
+        def run(end: int) -> float:
+            members = _members(model_name, k, device)
+            start = now()
+            train_fused(members, data, protocol, end_step=end, members_at_once=members_at_once, **common)
+            return now() - start
+        return run
 
-    separate(1), fused(1)  # warm-up: allocator, kernel caches
-    times = {"separate": [], "fused": []}
+    cases = {"separate": separate, "fused": fused_with(k)}
+    if device == "cpu":
+        cases["default"] = fused_with(None)
+    for fn in cases.values():
+        fn(1)  # warm-up: allocator, kernel caches
+    times = {name: [] for name in cases}
+    names = list(cases)
     for r in range(rounds):
-        order = (separate, fused) if r % 2 == 0 else (fused, separate)
-        for fn in order:
-            times[fn.__name__].append(fn(steps))
+        for name in names[r % len(names):] + names[: r % len(names)]:  # each case first in turn
+            times[name].append(cases[name](steps))
     images = k * steps * batch
-    return images / statistics.median(times["separate"]), images / statistics.median(times["fused"])
+    return {name: images / statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -105,11 +114,17 @@ def main() -> None:
     clock = args.clock or ("cpu" if args.device == "cpu" and args.threads == 1 else "wall")
     print(f"device {args.device}, {args.threads} thread(s), batch {args.batch}, {args.steps} steps x "
           f"{args.rounds} rounds, {args.precision}, {clock} clock, torch {torch.__version__}")
-    print(f"{'model':<20} {'K':>3} {'separate img/s':>15} {'fused img/s':>12} {'fused/separate':>15}")
+    cpu = args.device == "cpu"
+    print(f"{'model':<20} {'K':>3} {'separate img/s':>15} {'fused img/s':>12} {'fused/separate':>15}"
+          + (f" {'default/separate':>17}" if cpu else ""))
     for model_name in args.models.split(","):
         for k in (int(v) for v in args.ks.split(",")):
-            sep, fus = measure(model_name, k, args.steps, args.batch, args.rounds, args.device, clock, args.precision)
-            print(f"{model_name:<20} {k:>3} {sep:>15.0f} {fus:>12.0f} {fus / sep:>14.2f}x", flush=True)
+            rate = measure(model_name, k, args.steps, args.batch, args.rounds, args.device, clock, args.precision)
+            line = (f"{model_name:<20} {k:>3} {rate['separate']:>15.0f} {rate['fused']:>12.0f} "
+                    f"{rate['fused'] / rate['separate']:>14.2f}x")
+            if cpu:
+                line += f" {rate['default'] / rate['separate']:>16.2f}x"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ def train_together(models, masks, data, protocol, out: Path | None = None, **kwa
     members = [
         Member(m, DATA_SEEDS[i], masks[i], out / f"m{i}" if out is not None else None) for i, m in enumerate(models)
     ]
+    # All members in one fused network, even where a CPU would train wide ones one by one.
+    kwargs.setdefault("members_at_once", len(members))
     return train_fused(members, data, protocol, progress=False, device="cpu", **kwargs)
 
 
@@ -338,3 +340,25 @@ def test_divergence_of_weights_is_found_per_member_and_recorded_once():
     assert (check.errors[0].step, check.errors[0].what) == (7, "the weights of b are not finite")
     assert check.errors[2].what == "the weights of w are not finite"
     assert check.diverged_weights([("w", weight), ("b", bias)], 7) == []  # already recorded
+
+
+def test_a_cpu_trains_wide_conv_nets_one_member_at_a_time_and_narrow_ones_four(digits, monkeypatch):
+    """Past these sizes a CPU trains fused members more slowly than one by one (see sizing.py)."""
+    import elth.training.fused.loop as fused_loop
+
+    sizes = []
+    real = fused_loop.FusedNetwork
+
+    def counting(models):
+        sizes.append(len(models))
+        return real(models)
+
+    monkeypatch.setattr(fused_loop, "FusedNetwork", counting)
+    protocol = Protocol(length="2it", batch_size=8, lr=0.02, milestones=())
+    for name, expected in (("cifar_resnet_20", [1, 1, 1]), ("cifar_resnet_8_8", [3]), ("mlp_1", [4, 2])):
+        sizes.clear()
+        models, masks = make_members(name, digits, k=sum(expected))
+        train_fused([Member(m, i, masks[i]) for i, m in enumerate(models)], digits, protocol, progress=False,
+                    device="cpu")
+        assert sizes == expected, name
+

@@ -40,6 +40,7 @@ from elth.training import distributed
 from elth.training.device import autocast, use_channels_last
 from elth.training.fused.network import FusedNetwork, FusionError, stack_members
 from elth.training.fused.optimizer import MemberSGD
+from elth.training.fused.sizing import cpu_members_at_once
 from elth.training.loop import make_optimizer, place_model, resolve_span, train
 from elth.training.masking import GradientMask
 from elth.training.metrics import GroupStats
@@ -91,10 +92,15 @@ def train_fused(
     progress: bool = True,
     desc: str = "",
     eval_batch_size: int = 1000,
+    members_at_once: int | None = None,
 ) -> list[TrainResult | TrainingDiverged]:
     """Train every member from global step `start_step` to `end_step` (default: the protocol's
     end); the results in member order, each what `train` alone returns for it (and each model
-    ends with its final weights), or the `TrainingDiverged` it would raise."""
+    ends with its final weights), or the `TrainingDiverged` it would raise.
+
+    `members_at_once`: the most members in one fused network (default: all of them on
+    accelerators; on CPUs `cpu_members_at_once`, beyond which a CPU trains them more slowly
+    than one by one); a larger group trains as several fused networks, one after another."""
     device, (ipe, start_step, end, eval_interval) = resolve_span(
         data, protocol, start_step, end_step, eval_every, precision, device)
     if not members:
@@ -114,13 +120,18 @@ def train_fused(
                           progress=progress, desc=desc, eval_batch_size=eval_batch_size)]
         except TrainingDiverged as e:
             return [e]
+    if members_at_once is None:
+        members_at_once = len(members) if device.type != "cpu" else cpu_members_at_once(members[0].model)
+    if members_at_once < 1:
+        raise FusionError(f"members_at_once must be at least 1, got {members_at_once}")
     runs = [_prepare(m, data, protocol, start_step, end, precision, device) for m in members]
     pending = [r for r in runs if r.result is None]
     for step in sorted({r.step for r in pending}):
         group = [r for r in pending if r.step == step]
-        _Group(group, data, protocol, ipe, precision, device).train(
-            start_step, step, end, eval_interval, progress, desc, eval_batch_size
-        )
+        for first in range(0, len(group), members_at_once):
+            _Group(group[first : first + members_at_once], data, protocol, ipe, precision, device).train(
+                start_step, step, end, eval_interval, progress, desc, eval_batch_size
+            )
     return [r.result for r in runs]
 
 

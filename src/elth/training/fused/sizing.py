@@ -7,11 +7,13 @@ import copy
 import torch
 from torch import nn
 
-#: Members per group on CPUs, for MLPs and narrow conv nets. A CPU is busy with one network
-#: already, so fusion gains little there: benchmarks/fused_throughput.py measured 1.0-1.2x for
-#: mlp_2 and cifar_resnet_20_8 at K <= 4, but slower groups of wider conv nets (cifar_resnet_20:
-#: ~0.97x at K = 2 and 4, 0.66x at K = 8), because oneDNN's grouped convolution runs forward +
-#: backward about 2x slower than K separate ones once groups have 16 channels or more.
+#: Members trained at once on CPUs, for MLPs and narrow conv nets. A CPU is busy with one network
+#: already, so fusion gains little there (benchmarks/fused_throughput.py: 1.0-1.1x for mlp_2 and
+#: cifar_resnet_20_8 at K <= 4), and larger fused networks are slower: their activations (K times
+#: a member's) outgrow the caches, so the element-wise layers (ReLU, residual adds, BatchNorm) run
+#: from memory (profiled at K = 16, cifar_resnet_20_8: ReLU and adds 6x, BatchNorm 3x the time of
+#: 16 separate runs, 0.76x in all), and oneDNN's grouped convolutions are about 2x slower than
+#: separate ones once groups have 16 channels or more (cifar_resnet_20: 0.97x at K = 2, 0.5x at 16).
 CPU_GROUP_SIZE = 4
 #: On CPUs, conv nets with a convolution wider than this train one run at a time by default.
 CPU_MAX_CONV_CHANNELS = 32
@@ -54,10 +56,15 @@ def member_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: int
     return PARAMETER_BYTES * params + 2 * 4 * activation_elements(model, input_shape, batch_size)
 
 
+def cpu_members_at_once(model: nn.Module) -> int:
+    """How many members of `model` a CPU trains at once in one fused network (see CPU_GROUP_SIZE)."""
+    widest = max((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)), default=0)
+    return CPU_GROUP_SIZE if widest <= CPU_MAX_CONV_CHANNELS else 1
+
+
 def default_group_size(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, device: torch.device | str) -> int:
     device = torch.device(device)
     if device.type != "cuda":
-        widest = max((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)), default=0)
-        return CPU_GROUP_SIZE if widest <= CPU_MAX_CONV_CHANNELS else 1
+        return cpu_members_at_once(model)
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(MAX_GROUP_SIZE, int(MEMORY_SHARE * free) // member_bytes(model, input_shape, batch_size)))
