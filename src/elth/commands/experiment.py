@@ -91,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train ready runs of one network and protocol (ticket runs, IMP runs of different seeds, "
                              "LMC copies) K at a time as one fused network, one task per group (one job with "
                              "--launcher slurm) (same results and run directories; default: chosen from the device's memory "
-                             "and the model; on CPUs 4 for MLPs and narrow conv nets, else 1; 1: each run alone)")
+                             "and the model; on CPUs 4 for MLPs and narrow conv nets, else 1, and a CPU never trains more "
+                             "than that in one fused network: a larger group trains as several in turn; 1: each run alone)")
     parser.add_argument("--device", help="torch device such as cpu or cuda (default: cuda if available, else cpu); "
                         "under torchrun each rank takes cuda:LOCAL_RANK")
     add_distributed_arguments(parser)
