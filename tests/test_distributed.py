@@ -229,3 +229,32 @@ def test_diverging_run_on_two_ranks_stops_on_both_with_a_failed_record(tmp_path)
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert (record["status"], record["reason"]) == ("failed", "diverged")
     assert not (tmp_path / "run" / CHECKPOINT_FILE).exists()
+
+
+EXPERIMENT = ["experiment", "smoke", "--scale", "smoke", "--seeds", "1", "--root", "store", "--out", "out",
+              "--no-progress", "--no-report"]
+
+
+def test_an_experiment_on_two_ranks_trains_every_run_on_both_as_one_process_would(tmp_path, monkeypatch):
+    """Rank 0 schedules (store, leases, records) and hands each training to both ranks; the other
+    rank only trains. Every run starts and finishes once, and the rows are those of one process."""
+    from elth.experiments.attempts import read_attempts
+    from elth.experiments.results import read_results
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    torchrun(EXPERIMENT, tmp_path / "two")
+    one_process(EXPERIMENT, tmp_path / "one", monkeypatch)
+    runs_of = lambda store: sorted([*store.glob("imp-*"), *store.glob("ticket-*")])
+    runs = runs_of(tmp_path / "two" / "store")
+    assert len(runs) == 19 and [r.name for r in runs] == [r.name for r in runs_of(tmp_path / "one" / "store")]
+    for run in runs:
+        events = read_attempts(run)
+        assert [e["event"] for e in events] == ["start", "finish"], run.name
+    key = lambda r: (r.target, r.method, r.source, r.level, r.seed)
+    one = {key(r): r for r in read_results(tmp_path / "one" / "out")}
+    two = {key(r): r for r in read_results(tmp_path / "two" / "out")}
+    assert one.keys() == two.keys() and len(one) == 28
+    for k in one:  # the same tickets (masks from weights within float32 rounding) and accuracies
+        assert two[k].sparsity == one[k].sparsity and two[k].train_steps == one[k].train_steps, k
+        assert abs(two[k].accuracy - one[k].accuracy) <= 1 / 128, k  # one test example of 128 at most

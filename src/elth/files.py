@@ -103,8 +103,29 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
+#: Set while rank 0 of several ranks works alone (an experiment's scheduler, whose ranks wait for
+#: the trainings it hands them): its writes and collectives are then those of one process.
+_ALONE = False
+
+
 def _several_ranks() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return not _ALONE and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_alone() -> bool:
+    """Whether this rank works alone for now (see `alone`)."""
+    return _ALONE
+
+
+@contextlib.contextmanager
+def alone(flag: bool = True) -> Iterator[None]:
+    """Within the block this rank acts as one process (`flag=False`: with its ranks again)."""
+    global _ALONE
+    before, _ALONE = _ALONE, flag
+    try:
+        yield
+    finally:
+        _ALONE = before
 
 
 def is_writer() -> bool:

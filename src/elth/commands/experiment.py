@@ -10,7 +10,14 @@ import torch
 from elth.commands.common import add_distributed_arguments, check_output_dir, resolve_device
 from elth.errors import ElthError
 from elth.limits import MAX_SEEDS
-from elth.experiments.launch import LaunchOptions, SlurmOptions, parse_slurm_args, parse_time
+from elth.experiments.launch import (
+    LaunchOptions,
+    SlurmOptions,
+    follow_rank_zero,
+    leading_ranks,
+    parse_slurm_args,
+    parse_time,
+)
 from elth.experiments.lease import DEFAULT_TIMEOUT
 from elth.experiments.report import report_figures, summary_text, write_report
 from elth.experiments.results import read_results
@@ -18,6 +25,7 @@ from elth.experiments.runner import ExperimentFailed, build_graph, report_from_s
 from elth.experiments.spec import expand
 from elth.experiments.specs import EXPERIMENTS, get_experiment
 from elth.experiments.status import format_status, survey
+from elth.training import distributed
 
 DESCRIPTION = """\
 Run a shipped experiment spec: IMP with rewinding on every network of a model family, each IMP
@@ -256,7 +264,16 @@ def command_of(args: argparse.Namespace) -> str:
 
 
 def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=None, command: str = "") -> int:
-    """Run, print the summary, write the report; shared with `elth demo`."""
+    """Run, print the summary, write the report; shared with `elth demo`. Over several ranks, rank 0
+    does all of it (alone) and the other ranks only join the trainings it hands them."""
+    if distributed.is_active() and not distributed.is_main():
+        follow_rank_zero()
+        return 0
+    with leading_ranks():
+        return _execute(experiment, scale, args, out, setups, command)
+
+
+def _execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups, command: str) -> int:
     launch = launch_options(args)
     if launch.devices and args.device in (None, "cuda"):
         # each worker takes its own GPU; a single worker runs here on the first one listed

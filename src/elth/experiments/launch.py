@@ -16,6 +16,7 @@ Launchers:
 from __future__ import annotations
 
 import _thread
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -43,7 +44,8 @@ from elth.experiments.attempts import (
     write_submitted,
 )
 from elth.experiments.lease import DEFAULT_TIMEOUT, Lease, LeaseInfo, holder
-from elth.files import JOBS_DIR
+from elth.files import JOBS_DIR, alone, rank_alone
+from elth.training import distributed
 from elth.training.metrics import enable_tensorboard
 
 
@@ -158,7 +160,7 @@ def _run_leased(task: Task, ctx, lease: Lease, started: float | None = None) -> 
             _record_start(task, lease)
         start = time.time() if started is None else started
         try:
-            result = task.fn(ctx, *task.args)
+            result = _on_every_rank(task, ctx)
         except SystemExit:
             # submitit ends a job it requeued (time limit, preemption) this way: not a failure; the
             # lease is released by the caller, so the requeued job resumes the run from its checkpoints
@@ -184,6 +186,49 @@ def _run_leased(task: Task, ctx, lease: Lease, started: float | None = None) -> 
         return Finished(result, trained=True)
     finally:
         lease.on_lost = None
+
+
+# -- an experiment over several ranks (torchrun) -----------------------------------------------------
+# Rank 0 runs the experiment alone (`files.alone`: its store checks, leases, records and reports
+# are one process's) and hands each training to the other ranks, which run it with it (DDP, the
+# collective writes of the training code); `follow_rank_zero` is what the other ranks do meanwhile.
+
+
+def _on_every_rank(task: "Task", ctx):
+    """`task.fn(ctx, *task.args)`, on every rank when this is rank 0 of several ranks."""
+    if not rank_alone():
+        return task.fn(ctx, *task.args)
+    distributed.hand_out(task)
+    with alone(False):
+        return task.fn(ctx, *task.args)
+
+
+@contextlib.contextmanager
+def leading_ranks():
+    """Rank 0 of several ranks: the block works alone, handing trainings out; the other ranks are
+    released at its end (also on an error). Elsewhere the block runs as it is."""
+    if not distributed.is_active() or not distributed.is_main():
+        yield
+        return
+    try:
+        with alone():
+            yield
+    finally:
+        distributed.hand_out(None)
+
+
+def follow_rank_zero() -> None:
+    """Every rank but 0: run the trainings rank 0 hands out, with it, until it says there are no more.
+    A failure is rank 0's to report (it fails the same way: the ranks share every collective)."""
+    while (task := distributed.receive_work()) is not None:
+        ctx = task.ctx
+        if getattr(ctx, "device", None) and str(ctx.device).startswith("cuda"):
+            ctx = dataclasses.replace(ctx, device=str(distributed.rank_device("cuda")))  # this rank's GPU
+        _apply(task.settings)
+        try:
+            task.fn(ctx, *task.args)
+        except Exception:
+            pass
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from elth.errors import ElthError
 from elth.experiments.attempts import first_line
 from elth.experiments.dag import DIVERGED, DONE, Graph, Scheduler, dataset_name, on_cpu, on_dataset
 from elth.experiments.jobs import Context, settings
-from elth.experiments.launch import LaunchOptions, WorkerSettings, make_launcher
+from elth.experiments.launch import LaunchOptions, WorkerSettings, follow_rank_zero, leading_ranks, make_launcher
 from elth.experiments.lease import DEFAULT_TIMEOUT
 from elth.experiments.results import Row, write_lmc, write_results
 from elth.experiments.spec import Experiment, ImpRun, Setup, expand
@@ -125,7 +125,22 @@ def build_graph(experiment: Experiment, scale: str, *, root, seeds=None, data_di
     return parts, [on_cpu(c) if lookups_on_cpu else c for c in ctxs], graph
 
 
-def run_experiment(
+def run_experiment(experiment: Experiment, scale: str, **options) -> Outcome:
+    """Execute every run of `experiment` at `scale` and write `results.jsonl`/`.csv` to `out_dir`
+    (the options: `_run_experiment`'s).
+
+    Over several ranks (torchrun), rank 0 runs the experiment and hands each training to every
+    rank, which trains it together (`launch.leading_ranks`); the other ranks return an empty
+    `Outcome` once rank 0 is done.
+    """
+    if distributed.is_active() and not distributed.is_main():
+        follow_rank_zero()
+        return Outcome(rows=[], out_dir=Path(options["out_dir"]))
+    with leading_ranks():
+        return _run_experiment(experiment, scale, **options)
+
+
+def _run_experiment(
     experiment: Experiment,
     scale: str,
     *,
@@ -146,7 +161,7 @@ def run_experiment(
     keep_diverged: bool = False,
     fuse: int | None = None,
 ) -> Outcome:
-    """Execute every run of `experiment` at `scale` and write `results.jsonl`/`.csv` to `out_dir`.
+    """`run_experiment` on one process (or rank 0, alone).
 
     `launch` says where runs execute (default: here with `workers` == 1, else `workers` spawned
     processes with `threads` torch threads each, the cores shared out by default). `setups`
@@ -165,12 +180,12 @@ def run_experiment(
     launch.check()
     if fuse is not None and fuse < 1:
         raise ElthError(f"--fuse must be at least 1, got {fuse}")
-    if distributed.is_active():
+    if distributed.in_group():
         if fuse is not None and fuse > 1:
             raise ElthError("--fuse does not combine with several ranks (torchrun, --nproc) yet: leave it out")
         fuse = 1  # fused groups train on one process
     in_process = launch.launcher == "local" and launch.workers == 1
-    if not in_process and distributed.is_active():
+    if not in_process and distributed.in_group():
         raise ElthError("--workers and --launcher slurm run trainings side by side in other processes; with "
                         "several ranks (torchrun, --nproc) every training uses all of them: run on one process")
     if tensorboard:

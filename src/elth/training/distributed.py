@@ -34,7 +34,7 @@ from torch import nn
 
 from elth.data.base import Part, part_slice
 from elth.errors import ElthError
-from elth.files import tensors_hash
+from elth.files import rank_alone, tensors_hash
 from elth.training.sync_batchnorm import GlobalBatchNorm
 
 #: torchrun's variables that say a process is one rank of a group.
@@ -63,9 +63,15 @@ def launched_by_torchrun() -> bool:
     return all(v in os.environ for v in RANK_VARIABLES)
 
 
-def is_active() -> bool:
+def in_group() -> bool:
     """True when this process is one of several ranks (a process group of size > 1)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_active() -> bool:
+    """True when this process trains with its other ranks now: one of several ranks, and not
+    working alone for the moment (`files.alone`, rank 0 scheduling an experiment)."""
+    return in_group() and not rank_alone()
 
 
 def rank() -> int:
@@ -73,7 +79,20 @@ def rank() -> int:
 
 
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if is_active() else 1
+
+
+# -- handing work to the other ranks ------------------------------------------------------------
+def hand_out(work) -> None:
+    """Rank 0: send `work` (picklable; None: no more) to every other rank (a collective)."""
+    dist.broadcast_object_list([work], src=0)
+
+
+def receive_work():
+    """Any other rank: what rank 0 hands out next (waits for it)."""
+    box = [None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def is_main() -> bool:
@@ -229,7 +248,7 @@ def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     same weights; BatchNorm layers become global-batch ones first when `sync_bn()` is set. A group
     of one rank is wrapped too (what DDP costs on one device; the arithmetic is the same).
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if not (dist.is_available() and dist.is_initialized()) or rank_alone():
         return model
     if sync_bn():
         convert_sync_batchnorm(model)
