@@ -236,15 +236,17 @@ EXPERIMENT = ["experiment", "smoke", "--scale", "smoke", "--seeds", "1", "--root
 
 
 def test_an_experiment_on_two_ranks_trains_every_run_on_both_as_one_process_would(tmp_path, monkeypatch):
-    """Rank 0 schedules (store, leases, records) and hands each training to both ranks; the other
-    rank only trains. Every run starts and finishes once, and the rows are those of one process."""
+    """Rank 0 schedules (store, leases, records) and hands each training, fused groups included, to
+    both ranks; the other rank only trains. Every run starts and finishes once, and the rows are
+    those of one process training every run alone."""
     from elth.experiments.attempts import read_attempts
     from elth.experiments.results import read_results
 
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    torchrun(EXPERIMENT, tmp_path / "two")
-    one_process(EXPERIMENT, tmp_path / "one", monkeypatch)
+    torchrun(EXPERIMENT + ["--fuse", "3"], tmp_path / "two")
+    one_process(EXPERIMENT + ["--fuse", "1"], tmp_path / "one", monkeypatch)
+    assert json.loads((tmp_path / "two" / "out" / "experiment.json").read_text())["runs"]["fused"] >= 6
     runs_of = lambda store: sorted([*store.glob("imp-*"), *store.glob("ticket-*")])
     runs = runs_of(tmp_path / "two" / "store")
     assert len(runs) == 19 and [r.name for r in runs] == [r.name for r in runs_of(tmp_path / "one" / "store")]
@@ -258,3 +260,39 @@ def test_an_experiment_on_two_ranks_trains_every_run_on_both_as_one_process_woul
     for k in one:  # the same tickets (masks from weights within float32 rounding) and accuracies
         assert two[k].sparsity == one[k].sparsity and two[k].train_steps == one[k].train_steps, k
         assert abs(two[k].accuracy - one[k].accuracy) <= 1 / 128, k  # one test example of 128 at most
+
+
+def fused_group_members():
+    """Three mlp_1 tickets (different weights, masks and data seeds) and their protocol."""
+    from elth.data import load_dataset
+    from elth.models import build_model
+    from elth.training import Protocol
+    from elth.training.fused import Member
+
+    data = load_dataset("digits")
+    members = []
+    for i in range(3):
+        model = build_model("mlp_1", data.info.input_shape, data.info.num_classes, seed=i)
+        g = torch.Generator().manual_seed(100 + i)
+        mask = {n: torch.rand(model.get_parameter(n).shape, generator=g) < 0.6 for n in model.prunable_names()}
+        members.append(Member(model, data_seed=10 + i, mask=mask))
+    return data, Protocol(length="2ep", batch_size=64, lr=0.05, milestones=("1ep",)), members
+
+
+def test_a_fused_group_on_two_ranks_trains_the_members_one_process_trains(tmp_path):
+    """The fused network under DDP, each rank on its share of every member's batch (the last batch
+    of an epoch splits unevenly): every member ends within float32 rounding of one process's."""
+    from elth.training.fused import train_fused
+
+    script = Path(__file__).parent / "rank_scripts" / "fused_group.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(Path(__file__).parent)]
+    out = subprocess.run(cmd, cwd=tmp_path, env=rank_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    data, protocol, members = fused_group_members()
+    train_fused(members, data, protocol, progress=False, device="cpu", members_at_once=3)
+    for i, m in enumerate(members):
+        two = torch.load(tmp_path / f"m{i}.pt", weights_only=True)
+        assert_close(m.model.state_dict(), two)
+        for n, keep in m.mask.items():
+            assert bool((two[n][~keep] == 0).all()), (i, n)  # the masks held on both ranks

@@ -187,21 +187,25 @@ class InMemoryDataset:
 
     def train_epoch_members(
         self, epoch: int, batch_size: int, seeds: list[int], start: int = 0, augment: bool = True,
+        part: Part | None = None,
     ) -> Iterator[Batch]:
         """`train_epoch` for several data seeds at once (a fused group's members): x [K, N, ...] as a
         view of [N, K, ...] memory (the fused network's input layout), y [K, N]. Member k's batches
-        equal `train_epoch(epoch, batch_size, seeds[k], start, augment)`'s, made by one gather, one
-        augmentation and one normalisation for all members (no per-member work on the device)."""
+        equal `train_epoch(epoch, batch_size, seeds[k], start, augment, part)`'s, made by one gather,
+        one augmentation and one normalisation for all members (no per-member work on the device)."""
         perms = torch.stack([self._permutation(epoch, s) for s in seeds], dim=1)  # [num_train, K]
         k = len(seeds)
         for b in range(start, self.iterations_per_epoch(batch_size)):
             idx = perms[b * batch_size : (b + 1) * batch_size]  # [N, K]
+            share = part_slice(idx.shape[0], part)
+            full, idx = idx.shape[0], idx[share]
             n = idx.shape[0]
             x = self.train_x[idx.flatten()]  # example (i, member) at row i * K + member
             if augment and self.augment != "none":
-                draws = [self._draw_crop_flip(_generator(torch.device("cpu"), s, epoch, b), n) for s in seeds]
-                offsets = torch.stack([d[0] for d in draws], dim=2).flatten(1)  # [2, N * K]
-                flips = torch.stack([d[1] for d in draws], dim=1).flatten()
+                # drawn for the whole batch (as train_epoch does), this rank's share kept
+                draws = [self._draw_crop_flip(_generator(torch.device("cpu"), s, epoch, b), full) for s in seeds]
+                offsets = torch.stack([d[0][:, share] for d in draws], dim=2).flatten(1)  # [2, n * K]
+                flips = torch.stack([d[1][share] for d in draws], dim=1).flatten()
                 x = self._apply_crop_flip(x, offsets, flips, flip=self.augment == "crop_flip")
             x = self.normalize(x)
             yield x.view(n, k, *x.shape[1:]).transpose(0, 1), self.train_y[idx].T.contiguous()

@@ -194,13 +194,21 @@ def _run_leased(task: Task, ctx, lease: Lease, started: float | None = None) -> 
 # collective writes of the training code); `follow_rank_zero` is what the other ranks do meanwhile.
 
 
-def _on_every_rank(task: "Task", ctx):
-    """`task.fn(ctx, *task.args)`, on every rank when this is rank 0 of several ranks."""
+def _perform(work: "Task | tuple[GroupTask, list]", ctx):
+    """A task's training (`fn`), or a fused group's (`train` of its members' arguments)."""
+    if isinstance(work, Task):
+        return work.fn(ctx, *work.args)
+    group, args = work
+    return group.train(ctx, args)
+
+
+def _on_every_rank(work: "Task | tuple[GroupTask, list]", ctx):
+    """`_perform(work, ctx)`, on every rank when this is rank 0 of several ranks."""
     if not rank_alone():
-        return task.fn(ctx, *task.args)
-    distributed.hand_out(task)
+        return _perform(work, ctx)
+    distributed.hand_out(work)
     with alone(False):
-        return task.fn(ctx, *task.args)
+        return _perform(work, ctx)
 
 
 @contextlib.contextmanager
@@ -220,13 +228,14 @@ def leading_ranks():
 def follow_rank_zero() -> None:
     """Every rank but 0: run the trainings rank 0 hands out, with it, until it says there are no more.
     A failure is rank 0's to report (it fails the same way: the ranks share every collective)."""
-    while (task := distributed.receive_work()) is not None:
+    while (work := distributed.receive_work()) is not None:
+        task = work if isinstance(work, Task) else work[0].members[0]
         ctx = task.ctx
         if getattr(ctx, "device", None) and str(ctx.device).startswith("cuda"):
             ctx = dataclasses.replace(ctx, device=str(distributed.rank_device("cuda")))  # this rank's GPU
         _apply(task.settings)
         try:
-            task.fn(ctx, *task.args)
+            _perform(work, ctx)
         except Exception:
             pass
 
@@ -292,7 +301,7 @@ def run_group_task(group: GroupTask) -> GroupOutcome:
             _record_start(member, lease, fused_group=group.label)
         if len(held) > 1:
             try:
-                group.train(ctx, [m.args for _, m, _ in held])
+                _on_every_rank((group, [m.args for _, m, _ in held]), ctx)
                 fused = len(held)
             except (SystemExit, KeyboardInterrupt):
                 raise

@@ -180,10 +180,6 @@ def _run_experiment(
     launch.check()
     if fuse is not None and fuse < 1:
         raise ElthError(f"--fuse must be at least 1, got {fuse}")
-    if distributed.in_group():
-        if fuse is not None and fuse > 1:
-            raise ElthError("--fuse does not combine with several ranks (torchrun, --nproc) yet: leave it out")
-        fuse = 1  # fused groups train on one process
     in_process = launch.launcher == "local" and launch.workers == 1
     if not in_process and distributed.in_group():
         raise ElthError("--workers and --launcher slurm run trainings side by side in other processes; with "

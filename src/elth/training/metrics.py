@@ -166,7 +166,17 @@ class MemberStats:
             return None, None
         return float(self.group.loss[self.k]) / count, int(self.group.correct[self.k]) / count
 
-    read_global = read  # a fused group trains in one process
+    def read_global(self) -> tuple[float | None, float | None]:
+        """`read` over every rank's examples (a collective: every rank calls it at the same step)."""
+        if not distributed.is_active():
+            return self.read()
+        loss, correct, count = distributed.all_reduce_numbers(
+            [float(self.group.loss[self.k]), float(self.group.correct[self.k]), self.group.counts[self.k]],
+            self.group.loss.device,
+        )
+        if count == 0:
+            return None, None
+        return loss / count, int(correct) / count
 
     def reset(self) -> None:
         self.group.loss[self.k] = 0.0

@@ -23,6 +23,9 @@ its `result.json` records the failure, no checkpoint of its diverged weights is 
 entry in the returned list is the `TrainingDiverged` error `train` would raise. Its NaNs reach no
 other member, so the group trains on.
 
+Over several ranks (torchrun) every rank trains the fused network (DDP) on its share of each
+member's batch, as `train` does for one model.
+
 Not fused: controllers (RigL, DPF) and per-step callbacks; those runs train with `train`.
 """
 from __future__ import annotations
@@ -105,8 +108,6 @@ def train_fused(
         data, protocol, start_step, end_step, eval_every, precision, device)
     if not members:
         return []
-    if distributed.is_active():
-        raise FusionError("fused training runs in one process; under torchrun train the runs one by one")
     outs = [Path(m.out_dir).resolve() for m in members if m.out_dir is not None]
     if len(set(outs)) != len(outs):
         raise FusionError("members of a fused group need different output directories")
@@ -184,7 +185,8 @@ def _member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_fused(net: FusedNetwork, data, batch_size: int, device: torch.device, precision: str) -> list[tuple[float, float]]:
-    """Every member's (test accuracy, mean cross-entropy), as `evaluate` gives it for one model."""
+    """Every member's (test accuracy, mean cross-entropy), as `evaluate` gives it for one model
+    (with several ranks: test batches shared out, sums reduced, as `evaluate` does)."""
     was_training = net.training
     net.eval()
     k = net.k
@@ -192,7 +194,7 @@ def evaluate_fused(net: FusedNetwork, data, batch_size: int, device: torch.devic
     correct = torch.zeros(k, dtype=torch.int64, device=device)
     count = 0
     try:
-        for x, y in data.test_batches(batch_size):
+        for x, y in data.test_batches(batch_size, **distributed.data_part_kwargs()):
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             with autocast(device, precision):
@@ -202,9 +204,11 @@ def evaluate_fused(net: FusedNetwork, data, batch_size: int, device: torch.devic
             count += y.shape[0]
     finally:
         net.train(was_training)
+    totals = distributed.all_reduce_numbers([*loss_sum.tolist(), *correct.tolist(), count], device)
+    loss_totals, correct_totals, count = totals[:k], totals[k : 2 * k], int(totals[-1])
     if count == 0:
         raise ElthError("the dataset has no test examples to evaluate on")
-    return [(int(c) / count, float(s) / count) for c, s in zip(correct.tolist(), loss_sum.tolist())]
+    return [(int(c) / count, s / count) for c, s in zip(correct_totals, loss_totals)]
 
 
 def _stacked(streams):
@@ -231,14 +235,18 @@ class _Group:
         self.optimizer = MemberSGD(self.net, models[0], protocol)
         self.optimizer.load_member_state_dicts([r.optimizer_state for r in runs])
         self.schedule = LRSchedule(protocol, ipe)
+        # With several ranks: DDP over the fused network, each rank on its share of every member's batch.
+        self.ddp = distributed.data_parallel(self.net, device)
 
-    def _step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, step: int, x: torch.Tensor, y: torch.Tensor, global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`global_batch`: examples of each member's whole batch (y holds this rank's share)."""
         self.optimizer.lr = self.schedule(step)
         with autocast(self.device, self.precision):
-            logits = self.net(x)
+            logits = self.ddp(x)
             losses = _member_losses(logits, y)
         self.optimizer.zero_grad()
-        losses.sum().backward()
+        scale = distributed.loss_scale(y.shape[1], global_batch) if distributed.is_active() else 1.0
+        (losses.sum() if scale == 1.0 else losses.sum() * scale).backward()
         if self.masker is not None:
             self.masker.apply_to_gradients()
         self.optimizer.step()
@@ -249,10 +257,11 @@ class _Group:
         p = self.protocol
         seeds = [r.member.data_seed for r in self.runs]
         if isinstance(self.data, InMemoryDataset):  # one gather and augmentation for all members
-            batches = self.data.train_epoch_members(epoch, p.batch_size, seeds, start=first, augment=p.augment)
+            batches = self.data.train_epoch_members(epoch, p.batch_size, seeds, start=first, augment=p.augment,
+                                                    part=distributed.data_part())
         else:
-            batches = _stacked([self.data.train_epoch(epoch, p.batch_size, s, start=first, augment=p.augment)
-                                for s in seeds])
+            batches = _stacked([self.data.train_epoch(epoch, p.batch_size, s, start=first, augment=p.augment,
+                                                      **distributed.data_part_kwargs()) for s in seeds])
         for x, y in batches:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -264,7 +273,7 @@ class _Group:
             Progress(
                 self.device, self.schedule, self.ipe, start_step=start_step, step=step, end=end,
                 seconds_before=r.seconds_before, log=log, desc=desc or f"{net.name} x{k} fused",
-                enabled=progress and i == 0, stats=stats.member(i),
+                enabled=progress and i == 0 and distributed.is_main(), stats=stats.member(i),
             )
             for i, (r, log) in enumerate(zip(runs, logs))
         ]
@@ -278,12 +287,16 @@ class _Group:
                     runs[i].files.write_failure(divergence.errors[i].record())
                 reports[i].log = None
 
+        def evaluate() -> list[tuple[float, float]]:
+            distributed.broadcast_module_buffers(net)  # per-rank BN statistics: rank 0's, as saved
+            return evaluate_fused(net, self.data, eval_batch_size, self.device, self.precision)
+
         def test_metrics(i: int):
             # One fused evaluation serves every member's log point.
             def read() -> tuple[float, float]:
                 nonlocal tests
                 if tests is None:
-                    tests = evaluate_fused(net, self.data, eval_batch_size, self.device, self.precision)
+                    tests = evaluate()
                 return tests[i]
             return read
 
@@ -296,6 +309,8 @@ class _Group:
         def save(results: list[TrainResult] | None = None) -> None:
             if step > first_step:
                 end_diverged(divergence.diverged_weights(net.net.named_parameters(), step - 1))  # never a checkpoint of diverged weights
+            distributed.broadcast_module_buffers(net)
+            distributed.check_identical(dict(net.named_parameters()), f"the fused weights at step {step}")
             for i, r in enumerate(runs):
                 if r.files is not None and i not in divergence.errors:
                     r.files.save(
@@ -308,11 +323,12 @@ class _Group:
         net.train()
         try:
             for t, (x, y), epoch_ends in steps_by_epoch(step, end, self.ipe, self._batches):
-                losses, logits = self._step(t, x, y)
+                global_batch = min(self.protocol.batch_size, self.data.num_train - (t % self.ipe) * self.protocol.batch_size)
+                losses, logits = self._step(t, x, y, global_batch)
                 end_diverged(divergence.diverged_after_step(t, losses))
                 stats.add(losses, logits, y)
                 for report in reports:
-                    report.count(y.shape[1])
+                    report.count(global_batch)
                 step = t + 1
                 evaluate_now = step == end or (eval_interval is not None and step % eval_interval == 0)
                 if epoch_ends:
@@ -324,7 +340,7 @@ class _Group:
                 else:
                     reports[0].refresh(step)
             if any(report.last_test[0] is None for report in reports):
-                tests = evaluate_fused(net, self.data, eval_batch_size, self.device, self.precision)
+                tests = evaluate()
                 for report, test in zip(reports, tests):
                     report.last_test = test
             results = [
