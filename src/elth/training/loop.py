@@ -182,7 +182,7 @@ def train(
     ipe, start_step, end, eval_interval = span
     if controller is not None and mask is not None:
         raise ElthError("give either a fixed mask or a controller that manages the sparsity, not both")
-    _check_split(data, protocol.batch_size)
+    check_split(data, protocol.batch_size)
 
     # Model, optimiser, step and batches
     channels_last = place_model(model, device)
@@ -264,7 +264,7 @@ def train(
         report.close()
 
 
-def _check_split(data, batch_size: int) -> None:
+def check_split(data, batch_size: int) -> None:
     """With several ranks, every rank needs at least one example of every batch (the last one too)."""
     ranks = distributed.world_size()
     if ranks == 1:

@@ -44,7 +44,7 @@ from elth.training.device import autocast, use_channels_last
 from elth.training.fused.network import FusedNetwork, FusionError, stack_members
 from elth.training.fused.optimizer import MemberSGD
 from elth.training.fused.sizing import cpu_members_at_once
-from elth.training.loop import make_optimizer, place_model, resolve_span, train
+from elth.training.loop import check_split, make_optimizer, place_model, resolve_span, train
 from elth.training.masking import GradientMask
 from elth.training.metrics import GroupStats
 from elth.training.progress import Progress
@@ -108,6 +108,7 @@ def train_fused(
         data, protocol, start_step, end_step, eval_every, precision, device)
     if not members:
         return []
+    check_split(data, protocol.batch_size)
     outs = [Path(m.out_dir).resolve() for m in members if m.out_dir is not None]
     if len(set(outs)) != len(outs):
         raise FusionError("members of a fused group need different output directories")
