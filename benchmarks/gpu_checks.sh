@@ -7,10 +7,17 @@
 #   4. benchmarks/ddp_scaling.py: one GPU with NCCL DDP against no DDP.
 # Each part's output goes to $OUT (default ./gpu-checks); a failing part does not stop the others.
 # Needs python3 with a CUDA build of torch and elth's dependencies; run it from the repository root.
+# Wheels of missing pure-Python dependencies (e.g. submitit, on a machine without network) found in
+# ./.whl are installed to a temporary folder first:
+#   pip download --no-deps --only-binary=:all: -d .whl submitit==1.5.4
 set -uo pipefail
 out=${OUT:-gpu-checks}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+    site=$(mktemp -d)
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl && export PYTHONPATH="$PYTHONPATH:$site"
+fi
 status=0
 part() {  # part NAME COMMAND...: run, keep the output in $out/NAME.txt
     local name=$1; shift
