@@ -113,20 +113,11 @@ class RunningStats:
 
     def read(self) -> tuple[float | None, float | None]:
         """(mean loss, accuracy) since the last reset: one host sync."""
-        if self.count == 0:
-            return None, None
-        return float(self.loss) / self.count, int(self.correct) / self.count
+        return _means(self.loss, self.correct, self.count, over_ranks=False)
 
     def read_global(self) -> tuple[float | None, float | None]:
         """`read` over every rank's examples (a collective: every rank calls it at the same step)."""
-        if not distributed.is_active():
-            return self.read()
-        loss, correct, count = distributed.all_reduce_numbers(
-            [float(self.loss), float(self.correct), self.count], self.loss.device
-        )
-        if count == 0:
-            return None, None
-        return loss / count, int(correct) / count
+        return _means(self.loss, self.correct, self.count, over_ranks=True)
 
     def reset(self) -> None:
         self.loss.zero_()
@@ -161,25 +152,30 @@ class MemberStats:
         self.group, self.k = group, k
 
     def read(self) -> tuple[float | None, float | None]:
-        count = self.group.counts[self.k]
-        if count == 0:
-            return None, None
-        return float(self.group.loss[self.k]) / count, int(self.group.correct[self.k]) / count
+        g = self.group
+        return _means(g.loss[self.k], g.correct[self.k], g.counts[self.k], over_ranks=False)
 
     def read_global(self) -> tuple[float | None, float | None]:
         """`read` over every rank's examples (a collective: every rank calls it at the same step)."""
-        if not distributed.is_active():
-            return self.read()
-        loss, correct, count = distributed.all_reduce_numbers(
-            [float(self.group.loss[self.k]), float(self.group.correct[self.k]), self.group.counts[self.k]],
-            self.group.loss.device,
-        )
-        if count == 0:
-            return None, None
-        return loss / count, int(correct) / count
+        g = self.group
+        return _means(g.loss[self.k], g.correct[self.k], g.counts[self.k], over_ranks=True)
 
     def reset(self) -> None:
         self.group.loss[self.k] = 0.0
         self.group.correct[self.k] = 0
         self.group.counts[self.k] = 0
+
+
+def _means(loss: torch.Tensor, correct: torch.Tensor, count: int, over_ranks: bool) -> tuple[float | None, float | None]:
+    """(mean loss, accuracy) of running sums on the device; `over_ranks`: summed over every rank
+    first (a collective). Without examples: (None, None), and nothing is read from the device."""
+    if over_ranks and distributed.is_active():
+        total, right, count = distributed.all_reduce_numbers([float(loss), float(correct), count], loss.device)
+    elif count == 0:
+        return None, None
+    else:
+        total, right = float(loss), int(correct)
+    if count == 0:
+        return None, None
+    return total / count, int(right) / count
 

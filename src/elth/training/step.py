@@ -106,7 +106,12 @@ class EpochBatches:
 
     def size(self, batch: int) -> int:
         """Examples in batch `batch` of an epoch (all ranks' shares together)."""
-        return min(self.batch_size, self.data.num_train - batch * self.batch_size)
+        return examples_in_batch(self.data, self.batch_size, batch)
+
+
+def examples_in_batch(data, batch_size: int, batch: int) -> int:
+    """Examples in batch `batch` of an epoch of `data` (the last one may be short)."""
+    return min(batch_size, data.num_train - batch * batch_size)
 
 
 def steps_by_epoch(

@@ -50,7 +50,7 @@ from elth.training.metrics import GroupStats
 from elth.training.progress import Progress
 from elth.training.protocol import LRSchedule, Protocol
 from elth.training.resume import RunFiles, TrainResult, run_key
-from elth.training.step import DivergenceCheck, TrainingDiverged, steps_by_epoch
+from elth.training.step import DivergenceCheck, TrainingDiverged, examples_in_batch, steps_by_epoch
 
 
 @dataclass
@@ -324,7 +324,7 @@ class _Group:
         net.train()
         try:
             for t, (x, y), epoch_ends in steps_by_epoch(step, end, self.ipe, self._batches):
-                global_batch = min(self.protocol.batch_size, self.data.num_train - (t % self.ipe) * self.protocol.batch_size)
+                global_batch = examples_in_batch(self.data, self.protocol.batch_size, t % self.ipe)
                 losses, logits = self._step(t, x, y, global_batch)
                 end_diverged(divergence.diverged_after_step(t, losses))
                 stats.add(losses, logits, y)
