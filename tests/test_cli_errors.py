@@ -117,7 +117,15 @@ CASES = [
     ("experiment --workers 0", [*EXPERIMENT, "--workers", "0"], "--workers must be at least 1"),
     ("experiment --seeds 0", [*EXPERIMENT, "--seeds", "0"], "--seeds must be from 1 to 100, got 0"),
     ("experiment --seeds 101", [*EXPERIMENT, "--seeds", "101"], "--seeds must be from 1 to 100, got 101"),
+    ("experiment --nproc 2 --workers 2", [*EXPERIMENT, "--nproc", "2", "--workers", "2"],
+     "--workers run trainings side by side in other processes; with several ranks"),
+    ("experiment --nproc 2 --launcher slurm", [*EXPERIMENT, "--nproc", "2", "--launcher", "slurm"],
+     "--launcher slurm run trainings side by side"),
     ("dst --multiplier 101", [*DST, "--multiplier", "101"], "length multiplier must be a whole number from 1 to 100"),
+    ("an option the command lacks", [*TRANSFORM, "--strategy", "x"],
+     "elth transform: error: unrecognized arguments: --strategy x (see elth transform --help)"),
+    ("a misspelt option", ["train", *MLP, "--lrr", "0.1"],
+     "elth train: error: unrecognized arguments: --lrr 0.1; did you mean --lr? (see elth train --help)"),
     ("unknown model", ["train", "--model", "mlp_x", "--dataset", "digits"], "unknown model 'mlp_x'"),
 ]
 

@@ -95,6 +95,18 @@ def test_help_explains_every_option(capsys):
         assert option in text, option
 
 
+def test_version_names_elth_and_torch(capsys):
+    from importlib.metadata import version
+
+    import elth
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"elth {elth.__version__} (torch {version('torch')})"
+    assert version("elth") == elth.__version__  # the package's metadata reads the one definition
+
+
 @pytest.mark.real_data
 def test_real_fashion_mnist_mlp_learns(workdir, capsys):
     try:

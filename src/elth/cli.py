@@ -6,8 +6,10 @@ Each subcommand lives in `elth.commands.<module>` and defines `add_arguments(par
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import importlib
+import importlib.metadata
 import os
 import sys
 import traceback
@@ -59,6 +61,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _torch_version() -> str:
+    """The installed torch's version, read without importing torch (which takes seconds)."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, `elth <cmd>: error: ...`, exit status 2."""
 
@@ -74,6 +84,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "then stretch or squeeze it to other depths (and datasets); compare with pruning and dynamic "
         "sparse training baselines; run the paper's experiments.",
     )
+    parser.add_argument("--version", action="version", version=f"elth {__version__} (torch {_torch_version()})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module, help) in COMMANDS.items():
@@ -89,7 +100,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
+        parser.set_defaults(_parser=p)
     return parser
+
+
+def parse(argv: list[str], command: str | None) -> argparse.Namespace:
+    """The command line's arguments; an argument the command does not know is that command's error,
+    with the option it most likely meant."""
+    args, unknown = build_parser(command).parse_known_args(argv)
+    if unknown:
+        sub: argparse.ArgumentParser = args._parser
+        known = [o for a in sub._actions for o in a.option_strings]
+        first = unknown[0].split("=", 1)[0]
+        close = difflib.get_close_matches(first, known, n=1, cutoff=0.7) if first.startswith("--") else []
+        hint = f"; did you mean {close[0]}?" if close else ""
+        sub.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return args
 
 
 #: What an OSError's errno means for a path the user gave.
@@ -126,7 +152,7 @@ def one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     command = argv[0] if argv and argv[0] in COMMANDS else None
-    args = build_parser(command).parse_args(argv)
+    args = parse(argv, command)
     prefix = f"elth {args.command}"
     try:
         # Commands that train run through `_launch` (commands.common.run_on_ranks: --nproc, torchrun ranks).

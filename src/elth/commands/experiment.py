@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from elth.commands.common import add_distributed_arguments, check_output_dir, resolve_device
+from elth.commands.common import add_distributed_arguments, check_output_dir, resolve_device, run_on_ranks
 from elth.errors import ElthError
 from elth.limits import MAX_SEEDS
 from elth.experiments.launch import (
@@ -134,6 +134,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="at most N jobs queued or running at once (default: 64)")
     cluster.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
                          help="any other sbatch option, e.g. --slurm-arg qos=high --slurm-arg account=abc")
+    parser.set_defaults(_launch=launch_checked)
+
+
+def launch_checked(args: argparse.Namespace, argv: list[str]) -> int:
+    """`run_on_ranks`, after refusing what several ranks cannot do, before any rank starts."""
+    if args.nproc is not None or distributed.launched_by_torchrun():
+        side_by_side = [flag for flag, on in (("--workers", (args.workers or 1) > 1),
+                                              ("--devices", bool(args.devices)),
+                                              ("--launcher slurm", args.launcher != "local")) if on]
+        if side_by_side:
+            raise ElthError(f"{' and '.join(side_by_side)} run trainings side by side in other processes; with "
+                            "several ranks (--nproc, torchrun) every training uses all of them: use one or the other")
+    return run_on_ranks(args, argv)
 
 
 def list_experiments() -> str:
