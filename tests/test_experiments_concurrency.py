@@ -200,3 +200,23 @@ def test_status_of_a_new_store_creates_nothing(tmp_path, capsys):
     assert main(["experiment", "smoke", "--scale", "smoke", "--root", str(store), "--status"]) == 0
     assert "38 runs: 6 ready, 32 waiting" in capsys.readouterr().out
     assert not store.exists()
+
+
+def test_busy_seconds_counts_each_moment_once_and_pauses_not(tmp_path):
+    from elth.experiments.attempts import busy_seconds
+
+    def attempts(name: str, *events: dict) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "attempts.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + "not json\n")
+        return d
+
+    a = attempts("a", {"event": "start", "time": 100.0}, {"event": "finish", "time": 110.0, "seconds": 10.0})
+    # overlaps a's span by 4 s; then a failed attempt and, after a pause, a second one that finished
+    b = attempts("b", {"event": "start", "time": 106.0}, {"event": "fail", "time": 112.0, "seconds": 6.0},
+                 {"event": "start", "time": 200.0}, {"event": "finish", "time": 203.0, "seconds": 3.0})
+    c = attempts("c", {"event": "start", "time": 101.0}, {"event": "lost", "time": 103.0, "seconds": 2.0},
+                 {"event": "start", "time": 300.0})  # inside a's span; then an attempt still running: no span
+    assert busy_seconds([a]) == 10.0
+    assert busy_seconds([a, b, c]) == (112.0 - 100.0) + 3.0
+    assert busy_seconds([c, tmp_path / "missing"]) == 2.0

@@ -63,6 +63,7 @@ def test_smoke_experiment_writes_the_table_and_the_report(smoke_run):
     assert (out / "accuracy_vs_sparsity.png").stat().st_size > 10_000
     meta = json.loads((out / "experiment.json").read_text())
     assert meta["runs"]["failed"] == 0 and meta["runs"]["trained"] == plan.total
+    assert 0 < meta["busy_seconds"] <= meta["wall_seconds"]  # one invocation: its runs trained within it
 
 
 def test_fused_ticket_training_gives_the_results_of_training_one_by_one(smoke_run, tmp_path):
@@ -109,6 +110,9 @@ def test_a_finished_experiment_is_read_back_without_training(smoke_run, monkeypa
     outcome = run_experiment(SMOKE, "smoke", root=store, out_dir=tmp_path, seeds=1, progress=False)
     assert outcome.trained == 0 and outcome.cached == expand(SMOKE.setups("smoke")[0].with_seeds(1)).total
     assert sorted(outcome.rows, key=_key) == sorted(read_results(out), key=_key)
+    # the time its runs took is the store's, not this (training-free) invocation's
+    first = json.loads((out / "experiment.json").read_text())
+    assert outcome.busy_seconds == pytest.approx(first["busy_seconds"], abs=0.1) and outcome.seconds < outcome.busy_seconds
 
 
 def test_interrupted_work_is_redone_alone(smoke_run, tmp_path):

@@ -14,6 +14,7 @@ import socket
 import time
 import traceback
 from pathlib import Path
+from typing import Iterable
 
 from elth.errors import ElthError
 
@@ -48,6 +49,20 @@ def read_attempts(directory: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return events
+
+
+def busy_seconds(directories: Iterable[str | os.PathLike]) -> float:
+    """Seconds during which at least one of these runs was being worked on: the union of their
+    attempts' spans (each ending event carries its attempt's length). Work resumed over several
+    invocations, or shared by several workers, counts each moment once; pauses between count not."""
+    spans = sorted((e["time"] - e["seconds"], e["time"]) for d in directories for e in read_attempts(d)
+                   if e.get("event") != "start" and isinstance(e.get("seconds"), (int, float)))
+    total, end = 0.0, float("-inf")
+    for a, b in spans:
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 def write_failure(directory: str | os.PathLike, error: str) -> None:

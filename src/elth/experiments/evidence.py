@@ -80,7 +80,7 @@ def write_verdict_index(results_root: str | Path, title: str = "Results made wit
         ranked += [(CLAIMS.index(v.claim), d.name, row) for v, row in zip(verdicts, verdict_rows(verdicts, link))]
         protocols = sorted(set(meta.get("protocols", {}).values()))
         listing.append([link, meta.get("paper", ""), str(seeds), "; ".join(protocols) or "n/a",
-                        f"{meta['wall_seconds'] / 60:.0f} min" if "wall_seconds" in meta else "n/a",
+                        _minutes(meta),
                         f"`{meta.get('command', '')}`"])
     text = [f"# {title}\n"]
     if preamble:
@@ -89,9 +89,16 @@ def write_verdict_index(results_root: str | Path, title: str = "Results made wit
     text.append(_table(VERDICT_HEADER + ["report"], [row for *_, row in sorted(ranked)]))
     text.append("## Reports\n")
     text.append("The protocol each report was run with (its training of every ticket), its seeds and its wall "
-                "time; a report run before its spec changed keeps its own protocol.\n")
+                "time (the time while any of its runs trained, over every invocation and worker, where the "
+                "report records it; else its one invocation's); a report run before its spec changed keeps "
+                "its own protocol.\n")
     text.append(_table(["report", "the paper's", "seeds", "protocol", "wall time", "command"], listing))
     return write_text_atomic(root / INDEX, "\n".join(text))
+
+
+def _minutes(meta: dict) -> str:
+    seconds = meta.get("busy_seconds") or meta.get("wall_seconds")
+    return f"{seconds / 60:.0f} min" if seconds is not None else "n/a"
 
 
 def _in_words(c: PairedComparison | None, name: str) -> str:

@@ -21,7 +21,7 @@ import torch
 
 from elth.console import progress_bar, use_bars, write as write_line
 from elth.errors import ElthError
-from elth.experiments.attempts import first_line
+from elth.experiments.attempts import busy_seconds, first_line
 from elth.experiments.dag import DIVERGED, DONE, Graph, Scheduler, dataset_name, on_cpu, on_dataset
 from elth.experiments.jobs import Context, settings
 from elth.experiments.launch import LaunchOptions, WorkerSettings, follow_rank_zero, leading_ranks, make_launcher
@@ -53,6 +53,8 @@ class Outcome:
     #: ticket runs whose training diverged, kept because the experiment was asked to (label, error)
     diverged: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: the time its runs were being trained, over every invocation that worked on them (`busy_seconds`)
+    busy_seconds: float = 0.0
 
 
 class _Progress:
@@ -242,6 +244,7 @@ def _finish(experiment, scale, parts, ctxs, graph: Graph, outcome: Outcome, comm
     lmc = [_lmc_record(n) for n in graph.lmc if n.state == DONE]
     outcome.rows = _imp_rows(experiment.name, scale, imp) + _ticket_rows(experiment.name, scale, tickets)
     outcome.seconds = time.time() - start
+    outcome.busy_seconds = busy_seconds({n.directory for n in graph.nodes if n.state in (DONE, DIVERGED) and n.directory})
     write_results(outcome.rows, outcome.out_dir)
     if graph.lmc:
         write_lmc(lmc, outcome.out_dir)
@@ -313,6 +316,7 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
         "protocols": {m: describe_protocol(c, m) for s, c in zip(parts, ctxs) for m in s.members},
         "command": command or "",
         "wall_seconds": round(outcome.seconds, 1),
+        "busy_seconds": round(outcome.busy_seconds, 1),
         "runs": {"trained": outcome.trained, "cached": outcome.cached, "by_others": outcome.by_others,
                  "failed": len(outcome.failures), "diverged": len(outcome.diverged), "fused": outcome.fused},
         "failures": [{"run": label, "error": first_line(err)} for label, err in outcome.failures],
