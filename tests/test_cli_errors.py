@@ -126,6 +126,8 @@ CASES = [
      "elth transform: error: unrecognized arguments: --strategy x (see elth transform --help)"),
     ("a misspelt option", ["train", *MLP, "--lrr", "0.1"],
      "elth train: error: unrecognized arguments: --lrr 0.1; did you mean --lr? (see elth train --help)"),
+    ("a misspelt required option", ["train", "--modle", "mlp_2", "--dataset", "digits"],
+     "required: --model (--modle is not an option of elth train; did you mean --model?)"),
     ("unknown model", ["train", "--model", "mlp_x", "--dataset", "digits"], "unknown model 'mlp_x'"),
 ]
 

@@ -70,13 +70,34 @@ def _torch_version() -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line, `elth <cmd>: error: ...`, exit status 2."""
+    """An argument parser whose errors are one line, `elth <cmd>: error: ...`, exit status 2.
+
+    `argv`: the command line, so that a required option reported missing can name the misspelt
+    option the user most likely meant it to be."""
+
+    argv: list[str] = []  # set on a command's parser by `build_parser`
 
     def error(self, message: str):
+        if message.startswith("the following arguments are required"):
+            unknown = [a for a in self.argv if a.startswith("--") and not self._known(a)]
+            if unknown:
+                message += f" ({unknown[0]} is not an option of {self.prog}{self.likely(unknown[0])})"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def _options(self) -> list[str]:
+        return [o for a in self._actions for o in a.option_strings]
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    def _known(self, arg: str) -> bool:
+        name = arg.split("=", 1)[0]
+        return any(o.startswith(name) for o in self._options())  # argparse takes unique prefixes too
+
+    def likely(self, arg: str) -> str:
+        """'; did you mean --x?' for the option closest to `arg`, or nothing."""
+        close = difflib.get_close_matches(arg.split("=", 1)[0], self._options(), n=1, cutoff=0.7)
+        return f"; did you mean {close[0]}?" if close and arg.startswith("--") else ""
+
+
+def build_parser(command: str | None = None, argv: list[str] = ()) -> argparse.ArgumentParser:
     """The `elth` parser; the arguments of `command` only (the others are listed by name and help)."""
     parser = _Parser(
         prog="elth",
@@ -99,6 +120,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         mod.add_arguments(p)
+        p.argv = list(argv)
         p.set_defaults(_run=mod.run)
         parser.set_defaults(_parser=p)
     return parser
@@ -107,14 +129,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def parse(argv: list[str], command: str | None) -> argparse.Namespace:
     """The command line's arguments; an argument the command does not know is that command's error,
     with the option it most likely meant."""
-    args, unknown = build_parser(command).parse_known_args(argv)
+    args, unknown = build_parser(command, argv).parse_known_args(argv)
     if unknown:
-        sub: argparse.ArgumentParser = args._parser
-        known = [o for a in sub._actions for o in a.option_strings]
-        first = unknown[0].split("=", 1)[0]
-        close = difflib.get_close_matches(first, known, n=1, cutoff=0.7) if first.startswith("--") else []
-        hint = f"; did you mean {close[0]}?" if close else ""
-        sub.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+        sub: _Parser = args._parser
+        sub.error(f"unrecognized arguments: {' '.join(unknown)}{sub.likely(unknown[0])}")
     return args
 
 
