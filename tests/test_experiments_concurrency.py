@@ -188,6 +188,15 @@ def test_status_and_report_only_from_the_command_line(tmp_path, capsys):
     assert main(["experiment", "smoke", "--scale", "smoke", "--status", *part]) == 0
     text = capsys.readouterr().out
     assert "19 runs: 1 done, 6 ready, 12 waiting" in text  # MLP-2's baselines need nothing else
+    assert "pace so far" not in text  # run outside a runner: no attempt records, no pace
+    # As a runner records it: 40 s for MLP-2's IMP run (its dense network and 3 levels: 4 trainings).
+    (Path(mlp2.directory) / "attempts.jsonl").write_text(
+        json.dumps({"event": "start", "time": 1000.0}) + "\n" + json.dumps({"event": "finish", "time": 1040.0,
+                                                                         "seconds": 40.0}) + "\n")
+    assert main(["experiment", "smoke", "--scale", "smoke", "--status", *part]) == 0
+    # left: the two other IMP runs (8 trainings) and 16 ticket runs, at 10 s a training
+    assert ("pace so far: 4 trainings of finished runs in 40 s of training time (10 s each); the 24 trainings "
+            "left, about 4 min at that pace") in capsys.readouterr().out
     assert main(["experiment", "smoke", "--scale", "smoke", "--report-only", "--out", str(tmp_path / "out"),
                  *part]) == 0
     rows = read_results(tmp_path / "out")

@@ -24,7 +24,7 @@ from elth.experiments.results import read_results
 from elth.experiments.runner import ExperimentFailed, build_graph, report_from_store, run_experiment
 from elth.experiments.spec import expand
 from elth.experiments.specs import EXPERIMENTS, get_experiment
-from elth.experiments.status import format_status, survey
+from elth.experiments.status import format_status, pace, survey
 from elth.training import distributed
 
 DESCRIPTION = """\
@@ -210,7 +210,9 @@ def run(args: argparse.Namespace) -> int:
 def status(experiment, args: argparse.Namespace) -> str:
     _, _, graph = build_graph(experiment, args.scale, root=args.root, seeds=args.seeds, data_dir=args.data_dir,
                               keep_diverged=True)
-    return format_status(f"{experiment.name} ({args.scale}) in {args.root}", survey(graph, args.lease_timeout))
+    statuses = survey(graph, args.lease_timeout)
+    return format_status(f"{experiment.name} ({args.scale}) in {args.root}", statuses,
+                         pace_line=pace(graph, statuses))
 
 
 def report_only(experiment, args: argparse.Namespace, out: Path) -> int:

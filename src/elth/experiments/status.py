@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from elth.experiments.attempts import first_line, read_attempts, read_failure, read_submitted
+from elth.experiments.attempts import busy_seconds, first_line, read_attempts, read_failure, read_submitted
 from elth.experiments.dag import DIVERGED, DONE, Cannot, Graph, Node, cached, describe
 from elth.experiments.jobs import Diverged
 from elth.experiments.lease import DEFAULT_TIMEOUT, current
@@ -43,9 +43,7 @@ def _ago(seconds: float) -> str:
 
 
 def _imp_progress(graph: Graph, node: Node) -> str:
-    levels = graph.levels(node, at_least=10**9)
-    trained = sum(1 for lv in levels if not math.isnan(lv.accuracy))
-    return f"; {trained} of {node.run.levels + 1} levels trained"
+    return f"; {_trained_levels(graph, node)} of {node.run.levels + 1} levels trained"
 
 
 def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT) -> RunStatus:
@@ -104,15 +102,49 @@ def _needs(graph: Graph, node: Node) -> str:
     return f"for the ticket run {run.ticket.label}"
 
 
+def trainings(node: Node) -> int:
+    """How many trainings a run is: an IMP run one per level (level 0, the dense network, included),
+    an LMC analysis its two copies, any other run one."""
+    return node.run.levels + 1 if node.kind == "imp" else 2 if node.kind == "lmc" else 1
+
+
+def _trained_levels(graph: Graph, node: Node) -> int:
+    return sum(1 for lv in graph.levels(node, at_least=10**9) if not math.isnan(lv.accuracy))
+
+
+def pace(graph: Graph, statuses: list[RunStatus]) -> str:
+    """A rough time to go: the finished runs' trainings against the time any of them was training
+    (`busy_seconds`: with the workers of the runs so far), applied to the trainings left (an
+    unfinished IMP run's trained levels are not left)."""
+    finished = ("done", "diverged")
+    done = [(s, n) for s, n in zip(statuses, graph.nodes) if s.state in finished]
+    left = sum(trainings(n) - (_trained_levels(graph, n) if n.kind == "imp" else 0)
+               for s, n in zip(statuses, graph.nodes) if s.state not in (*finished, "cannot run"))
+    seconds = busy_seconds(s.directory for s, _ in done if s.directory)
+    count = sum(trainings(n) for _, n in done)
+    if not left or not count or seconds <= 0:
+        return ""
+    each = seconds / count
+    return (f"pace so far: {count} trainings of finished runs in {_span(seconds)} of training time "
+            f"({_span(each)} each); the {left} trainings left, about {_span(each * left)} at that pace "
+            "(the same workers; runs differ in size, so a rough guide)")
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def survey(graph: Graph, lease_timeout: float = DEFAULT_TIMEOUT) -> list[RunStatus]:
     graph.read_store()
     return [run_status(graph, n, lease_timeout) for n in graph.nodes]
 
 
-def format_status(title: str, statuses: list[RunStatus], verbose: bool = True) -> str:
+def format_status(title: str, statuses: list[RunStatus], verbose: bool = True, pace_line: str = "") -> str:
     counts = Counter(s.state for s in statuses)
     summary = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
-    lines = [f"{title}: {len(statuses)} runs: {summary}"]
+    lines = [f"{title}: {len(statuses)} runs: {summary}"] + ([pace_line] if pace_line else [])
     width = max((len(s.label) for s in statuses), default=0)
     for s in statuses:
         if verbose or s.state != "done":
