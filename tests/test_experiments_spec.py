@@ -106,6 +106,26 @@ def test_shipped_specs_expand_and_every_transfer_has_a_plan(name):
                 validate_plan(plan, source, target)
 
 
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_shipped_specs_schedules_take_effect(name):
+    """No spec trains with an LR milestone past its end or a warmup longer than its training."""
+    import math
+
+    from elth.data import load_dataset
+    from elth.training import preset
+
+    # training-set sizes of the datasets not installed here (their loaders read the real files)
+    sizes = {"cifar10": 50_000, "svhn": 73_257, "mnist": 60_000, "fashion_mnist": 60_000, "imagenet": 1_281_167}
+    for scale, setups in EXPERIMENTS[name].scales:
+        for setup in setups:
+            base = setup.dataset.split("@")[0]  # "cifar10@224": CIFAR-10 resized, as many examples
+            size = sizes.get(base) or load_dataset(base).num_train
+            for model in setup.members:
+                protocol = preset(setup.preset, setup.dataset, model).replace(**dict(setup.protocol))
+                ipe = math.ceil(size / protocol.batch_size)
+                assert protocol.schedule_warnings(ipe) == [], (scale, setup.dataset, model)
+
+
 def test_a_resnet_with_one_block_per_stage_cannot_be_a_source():
     plan = make_plan((1, 1, 1), (2, 2, 2))
     with pytest.raises(PlanError):

@@ -53,6 +53,17 @@ def test_overrides_and_explicit_out(workdir, capsys):
     assert info["end_step"] == 5
     rows = [json.loads(line) for line in (workdir / "mine" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["test_accuracy"] is not None) for r in rows] == [(2, False), (4, False), (5, True)]
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_schedule_that_never_takes_effect_is_a_warning(workdir, capsys):
+    """`--epochs` on a preset with later milestones: it trains (as asked) and says the LR never decays."""
+    assert train_cli("--model", "mlp_1", "--dataset", "synthetic_1x8x8_n64", "--preset", "short", "--epochs", "2",
+                     "--warmup", "3ep") == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: LR milestone(s) 2ep lie at or beyond the end of training (2ep, 2 steps), so the LR is never "
+        "decayed there (give --milestones to set them)",
+        "warning: the warmup (3ep) is longer than the training (2ep): the LR never reaches its peak 0.1"]
 
 
 def test_digits_trains_with_nothing_installed(workdir, capsys):

@@ -86,6 +86,22 @@ def test_short_and_smoke_presets_fit_any_dataset():
     assert set(PRESETS) == {"paper", "short", "smoke"}
 
 
+def test_schedule_warnings_name_what_never_takes_effect():
+    cifar = preset("paper", "cifar10", "cifar_resnet_20")
+    assert cifar.schedule_warnings(391) == []  # every preset's schedule takes effect in its training
+    assert preset("smoke", "cifar10", "cifar_resnet_20").schedule_warnings(1) == []
+    shortened = cifar.replace(length="100ep")  # --epochs 100 on the paper preset: 120ep never comes
+    assert shortened.schedule_warnings(391) == [
+        "LR milestone(s) 120ep lie at or beyond the end of training (100ep, 39100 steps), so the LR is never "
+        "decayed there (give --milestones to set them)"]
+    # a milestone at the last step's index + 1 (the end) never applies; one step earlier it does
+    assert cifar.replace(length="20it", milestones=("19it",)).schedule_warnings(10) == []
+    assert len(cifar.replace(length="20it", milestones=("20it",)).schedule_warnings(10)) == 1
+    assert cifar.replace(length="2ep", milestones=(), warmup="3ep").schedule_warnings(10) == [
+        "the warmup (3ep) is longer than the training (2ep): the LR never reaches its peak 0.1"]
+    assert cifar.replace(length="2ep", milestones=(), warmup="2ep").schedule_warnings(10) == []
+
+
 def test_unknown_preset_model_or_dataset():
     with pytest.raises(ProtocolError, match="paper"):
         preset("fast", "cifar10", "cifar_resnet_20")

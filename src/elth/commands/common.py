@@ -112,6 +112,12 @@ def protocol_from_args(args: argparse.Namespace, dataset: str, model: str, base:
     return base.replace(**changes)
 
 
+def warn_about_schedule(protocol: Protocol, iterations_per_epoch: int) -> None:
+    """A `warning:` line on stderr for each part of the LR schedule that never takes effect."""
+    for text in protocol.schedule_warnings(iterations_per_epoch):
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
 def resolve_device(name: str | None):
     """`--device` as a torch device, with a clear error for unknown or unavailable ones."""
 

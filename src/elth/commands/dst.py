@@ -14,6 +14,7 @@ from elth.commands.common import (
     resolve_device,
     seed_arg,
     sparsity_arg,
+    warn_about_schedule,
 )
 from elth.data import canonical_name, load_dataset
 from elth.models import parse_model_name
@@ -126,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{label}: {args.model} on {data.info.name} to {100 * args.sparsity:.2f}% sparsity, "
           f"{protocol.length} x {options['multiplier']} at batch {protocol.batch_size}, lr {protocol.lr}, "
           f"seed {args.seed}, data seed {data_seed}, {args.precision} on {device}", flush=True)
+    warn_about_schedule(protocol, data.iterations_per_epoch(protocol.batch_size))
     result = train_dst(
         args.model, data, protocol, args.method, args.sparsity, seed=args.seed, data_seed=data_seed,
         root=args.root, device=device, progress=not args.no_progress, precision=args.precision,

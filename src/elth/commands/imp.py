@@ -13,6 +13,7 @@ from elth.commands.common import (
     check_output_dir,
     protocol_from_args,
     resolve_device,
+    warn_about_schedule,
 )
 from elth.data import canonical_name, load_dataset
 from elth.errors import ElthError
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     print(f"outputs: {run_path}/", flush=True)
+    warn_about_schedule(protocol, ipe)
     print(f"{'level':>5}  {'sparsity':>9}  {'kept':>11}  {'test acc':>9}  {'test loss':>9}  {'steps':>7}", flush=True)
     results = run_imp(
         config, data, args.levels, Path(args.root), device=device, progress=not args.no_progress,

@@ -12,6 +12,7 @@ from elth.commands.common import (
     protocol_from_args,
     resolve_device,
     seed_arg,
+    warn_about_schedule,
 )
 from elth.data import canonical_name, dataset_info, load_dataset
 from elth.tickets import check_dataset, load_ticket
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         f"{data_seed}, {args.precision} on {device}",
         flush=True,
     )
+    warn_about_schedule(protocol, ipe)
     result = train_ticket(
         ticket, data, protocol, data_seed=data_seed, root=Path(args.root), device=device,
         progress=not args.no_progress, precision=args.precision,

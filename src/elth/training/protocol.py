@@ -132,6 +132,20 @@ class Protocol:
     def warmup_steps(self, iterations_per_epoch: int) -> int:
         return parse_steps(self.warmup, iterations_per_epoch)
 
+    def schedule_warnings(self, iterations_per_epoch: int) -> list[str]:
+        """What in the LR schedule never takes effect in this training (each a sentence), e.g. the
+        milestones of a preset after `--epochs` shortened it."""
+        total = self.total_steps(iterations_per_epoch)
+        out = []
+        late = [m for m in self.milestones if parse_steps(m, iterations_per_epoch) >= total]
+        if late:
+            out.append(f"LR milestone(s) {', '.join(late)} lie at or beyond the end of training ({self.length}, "
+                       f"{total} steps), so the LR is never decayed there (give --milestones to set them)")
+        if self.warmup_steps(iterations_per_epoch) > total:
+            out.append(f"the warmup ({self.warmup}) is longer than the training ({self.length}): the LR never "
+                       f"reaches its peak {self.lr}")
+        return out
+
     def lr_at(self, step: int, iterations_per_epoch: int) -> float:
         """The learning rate used by the optimiser step that takes the weights from `step` to `step`+1."""
         return LRSchedule(self, iterations_per_epoch)(step)
