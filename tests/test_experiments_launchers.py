@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from elth.experiments import get_experiment, read_results, run_experiment
 from elth.experiments.attempts import read_attempts
@@ -198,7 +199,7 @@ def test_local_workers_are_spread_over_the_devices(tmp_path):
     assert all(len(d) == 1 for d in by_pid.values())  # each worker keeps its own GPU
 
 
-def test_devices_on_the_command_line(capsys):
+def test_devices_on_the_command_line(capsys, tmp_path):
     from elth.cli import main
     from elth.commands.experiment import parse_devices
 
@@ -209,6 +210,15 @@ def test_devices_on_the_command_line(capsys):
     assert "does not combine with --device cpu" in capsys.readouterr().err
     assert main(["experiment", "smoke", "--scale", "smoke", "--launcher", "slurm", "--time", "later"]) == 2
     assert "--time 'later'" in capsys.readouterr().err
+    # a GPU that is not there: refused before any worker starts on it
+    assert main(["experiment", "smoke", "--scale", "smoke", "--devices", "0,999", "--root",
+                 str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    if torch.cuda.device_count() == 0:
+        assert "--devices 0,999: no GPU is visible here" in err
+    else:
+        assert f"--devices: cuda:999 does not exist: {torch.cuda.device_count()} GPU(s) visible" in err
+    assert not (tmp_path / "never").exists()
 
 
 def test_a_slurm_job_is_requeued_at_its_time_limit_or_on_preemption(tmp_path):

@@ -68,3 +68,11 @@ def test_tensorboard_events_beside_the_metrics(tensorboard_on, tmp_path):
         assert [s for s, _ in scalars] == [s for s, _ in logged]
         assert [v for _, v in scalars] == pytest.approx([v for _, v in logged], rel=1e-6)
         assert "test_accuracy" in events.Tags()["scalars"]
+
+
+def test_percent_never_rounds_a_fraction_to_exactly_0_or_100():
+    from elth.console import percent
+
+    assert [percent(x) for x in (0, 1, 0.5, 0.123456)] == ["0.00%", "100.00%", "50.00%", "12.35%"]
+    assert percent(0.99999) == "99.999%" and percent(1e-5) == "0.001%" and percent(0.9999996) == "99.99996%"
+    assert percent(1 - 1e-13) not in ("100%", "100.00%")

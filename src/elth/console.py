@@ -130,3 +130,15 @@ def write(text: str, file: TextIO | None = None) -> None:
         tqdm.write(text, file=file)
     else:
         print(text, file=file, flush=True)
+
+
+def percent(fraction: float) -> str:
+    """`fraction` in percent with two decimals, or as many more as it takes not to read as exactly
+    0% or 100% when it is not (99.999% sparsity is not 100.00%)."""
+    value = 100 * fraction
+    for decimals in range(2, 10):
+        text = f"{value:.{decimals}f}"
+        if 0 < fraction < 1 and float(text) in (0.0, 100.0):
+            continue
+        return f"{text}%"
+    return f"{value!r}%"

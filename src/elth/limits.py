@@ -16,6 +16,8 @@ MAX_SEED = 2**32 - 1
 MAX_SEEDS = 100
 #: RigL-Kx length multipliers: the paper's largest is 5.
 MAX_MULTIPLIER = 100
+#: Points on a linear-mode-connectivity path: the paper uses 30; each costs a test evaluation.
+MAX_LMC_POINTS = 1000
 
 
 class BadNumberError(ElthError, ValueError):

@@ -25,6 +25,7 @@ from torch import nn
 
 from elth.console import progress_bar
 from elth.errors import ElthError
+from elth.limits import MAX_LMC_POINTS
 from elth.methods import curve_label, short_name
 from elth.tickets import Ticket, check_dataset
 from elth.training import Protocol, default_device, distributed, evaluate
@@ -202,6 +203,9 @@ def alphas_of(points: int) -> list[float]:
     """`points` evenly spaced values from 0 to 1, both included exactly."""
     if points < 2:
         raise LMCError(f"the path needs at least 2 points (its endpoints), got {points}")
+    if points > MAX_LMC_POINTS:
+        raise LMCError(f"the path takes at most {MAX_LMC_POINTS} points (each is a test evaluation; the paper "
+                       f"uses 30), got {points}")
     return [i / (points - 1) for i in range(points)]
 
 

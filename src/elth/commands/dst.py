@@ -16,6 +16,7 @@ from elth.commands.common import (
     sparsity_arg,
     warn_about_schedule,
 )
+from elth.console import percent
 from elth.data import canonical_name, load_dataset
 from elth.models import parse_model_name
 from elth.sparsity.dst import DISTRIBUTIONS
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     data = load_dataset(dataset, args.data_dir, device=device)
 
     label = method_label(args.method, options)
-    print(f"{label}: {args.model} on {data.info.name} to {100 * args.sparsity:.2f}% sparsity, "
+    print(f"{label}: {args.model} on {data.info.name} to {percent(args.sparsity)} sparsity, "
           f"{protocol.length} x {options['multiplier']} at batch {protocol.batch_size}, lr {protocol.lr}, "
           f"seed {args.seed}, data seed {data_seed}, {args.precision} on {device}", flush=True)
     warn_about_schedule(protocol, data.iterations_per_epoch(protocol.batch_size))

@@ -9,7 +9,7 @@ import torch
 
 from elth.commands.common import add_distributed_arguments, check_output_dir, resolve_device, run_on_ranks
 from elth.errors import ElthError
-from elth.limits import MAX_SEEDS
+from elth.limits import MAX_SEEDS, check_real
 from elth.experiments.launch import (
     LaunchOptions,
     SlurmOptions,
@@ -193,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
     experiment.setups(args.scale)  # a clear error for a scale the experiment lacks
     if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
         raise ElthError(f"--seeds must be from 1 to {MAX_SEEDS}, got {args.seeds}")
+    # below a second, heartbeats (a sixth of it) would be missed by a merely busy worker
+    check_real(args.lease_timeout, "--lease-timeout", low=1.0)
     if args.dry_run:
         print(dry_run(args.name, args.scale, args.seeds))
         return 0
@@ -261,6 +263,19 @@ def parse_devices(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def check_visible(devices: tuple[str, ...]) -> None:
+    """The GPUs `--devices` names exist here (before any worker starts on one)."""
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        raise ElthError(f"--devices {','.join(d.removeprefix('cuda:') for d in devices)}: no GPU is visible here "
+                        f"(torch {torch.__version__}: {'no CUDA build' if torch.version.cuda is None else 'CUDA build'}"
+                        "; CUDA_VISIBLE_DEVICES and the driver decide what is visible)")
+    missing = [d for d in devices if int(d.split(":")[1]) >= visible]
+    if missing:
+        raise ElthError(f"--devices: {', '.join(missing)} does not exist: {visible} GPU(s) visible, "
+                        f"cuda:0 to cuda:{visible - 1}")
+
+
 def command_of(args: argparse.Namespace) -> str:
     """The command line that reruns this experiment (recorded in experiment.json and the report)."""
     parts = ["elth", "experiment", args.name, "--scale", args.scale]
@@ -295,6 +310,8 @@ def _execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups
         device = launch.devices[0] if launch.workers == 1 else "cuda"
     elif launch.devices:
         raise ElthError(f"--devices spreads workers over GPUs: it does not combine with --device {args.device}")
+    if launch.devices and launch.launcher == "local":
+        check_visible(launch.devices)
     else:
         device = str(resolve_device(args.device)) if args.device else None
     if launch.launcher != "local" and device is None and launch.slurm.gpus_per_run:

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from elth.console import percent
 from elth.errors import ElthError
 from elth.masks import excluded_names, prunable_names
 
@@ -36,7 +37,7 @@ def _budget(model: nn.Module, density: float, exclude) -> tuple[dict[str, torch.
     budget = density * total - sum(shapes[n].numel() for n in excluded)
     if budget < 0:
         raise DSTError(
-            f"the dense (excluded) layers alone hold more than {100 * density:.2f}% of the prunable weights; "
+            f"the dense (excluded) layers alone hold more than {percent(density)} of the prunable weights; "
             "ask for a lower sparsity or exclude fewer layers"
         )
     return shapes, excluded, budget

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from elth.console import percent
 from elth.masks import count_for_sparsity, excluded_names
 from elth.sparsity.dst.common import (
     MaskController,
@@ -42,7 +43,7 @@ class DPF(MaskController):
         self.excluded_numel = sum(shapes[n].numel() for n in self.excluded)
         if count_for_sparsity(self.total, self.sparsity) < self.excluded_numel:
             raise DSTError(
-                f"the dense (excluded) layers alone hold more than {100 * (1 - self.sparsity):.2f}% of the "
+                f"the dense (excluded) layers alone hold more than {percent(1 - self.sparsity)} of the "
                 "prunable weights; ask for a lower sparsity or exclude fewer layers"
             )
         params = dict(model.named_parameters())
