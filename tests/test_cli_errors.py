@@ -124,6 +124,8 @@ CASES = [
     ("experiment --lease-timeout -5", [*EXPERIMENT, "--lease-timeout", "-5"], "--lease-timeout must be at least 1, got -5.0"),
     ("experiment --lease-timeout nan", [*EXPERIMENT, "--lease-timeout", "nan"], "--lease-timeout must be a finite number"),
     ("dst --sparsity 0.99999", [*DST[:-1], "0.99999"], "dense (excluded) layers alone hold more than 0.001% of"),
+    ("imp --levels 1000", ["imp", *MLP, "--levels", "1000"],
+     "IMP cannot reach level 1000 of mlp_2: level 23 would prune into the 1,000 weights of the excluded layers"),
     ("dst --multiplier 101", [*DST, "--multiplier", "101"], "length multiplier must be a whole number from 1 to 100"),
     ("an option the command lacks", [*TRANSFORM, "--strategy", "x"],
      "elth transform: error: unrecognized arguments: --strategy x (see elth transform --help)"),

@@ -265,3 +265,21 @@ def test_pruning_every_layer_and_rewind_zero(tmp_path):
     assert not bool(ticket.mask["fc.weight"].all())
     assert results[1].kept == results[0].prunable - -(-results[0].prunable // 2)
     assert results[1].rewind_step == 0 and not list(tmp_path.glob("rewind-*"))
+
+
+def test_levels_beyond_what_pruning_allows_are_refused_before_training(tmp_path, monkeypatch):
+    """The depth check's limit is exactly where pruning itself would fail: IMP reaches it, and one level
+    more is refused before any training (the check off, that level fails in its pruning instead)."""
+    fast = config(prune_fraction=0.5, protocol=PROTOCOL.replace(length="2it", milestones=()), rewind="0")
+    with pytest.raises(ElthError, match=r"IMP cannot reach level 99 of mlp_1: level (\d+) would prune into"):
+        run_imp(fast, data(), 99, tmp_path, progress=False)
+    assert not list(tmp_path.glob("imp-*"))  # nothing trained or written
+    with pytest.raises(ElthError) as refused:
+        run_imp(fast, data(), 99, tmp_path, progress=False)
+    limit = int(str(refused.value).rsplit("at most ", 1)[1].split()[0])
+    assert len(run_imp(fast, data(), limit, tmp_path, progress=False)) == limit + 1
+    with pytest.raises(ElthError, match=f"IMP cannot reach level {limit + 1} "):
+        run_imp(fast, data(), limit + 1, tmp_path, progress=False)
+    monkeypatch.setattr(imp_module, "check_depth", lambda *a: None)
+    with pytest.raises(ElthError, match="cannot prune .* more weights: only .* remain outside the excluded layers"):
+        run_imp(fast, data(), limit + 1, tmp_path, progress=False)

@@ -19,7 +19,7 @@ from elth.data import canonical_name, load_dataset
 from elth.errors import ElthError
 from elth.models import parse_model_name
 from elth.training import default_rewind, parse_steps
-from elth.workflows.imp import IMPConfig, imp_run_dir, run_imp
+from elth.workflows.imp import IMPConfig, check_depth, imp_run_dir, run_imp
 
 DESCRIPTION = """\
 Iterative Magnitude Pruning with rewinding. The dense network is trained to the rewind point
@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         prune_fraction=args.prune_fraction, exclude=None if args.exclude is None else tuple(args.exclude),
         seed=args.seed, data_seed=data_seed, precision=args.precision,
     )
-    run_path = imp_run_dir(config, data, Path(args.root))
+    check_depth(config, data.info, args.levels)  # before anything is written
+    run_path = imp_run_dir(config, data, Path(args.root), create=False)  # run_imp makes it
     ipe = data.iterations_per_epoch(protocol.batch_size)
     print(
         f"IMP on {args.model} / {data.info.name}: levels 0..{args.levels}, prune fraction {args.prune_fraction}, "

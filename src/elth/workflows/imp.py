@@ -37,7 +37,7 @@ from elth.files import (
     write_json_atomic,
 )
 from elth.limits import BadNumberError, check_real, check_seed
-from elth.masks import count, excluded_names, full_mask, magnitude_prune
+from elth.masks import count, excluded_names, full_mask, imp_kept_counts, magnitude_prune
 from elth.models import build_model
 from elth.runs import run_dir
 from elth.tickets import (
@@ -146,6 +146,19 @@ def _check(config: IMPConfig, data, levels: int) -> None:
         raise IMPError(f"the number of levels must be an integer >= 0, got {levels!r}")
 
 
+def check_depth(config: IMPConfig, info, levels: int) -> None:
+    """Refuse, before any training, levels that would have to prune weights the excluded layers hold."""
+    layout = _layout(config, info)
+    size = {n: layout.shapes[n][0].numel() for n in layout.prunable}
+    dense = sum(size[n] for n in resolved_exclusions(config, info))
+    kept = imp_kept_counts(sum(size.values()), config.prune_fraction, levels)
+    last = next((k for k, n in enumerate(kept) if n < dense), None)
+    if last is not None:
+        raise IMPError(f"IMP cannot reach level {levels} of {config.model}: level {last} would prune into the "
+                       f"{dense:,} weights of the excluded layers ({kept[last - 1]:,} weights left at level "
+                       f"{last - 1}); at most {last - 1} levels at prune fraction {config.prune_fraction}")
+
+
 def run_imp(
     config: IMPConfig,
     data,
@@ -164,6 +177,7 @@ def run_imp(
     eligible = [n for n in _prunable(config, data.info) if n not in set(hp["excluded"])]
     if not eligible and levels > 0:
         raise IMPError("every prunable layer is excluded: nothing to prune")
+    check_depth(config, data.info, levels)
     run = run_dir(root, "imp", hp)
     results: list[LevelResult] = []
     rewind_state: dict[str, torch.Tensor] = {}
