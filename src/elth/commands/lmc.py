@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     if args.train_per_class < 0:
         raise ElthError(f"--train-per-class must be 0 or more, got {args.train_per_class}")
     if args.label is not None and len(args.label) != len(args.tickets):
-        raise ElthError(f"give --label once per ticket ({len(args.tickets)}), not {len(args.label)} times")
+        raise ElthError(f"give --label once per ticket: {len(args.tickets)} ticket(s), {len(args.label)} label(s)")
     check_output_dir(args.root, "--root")
     if args.out:
         check_output_dir(args.out, "--out")
