@@ -132,6 +132,35 @@ def test_interrupted_work_is_redone_alone(smoke_run, tmp_path):
     assert ours == {_key(r): dataclasses.replace(r, ticket="") for r in read_results(out)}
 
 
+def test_a_damaged_record_is_one_clear_error_and_deleting_it_redoes_that_work(smoke_run, tmp_path, capsys):
+    store, out = smoke_run
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    imp_run = next(d for d in sorted(copy.glob("imp-*"))
+                   if json.loads((d / "hparams.json").read_text())["model"] == "mlp_2")
+    level = imp_run / "level_1" / "result.json"
+    ticket_result = sorted(copy.glob("ticket-*"))[0] / "result.json"
+    level.write_text('{"test_acc')
+    ticket_result.write_text("[1, 2]")
+    argv = ["experiment", "smoke", "--scale", "smoke", "--seeds", "1", "--root", str(copy), "--out",
+            str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"elth experiment: error: {level}: a damaged record (not JSON); delete it to have that work done again")
+    level.unlink()
+    assert main(argv) == 2  # the next one, named as clearly
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"elth experiment: error: {ticket_result}: a damaged record (AttributeError: 'list' object has no attribute "
+        "'get'); delete it to have that work done again")
+    ticket_result.unlink()
+    # Deleted, both are made again (the level already by the call that met the damaged ticket record,
+    # when the scheduler reaches that record after starting the IMP run) and the table is what it was.
+    outcome = run_experiment(SMOKE, "smoke", root=copy, out_dir=tmp_path / "out", seeds=1, progress=False)
+    assert outcome.trained >= 1 and level.is_file() and ticket_result.is_file()
+    ours = {_key(r): dataclasses.replace(r, ticket="") for r in outcome.rows}
+    assert ours == {_key(r): dataclasses.replace(r, ticket="") for r in read_results(out)}
+
+
 @pytest.mark.slow
 def test_two_workers_give_the_same_results(smoke_run, tmp_path):
     _, out = smoke_run

@@ -1,4 +1,5 @@
-"""The store's shared helpers: the tensor hash keeps the values stores were written with."""
+"""The store's shared helpers: the tensor hash keeps the values stores were written with; records read back."""
+import pytest
 import torch
 
 from elth.files import tensors_hash
@@ -25,3 +26,19 @@ def test_hash_sees_values_names_and_dtypes():
     assert tensors_hash({**TENSORS, "c": torch.arange(4, dtype=torch.int32)}) != base
     assert tensors_hash({**TENSORS, "c": torch.tensor([0, 1, 2, 4])}) != base
     assert tensors_hash({("d" if k == "c" else k): v for k, v in TENSORS.items()}) != base
+
+
+def test_read_record_missing_damaged_and_unusable(tmp_path):
+    from elth.errors import ElthError
+    from elth.files import read_record
+
+    path = tmp_path / "result.json"
+    assert read_record(path) is None
+    path.write_text('{"a": 1}')
+    assert read_record(path) == {"a": 1} and read_record(path, lambda r: r["a"] + 1) == 2
+    with pytest.raises(ElthError, match=r"result.json: a damaged record \(KeyError: 'b'\); delete it to have that "
+                                        "work done again"):
+        read_record(path, lambda r: r["b"])
+    path.write_text('{"a": 1')
+    with pytest.raises(ElthError, match=r"result.json: a damaged record \(not JSON\)"):
+        read_record(path)

@@ -15,10 +15,14 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from elth.errors import ElthError
+
+T = TypeVar("T")
 
 # Any run directory (`runs.run_dir`)
 HPARAMS_FILE = "hparams.json"
@@ -212,6 +216,30 @@ def json_text(value, **options) -> str:
 
 def write_json_atomic(path: str | os.PathLike, value) -> Path:
     return write_text_atomic(path, json_text(value, indent=2, sort_keys=True) + "\n")
+
+
+class DamagedRecordError(ElthError):
+    """A record in a run directory that cannot be read: damaged outside elth (elth writes atomically)."""
+
+
+def damaged(path: str | os.PathLike, why: object) -> DamagedRecordError:
+    return DamagedRecordError(f"{path}: a damaged record ({why}); delete it to have that work done again")
+
+
+def read_record(path: str | os.PathLike, convert: Callable[[Any], T] = lambda x: x) -> T | None:
+    """The JSON record at `path` passed through `convert` (e.g. a dataclass made from it), or None
+    when there is none; a record that is not JSON, or that `convert` cannot use, is one clear error
+    naming the file (not a traceback in the middle of an experiment)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return convert(json.loads(text))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        why = "not JSON" if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}: {e}"
+        raise damaged(path, why) from None
 
 
 #: How a hashed record spells each tensor before its bytes. Two spellings exist because tickets and

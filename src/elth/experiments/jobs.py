@@ -7,7 +7,6 @@ back instead of trained again and an interrupted one resumes from its checkpoint
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +19,7 @@ from elth.data import Dataset, DatasetInfo, load_dataset
 from elth.elastic import match_sparsity, source_sparsity, transform
 from elth.experiments.compute import mask_cost_flops
 from elth.experiments.spec import ImpRun, LMCRun, TicketRun
-from elth.files import LMC_FILE, RESULT_FILE, TICKET_FILE, write_json_atomic
+from elth.files import LMC_FILE, RESULT_FILE, TICKET_FILE, read_record, write_json_atomic
 from elth.flops import forward_macs, training_flops
 from elth.methods import method
 from elth.models import build_model
@@ -30,7 +29,7 @@ from elth.training import Protocol, TrainingDiverged, default_rewind, preset
 from elth.transfer import to_dataset
 from elth.workflows.baseline_tickets import permute_ticket_mask, prune_ticket
 from elth.workflows.dst_training import train_dst
-from elth.workflows.imp import IMPConfig, imp_run_dir, level_dir, read_summary, run_imp
+from elth.workflows.imp import IMPConfig, imp_run_dir, level_dir, run_imp
 from elth.workflows.imp_groups import run_imp_together
 from elth.workflows.ticket_groups import train_tickets
 from elth.workflows.ticket_training import train_ticket
@@ -163,8 +162,10 @@ def _relative(path: str | os.PathLike, root: str) -> str:
 
 # -- IMP --------------------------------------------------------------------------------------
 def imp_cached(ctx: Context, run: ImpRun) -> bool:
-    """Whether the IMP run already has every level trained (no work left)."""
-    return len(read_summary(imp_directory(ctx, run))) > run.levels
+    """Whether the IMP run already has every level trained (no work left): each level's own result
+    record, not the summary, which outlives a record deleted to have its level trained again."""
+    directory = imp_directory(ctx, run)
+    return all((level_dir(directory, k) / RESULT_FILE).is_file() for k in range(run.levels + 1))
 
 
 def imp_directory(ctx: Context, run: ImpRun) -> Path:
@@ -222,7 +223,7 @@ def imp_levels(ctx: Context, run: ImpRun) -> list[LevelCost]:
         if k == 0:
             spent = s.training_flops(rewind_step)
         result_path = level_dir(directory, k) / RESULT_FILE
-        result = json.loads(result_path.read_text()) if result_path.is_file() else None
+        result = read_record(result_path, _level_facts)
         steps = result["end_step"] - result["rewind_step"] if result else 0
         flops = training_flops(macs, steps, s.protocol.batch_size) if result else 0.0
         levels.append(LevelCost(
@@ -259,6 +260,17 @@ def ticket_run_dir(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCo
     return run_dir(ctx.root, "ticket", hp)
 
 
+def _level_facts(record: dict) -> dict:
+    """An IMP level's result record, with what the experiment reads from it."""
+    for key in ("end_step", "rewind_step", "sparsity", "test_accuracy"):
+        record[key]  # a missing one is a damaged record (`read_record`)
+    return record
+
+
+def _lmc_facts(record: dict) -> dict:
+    return {**record}  # not a JSON object: a damaged record
+
+
 def ticket_cached(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | Diverged | None:
     return _recorded(ctx, ticket_run_dir(ctx, run, basis, like) / RESULT_FILE)
 
@@ -266,12 +278,12 @@ def ticket_cached(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCos
 def _recorded(ctx: Context, result_file: Path) -> TicketOutcome | Diverged | None:
     """The outcome a ticket run recorded; a recorded divergence counts only when diverged runs are kept
     (otherwise the run is tried again, and fails)."""
-    if not result_file.is_file():
-        return None
-    record = json.loads(result_file.read_text())
-    if record.get("status") == DIVERGED:
-        return Diverged(record["step"], record["error"], record["ticket"]) if ctx.keep_diverged else None
-    return TicketOutcome(**record)
+    def outcome(record: dict) -> TicketOutcome | Diverged | None:
+        if record.get("status") == DIVERGED:
+            return Diverged(record["step"], record["error"], record["ticket"]) if ctx.keep_diverged else None
+        return TicketOutcome(**record)
+
+    return read_record(result_file, outcome)
 
 
 def run_ticket_job(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | Diverged:
@@ -434,7 +446,7 @@ def lmc_run_dir(ctx: Context, run: LMCRun, ticket_path: str) -> Path:
 
 def lmc_cached(ctx: Context, run: LMCRun, ticket_path: str) -> dict | None:
     f = lmc_run_dir(ctx, run, ticket_path) / LMC_FILE
-    return json.loads(f.read_text()) if f.is_file() else None
+    return read_record(f, _lmc_facts)
 
 
 def run_lmc_job(ctx: Context, run: LMCRun, ticket_path: str, label: str) -> dict:

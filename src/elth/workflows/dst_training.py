@@ -1,13 +1,12 @@
 """`train_dst`: a network trained from scratch by RigL or DPF, with its options, result and run cache."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from elth.files import RESULT_FILE, TICKET_FILE, TRAIN_DIR, write_json_atomic
+from elth.files import RESULT_FILE, TICKET_FILE, TRAIN_DIR, read_record, write_json_atomic
 from elth.flops import (
     dpf_training_flops,
     forward_macs,
@@ -171,8 +170,9 @@ def train_dst(
     if root is not None:
         hp = dst_hparams(model_name, data, scaled, method, sparsity, options, excluded, seed, data_seed, precision)
         run = run_dir(root, "dst", hp)
-        if (run / RESULT_FILE).is_file():
-            return DSTResult.from_dict(json.loads((run / RESULT_FILE).read_text()))
+        done = read_record(run / RESULT_FILE, DSTResult.from_dict)
+        if done is not None:
+            return done
 
     label = method_label(method, options)
     result = train(

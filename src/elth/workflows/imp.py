@@ -20,7 +20,6 @@ resumes from its last checkpoint and produces the same masks and weights as an u
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from elth.files import (
     RESULT_FILE,
     TICKET_FILE,
     TRAIN_DIR,
+    read_record,
     write_json_atomic,
 )
 from elth.limits import BadNumberError, check_real, check_seed
@@ -193,7 +193,7 @@ def run_imp(
         if not result_path.is_file():
             model, result = _train_level(config, data, ticket, k, levels, run, device, progress)
             write_json_atomic(result_path, result)
-        results.append(_level_result(json.loads(result_path.read_text()), ticket_path))
+        results.append(read_record(result_path, lambda r: _level_result(r, ticket_path)))
         _write_summary(run)
         if on_level is not None:
             on_level(results[-1])
@@ -287,8 +287,7 @@ def _write_summary(run: Path) -> None:
     rows = []
     k = 0
     while (level_dir(run, k) / RESULT_FILE).is_file():
-        r = json.loads((level_dir(run, k) / RESULT_FILE).read_text())
-        row = _level_result(r, level_dir(run, k) / TICKET_FILE).to_dict()
+        row = read_record(level_dir(run, k) / RESULT_FILE, lambda r: _level_result(r, level_dir(run, k) / TICKET_FILE)).to_dict()
         row["ticket_path"] = f"level_{k}/{TICKET_FILE}"  # relative to the run directory
         rows.append(row)
         k += 1
@@ -298,4 +297,4 @@ def _write_summary(run: Path) -> None:
 def read_summary(run: str | os.PathLike) -> list[dict]:
     """The finished levels of an IMP run directory."""
     path = Path(run) / IMP_LEVELS_FILE
-    return json.loads(path.read_text()) if path.is_file() else []
+    return read_record(path, list) or []
