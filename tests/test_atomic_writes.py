@@ -56,3 +56,12 @@ def test_json_files_are_strict_json(tmp_path):
     text = (tmp_path / "r.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"loss": None, "curve": [1.0, None, None]}
+
+
+def test_atomically_written_files_get_the_mode_of_the_umask(tmp_path):
+    """Not the 0600 of a temporary file: a store shared by a group stays readable by it."""
+    code = "import sys\nfrom elth.files import write_json_atomic\nwrite_json_atomic(sys.argv[1], {'a': 1})\n"
+    for umask, mode in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
+        path = tmp_path / f"u{umask:o}.json"
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, preexec_fn=lambda u=umask: os.umask(u))
+        assert path.stat().st_mode & 0o777 == mode

@@ -175,6 +175,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 yield Path(scratch) / Path(path).name
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; it is set back at once
+    os.umask(mask)
+    return mask
+
+
+#: The mode a file written atomically ends with: what `open` would give it under the process's umask
+#: (a temporary file is created 0600, which would keep a shared store's records from the group).
+FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +197,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
