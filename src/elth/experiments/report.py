@@ -123,8 +123,7 @@ def _header(meta: dict, rows: list[Row], points: list[Point]) -> str:
         out.append(f"Command: `{meta['command']}`\n")
     if meta.get("busy_seconds"):
         out.append(f"Time: {meta['busy_seconds'] / 60:.0f} min while any of its runs trained (over every invocation "
-                   "and worker; runs shared with other experiments count here too); the last invocation "
-                   f"{meta.get('wall_seconds', 0) / 60:.0f} min.\n")
+                   "and worker; runs shared with other experiments count here too).\n")
     return "\n".join(out)
 
 
