@@ -110,6 +110,8 @@ CASES = [
      "the recorded data seed must be an integer"),
     ("inspect a directory", ["inspect", "adir"], "adir: is a directory, not a ticket file"),
     ("report: broken line 3", ["report", "broken"], "results.jsonl, line 3: unreadable results row"),
+    ("report: damaged experiment.json", ["report", "badmeta"],
+     "experiment.json: a damaged record (not JSON); write it again with `elth experiment NAME --report-only`"),
     # argument problems
     ("train --lr x", ["train", *MLP, "--lr", "x"], "argument --lr: invalid float value"),
     ("train without --dataset", ["train", "--model", "mlp_2"], "required: --dataset"),
@@ -173,6 +175,8 @@ def template(tmp_path_factory) -> Path:
     rows = [Row("smoke", "smoke", "digits", "mlp_2", "imp", "", "", level, 1 - 0.8**level, 0, 0.9, 10, 1e6, 0.0,
                 f"level_{level}/ticket.safetensors") for level in range(4)]
     write_results(rows, d / "res")
+    write_results(rows, d / "badmeta")
+    (d / "badmeta" / "experiment.json").write_text('{"name": "smoke", ')
     (d / "broken").mkdir()
     lines = (d / "res" / "results.jsonl").read_text().splitlines()
     lines[2] = lines[2][:40]

@@ -234,14 +234,14 @@ class DamagedRecordError(ElthError):
     """A record in a run directory that cannot be read: damaged outside elth (elth writes atomically)."""
 
 
-def damaged(path: str | os.PathLike, why: object) -> DamagedRecordError:
-    return DamagedRecordError(f"{path}: a damaged record ({why}); delete it to have that work done again")
+#: What to do about a damaged record of finished work (the store redoes what is missing).
+REDO = "delete it to have that work done again"
 
 
-def read_record(path: str | os.PathLike, convert: Callable[[Any], T] = lambda x: x) -> T | None:
+def read_record(path: str | os.PathLike, convert: Callable[[Any], T] = lambda x: x, remedy: str = REDO) -> T | None:
     """The JSON record at `path` passed through `convert` (e.g. a dataclass made from it), or None
     when there is none; a record that is not JSON, or that `convert` cannot use, is one clear error
-    naming the file (not a traceback in the middle of an experiment)."""
+    naming the file and the `remedy` (not a traceback in the middle of an experiment)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -251,7 +251,7 @@ def read_record(path: str | os.PathLike, convert: Callable[[Any], T] = lambda x:
         return convert(json.loads(text))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         why = "not JSON" if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}: {e}"
-        raise damaged(path, why) from None
+        raise DamagedRecordError(f"{path}: a damaged record ({why}); {remedy}") from None
 
 
 #: How a hashed record spells each tensor before its bytes. Two spellings exist because tickets and

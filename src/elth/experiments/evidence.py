@@ -2,14 +2,13 @@
 the paper an experiment tests, and the paper-wide verdict table of a folder of reports."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from elth.analysis.stats import WITHIN_NOISE, format_difference
 from elth.files import EXPERIMENT_FILE, REPORT_FILE, write_text_atomic
 from elth.experiments.markdown import table as _table
 from elth.experiments.paired import PairedComparison, ett_comparisons, ett_vs_every_baseline
-from elth.experiments.results import Row, read_lmc, read_results
+from elth.experiments.results import Row, read_lmc, read_meta, read_results
 from elth.experiments.verdicts import CLAIMS, RULE, VERDICT_HEADER, verdict_rows, verdicts_for
 from elth.methods import DEFAULT_STRATEGIES, short_name
 
@@ -72,7 +71,7 @@ def write_verdict_index(results_root: str | Path, title: str = "Results made wit
     root = Path(results_root)
     ranked, listing = [], []
     for d in experiment_dirs(root):
-        meta = json.loads((d / EXPERIMENT_FILE).read_text())
+        meta = read_meta(d)
         results = read_results(d)
         seeds = len({r.seed for r in results})
         link = f"[{d.name}]({d.name}/{REPORT_FILE})"

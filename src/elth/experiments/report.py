@@ -6,7 +6,6 @@ sparsity by interpolation (`aggregate.interpolate`), never by level number.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics
@@ -29,10 +28,10 @@ from elth.experiments.evidence import paired_section, verdict_section
 from elth.experiments.markdown import table
 from elth.experiments.compute import dense_training_flops, dst_comparisons, elth_savings
 from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
-from elth.experiments.results import Row, read_lmc, read_results
+from elth.experiments.results import Row, read_lmc, read_meta, read_results
 from elth.experiments.spec import SpecError
 from elth.experiments.specs import get_experiment
-from elth.files import ACCURACY_FIGURE, EXPERIMENT_FILE, REPORT_FILE, write_text_atomic
+from elth.files import ACCURACY_FIGURE, REPORT_FILE, write_text_atomic
 from elth.methods import DEFAULT_STRATEGIES, curve_label, short_name
 
 
@@ -68,16 +67,6 @@ def evaluated_levels(points: list[Point]) -> list[int]:
     """Levels with tickets other than IMP's own (ETTs or baselines); IMP's levels when there are none."""
     levels = sorted({p.level for p in points if p.method not in ("imp", "dense")})
     return levels or sorted({p.level for p in points if p.method == "imp"})
-
-
-def _meta(results_dir: Path) -> dict:
-    f = results_dir / EXPERIMENT_FILE
-    if f.is_file():
-        try:
-            return json.loads(f.read_text())
-        except ValueError:
-            return {}
-    return {}
 
 
 # -- sections ---------------------------------------------------------------------------------
@@ -347,7 +336,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     out = Path(out_dir) if out_dir else results_dir
     if rows is None:
         rows = read_results(source)
-    meta = _meta(results_dir)
+    meta = read_meta(results_dir)
     datasets = sorted({r.dataset for r in rows})
     title = meta.get("title", "")
     lmc = read_lmc(results_dir)
