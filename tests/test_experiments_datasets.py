@@ -62,3 +62,14 @@ def test_table6_spec_follows_the_paper():
         assert {(t.source, t.target, t.source_dataset) for t in p.expand_transfers()} == {
             ("cifar_resnet_20", "cifar_resnet_32", None), ("cifar_resnet_20", "cifar_resnet_20", other),
             ("cifar_resnet_20", "cifar_resnet_32", other)}
+
+
+def test_labels_say_the_dataset_when_an_experiment_trains_on_several(tmp_path):
+    from elth.experiments.runner import build_graph
+
+    _, _, graph = build_graph(get_experiment("dataset_table6"), "smoke", root=tmp_path)
+    labels = [n.label for n in graph.nodes]
+    assert len(set(labels)) == len(labels)  # the parts' runs of the same name are told apart
+    assert all(n.label.endswith(f" (on {n.dataset})") or f" on {n.dataset} " in n.label for n in graph.nodes)
+    _, _, single = build_graph(get_experiment("smoke"), "smoke", root=tmp_path)
+    assert all(n.label == n.run.label for n in single.nodes)

@@ -75,10 +75,12 @@ class Node:
     recheck_at: float = 0.0
     noted_elsewhere: bool = False
     looked: bool = False  # its inputs exist and the store was asked for its result once
+    #: " (on DATASET)" when the experiment trains on several datasets (set by `Graph`)
+    place: str = ""
 
     @property
     def label(self) -> str:
-        return self.run.label
+        return self.run.label + self.place
 
 
 def dataset_name(ctx: Context) -> str:
@@ -117,6 +119,11 @@ class Graph:
         self.ticket_nodes = {(n.dataset, n.run): n for n in self.tickets}
         self.lmc = [node("lmc", ctx, run) for ctx, run in lmc]
         self.nodes: list[Node] = [*self.imp.values(), *self.tickets, *self.lmc]
+        if len({n.dataset for n in self.nodes}) > 1:
+            # the same run label in two parts of the experiment: say which dataset each trains on
+            for n in self.nodes:
+                if not getattr(n.run, "dataset", ""):  # an IMP run on another dataset names it already
+                    n.place = f" (on {n.dataset})"
         self._levels: dict[Node, tuple[float, list[LevelCost]]] = {}
 
     # -- what a node needs ------------------------------------------------------------------------
