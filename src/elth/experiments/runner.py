@@ -298,7 +298,7 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
         "paper": experiment.paper,
         "description": experiment.description,
         "scale": scale,
-        "note": " ".join(s.note for s in parts if s.note),
+        "note": " ".join(dict.fromkeys(s.note for s in parts if s.note)),  # parts often share one note
         "parts": [
             {
                 "dataset": s.dataset,
