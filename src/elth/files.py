@@ -238,6 +238,11 @@ class DamagedRecordError(ElthError):
 REDO = "delete it to have that work done again"
 
 
+def json_object(value: Any) -> dict:
+    """`read_record`'s conversion for a record that must be a JSON object (TypeError otherwise)."""
+    return {**value}
+
+
 def read_record(path: str | os.PathLike, convert: Callable[[Any], T] = lambda x: x, remedy: str = REDO) -> T | None:
     """The JSON record at `path` passed through `convert` (e.g. a dataclass made from it), or None
     when there is none; a record that is not JSON, or that `convert` cannot use, is one clear error

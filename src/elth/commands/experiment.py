@@ -140,12 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def launch_checked(args: argparse.Namespace, argv: list[str]) -> int:
     """`run_on_ranks`, after refusing what several ranks cannot do, before any rank starts."""
     if args.nproc is not None or distributed.launched_by_torchrun():
-        side_by_side = [flag for flag, on in (("--workers", (args.workers or 1) > 1),
-                                              ("--devices", bool(args.devices)),
-                                              ("--launcher slurm", args.launcher != "local")) if on]
-        if side_by_side:
-            raise ElthError(f"{' and '.join(side_by_side)} run trainings side by side in other processes; with "
-                            "several ranks (--nproc, torchrun) every training uses all of them: use one or the other")
+        launch_options(args).check_for_ranks()
     return run_on_ranks(args, argv)
 
 
@@ -305,13 +300,13 @@ def execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups=
 
 def _execute(experiment, scale: str, args: argparse.Namespace, out: Path, setups, command: str) -> int:
     launch = launch_options(args)
-    if launch.devices and args.device in (None, "cuda"):
-        # each worker takes its own GPU; a single worker runs here on the first one listed
-        device = launch.devices[0] if launch.workers == 1 else "cuda"
-    elif launch.devices:
+    if launch.devices and args.device not in (None, "cuda"):
         raise ElthError(f"--devices spreads workers over GPUs: it does not combine with --device {args.device}")
     if launch.devices and launch.launcher == "local":
         check_visible(launch.devices)
+    if launch.devices:
+        # each worker takes its own GPU; a single worker runs here on the first one listed
+        device = launch.devices[0] if launch.workers == 1 else "cuda"
     else:
         device = str(resolve_device(args.device)) if args.device else None
     if launch.launcher != "local" and device is None and launch.slurm.gpus_per_run:

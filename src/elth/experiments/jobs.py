@@ -19,7 +19,7 @@ from elth.data import Dataset, DatasetInfo, load_dataset
 from elth.elastic import match_sparsity, source_sparsity, transform
 from elth.experiments.compute import mask_cost_flops
 from elth.experiments.spec import ImpRun, LMCRun, TicketRun
-from elth.files import LMC_FILE, RESULT_FILE, TICKET_FILE, read_record, write_json_atomic
+from elth.files import LMC_FILE, RESULT_FILE, TICKET_FILE, json_object, read_record, write_json_atomic
 from elth.flops import forward_macs, training_flops
 from elth.methods import method
 from elth.models import build_model
@@ -267,10 +267,6 @@ def _level_facts(record: dict) -> dict:
     return record
 
 
-def _lmc_facts(record: dict) -> dict:
-    return {**record}  # not a JSON object: a damaged record
-
-
 def ticket_cached(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | Diverged | None:
     return _recorded(ctx, ticket_run_dir(ctx, run, basis, like) / RESULT_FILE)
 
@@ -446,7 +442,7 @@ def lmc_run_dir(ctx: Context, run: LMCRun, ticket_path: str) -> Path:
 
 def lmc_cached(ctx: Context, run: LMCRun, ticket_path: str) -> dict | None:
     f = lmc_run_dir(ctx, run, ticket_path) / LMC_FILE
-    return read_record(f, _lmc_facts)
+    return read_record(f, json_object)
 
 
 def run_lmc_job(ctx: Context, run: LMCRun, ticket_path: str, label: str) -> dict:

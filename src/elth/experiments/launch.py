@@ -628,6 +628,15 @@ class LaunchOptions:
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     max_parallel: int = 64
 
+    def check_for_ranks(self) -> None:
+        """Several ranks (torchrun, --nproc) train every run together: options that train runs side
+        by side in other processes do not combine with them."""
+        flags = [flag for flag, on in (("--workers", self.workers > 1), ("--devices", bool(self.devices)),
+                                       ("--launcher slurm", self.launcher != "local")) if on]
+        if flags:
+            raise LaunchError(f"{' and '.join(flags)} run trainings side by side in other processes; with several "
+                              "ranks (--nproc, torchrun) every training uses all of them: use one or the other")
+
     def check(self) -> None:
         if self.launcher not in LAUNCHERS:
             raise LaunchError(f"unknown launcher {self.launcher!r} (choose from {', '.join(LAUNCHERS)})")

@@ -27,7 +27,16 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from elth.errors import ElthError
-from elth.files import EXPERIMENT_FILE, LMC_JSONL, RESULTS_CSV, RESULTS_JSONL, json_text, read_record, write_text_atomic
+from elth.files import (
+    EXPERIMENT_FILE,
+    LMC_JSONL,
+    RESULTS_CSV,
+    RESULTS_JSONL,
+    json_object,
+    json_text,
+    read_record,
+    write_text_atomic,
+)
 
 
 @dataclass(frozen=True)
@@ -154,4 +163,4 @@ def read_lmc(results_dir: str | os.PathLike) -> list[dict]:
 def read_meta(results_dir: Path) -> dict:
     """experiment.json of a results directory ({} when there is none: a results table on its own)."""
     remedy = "write it again with `elth experiment NAME --report-only` (the same --root and --out)"
-    return read_record(results_dir / EXPERIMENT_FILE, lambda m: {**m}, remedy) or {}
+    return read_record(results_dir / EXPERIMENT_FILE, json_object, remedy) or {}

@@ -182,10 +182,9 @@ def _run_experiment(
     launch.check()
     if fuse is not None and fuse < 1:
         raise ElthError(f"--fuse must be at least 1, got {fuse}")
+    if distributed.in_group():
+        launch.check_for_ranks()
     in_process = launch.launcher == "local" and launch.workers == 1
-    if not in_process and distributed.in_group():
-        raise ElthError("--workers and --launcher slurm run trainings side by side in other processes; with "
-                        "several ranks (torchrun, --nproc) every training uses all of them: run on one process")
     if tensorboard:
         enable_tensorboard(True)  # fails early, with what to install, when tensorboard is missing
     if launch.launcher == "local" and launch.workers == 1 and launch.threads:

@@ -178,4 +178,3 @@ def _means(loss: torch.Tensor, correct: torch.Tensor, count: int, over_ranks: bo
     if count == 0:
         return None, None
     return total / count, int(right) / count
-
