@@ -180,3 +180,20 @@ def test_table6_claim_compares_the_drops_into_each_dataset():
     v = judge(claim, rows, [])
     assert v.outcome == "confirmed"
     assert v.difference.differences == pytest.approx((0.025, 0.026, 0.027))
+
+
+def test_fig6_claim_of_its_depths_leaves_out_the_shallower_targets():
+    on_par, its_depths, _ = claims_of("resnet_family")
+    rows, r8, r14, r20 = [], "cifar_resnet_8_8", "cifar_resnet_14_8", "cifar_resnet_20_8"
+    for seed in (0, 1, 2):
+        for m in (r8, r14, r20):
+            rows += _imp_rows(m, seed, [0.90, 0.90, 0.89])
+        # into ResNet-8: 3 points below IMP; between ResNet-14 and -20: 0.1 points below (+-0.05 by seed)
+        rows.append(_ett(r8, r20, "consecutive", 2, 0.36, seed, 0.86))
+        rows.append(_ett(r14, r20, "consecutive", 2, 0.36, seed, 0.889 + 0.0005 * (seed - 1)))
+        rows.append(_ett(r20, r14, "appending", 2, 0.36, seed, 0.889 - 0.0005 * (seed - 1)))
+    pooled, deep = judge(on_par, rows, []), judge(its_depths, rows, [])
+    assert pooled.cells == 3 and pooled.outcome == "contradicted"
+    assert pooled.difference.mean == pytest.approx((-0.03 - 0.001 - 0.001) / 3)
+    assert deep.cells == 2 and deep.outcome == "confirmed"
+    assert deep.difference.differences == pytest.approx((-0.001, -0.001, -0.001))
