@@ -197,3 +197,16 @@ def test_fig6_claim_of_its_depths_leaves_out_the_shallower_targets():
     assert pooled.difference.mean == pytest.approx((-0.03 - 0.001 - 0.001) / 3)
     assert deep.cells == 2 and deep.outcome == "confirmed"
     assert deep.difference.differences == pytest.approx((-0.001, -0.001, -0.001))
+
+
+def test_table3_claim_pairs_ett_with_dpf_by_seed():
+    (claim,) = claims_of("dpf_table3")
+    rows, r20, r32 = [], "cifar_resnet_20_8", "cifar_resnet_32_8"
+    for seed in (0, 1, 2):
+        rows += _imp_rows(r32, seed, [0.90, 0.90, 0.89])
+        rows.append(Row("x", "cpu", "fashion_mnist", r32, "dpf", "", "", 2, 0.36, seed, 0.880, 100, 30.0, 0.0, "t"))
+        # ETT 0.2 points above DPF in seed 0, 0.1 below in seed 1, level in seed 2: within half a point
+        rows.append(_ett(r32, r20, "appending", 2, 0.36, seed, 0.880 + (0.002, -0.001, 0.0)[seed]))
+    v = judge(claim, rows, [])
+    assert v.cells == 1 and v.outcome == "confirmed"
+    assert v.difference.differences == pytest.approx((0.002, -0.001, 0.0))

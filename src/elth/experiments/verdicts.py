@@ -266,6 +266,8 @@ CLAIMS: tuple[Claim, ...] = (
           "appending the earliest blocks − appending the latest ones", 0.0, replicate_earlier),
     Claim("earlier_later", "Fig. 5", "dropping the earliest blocks hurts most",
           "each other drop − dropping the earliest blocks", 0.0, drop_earliest_hurts),
+    Claim("dpf_table3", "Table 3", "ETT tickets are on par with DPF at ~90% and ~95% sparsity",
+          "ETT − DPF at the ETT ticket's sparsity, both transfers and levels", ON_PAR_MARGIN, ett_vs_best_baseline),
     Claim("lmc_figure8", "Fig. 8", "close-depth ETT tickets are linearly more stable than far-depth ones",
           "instability of the far-depth ETT − that of the close-depth ETT (points of error)", 0.0,
           lmc_close_more_stable),
