@@ -46,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lmc",
         "train two copies of each ticket with different data seeds and measure their linear mode connectivity",
     ),
+    "import-open-lth": (
+        "import_open_lth",
+        "import the levels of an open_lth lottery run as elth tickets (to stretch, squeeze or train them)",
+    ),
     "experiment": (
         "experiment",
         "run a paper experiment (IMP, ETTs, baselines over sparsities and seeds) and report it",

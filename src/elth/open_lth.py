@@ -1,0 +1,379 @@
+"""Tickets from open_lth lottery runs (the framework the paper's code builds on).
+
+An open_lth lottery run is a folder `lottery_<hash>/replicate_<n>/level_<k>/main/` per IMP level,
+holding `mask.pth` (open_lth parameter name -> 0/1 tensor, the pruned layers only), the model's
+state dict at the rewind point and at the end of training (`model_ep<E>_it<I>.pth`), a `logger`
+CSV of metrics, and, in `level_0/main/`, `hparams.log`. With `--rewinding_steps`, the rewind point
+is trained in `level_pretrain/main/`. Each level becomes an elth ticket: the same rewind weights
+(pruned weights zero) and mask under elth's parameter names, the dense rewind weights of level 0
+(so random-replica transformations have real values), open_lth's training hyperparameters as the
+protocol and the run, replicate and level as provenance.
+
+Models: open_lth's `mnist_lenet_300[_300...]_100` is elth's `mlp_<n>` (n hidden layers of 300),
+`cifar_resnet_<D>[_<W>]`, `cifar_vgg_<D>` and `imagenet_resnet_<18|34>` keep their names; open_lth
+numbers ResNet blocks (`blocks.<i>`) and VGG conv layers (`layers.<i>`) through all stages, where
+elth names them by stage and position (`layer<s>.<u>`).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from elth.data import dataset_info
+from elth.data.base import DatasetInfo
+from elth.errors import ElthError
+from elth.models import build_model, parse_model_name
+from elth.models.cifar_vgg import LAYOUTS as VGG_LAYOUTS
+from elth.tickets import Ticket, TicketError
+from elth.training.protocol import Protocol, parse_steps
+
+SOURCE = "open_lth"
+#: Training-set sizes of open_lth's datasets: its step counts in epochs depend on them.
+TRAIN_SIZES = {"mnist": 60_000, "cifar10": 50_000, "imagenet": 1_281_167}
+#: The input shape open_lth feeds each of its datasets (ImageNet: its 224-pixel crops).
+INPUT_SHAPES = {"imagenet": (3, 224, 224)}
+IMAGENET_DEPTHS = (18, 34)
+
+_LEVEL = re.compile(r"level_(\d+)")
+_REPLICATE = re.compile(r"replicate_(\d+)")
+_MODEL_FILE = re.compile(r"model_ep(\d+)_it(\d+)\.pth")
+_HPARAM = re.compile(r"\s*\*\s*(\w+)\s*=>\s*(.*?)\s*")
+
+
+class OpenLTHError(TicketError):
+    """An open_lth run that cannot be read or has no elth counterpart."""
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of one replicate of an open_lth lottery run."""
+
+    run: Path  # lottery_<hash>
+    replicate: int
+    level: int
+
+    @property
+    def directory(self) -> Path:
+        return self.run / f"replicate_{self.replicate}" / f"level_{self.level}" / "main"
+
+    @property
+    def name(self) -> str:
+        return f"{self.run.name} replicate {self.replicate} level {self.level}"
+
+
+# -- reading the run ---------------------------------------------------------------------------
+def read_hparams(path: Path) -> dict[str, dict[str, str]]:
+    """`hparams.log` as {section: {name: value}}, e.g. {"Training Hyperparameters": {"lr": "0.1"}}."""
+    sections: dict[str, dict[str, str]] = {}
+    current = None
+    for line in _read_text(path).splitlines():
+        if not line.strip():
+            continue
+        m = _HPARAM.fullmatch(line)
+        if m and current is not None:
+            sections[current][m.group(1)] = m.group(2)
+        elif not line.startswith((" ", "\t")):
+            current = line.strip()
+            sections[current] = {}
+        else:
+            raise OpenLTHError(f"{path}: cannot read the line {line.strip()!r} (expected '* name => value')")
+    for needed in ("Dataset Hyperparameters", "Model Hyperparameters", "Training Hyperparameters"):
+        if needed not in sections:
+            raise OpenLTHError(f"{path}: no '{needed}' section: not an open_lth hparams.log")
+    return sections
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise OpenLTHError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
+def _numbered(parent: Path, pattern: re.Pattern) -> dict[int, Path]:
+    return {int(m.group(1)): p for p in sorted(parent.iterdir()) if (m := pattern.fullmatch(p.name)) and p.is_dir()}
+
+
+def find_levels(path: str | Path) -> list[Level]:
+    """The levels under `path`: a lottery run, one of its replicates, or one level (`level_<k>[/main]`)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise OpenLTHError(f"{p}: no such directory (give an open_lth lottery run, e.g. .../lottery_<hash>)")
+    if p.name == "main":
+        p = p.parent
+    if _LEVEL.fullmatch(p.name) and _REPLICATE.fullmatch(p.parent.name):
+        return [Level(p.parent.parent, int(_REPLICATE.fullmatch(p.parent.name).group(1)),
+                      int(_LEVEL.fullmatch(p.name).group(1)))]
+    if _REPLICATE.fullmatch(p.name):
+        replicates = {int(_REPLICATE.fullmatch(p.name).group(1)): p}
+        run = p.parent
+    else:
+        replicates, run = _numbered(p, _REPLICATE), p
+    levels = [Level(run, r, lv) for r, rp in sorted(replicates.items()) for lv in sorted(_numbered(rp, _LEVEL))]
+    if not levels:
+        raise OpenLTHError(f"{p}: no replicate_<n>/level_<k> folders: not an open_lth lottery run "
+                           "(open_lth writes them under open_lth_data/lottery_<hash>)")
+    return levels
+
+
+def _load(path: Path, what: str) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise OpenLTHError(f"{path}: no {what} (open_lth writes it at the level's start and end)") from None
+    except Exception as e:  # torch raises several types for damaged files
+        raise OpenLTHError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise OpenLTHError(f"{path}: not a {what} (expected a dict of tensors)")
+    return obj
+
+
+def model_files(directory: Path) -> dict[tuple[int, int], Path]:
+    """{(epoch, iteration): file} of the state dicts open_lth saved in a level's folder."""
+    if not directory.is_dir():
+        raise OpenLTHError(f"{directory}: no such folder")
+    return {(int(m.group(1)), int(m.group(2))): p for p in directory.iterdir() if (m := _MODEL_FILE.fullmatch(p.name))}
+
+
+def final_test_accuracy(directory: Path) -> float | None:
+    """The last `test_accuracy` of a level's `logger` (None without one)."""
+    path = directory / "logger"
+    if not path.is_file():
+        return None
+    rows = [r for r in csv.reader(_read_text(path).splitlines()) if len(r) == 3 and r[0] == "test_accuracy"]
+    return float(max(rows, key=lambda r: int(r[1]))[2]) if rows else None
+
+
+# -- models ------------------------------------------------------------------------------------
+KeyMap = Callable[[str], str]
+
+
+def model_of(open_lth_name: str) -> tuple[str, KeyMap]:
+    """elth's name for an open_lth model, and the map from open_lth's parameter names to elth's."""
+    name = open_lth_name.strip()
+    if m := re.fullmatch(r"mnist_lenet((?:_\d+)+)", name):
+        widths = [int(w) for w in m.group(1).strip("_").split("_")]
+        if len(widths) < 2 or widths[-1] != 100 or any(w != 300 for w in widths[:-1]):
+            raise OpenLTHError(f"open_lth model {name!r} has no elth counterpart: elth's MLPs (mlp_<n>) have "
+                               "n hidden layers of 300 then 100 (mnist_lenet_300_100, mnist_lenet_300_300_100, ...)")
+        n = len(widths) - 1
+        return f"mlp_{n}", _mlp_keys(n)
+    if m := re.fullmatch(r"cifar_resnet_(\d+)(?:_(\d+))?", name):
+        depth = int(m.group(1))
+        elth = f"cifar_resnet_{depth}" + (f"_{m.group(2)}" if m.group(2) else "")
+        _check_name(elth, name)
+        return elth, _numbered_units("blocks", [(depth - 2) // 6] * 3)
+    if m := re.fullmatch(r"cifar_vgg_(\d+)", name):
+        elth = f"cifar_vgg_{m.group(1)}"
+        _check_name(elth, name)
+        return elth, _numbered_units("layers", list(VGG_LAYOUTS[int(m.group(1))]))
+    if m := re.fullmatch(r"imagenet_resnet_(\d+)", name):
+        if int(m.group(1)) not in IMAGENET_DEPTHS:
+            raise OpenLTHError(f"open_lth model {name!r} has no elth counterpart: elth's ImageNet ResNets shared "
+                               f"with open_lth are {', '.join(f'imagenet_resnet_{d}' for d in IMAGENET_DEPTHS)}")
+        return name, lambda key: key
+    raise OpenLTHError(f"open_lth model {name!r} has no elth counterpart (elth reads mnist_lenet_300[_300...]_100, "
+                       "cifar_resnet_<D>[_<W>], cifar_vgg_<D> and imagenet_resnet_18/34)")
+
+
+def _check_name(elth: str, open_lth_name: str) -> None:
+    try:
+        parse_model_name(elth)
+    except ElthError as e:
+        raise OpenLTHError(f"open_lth model {open_lth_name!r} has no elth counterpart: {e}") from None
+
+
+def _mlp_keys(n: int) -> KeyMap:
+    def key(k: str) -> str:
+        m = re.fullmatch(r"fc_layers\.(\d+)\.(.+)", k)
+        if not m:
+            return k
+        i = int(m.group(1))
+        return f"hidden.{i}.{m.group(2)}" if i < n else f"bottleneck.{m.group(2)}"
+    return key
+
+
+def _numbered_units(prefix: str, per_stage: list[int]) -> KeyMap:
+    """`<prefix>.<i>.rest` (i counted through all stages) -> `layer<s>.<u>.rest`."""
+    places = [(s + 1, u) for s, n in enumerate(per_stage) for u in range(n)]
+
+    def key(k: str) -> str:
+        m = re.fullmatch(rf"{re.escape(prefix)}\.(\d+)\.(.+)", k)
+        if not m:
+            return k
+        i = int(m.group(1))
+        if i >= len(places):
+            raise OpenLTHError(f"parameter {k!r}: unit {i} beyond the model's {len(places)} units")
+        s, u = places[i]
+        return f"layer{s}.{u}.{m.group(2)}"
+    return key
+
+
+def convert_state(state: dict[str, torch.Tensor], key: KeyMap, reference: dict[str, torch.Tensor],
+                  where: Path, built_for: DatasetInfo | None = None) -> dict[str, torch.Tensor]:
+    """An open_lth state dict under elth's names, checked against the elth model's (`reference`, the
+    model built for dataset `built_for`)."""
+    out = {key(k): v for k, v in state.items()}
+    missing, extra = sorted(set(reference) - set(out)), sorted(set(out) - set(reference))
+    if missing or extra:
+        parts = ([f"missing {missing[:3]}"] if missing else []) + ([f"unexpected {extra[:3]}"] if extra else [])
+        raise OpenLTHError(f"{where}: its parameters do not fit the elth model ({'; '.join(parts)})")
+    for k, v in out.items():
+        if tuple(v.shape) != tuple(reference[k].shape):
+            model = "the elth model" + (f" built for {built_for.name} (input "
+                                        f"{'x'.join(map(str, built_for.input_shape))}, {built_for.num_classes} "
+                                        "classes)" if built_for else "")
+            raise OpenLTHError(f"{where}: {k!r} has shape {tuple(v.shape)}, {model} {tuple(reference[k].shape)}"
+                               + ("; --dataset names the dataset the run trained on" if built_for else ""))
+    return {k: out[k].to(reference[k].dtype) for k in reference}
+
+
+# -- the conversion ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    """What is shared by every level of one replicate: hparams, model, dataset, rewind point."""
+
+    hparams: dict[str, dict[str, str]]
+    open_lth_model: str
+    model: str
+    key: KeyMap
+    dataset: DatasetInfo
+    rewind: str
+    rewind_step: int
+    rewind_file: tuple[int, int]
+    protocol: dict
+    warnings: tuple[str, ...]
+
+
+def read_run(level: Level, dataset: str | None = None) -> Run:
+    """The replicate's settings; `dataset` names the elth dataset the run trained on, where open_lth's
+    name would mislead (e.g. Fashion-MNIST's files in MNIST's place)."""
+    hp = read_hparams(level.run / f"replicate_{level.replicate}" / "level_0" / "main" / "hparams.log")
+    data_hp, train_hp = hp["Dataset Hyperparameters"], hp["Training Hyperparameters"]
+    open_lth_model = hp["Model Hyperparameters"].get("model_name", "")
+    model, key = model_of(open_lth_model)
+    open_lth_data = data_hp.get("dataset_name", "")
+    if open_lth_data not in TRAIN_SIZES and dataset is None:
+        raise OpenLTHError(f"open_lth dataset {open_lth_data!r} is not one elth knows by that name "
+                           f"({', '.join(TRAIN_SIZES)}): name the elth dataset with --dataset")
+    info = _dataset_info(dataset or open_lth_data)
+    batch = int(data_hp.get("batch_size", "128"))
+    size = TRAIN_SIZES.get(open_lth_data)
+    pretrain = hp.get("Pretraining Training Hyperparameters", {})
+    rewind = pretrain.get("training_steps", "0")
+    warnings = [f"{name} => {data_hp[name]}: open_lth changed its data this way; elth trains on the dataset as is"
+                for name in ("subsample_fraction", "random_labels_fraction", "unsupervised_labels", "blur_factor")
+                if data_hp.get(name) not in (None, "None", "False")]
+    if size is None:
+        raise OpenLTHError(f"open_lth dataset {open_lth_data!r}: its training-set size is unknown to elth, so "
+                           "its step counts cannot be read")
+    ipe = math.ceil(size / batch)
+    try:
+        rewind_step = parse_steps(rewind, ipe)
+    except ElthError as e:
+        raise OpenLTHError(f"the run's rewinding steps: {e}") from None
+    protocol, why = _protocol(train_hp, batch, data_hp)
+    if why:
+        warnings.append(f"open_lth's training ({why}) has no elth protocol; none recorded")
+    return Run(hp, open_lth_model, model, key, info, rewind, rewind_step, divmod(rewind_step, ipe), protocol,
+               tuple(warnings))
+
+
+def _dataset_info(name: str) -> DatasetInfo:
+    if name == "imagenet":
+        return DatasetInfo("imagenet", INPUT_SHAPES["imagenet"], 1000)
+    return dataset_info(name)
+
+
+def _protocol(train: dict[str, str], batch: int, data: dict[str, str]) -> tuple[dict, str]:
+    """open_lth's training hyperparameters as an elth protocol, or ({}, why not)."""
+    if train.get("optimizer_name", "sgd") != "sgd":
+        return {}, f"optimizer {train['optimizer_name']}; elth trains with SGD"
+    if train.get("nesterov_momentum") == "True":
+        return {}, "Nesterov momentum"
+    if train.get("apex_fp16") == "True":
+        return {}, "apex fp16"
+    milestones = train.get("milestone_steps")
+    gamma = train.get("gamma")
+    try:
+        p = Protocol(
+            length=train["training_steps"], batch_size=batch, lr=float(train["lr"]),
+            momentum=float(train.get("momentum") or 0.0), weight_decay=float(train.get("weight_decay") or 0.0),
+            milestones=tuple(m.strip() for m in milestones.split(",")) if milestones and milestones != "None" else (),
+            gamma=float(gamma) if gamma and gamma != "None" else 0.1,
+            warmup=train.get("warmup_steps") or "0it", augment=data.get("do_not_augment") != "True",
+        )
+    except (KeyError, ValueError, ElthError) as e:
+        return {}, f"unreadable setting: {e}"
+    return p.to_dict(), ""
+
+
+def level_ticket(level: Level, run: Run) -> Ticket:
+    """Level `level` of the run as an elth ticket (see the module docstring)."""
+    model = build_model(run.model, run.dataset.input_shape, run.dataset.num_classes, seed=0)
+    reference = model.state_dict()
+    epoch, it = run.rewind_file
+    name = f"model_ep{epoch}_it{it}.pth"
+    state = convert_state(_load(level.directory / name, "model state dict"), run.key, reference,
+                          level.directory / name, run.dataset)
+    level0 = Level(level.run, level.replicate, 0).directory / name
+    dense = convert_state(_load(level0, "model state dict"), run.key, reference, level0, run.dataset)
+    prunable = model.prunable_names()
+    raw_mask = _load(level.directory / "mask.pth", "mask")
+    mask = {k: torch.ones_like(reference[k], dtype=torch.bool) for k in prunable}
+    for k, v in raw_mask.items():
+        elth_key = run.key(k)
+        if elth_key not in mask:
+            raise OpenLTHError(f"{level.directory / 'mask.pth'}: masks {k!r}, which elth does not prune")
+        if tuple(v.shape) != tuple(mask[elth_key].shape) or not bool(((v == 0) | (v == 1)).all()):
+            raise OpenLTHError(f"{level.directory / 'mask.pth'}: {k!r} is not a 0/1 mask of its weight's shape")
+        mask[elth_key] = v.to(torch.bool)
+    for k, m in mask.items():
+        leaked = int((state[k][~m] != 0).sum())
+        if leaked:
+            raise OpenLTHError(f"{level.directory / name}: {k!r} has {leaked} nonzero weight(s) its mask prunes: "
+                               "the state dict is not this level's rewind point")
+    pruning = run.hparams.get("Pruning Hyperparameters", {})
+    ignored = [run.key(k.strip()) for k in pruning.get("pruning_layers_to_ignore", "").split(",") if k.strip()]
+    return Ticket(
+        run.model, run.dataset, state, mask, run.rewind_step, run.rewind, dict(run.protocol),
+        provenance={
+            "method": "imp",
+            "description": f"IMP level {level.level} of open_lth run {level.run.name}, replicate {level.replicate}",
+            "source": SOURCE,
+            "run": level.run.name,
+            "replicate": level.replicate,
+            "level": level.level,
+            "open_lth_model": run.open_lth_model,
+            "open_lth_dataset": run.hparams["Dataset Hyperparameters"].get("dataset_name", ""),
+            "prune_fraction": float(pruning["pruning_fraction"]) if "pruning_fraction" in pruning else None,
+            "excluded": ignored,
+            "test_accuracy": final_test_accuracy(level.directory),
+        },
+        warnings=list(run.warnings),
+        dense={k: dense[k] for k in prunable},
+    )
+
+
+def import_run(path: str | Path, *, dataset: str | None = None,
+               levels: set[int] | None = None, replicates: set[int] | None = None) -> list[tuple[Level, Ticket]]:
+    """Every level under `path` (or those in `levels`/`replicates`) as (level, ticket)."""
+    found = find_levels(path)
+    chosen = [lv for lv in found if (levels is None or lv.level in levels)
+              and (replicates is None or lv.replicate in replicates)]
+    if not chosen:
+        have = sorted({lv.level for lv in found})
+        raise OpenLTHError(f"{path}: none of the chosen levels/replicates is there (levels {have}, replicates "
+                           f"{sorted({lv.replicate for lv in found})})")
+    runs: dict[tuple[Path, int], Run] = {}
+    out = []
+    for lv in chosen:
+        run = runs.get((lv.run, lv.replicate)) or runs.setdefault((lv.run, lv.replicate), read_run(lv, dataset))
+        out.append((lv, level_ticket(lv, run)))
+    return out
