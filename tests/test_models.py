@@ -49,6 +49,8 @@ def test_imagenet_resnet_keys_match_torchvision_layout():
         ("cifar_vgg_13_fc5", (2, 2, 2, 2, 2, 4)),
         ("mlp_2", (2,)),
         ("mlp_4", (4,)),
+        ("vit_3", (3,)),
+        ("vit_5_96", (5,)),
     ],
 )
 def test_elastic_structure_partitions_the_state(name, lengths):
@@ -83,7 +85,8 @@ def test_transitions_are_the_resolution_or_width_changes():
 
 @pytest.mark.parametrize(
     "name,shape", [("cifar_resnet_14", (1, 28, 28)), ("cifar_vgg_13", (1, 8, 8)), ("mlp_2", (3, 32, 32)),
-                   ("cifar_vgg_16_fc3", (3, 32, 32)), ("imagenet_resnet_18", (3, 32, 32))]
+                   ("cifar_vgg_16_fc3", (3, 32, 32)), ("imagenet_resnet_18", (3, 32, 32)), ("vit_2", (1, 28, 28)),
+                   ("vit_2_32", (1, 8, 8)), ("vit_1", (3, 64, 64))]
 )
 def test_any_input_shape_and_class_count(name, shape):
     model = build_model(name, shape, 7).eval()
@@ -110,7 +113,8 @@ def test_prunable_and_excluded_defaults():
 
 
 @pytest.mark.parametrize(
-    "bad", ["cifar_resnet_21", "cifar_resnet_2", "imagenet_resnet_50", "cifar_vgg_12", "mlp_0", "resnet20", ""]
+    "bad", ["cifar_resnet_21", "cifar_resnet_2", "imagenet_resnet_50", "cifar_vgg_12", "mlp_0", "resnet20", "", "vit_0", "vit_2_0",
+            "vit"]
 )
 def test_bad_names_give_clear_errors(bad):
     with pytest.raises(UnknownModelError, match="Model names have the forms"):
@@ -122,3 +126,16 @@ def test_families():
     assert parse_model_name("cifar_resnet_20").family != parse_model_name("cifar_resnet_20_32").family
     assert parse_model_name("cifar_vgg_13_fc2").family == parse_model_name("cifar_vgg_19_fc5").family
     assert parse_model_name("cifar_vgg_13").family != parse_model_name("cifar_vgg_13_fc2").family
+    assert parse_model_name("vit_4").family == parse_model_name("vit_12_64").family == "vit (width 64)"
+    assert parse_model_name("vit_4").family != parse_model_name("vit_4_96").family
+
+
+def test_vit_layout():
+    m = build_model("vit_2", (1, 28, 28), 10)
+    assert m.embed.pos.shape == (1, 50, 64)  # 7x7 patches of 4x4 pixels and the class token
+    assert m.blocks[0].attn.heads == 2 and m.blocks[0].fc1.weight.shape == (128, 64)
+    assert m.prunable_names() == ["embed.proj.weight"] + [
+        f"blocks.{i}.{k}.weight" for i in (0, 1) for k in ("attn.qkv", "attn.out", "fc1", "fc2")] + ["fc.weight"]
+    assert m.default_excluded() == ["fc.weight"]
+    with pytest.raises(Exception, match="at least 4x4 pixels"):
+        build_model("vit_1", (1, 3, 3), 10)

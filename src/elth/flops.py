@@ -1,7 +1,8 @@
 """Training-FLOPs accounting (the paper's Section 4.5 conventions).
 
 Forward cost f per example is the multiply-adds of conv and linear layers, counting only unpruned
-weights (f_S) or all of them (f_D); normalisation, activations and pooling are ignored. A training
+weights (f_S) or all of them (f_D); normalisation, activations, pooling and weightless products
+(a Transformer's attention scores and values) are ignored. A training
 step costs about 3 f per example (forward, backward to activations, backward to weights); static
 sparse training costs 3 f_S. FLOPs here are multiply-adds x 2.
 

@@ -1,5 +1,6 @@
 """Model families whose depth structure is explicit (see `ElasticStructure`)."""
 from elth.models.base import ElasticModel
+from elth.models.families import FamilyError, ModelFamily, register_family, unregister_family
 from elth.models.registry import (
     MAX_PARAMETERS,
     MAX_UNITS,
@@ -15,6 +16,8 @@ from elth.models.structure import ElasticStructure
 __all__ = [
     "ElasticModel",
     "ElasticStructure",
+    "FamilyError",
+    "ModelFamily",
     "MAX_PARAMETERS",
     "MAX_UNITS",
     "ModelSpec",
@@ -23,4 +26,6 @@ __all__ = [
     "UnknownModelError",
     "build_model",
     "parse_model_name",
+    "register_family",
+    "unregister_family",
 ]

@@ -1,4 +1,5 @@
-"""Model names -> models. Names: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>."""
+"""Model names -> models. Names: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>,
+and `<kind>_<D>[_<W>]` of the families registered in `elth.models.families` (vit_<D>[_<W>] among them)."""
 from __future__ import annotations
 
 import functools
@@ -10,11 +11,13 @@ import torch
 
 from elth.errors import ElthError
 from elth.limits import check_seed
+from elth.models import families
 from elth.models.base import ElasticModel
 from elth.models.cifar_resnet import CifarResNet
 from elth.models.cifar_vgg import FC_WIDTH as VGG_FC_WIDTH, LAYOUTS as VGG_LAYOUTS, CifarVGG
 from elth.models.imagenet_resnet import LAYOUTS as IMAGENET_LAYOUTS, ImageNetResNet
 from elth.models.mlp import MLP
+from elth.models.vit import DEFAULT_WIDTH as VIT_WIDTH, build_vit
 
 NAME_FORMS = (
     "cifar_resnet_<D>[_<W>] (D = 6n+2: 8, 14, 20, 32, 44, 56, 110, ...; width W, default 16)",
@@ -54,7 +57,9 @@ class ModelSpec:
             return f"cifar_resnet (width {self.width})"
         if self.kind == "cifar_vgg":
             return "cifar_vgg with fully connected layers" if self.fc_layers > 1 else "cifar_vgg"
-        return self.kind
+        if self.kind in families.RESERVED_KINDS:
+            return self.kind
+        return f"{self.kind} (width {self.width})"
 
 
 _PATTERNS = (
@@ -66,8 +71,10 @@ _PATTERNS = (
 
 
 def _unknown(name: str, why: str) -> UnknownModelError:
-    forms = "\n  ".join(NAME_FORMS)
-    return UnknownModelError(f"unknown model {name!r}: {why}. Model names have the forms:\n  {forms}")
+    forms = "\n  ".join(NAME_FORMS + tuple(f.description for f in families.registered()))
+    return UnknownModelError(f"unknown model {name!r}: {why}. Model names have the forms:\n  {forms}\n"
+                             f"(networks of your own: `elth.models.register_family`, in a module named by "
+                             f"{families.PLUGINS_ENV} or an entry point of group {families.ENTRY_POINT_GROUP!r})")
 
 
 def parse_model_name(name: str) -> ModelSpec:
@@ -100,6 +107,15 @@ def parse_model_name(name: str) -> ModelSpec:
             raise _unknown(name, "an MLP needs at least one hidden layer")
         _check_units(name, depth)
         return ModelSpec(kind, depth, width=300)
+    found = families.match(name)
+    if found is not None:
+        family, depth, width = found
+        if depth < family.min_depth:
+            raise _unknown(name, f"a {family.kind} has at least {family.min_depth} unit(s)")
+        if width is not None and width < 1:
+            raise _unknown(name, "the width must be positive")
+        _check_units(name, depth)
+        return ModelSpec(family.kind, depth, width=width or family.default_width)
     raise _unknown(name, "no model family matches")
 
 
@@ -109,12 +125,15 @@ def _check_units(name: str, units: int) -> None:
                                  f"most {MAX_UNITS:,}")
 
 
-def parameter_bound(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> int:
-    """An upper bound of the parameters of a model (from its name alone: no tensor is made).
+def parameter_bound(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> int | None:
+    """An upper bound of the parameters of a model (from its name alone: no tensor is made); None
+    for registered families, which are counted on the meta device.
 
     MLPs: exact. Conv nets pool globally before their head, so only the input channels matter:
     at most (weight layers) x (3x3 conv and BN at the widest channel count) + a 7x7 stem + heads.
     """
+    if spec.kind not in families.RESERVED_KINDS:
+        return None
     if spec.kind == "mlp":
         d_in = math.prod(input_shape)
         return (d_in + 1) * 300 + (spec.depth - 1) * 301 * 300 + 301 * 100 + 101 * num_classes
@@ -142,7 +161,16 @@ def _make(spec: ModelSpec, name: str, shape: tuple[int, ...], num_classes: int) 
         return ImageNetResNet(name, spec.depth, shape, num_classes)
     if spec.kind == "cifar_vgg":
         return CifarVGG(name, spec.depth, spec.fc_layers, shape, num_classes)
-    return MLP(name, spec.depth, shape, num_classes)
+    if spec.kind == "mlp":
+        return MLP(name, spec.depth, shape, num_classes)
+    found = families.match(name)
+    assert found is not None, name  # parse_model_name matched it
+    model = found[0].build(name, spec.depth, spec.width, shape, num_classes)
+    if not isinstance(model, ElasticModel) or model.name != name:
+        raise families.FamilyError(f"family {spec.kind!r}: its builder must return an ElasticModel named {name!r}, "
+                                   f"got {type(model).__name__}" + (f" named {model.name!r}"
+                                                                    if isinstance(model, ElasticModel) else ""))
+    return model
 
 
 def build_model(
@@ -157,7 +185,8 @@ def build_model(
     if seed is not None:
         check_seed(seed)
     # The exact count (a meta-device build, slow the first time) only when the cheap bound is too high.
-    if parameter_bound(spec, shape, int(num_classes)) > MAX_PARAMETERS and \
+    bound = parameter_bound(spec, shape, int(num_classes))
+    if (bound is None or bound > MAX_PARAMETERS) and \
             (count := parameter_count(name, shape, int(num_classes))) > MAX_PARAMETERS:
         raise ModelTooLargeError(f"model {name!r} on inputs of shape {'x'.join(map(str, shape))} has {count:,} "
                                  f"parameters; elth builds models of at most {MAX_PARAMETERS:,}")
@@ -166,3 +195,8 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _make(spec, name, shape, num_classes)
+
+
+families.register_family("vit", build_vit, default_width=VIT_WIDTH,
+                         description=f"vit_<D>[_<W>] (a Vision Transformer of D encoder blocks, width W, "
+                                     f"default {VIT_WIDTH})")
