@@ -374,6 +374,7 @@ def import_run(path: str | Path, *, dataset: str | None = None,
     runs: dict[tuple[Path, int], Run] = {}
     out = []
     for lv in chosen:
-        run = runs.get((lv.run, lv.replicate)) or runs.setdefault((lv.run, lv.replicate), read_run(lv, dataset))
-        out.append((lv, level_ticket(lv, run)))
+        if (lv.run, lv.replicate) not in runs:
+            runs[lv.run, lv.replicate] = read_run(lv, dataset)
+        out.append((lv, level_ticket(lv, runs[lv.run, lv.replicate])))
     return out
