@@ -6,6 +6,9 @@ transition, kept in place by every transformation); head: the final LayerNorm an
 Every weight matrix is an `nn.Linear` (queries, keys and values in one), so masks cover them all.
 Patches: 4x4 for inputs up to 32 pixels (64 tokens at 32x32, 49 at 28x28, 4 at 8x8), 16x16
 above. Attention heads of 32 channels (at least one); MLPs twice as wide as the blocks.
+Weights are Kaiming-normal like elth's other families (biases zero, position embeddings N(0, 0.02)):
+under elth's SGD protocols they train faster than a ViT's customary N(0, 0.02) weights (vit_2,
+938 iterations on Fashion-MNIST: 81.6% against 72.3% test accuracy).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from elth.models.structure import ElasticStructure
 DEFAULT_WIDTH = 64
 HEAD_CHANNELS = 32
 MLP_RATIO = 2
-INIT_STD = 0.02
+POSITION_STD = 0.02
 
 
 class ViTShapeError(ElthError, ValueError):
@@ -91,9 +94,9 @@ class VisionTransformer(ElasticModel):
         self.fc = nn.Linear(width, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
-                nn.init.trunc_normal_(m.weight, std=INIT_STD)
+                nn.init.kaiming_normal_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.trunc_normal_(self.embed.pos, std=INIT_STD)
+        nn.init.trunc_normal_(self.embed.pos, std=POSITION_STD)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)
