@@ -111,3 +111,25 @@ def test_cli_imp_transform_and_train_a_network_of_ones_own(tmp_path, toy):
     r = _elth(["train-ticket", "t4.safetensors", "--root", "runs"], tmp_path, plugin=False)
     assert r.returncode == 2 and "unknown model 'toy_net_4'" in r.stderr and "ELTH_MODELS" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_an_experiment_of_ones_own_over_a_family_of_ones_own_runs_in_spawned_workers(toy, tmp_path, monkeypatch):
+    """Workers are spawned processes: they learn the family from ELTH_MODELS, which the runner fills in
+    from this process's registrations."""
+    from elth.experiments import run_experiment
+    from elth.experiments.report import write_report
+    from elth.experiments.spec import Experiment, Setup
+
+    monkeypatch.delenv(families.PLUGINS_ENV, raising=False)
+    spec = Experiment(
+        name="toy_family", title="Toy family: ETTs between depths", paper="beyond the paper", description="toy",
+        scales=(("smoke", (Setup(dataset="synthetic_1x8x8_n64", members=("toy_net_2", "toy_net_3"), levels=(1,),
+                                 preset="smoke", rewind="2it", baselines=("random",), seeds=1),)),),
+    )
+    outcome = run_experiment(spec, "smoke", root=tmp_path / "runs", out_dir=tmp_path / "out", workers=2,
+                             progress=False)
+    assert os.environ[families.PLUGINS_ENV] == "toy_models"
+    assert outcome.failures == [] and outcome.trained == 6  # 2 IMP runs, 2 ETT tickets, 2 random masks
+    methods = {(r.target, r.method, r.source) for r in outcome.rows}
+    assert ("toy_net_3", "ett", "toy_net_2") in methods and ("toy_net_2", "ett", "toy_net_3") in methods
+    assert "Toy family" in write_report(tmp_path / "out").read_text()

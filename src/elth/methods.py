@@ -13,6 +13,7 @@ from typing import Literal
 
 from elth.elastic.strategies import ORDERS, SQUEEZE_MODES
 from elth.models import parse_model_name
+from elth.models.vit import DEFAULT_WIDTH as VIT_WIDTH
 
 Kind = Literal["dense", "imp", "ett", "ett-control", "pruning", "dst"]
 
@@ -128,7 +129,8 @@ def curve_label(key: CurveKey) -> str:
 
 
 def short_name(model: str) -> str:
-    """'cifar_resnet_20_8' -> 'ResNet-20 (w8)', 'mlp_3' -> 'MLP-3', 'cifar_vgg_13_fc5' -> 'VGG-13-5'."""
+    """'cifar_resnet_20_8' -> 'ResNet-20 (w8)', 'mlp_3' -> 'MLP-3', 'cifar_vgg_13_fc5' -> 'VGG-13-5',
+    'vit_4_32' -> 'ViT-4 (w32)'; other families' names as they are."""
     try:
         spec = parse_model_name(model)
     except Exception:
@@ -141,4 +143,6 @@ def short_name(model: str) -> str:
         return f"VGG-{spec.depth}" + (f"-{spec.fc_layers}" if spec.fc_layers > 1 else "")
     if spec.kind == "mlp":
         return f"MLP-{spec.depth}"
+    if spec.kind == "vit":
+        return f"ViT-{spec.depth}" + (f" (w{spec.width})" if spec.width != VIT_WIDTH else "")
     return model

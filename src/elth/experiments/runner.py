@@ -29,6 +29,7 @@ from elth.experiments.lease import DEFAULT_TIMEOUT
 from elth.experiments.results import Row, write_lmc, write_results
 from elth.experiments.spec import Experiment, ImpRun, Setup, expand
 from elth.files import EXPERIMENT_FILE, write_json_atomic
+from elth.models import families
 from elth.training import distributed
 from elth.training.metrics import enable_tensorboard
 
@@ -180,6 +181,7 @@ def _run_experiment(
     """
     launch = launch or LaunchOptions(workers=workers, threads=threads)
     launch.check()
+    families.propagate()  # workers and jobs register the families this process has
     if fuse is not None and fuse < 1:
         raise ElthError(f"--fuse must be at least 1, got {fuse}")
     if distributed.in_group():

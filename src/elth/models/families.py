@@ -12,7 +12,9 @@ head; every elth command then works with it (IMP, transforms between depths, bas
 Families outside elth are found in the modules named by the environment variable `ELTH_MODELS`
 (comma-separated, imported once, when a name matches no family yet) and in installed packages'
 entry points of group `elth.models` (a module, or a function called without arguments). Processes
-elth starts (ranks, workers, SLURM jobs) inherit the variable, so they know the same names.
+elth starts (ranks, workers, SLURM jobs) inherit the variable, so they know the same names; before
+it starts them, `propagate` adds the modules of the families registered in this process (from
+Python, e.g. in a script that runs an experiment) to it.
 """
 from __future__ import annotations
 
@@ -105,6 +107,22 @@ def _match(name: str) -> tuple[ModelFamily, int, int | None] | None:
         if m:
             return family, int(m.group(1)), int(m.group(2)) if m.group(2) else None
     return None
+
+
+def propagate() -> list[str]:
+    """Add the modules defining this process's registered families to `ELTH_MODELS` (in `os.environ`),
+    so that processes started from here register them too; the modules added.
+
+    Families defined in a script run as `__main__` are left out: spawned workers import the script
+    again (registering them), other processes cannot (define them in an importable module).
+    """
+    wanted = [f.build.__module__ for f in _FAMILIES.values()]
+    wanted = [m for m in dict.fromkeys(wanted) if m and not m.startswith(("elth.", "__main__", "__mp_main__"))]
+    have = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
+    added = [m for m in wanted if m not in have]
+    if added:
+        os.environ[PLUGINS_ENV] = ",".join(have + added)
+    return added
 
 
 def load_plugins() -> bool:
