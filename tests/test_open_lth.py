@@ -144,7 +144,9 @@ def test_errors_are_one_clear_message(tmp_path, capsys):
         assert cli.main(["import-open-lth", *map(str, argv), "--out", str(tmp_path / "out")]) == 2
         return capsys.readouterr().err
 
-    assert "not an open_lth lottery run" in error(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert "not an open_lth lottery run" in error(tmp_path / "empty")
+    assert f"it holds the lottery runs {RESNET_RUN.name}, {MLP_RUN.name}: give one" in error(FIXTURES)
     assert "no such directory" in error(tmp_path / "missing")
     assert "none of the chosen levels" in error(RESNET_RUN, "--levels", "5")
     # a dataset whose inputs the weights do not fit

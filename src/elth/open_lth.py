@@ -117,8 +117,10 @@ def find_levels(path: str | Path) -> list[Level]:
         replicates, run = _numbered(p, _REPLICATE), p
     levels = [Level(run, r, lv) for r, rp in sorted(replicates.items()) for lv in sorted(_numbered(rp, _LEVEL))]
     if not levels:
-        raise OpenLTHError(f"{p}: no replicate_<n>/level_<k> folders: not an open_lth lottery run "
-                           "(open_lth writes them under open_lth_data/lottery_<hash>)")
+        runs = sorted(d.name for d in p.glob("lottery_*") if d.is_dir())
+        inside = (f"; it holds the lottery runs {', '.join(runs[:5])}{' ...' if len(runs) > 5 else ''}: give one"
+                  if runs else " (open_lth writes them under open_lth_data/lottery_<hash>)")
+        raise OpenLTHError(f"{p}: no replicate_<n>/level_<k> folders: not an open_lth lottery run{inside}")
     return levels
 
 
