@@ -120,7 +120,7 @@ def test_an_experiment_of_ones_own_over_a_family_of_ones_own_runs_in_spawned_wor
     from elth.experiments.report import write_report
     from elth.experiments.spec import Experiment, Setup
 
-    monkeypatch.delenv(families.PLUGINS_ENV, raising=False)
+    monkeypatch.setenv(families.PLUGINS_ENV, "")  # restored (unset) after the test: the runner adds to it
     spec = Experiment(
         name="toy_family", title="Toy family: ETTs between depths", paper="beyond the paper", description="toy",
         scales=(("smoke", (Setup(dataset="synthetic_1x8x8_n64", members=("toy_net_2", "toy_net_3"), levels=(1,),

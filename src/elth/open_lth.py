@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 
@@ -42,7 +42,6 @@ IMAGENET_DEPTHS = (18, 34)
 
 _LEVEL = re.compile(r"level_(\d+)")
 _REPLICATE = re.compile(r"replicate_(\d+)")
-_MODEL_FILE = re.compile(r"model_ep(\d+)_it(\d+)\.pth")
 _HPARAM = re.compile(r"\s*\*\s*(\w+)\s*=>\s*(.*?)\s*")
 
 
@@ -136,13 +135,6 @@ def _load(path: Path, what: str) -> dict[str, torch.Tensor]:
     return obj
 
 
-def model_files(directory: Path) -> dict[tuple[int, int], Path]:
-    """{(epoch, iteration): file} of the state dicts open_lth saved in a level's folder."""
-    if not directory.is_dir():
-        raise OpenLTHError(f"{directory}: no such folder")
-    return {(int(m.group(1)), int(m.group(2))): p for p in directory.iterdir() if (m := _MODEL_FILE.fullmatch(p.name))}
-
-
 def final_test_accuracy(directory: Path) -> float | None:
     """The last `test_accuracy` of a level's `logger` (None without one)."""
     path = directory / "logger"
@@ -218,7 +210,7 @@ def _numbered_units(prefix: str, per_stage: list[int]) -> KeyMap:
 
 
 def convert_state(state: dict[str, torch.Tensor], key: KeyMap, reference: dict[str, torch.Tensor],
-                  where: Path, built_for: DatasetInfo | None = None) -> dict[str, torch.Tensor]:
+                  where: Path, built_for: DatasetInfo) -> dict[str, torch.Tensor]:
     """An open_lth state dict under elth's names, checked against the elth model's (`reference`, the
     model built for dataset `built_for`)."""
     out = {key(k): v for k, v in state.items()}
@@ -228,18 +220,18 @@ def convert_state(state: dict[str, torch.Tensor], key: KeyMap, reference: dict[s
         raise OpenLTHError(f"{where}: its parameters do not fit the elth model ({'; '.join(parts)})")
     for k, v in out.items():
         if tuple(v.shape) != tuple(reference[k].shape):
-            model = "the elth model" + (f" built for {built_for.name} (input "
-                                        f"{'x'.join(map(str, built_for.input_shape))}, {built_for.num_classes} "
-                                        "classes)" if built_for else "")
-            raise OpenLTHError(f"{where}: {k!r} has shape {tuple(v.shape)}, {model} {tuple(reference[k].shape)}"
-                               + ("; --dataset names the dataset the run trained on" if built_for else ""))
+            raise OpenLTHError(f"{where}: {k!r} has shape {tuple(v.shape)}, the elth model built for "
+                               f"{built_for.name} (input {'x'.join(map(str, built_for.input_shape))}, "
+                               f"{built_for.num_classes} classes) {tuple(reference[k].shape)}; --dataset names the "
+                               "dataset the run trained on")
     return {k: out[k].to(reference[k].dtype) for k in reference}
 
 
 # -- the conversion ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Run:
-    """What is shared by every level of one replicate: hparams, model, dataset, rewind point."""
+    """What is shared by every level of one replicate, read once: hparams, model, dataset, rewind
+    point, and level 0's rewind weights (every level's dense weights)."""
 
     hparams: dict[str, dict[str, str]]
     open_lth_model: str
@@ -248,9 +240,12 @@ class Run:
     dataset: DatasetInfo
     rewind: str
     rewind_step: int
-    rewind_file: tuple[int, int]
+    rewind_file: str  # model_ep<E>_it<I>.pth: the state dict at the rewind point, in every level's folder
     protocol: dict
     warnings: tuple[str, ...]
+    reference: dict[str, torch.Tensor]  # the elth model's state dict (names, shapes, dtypes)
+    prunable: tuple[str, ...]
+    dense: dict[str, torch.Tensor]  # level 0's rewind weights of the prunable tensors
 
 
 def read_run(level: Level, dataset: str | None = None) -> Run:
@@ -261,21 +256,17 @@ def read_run(level: Level, dataset: str | None = None) -> Run:
     open_lth_model = hp["Model Hyperparameters"].get("model_name", "")
     model, key = model_of(open_lth_model)
     open_lth_data = data_hp.get("dataset_name", "")
-    if open_lth_data not in TRAIN_SIZES and dataset is None:
-        raise OpenLTHError(f"open_lth dataset {open_lth_data!r} is not one elth knows by that name "
-                           f"({', '.join(TRAIN_SIZES)}): name the elth dataset with --dataset")
+    if open_lth_data not in TRAIN_SIZES:
+        raise OpenLTHError(f"open_lth dataset {open_lth_data!r}: elth reads runs on {', '.join(TRAIN_SIZES)} (its "
+                           "training-set size gives the run's step counts in iterations)")
     info = _dataset_info(dataset or open_lth_data)
     batch = int(data_hp.get("batch_size", "128"))
-    size = TRAIN_SIZES.get(open_lth_data)
     pretrain = hp.get("Pretraining Training Hyperparameters", {})
     rewind = pretrain.get("training_steps", "0")
     warnings = [f"{name} => {data_hp[name]}: open_lth changed its data this way; elth trains on the dataset as is"
                 for name in ("subsample_fraction", "random_labels_fraction", "unsupervised_labels", "blur_factor")
                 if data_hp.get(name) not in (None, "None", "False")]
-    if size is None:
-        raise OpenLTHError(f"open_lth dataset {open_lth_data!r}: its training-set size is unknown to elth, so "
-                           "its step counts cannot be read")
-    ipe = math.ceil(size / batch)
+    ipe = math.ceil(TRAIN_SIZES[open_lth_data] / batch)
     try:
         rewind_step = parse_steps(rewind, ipe)
     except ElthError as e:
@@ -283,8 +274,14 @@ def read_run(level: Level, dataset: str | None = None) -> Run:
     protocol, why = _protocol(train_hp, batch, data_hp)
     if why:
         warnings.append(f"open_lth's training ({why}) has no elth protocol; none recorded")
-    return Run(hp, open_lth_model, model, key, info, rewind, rewind_step, divmod(rewind_step, ipe), protocol,
-               tuple(warnings))
+    epoch, iteration = divmod(rewind_step, ipe)
+    rewind_file = f"model_ep{epoch}_it{iteration}.pth"
+    elth_model = build_model(model, info.input_shape, info.num_classes, seed=0)
+    reference, prunable = elth_model.state_dict(), tuple(elth_model.prunable_names())
+    level0 = Level(level.run, level.replicate, 0).directory / rewind_file
+    dense = convert_state(_load(level0, "model state dict"), key, reference, level0, info)
+    return Run(hp, open_lth_model, model, key, info, rewind, rewind_step, rewind_file, protocol, tuple(warnings),
+               reference, prunable, {k: dense[k] for k in prunable})
 
 
 def _dataset_info(name: str) -> DatasetInfo:
@@ -318,17 +315,10 @@ def _protocol(train: dict[str, str], batch: int, data: dict[str, str]) -> tuple[
 
 def level_ticket(level: Level, run: Run) -> Ticket:
     """Level `level` of the run as an elth ticket (see the module docstring)."""
-    model = build_model(run.model, run.dataset.input_shape, run.dataset.num_classes, seed=0)
-    reference = model.state_dict()
-    epoch, it = run.rewind_file
-    name = f"model_ep{epoch}_it{it}.pth"
-    state = convert_state(_load(level.directory / name, "model state dict"), run.key, reference,
-                          level.directory / name, run.dataset)
-    level0 = Level(level.run, level.replicate, 0).directory / name
-    dense = convert_state(_load(level0, "model state dict"), run.key, reference, level0, run.dataset)
-    prunable = model.prunable_names()
+    rewind_path = level.directory / run.rewind_file
+    state = convert_state(_load(rewind_path, "model state dict"), run.key, run.reference, rewind_path, run.dataset)
     raw_mask = _load(level.directory / "mask.pth", "mask")
-    mask = {k: torch.ones_like(reference[k], dtype=torch.bool) for k in prunable}
+    mask = {k: torch.ones_like(run.reference[k], dtype=torch.bool) for k in run.prunable}
     for k, v in raw_mask.items():
         elth_key = run.key(k)
         if elth_key not in mask:
@@ -339,7 +329,7 @@ def level_ticket(level: Level, run: Run) -> Ticket:
     for k, m in mask.items():
         leaked = int((state[k][~m] != 0).sum())
         if leaked:
-            raise OpenLTHError(f"{level.directory / name}: {k!r} has {leaked} nonzero weight(s) its mask prunes: "
+            raise OpenLTHError(f"{rewind_path}: {k!r} has {leaked} nonzero weight(s) its mask prunes: "
                                "the state dict is not this level's rewind point")
     pruning = run.hparams.get("Pruning Hyperparameters", {})
     ignored = [run.key(k.strip()) for k in pruning.get("pruning_layers_to_ignore", "").split(",") if k.strip()]
@@ -359,12 +349,13 @@ def level_ticket(level: Level, run: Run) -> Ticket:
             "test_accuracy": final_test_accuracy(level.directory),
         },
         warnings=list(run.warnings),
-        dense={k: dense[k] for k in prunable},
+        dense=dict(run.dense),
     )
 
 
 def import_run(path: str | Path, *, dataset: str | None = None,
-               levels: set[int] | None = None, replicates: set[int] | None = None) -> list[tuple[Level, Ticket]]:
+               levels: Collection[int] | None = None,
+               replicates: Collection[int] | None = None) -> list[tuple[Level, Ticket]]:
     """Every level under `path` (or those in `levels`/`replicates`) as (level, ticket)."""
     found = find_levels(path)
     chosen = [lv for lv in found if (levels is None or lv.level in levels)

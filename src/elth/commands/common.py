@@ -141,6 +141,19 @@ def sparsity_arg(text: str) -> float:
     return value
 
 
+def index_list(what: str, example: str):
+    """An argparse type: comma-separated integers >= 0, as a tuple; `what` names them in errors."""
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} like {example}, got {text!r}") from None
+        if any(v < 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{what} are non-negative, got {text!r}")
+        return values
+    return parse
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from elth.commands.common import check_output_dir
+from elth.commands.common import check_output_dir, index_list
 from elth.open_lth import import_run
 from elth.tickets import save_ticket
 
@@ -32,23 +32,15 @@ Examples:
 """
 
 
-def _numbers(text: str) -> set[int]:
-    try:
-        values = {int(v) for v in text.split(",") if v.strip()}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a comma-separated list of integers such as 0,2,4, not {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"a comma-separated list of integers >= 0, not {text!r}")
-    return values
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="an open_lth lottery run folder (lottery_<hash>)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the ticket files")
     parser.add_argument("--dataset", metavar="NAME",
                         help="the elth dataset the run trained on (default: open_lth's dataset name)")
-    parser.add_argument("--levels", type=_numbers, metavar="K,K", help="only these levels (default: all)")
-    parser.add_argument("--replicates", type=_numbers, metavar="N,N", help="only these replicates (default: all)")
+    parser.add_argument("--levels", type=index_list("levels", "0,2,4"), metavar="K,K",
+                        help="only these levels (default: all)")
+    parser.add_argument("--replicates", type=index_list("replicates", "1,2"),
+                        metavar="N,N", help="only these replicates (default: all)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from elth.elastic import (
     replica_units,
     transform,
 )
-from elth.commands.common import check_output_file, seed_arg
+from elth.commands.common import check_output_file, index_list, seed_arg
 from elth.elastic.plan import model_view
 from elth.errors import ElthError
 from elth.masks import count
@@ -57,14 +57,7 @@ Examples:
 """
 
 
-def _unit_list(text: str) -> tuple[int, ...]:
-    try:
-        units = tuple(int(u) for u in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected unit indices like 1,2, got {text!r}") from None
-    if any(u < 0 for u in units):
-        raise argparse.ArgumentTypeError(f"unit indices are non-negative, got {text!r}")
-    return units
+_unit_list = index_list("unit indices", "1,2")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

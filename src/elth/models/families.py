@@ -23,19 +23,13 @@ import importlib.metadata
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 from elth.errors import ElthError
 
 PLUGINS_ENV = "ELTH_MODELS"
 ENTRY_POINT_GROUP = "elth.models"
-#: Kinds elth's own name forms use; a registered family may not take them.
-RESERVED_KINDS = ("cifar_resnet", "imagenet_resnet", "cifar_vgg", "mlp")
 _KIND = re.compile(r"[a-z][a-z0-9]*(?:_[a-z][a-z0-9]*)*")
-
-
-class Builder(Protocol):
-    def __call__(self, name: str, depth: int, width: int, input_shape: tuple[int, ...], num_classes: int): ...
 
 
 class FamilyError(ElthError, ValueError):
@@ -56,7 +50,13 @@ class ModelFamily:
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
+#: Kinds of elth's own name forms (`registry` reserves them): no registered family may take one.
+_reserved: set[str] = set()
 _plugins_loaded = False
+
+
+def reserve(kinds) -> None:
+    _reserved.update(kinds)
 
 
 def register_family(kind: str, build: Callable, *, default_width: int, description: str = "",
@@ -68,8 +68,8 @@ def register_family(kind: str, build: Callable, *, default_width: int, descripti
     """
     if not isinstance(kind, str) or not _KIND.fullmatch(kind):
         raise FamilyError(f"a family's kind is lowercase words joined by '_' (e.g. 'my_vit'), not {kind!r}")
-    if kind in RESERVED_KINDS:
-        raise FamilyError(f"{kind!r} is one of elth's own families ({', '.join(RESERVED_KINDS)})")
+    if kind in _reserved:
+        raise FamilyError(f"{kind!r} is one of elth's own families ({', '.join(sorted(_reserved))})")
     if not callable(build):
         raise FamilyError(f"family {kind!r}: its builder must be callable, got {type(build).__name__}")
     if isinstance(default_width, bool) or not isinstance(default_width, int) or default_width < 1:
@@ -90,6 +90,11 @@ def unregister_family(kind: str) -> None:
 
 def registered() -> list[ModelFamily]:
     return list(_FAMILIES.values())
+
+
+def family(kind: str) -> ModelFamily:
+    """The registered family of `kind` (a kind `parse_model_name` returned)."""
+    return _FAMILIES[kind]
 
 
 def match(name: str) -> tuple[ModelFamily, int, int | None] | None:

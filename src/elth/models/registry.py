@@ -57,7 +57,7 @@ class ModelSpec:
             return f"cifar_resnet (width {self.width})"
         if self.kind == "cifar_vgg":
             return "cifar_vgg with fully connected layers" if self.fc_layers > 1 else "cifar_vgg"
-        if self.kind in families.RESERVED_KINDS:
+        if self.kind in BUILTIN_KINDS:
             return self.kind
         return f"{self.kind} (width {self.width})"
 
@@ -68,6 +68,8 @@ _PATTERNS = (
     (re.compile(r"cifar_vgg_(\d+)(?:_fc(\d+))?"), "cifar_vgg"),
     (re.compile(r"mlp_(\d+)"), "mlp"),
 )
+BUILTIN_KINDS = tuple(kind for _, kind in _PATTERNS)
+families.reserve(BUILTIN_KINDS)
 
 
 def _unknown(name: str, why: str) -> UnknownModelError:
@@ -132,7 +134,7 @@ def parameter_bound(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: 
     MLPs: exact. Conv nets pool globally before their head, so only the input channels matter:
     at most (weight layers) x (3x3 conv and BN at the widest channel count) + a 7x7 stem + heads.
     """
-    if spec.kind not in families.RESERVED_KINDS:
+    if spec.kind not in BUILTIN_KINDS:
         return None
     if spec.kind == "mlp":
         d_in = math.prod(input_shape)
@@ -163,9 +165,7 @@ def _make(spec: ModelSpec, name: str, shape: tuple[int, ...], num_classes: int) 
         return CifarVGG(name, spec.depth, spec.fc_layers, shape, num_classes)
     if spec.kind == "mlp":
         return MLP(name, spec.depth, shape, num_classes)
-    found = families.match(name)
-    assert found is not None, name  # parse_model_name matched it
-    model = found[0].build(name, spec.depth, spec.width, shape, num_classes)
+    model = families.family(spec.kind).build(name, spec.depth, spec.width, shape, num_classes)
     if not isinstance(model, ElasticModel) or model.name != name:
         raise families.FamilyError(f"family {spec.kind!r}: its builder must return an ElasticModel named {name!r}, "
                                    f"got {type(model).__name__}" + (f" named {model.name!r}"
