@@ -1,4 +1,6 @@
 """Dynamic sparse training as experiment baselines (the paper's Tables 2 and 3)."""
+import dataclasses
+
 import pytest
 
 from elth.experiments import get_experiment, read_results, run_experiment
@@ -50,6 +52,25 @@ def test_dst_baselines_train_from_scratch_at_the_imp_sparsity(tmp_path):
     assert [r.network for r in c.rows] == ["mlp_3"] and c.rows[0].elth.method == "ett"
     assert c.elth_flops == pytest.approx(src.mask_cost_flops + src.train_flops + ett.train_flops)
     assert c.dst_flops == pytest.approx(rows[("dpf", "mlp_3", 1)].train_flops)
+
+
+def test_dpf_baselines_train_in_fused_groups_with_the_results_of_training_alone(tmp_path):
+    """DPF runs of one target (two levels x two seeds) train as one fused group, RigL's alone; the
+    MLPs train bit for bit as they would one by one (--fuse 1), so every row is the same."""
+    setup = _setup(members=("mlp_2", "mlp_3"), levels=(1, 2), seeds=2, baselines=("dpf", "rigl"),
+                   baseline_targets=("mlp_3",))
+    runs = {}
+    for fuse in (None, 1):
+        runs[fuse] = run_experiment(SMOKE, "smoke", root=tmp_path / f"store-{fuse}", out_dir=tmp_path / f"out-{fuse}",
+                                    setups=(setup,), threads=1, progress=False, fuse=fuse)
+    dpf_dirs = list((tmp_path / "store-None").glob("dst-*"))
+    assert len(dpf_dirs) == 8  # 4 DPF and 4 RigL runs
+    # Trainings in fused groups: 4 IMP runs (2 networks x 2 seeds), 4 ETT tickets and the 4 DPF runs.
+    assert runs[None].fused == 12 and runs[1].fused == 0
+    key = lambda r: (r.method, r.target, r.source, r.level, r.seed)
+    rows = {fuse: {key(r): dataclasses.replace(r, ticket="") for r in run.rows} for fuse, run in runs.items()}
+    assert rows[None] == rows[1]
+    assert sum(1 for k in rows[1] if k[0] == "dpf") == 4
 
 
 @pytest.mark.parametrize("name", ["dpf_table3", "rigl_table2"])

@@ -27,7 +27,9 @@ import torch
 import elth.training.loop as loop_module
 from elth.data import load_dataset
 from elth.files import CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE, RUN_FILE
+from elth.masks import count, count_for_sparsity
 from elth.models import build_model
+from elth.sparsity.dst import DPF, RigL
 from elth.training import Protocol, TrainingDiverged, train
 from elth.training.checkpoint import load_checkpoint
 from elth.training.fused import FusedNetwork, FusionError, Member, train_fused
@@ -362,3 +364,97 @@ def test_a_cpu_trains_wide_conv_nets_one_member_at_a_time_and_narrow_ones_four(d
                     device="cpu")
         assert sizes == expected, name
 
+
+
+# --- DPF (a controller) fused -------------------------------------------------------------------
+DPF_PROTOCOL = Protocol(length="2ep", batch_size=32, lr=0.05, milestones=("1ep",), warmup="5it")  # 90 steps
+DPF_SPARSITIES = (0.5, 0.8, 0.9)
+
+
+def dpf_controllers(sparsities=DPF_SPARSITIES, update_every: int = 4):
+    return [DPF(s, 90, update_every=update_every, end_fraction=0.75) for s in sparsities]
+
+
+def test_dpf_members_fused_train_bitwise_as_alone_and_save_their_own_state(digits, tmp_path):
+    models = [build_model("mlp_2", digits.info.input_shape, digits.info.num_classes, seed=i) for i in range(K)]
+    lone, fused = copy.deepcopy(models), copy.deepcopy(models)
+    lone_dpf, fused_dpf = dpf_controllers(), dpf_controllers()
+    for i in range(K):
+        train(lone[i], digits, DPF_PROTOCOL, data_seed=DATA_SEEDS[i], controller=lone_dpf[i], progress=False,
+              device="cpu", out_dir=tmp_path / "lone" / f"m{i}")
+    members = [Member(m, DATA_SEEDS[i], out_dir=tmp_path / "fused" / f"m{i}", controller=c)
+               for i, (m, c) in enumerate(zip(fused, fused_dpf))]
+    train_fused(members, digits, DPF_PROTOCOL, progress=False, device="cpu", members_at_once=K)
+    for i in range(K):
+        for key, value in lone[i].state_dict().items():
+            assert torch.equal(value, fused[i].state_dict()[key]), (i, key)
+        a, b = lone_dpf[i], fused_dpf[i]
+        assert all(torch.equal(x, y) for x, y in zip(a.masks, b.masks))
+        assert all(torch.equal(x, y) for x, y in zip(a.dense, b.dense))
+        assert a.weight_steps(90) == b.weight_steps(90)
+        kept, total = count(b.mask())
+        assert kept == count_for_sparsity(total, DPF_SPARSITIES[i])  # each member at its own sparsity
+        ca = load_checkpoint(tmp_path / "lone" / f"m{i}" / CHECKPOINT_FILE)
+        cb = load_checkpoint(tmp_path / "fused" / f"m{i}" / CHECKPOINT_FILE)
+        assert ca["key"] == cb["key"]  # the controller's settings are part of both keys
+        for part in ("masks", "dense"):
+            assert ca["controller"][part].keys() == cb["controller"][part].keys()
+            assert all(torch.equal(ca["controller"][part][n], cb["controller"][part][n]) for n in ca["controller"][part])
+        assert ca["controller"]["finished_weight_steps"] == cb["controller"]["finished_weight_steps"]
+
+
+def test_a_fused_dpf_member_resumes_alone_and_a_lone_checkpoint_resumes_fused(digits, tmp_path):
+    models = [build_model("mlp_1", digits.info.input_shape, digits.info.num_classes, seed=i) for i in range(2)]
+    reference = copy.deepcopy(models)
+    for i, c in enumerate(dpf_controllers(DPF_SPARSITIES[:2])):
+        train(reference[i], digits, DPF_PROTOCOL, data_seed=DATA_SEEDS[i], controller=c, progress=False, device="cpu")
+    # Both stop after epoch 1 (a checkpoint, mid-schedule: masks and dense weights in it), fused.
+    members = [Member(copy.deepcopy(m), DATA_SEEDS[i], out_dir=tmp_path / f"m{i}", controller=c)
+               for i, (m, c) in enumerate(zip(models, dpf_controllers(DPF_SPARSITIES[:2])))]
+    train_fused(members, digits, DPF_PROTOCOL, progress=False, device="cpu", end_step=45)
+    # Member 0 finishes alone; member 1 finishes fused beside a copy of itself whose first half ran alone.
+    again = copy.deepcopy(models[0])
+    train(again, digits, DPF_PROTOCOL, data_seed=DATA_SEEDS[0], controller=dpf_controllers(DPF_SPARSITIES[:1])[0],
+          out_dir=tmp_path / "m0", progress=False, device="cpu")
+    for key, value in reference[0].state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    ends = [copy.deepcopy(models[1]), copy.deepcopy(models[1])]
+    members = [Member(ends[0], DATA_SEEDS[1], out_dir=tmp_path / "m1", controller=dpf_controllers(DPF_SPARSITIES[1:2])[0]),
+               Member(ends[1], DATA_SEEDS[1], out_dir=tmp_path / "m1-copy", controller=dpf_controllers(DPF_SPARSITIES[1:2])[0])]
+    train(copy.deepcopy(models[1]), digits, DPF_PROTOCOL, data_seed=DATA_SEEDS[1], end_step=45,
+          controller=dpf_controllers(DPF_SPARSITIES[1:2])[0], out_dir=tmp_path / "m1-copy", progress=False, device="cpu")
+    train_fused(members, digits, DPF_PROTOCOL, progress=False, device="cpu")
+    for end in ends:
+        for key, value in reference[1].state_dict().items():
+            assert torch.equal(value, end.state_dict()[key]), key
+
+
+def test_members_with_controllers_that_cannot_fuse_are_refused(digits):
+    models = [build_model("mlp_1", digits.info.input_shape, digits.info.num_classes, seed=i) for i in range(2)]
+    with pytest.raises(FusionError, match="RigL"):
+        train_fused([Member(m, i, controller=RigL(0.5, 90)) for i, m in enumerate(models)], digits, DPF_PROTOCOL,
+                    progress=False, device="cpu")
+    with pytest.raises(FusionError, match="with and without"):
+        train_fused([Member(models[0], 0, controller=dpf_controllers()[0]), Member(models[1], 1)], digits,
+                    DPF_PROTOCOL, progress=False, device="cpu")
+    other = [DPF(0.5, 90, update_every=4), DPF(0.5, 90, update_every=8)]
+    with pytest.raises(FusionError, match="update interval"):
+        train_fused([Member(m, i, controller=c) for i, (m, c) in enumerate(zip(models, other))], digits, DPF_PROTOCOL,
+                    progress=False, device="cpu")
+
+
+def test_dpf_fused_on_a_resnet_matches_lone_runs_within_rounding(digits):
+    # Convolutions in channels_last: the members' parts of the fused weights are strided views.
+    protocol = Protocol(length="12it", batch_size=8, lr=0.02, milestones=(), warmup="2it")
+    models = [build_model("cifar_resnet_8_8", digits.info.input_shape, digits.info.num_classes, seed=i) for i in range(K)]
+    lone, fused = copy.deepcopy(models), copy.deepcopy(models)
+    lone_dpf, fused_dpf = ([DPF(s, 12, update_every=3, end_fraction=0.75) for s in DPF_SPARSITIES] for _ in range(2))
+    for i in range(K):
+        train(lone[i], digits, protocol, data_seed=DATA_SEEDS[i], controller=lone_dpf[i], progress=False, device="cpu")
+    train_fused([Member(m, DATA_SEEDS[i], controller=c) for i, (m, c) in enumerate(zip(fused, fused_dpf))],
+                digits, protocol, progress=False, device="cpu", members_at_once=K)
+    for i in range(K):
+        assert relative_distance(fused[i], lone[i]) < 1e-4
+        assert count(fused_dpf[i].mask())[0] == count(lone_dpf[i].mask())[0]
+        agree = sum(int((a == b).sum()) for a, b in zip(fused_dpf[i].masks, lone_dpf[i].masks))
+        assert agree >= 0.999 * sum(m.numel() for m in lone_dpf[i].masks)

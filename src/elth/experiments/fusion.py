@@ -6,7 +6,8 @@ The scheduler (`dag.py`) hands a worker a `GroupTask` of up to K such runs that 
 nobody holds; the worker takes their leases, trains them as one group (writing each training where
 the run's own job looks for it), then runs each member's own job, which finds its training done.
 So results, attempts and status records stay per run, and a group that fails leaves its members
-to train one by one. DST ticket runs (RigL, DPF) train alone.
+to train one by one. DST ticket runs of a method that fuses (DPF) group with runs of the same
+method and length on the same network (each at its own sparsity); RigL runs train alone.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from elth.experiments.jobs import (
     prepare_ticket_job,
     run_imp_group_job,
     settings,
+    train_dst_group_job,
     train_ticket_group_job,
 )
 from elth.experiments.spec import ImpRun
@@ -23,12 +25,14 @@ from elth.methods import method
 from elth.models import build_model
 from elth.training import default_device
 from elth.training.fused import default_group_size
+from elth.workflows.dst_training import FUSABLE_METHODS
 
 
 def fusable(kind: str, run) -> bool:
-    """Whether a run of the graph can train in a fused group (IMP runs, ticket runs other than DST, LMC runs)."""
+    """Whether a run of the graph can train in a fused group (IMP runs, ticket runs other than RigL, LMC runs)."""
     if kind == "ticket":
-        return method(run.method).dst is None
+        dst = method(run.method).dst
+        return dst is None or dst[0] in FUSABLE_METHODS
     return kind in ("imp", "lmc")
 
 
@@ -38,8 +42,9 @@ def network(run) -> str:
 
 
 def fusion_key(kind: str, ctx: Context, run) -> tuple:
-    """Runs with equal keys may train together: same kind, context (dataset, protocol, device) and network."""
-    return kind, ctx, network(run)
+    """Runs with equal keys may train together: same kind, context (dataset, protocol, device) and
+    network; ticket runs also the same DST method and length (None for the others)."""
+    return kind, ctx, network(run), method(run.method).dst if kind == "ticket" else None
 
 
 def group_size(ctx: Context, lookup: Context, target: str, fuse: int | None) -> int:
@@ -61,7 +66,9 @@ def train_imp_runs(ctx: Context, members: list[tuple], size: int) -> int:
 
 def train_ticket_runs(ctx: Context, members: list[tuple], size: int) -> int:
     """Make the tickets of ticket runs (`members`: each run's job arguments (run, basis, like)) and
-    train them in fused groups of `size`; the number of trainings."""
+    train them in fused groups of `size` (DST runs: train them from scratch); the number of trainings."""
+    if method(members[0][0].method).dst is not None:
+        return train_dst_group_job(ctx, [(run, like) for run, _, like in members], size)
     items = [(prepare_ticket_job(ctx, run, basis, like), run.seed) for run, basis, like in members]
     return train_ticket_group_job(ctx, members[0][0].target, items, size)
 

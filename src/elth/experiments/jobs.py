@@ -8,7 +8,6 @@ back instead of trained again and an interrupted one resumes from its checkpoint
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from elth.tickets import Ticket, load_ticket, save_ticket
 from elth.training import Protocol, TrainingDiverged, default_rewind, preset
 from elth.transfer import to_dataset
 from elth.workflows.baseline_tickets import permute_ticket_mask, prune_ticket
-from elth.workflows.dst_training import train_dst
+from elth.workflows.dst_training import train_dst, train_dst_group
 from elth.workflows.imp import IMPConfig, imp_run_dir, level_dir, run_imp
 from elth.workflows.imp_groups import run_imp_together
 from elth.workflows.ticket_groups import train_tickets
@@ -326,6 +325,19 @@ def train_ticket_group_job(ctx: Context, target: str, items: list[tuple[str, int
     return len(tickets)
 
 
+def train_dst_group_job(ctx: Context, runs: list[tuple[TicketRun, LevelCost]], group_size: int) -> int:
+    """Train the DST runs `runs` ((run, the target's IMP level whose sparsity it matches); one
+    target and method) in fused groups of `group_size`, where `_dst_outcome` would train them
+    alone, so the runs' jobs find them trained. The number of trainings."""
+    first = runs[0][0]
+    s = settings(ctx, first.target)
+    algorithm, multiplier = method(first.method).dst
+    train_dst_group(first.target, s.data, s.protocol, algorithm, [(like.sparsity, run.seed, run.seed) for run, like in runs],
+                    group_size=group_size, root=ctx.root, device=ctx.device, progress=ctx.progress,
+                    multiplier=multiplier)
+    return len(runs)
+
+
 def _train_ticket_run(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost, directory: Path) -> TicketOutcome:
     s = settings(ctx, run.target)
     if method(run.method).dst is not None:
@@ -349,14 +361,13 @@ def _train_ticket_run(ctx: Context, run: TicketRun, basis: LevelCost, like: Leve
 
 def _dst_outcome(ctx: Context, s: ModelSettings, run: TicketRun, like: LevelCost) -> TicketOutcome:
     """RigL or DPF from scratch on the target, to the sparsity of the target's IMP ticket `like`."""
-    start = time.time()
     algorithm, multiplier = method(run.method).dst
     res = train_dst(run.target, s.data, s.protocol, algorithm, like.sparsity, seed=run.seed, data_seed=run.seed,
                     root=ctx.root, device=ctx.device, progress=ctx.progress, multiplier=multiplier)
     return TicketOutcome(
         sparsity=res.sparsity, accuracy=res.test_accuracy, train_steps=res.train_steps,
         train_flops=res.training_flops, mask_cost_flops=0.0, ticket=str(res.ticket_path),
-        seconds=time.time() - start,
+        seconds=float(res.seconds),  # the training's own time (in a fused group: the group's)
     )
 
 

@@ -83,13 +83,18 @@ class SGDStep:
         (loss if scale == 1.0 else loss * scale).backward()
         if self.masker is not None:
             self.masker.apply_to_gradients()
-        if self.controller is None:
-            self.optimizer.step()
-        else:
-            if self.controller.after_backward(step):
-                self.optimizer.step()
-            self.controller.after_step(step)
+        controlled_step(self.optimizer, self.controller, step)
         return loss, logits, y
+
+
+def controlled_step(optimizer, controller: TrainingController | None, step: int) -> None:
+    """The optimiser's update of global step `step` with a controller's hooks around it (if any)."""
+    if controller is None:
+        optimizer.step()
+        return
+    if controller.after_backward(step):
+        optimizer.step()
+    controller.after_step(step)
 
 
 class EpochBatches:

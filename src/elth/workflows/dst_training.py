@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 
@@ -23,7 +24,8 @@ from elth.sparsity.dst.densities import DISTRIBUTIONS, DSTError, layer_densities
 from elth.sparsity.dst.dpf import DPF
 from elth.sparsity.dst.rigl import RigL
 from elth.tickets import from_model, save_ticket
-from elth.training import PRECISIONS, train
+from elth.training import PRECISIONS, TrainingDiverged, train
+from elth.training.fused import Member, train_fused
 from elth.training.protocol import scale_steps
 
 METHODS = ("rigl", "dpf")
@@ -126,6 +128,95 @@ def dst_hparams(model_name: str, data, protocol, method: str, sparsity: float, o
     }
 
 
+@dataclass
+class _Planned:
+    """A DST run ready to train: its model (starting weights), controller and run directory."""
+
+    model_name: str
+    method: str
+    options: dict
+    sparsity: float
+    seed: int
+    data_seed: int
+    precision: str
+    model: torch.nn.Module
+    controller: object
+    protocol: object
+    excluded: list[str]
+    run: Path | None
+    label: str
+
+
+def _plan(model_name: str, data, protocol, method: str, sparsity: float, seed: int, data_seed: int, root,
+          precision: str, method_options: dict) -> _Planned | DSTResult:
+    """The checked settings of a DST run; its recorded result when it finished before."""
+    options = resolve_options(method, method_options)
+    if precision not in PRECISIONS:
+        raise DSTError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if not 0.0 <= sparsity < 1.0:  # NaN fails this too
+        raise DSTError(f"sparsity must be at least 0 and below 1, got {sparsity}")
+    check_seed(data_seed, "data seed")
+    info = data.info
+    model = build_model(model_name, info.input_shape, info.num_classes, seed=seed)
+    excluded = excluded_names(model, None if options["exclude"] is None else list(options["exclude"]))
+    scaled = scale_protocol(protocol, options["multiplier"])
+    total = scaled.total_steps(data.iterations_per_epoch(scaled.batch_size))
+    controller = make_controller(method, sparsity, total, options, seed)
+    # A sparsity the dense (excluded) layers make impossible fails here, before any run directory.
+    layer_densities(model, 1.0 - sparsity, options.get("distribution", "uniform"), options["exclude"])
+    run = None
+    if root is not None:
+        hp = dst_hparams(model_name, data, scaled, method, sparsity, options, excluded, seed, data_seed, precision)
+        run = run_dir(root, "dst", hp)
+        done = read_record(run / RESULT_FILE, DSTResult.from_dict)
+        if done is not None:
+            return done
+    return _Planned(model_name, method, options, float(sparsity), int(seed), int(data_seed), precision, model,
+                    controller, scaled, excluded, run, method_label(method, options))
+
+
+def _finish(p: _Planned, result, data, protocol) -> DSTResult:
+    """The result of a trained DST run (FLOPs priced); with a run directory, its ticket and result.json."""
+    model, controller, info = p.model, p.controller, data.info
+    total, batch = p.protocol.total_steps(data.iterations_per_epoch(p.protocol.batch_size)), p.protocol.batch_size
+    mask = controller.mask()
+    kept, prunable = count(mask)
+    dense_macs = forward_macs(model)
+    if p.method == "rigl":
+        flops = rigl_training_flops(forward_macs(model, mask), dense_macs, total, batch,
+                                    controller.update_every, controller.end_step)
+    else:
+        positions = weight_positions(model)
+        weight_steps = controller.weight_steps(total)
+        sparse_sum = sum(positions[n] * weight_steps[n] for n in positions)
+        flops = dpf_training_flops(sparse_sum, dense_macs, total, batch)
+    dense_flops = training_flops(dense_macs, protocol.total_steps(data.iterations_per_epoch(protocol.batch_size)),
+                                 protocol.batch_size)
+    out = DSTResult(
+        method=p.method, model=p.model_name, dataset=info.name, sparsity=1.0 - kept / prunable,
+        test_accuracy=float(result.test_accuracy), test_loss=float(result.test_loss), train_steps=total,
+        training_flops=flops, dense_training_flops=dense_flops, seconds=result.seconds,
+    )
+    if p.run is not None:
+        provenance = {
+            "method": p.method,
+            "description": f"{p.label} training of {p.model_name} from scratch to {100 * out.sparsity:.2f}% sparsity "
+                           f"({total} steps)",
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.options.items()},
+            "excluded": list(p.excluded), "requested_sparsity": p.sparsity, "sparsity": out.sparsity,
+            "kept": kept, "prunable": prunable, "test_accuracy": out.test_accuracy,
+            "training_flops": flops, "seed": p.seed, "data_seed": p.data_seed, "precision": p.precision,
+        }
+        ticket = from_model(model, info, mask, rewind_step=total, rewind=f"{total}it", protocol=p.protocol.to_dict(),
+                            provenance=provenance, keep_dense=False)
+        if p.method == "dpf":
+            dense = controller.dense_weights()
+            ticket.dense = {n: dense[n] if n in dense else ticket.state[n].clone() for n in ticket.mask}
+        out.ticket_path = str(save_ticket(ticket, p.run / TICKET_FILE))
+        write_json_atomic(p.run / RESULT_FILE, out.to_dict())
+    return out
+
+
 def train_dst(
     model_name: str,
     data,
@@ -149,73 +240,57 @@ def train_dst(
     With `root`, the run lives in `root/dst-<hash>/` (train/ checkpoints, ticket.safetensors,
     result.json): a finished run is returned as recorded, an interrupted one resumes exactly.
     """
-    options = resolve_options(method, method_options)
-    if precision not in PRECISIONS:
-        raise DSTError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if not 0.0 <= sparsity < 1.0:  # NaN fails this too
-        raise DSTError(f"sparsity must be at least 0 and below 1, got {sparsity}")
-    check_seed(data_seed, "data seed")
-    info = data.info
-    model = build_model(model_name, info.input_shape, info.num_classes, seed=seed)
-    excluded = excluded_names(model, None if options["exclude"] is None else list(options["exclude"]))
-    scaled = scale_protocol(protocol, options["multiplier"])
-    batch = scaled.batch_size
-    ipe = data.iterations_per_epoch(batch)
-    total = scaled.total_steps(ipe)
-    controller = make_controller(method, sparsity, total, options, seed)
-    # A sparsity the dense (excluded) layers make impossible fails here, before any run directory.
-    layer_densities(model, 1.0 - sparsity, options.get("distribution", "uniform"), options["exclude"])
-
-    run = None
-    if root is not None:
-        hp = dst_hparams(model_name, data, scaled, method, sparsity, options, excluded, seed, data_seed, precision)
-        run = run_dir(root, "dst", hp)
-        done = read_record(run / RESULT_FILE, DSTResult.from_dict)
-        if done is not None:
-            return done
-
-    label = method_label(method, options)
+    p = _plan(model_name, data, protocol, method, sparsity, seed, data_seed, root, precision, method_options)
+    if isinstance(p, DSTResult):
+        return p
     result = train(
-        model, data, scaled, data_seed=data_seed, out_dir=None if run is None else run / TRAIN_DIR,
-        eval_every=eval_every, precision=precision, device=device, progress=progress, controller=controller,
-        desc=f"{model_name} {label} {100 * sparsity:.1f}%",
+        p.model, data, p.protocol, data_seed=data_seed, out_dir=None if p.run is None else p.run / TRAIN_DIR,
+        eval_every=eval_every, precision=precision, device=device, progress=progress, controller=p.controller,
+        desc=f"{model_name} {p.label} {100 * sparsity:.1f}%",
     )
-    mask = controller.mask()
-    kept, prunable = count(mask)
-    dense_macs = forward_macs(model)
-    if method == "rigl":
-        flops = rigl_training_flops(forward_macs(model, mask), dense_macs, total, batch,
-                                    controller.update_every, controller.end_step)
-    else:
-        positions = weight_positions(model)
-        weight_steps = controller.weight_steps(total)
-        sparse_sum = sum(positions[n] * weight_steps[n] for n in positions)
-        flops = dpf_training_flops(sparse_sum, dense_macs, total, batch)
-    dense_flops = training_flops(dense_macs, protocol.total_steps(data.iterations_per_epoch(protocol.batch_size)),
-                                 protocol.batch_size)
-    out = DSTResult(
-        method=method, model=model_name, dataset=info.name, sparsity=1.0 - kept / prunable,
-        test_accuracy=float(result.test_accuracy), test_loss=float(result.test_loss), train_steps=total,
-        training_flops=flops, dense_training_flops=dense_flops, seconds=result.seconds,
-    )
-    if run is not None:
-        provenance = {
-            "method": method,
-            "description": f"{label} training of {model_name} from scratch to {100 * out.sparsity:.2f}% sparsity "
-                           f"({total} steps)",
-            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
-            "excluded": list(excluded), "requested_sparsity": float(sparsity), "sparsity": out.sparsity,
-            "kept": kept, "prunable": prunable, "test_accuracy": out.test_accuracy,
-            "training_flops": flops, "seed": int(seed), "data_seed": int(data_seed), "precision": precision,
-        }
-        ticket = from_model(model, info, mask, rewind_step=total, rewind=f"{total}it", protocol=scaled.to_dict(),
-                            provenance=provenance, keep_dense=False)
-        if method == "dpf":
-            dense = controller.dense_weights()
-            ticket.dense = {n: dense[n] if n in dense else ticket.state[n].clone() for n in ticket.mask}
-        out.ticket_path = str(save_ticket(ticket, run / TICKET_FILE))
-        write_json_atomic(run / RESULT_FILE, out.to_dict())
-    return out
+    return _finish(p, result, data, protocol)
+
+
+#: Methods whose runs can train as one fused network (their controller class has `fuse`).
+FUSABLE_METHODS = ("dpf",)
+
+
+def train_dst_group(
+    model_name: str,
+    data,
+    protocol,
+    method: str,
+    runs: list[tuple[float, int, int]],
+    *,
+    group_size: int,
+    root: str | os.PathLike | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    precision: str = "fp32",
+    **method_options,
+) -> list[DSTResult | TrainingDiverged]:
+    """`train_dst` for several runs of one model, method and options, `runs` = (sparsity, seed,
+    data seed) each, trained at most `group_size` at once as one fused network (DPF; see
+    `elth.training.fused`). Each run lives where `train_dst` puts it, so `train_dst` finds it
+    finished (or resumes it); results in the given order (a diverged run: its `TrainingDiverged`)."""
+    if method not in FUSABLE_METHODS:
+        raise DSTError(f"{method} runs cannot train fused; only {', '.join(FUSABLE_METHODS)} runs can")
+    if group_size < 1:
+        raise DSTError(f"group size must be at least 1, got {group_size}")
+    planned = [_plan(model_name, data, protocol, method, s, seed, ds, root, precision, method_options)
+               for s, seed, ds in runs]
+    results: list[DSTResult | TrainingDiverged | None] = [p if isinstance(p, DSTResult) else None for p in planned]
+    todo = [i for i, p in enumerate(planned) if not isinstance(p, DSTResult)]
+    for first in range(0, len(todo), group_size):
+        chunk = todo[first : first + group_size]
+        members = [Member(planned[i].model, planned[i].data_seed, out_dir=None if planned[i].run is None
+                          else planned[i].run / TRAIN_DIR, controller=planned[i].controller) for i in chunk]
+        label = planned[chunk[0]].label
+        trained = train_fused(members, data, planned[chunk[0]].protocol, precision=precision, device=device,
+                              progress=progress, eval_every=None, desc=f"{model_name} {label} x{len(chunk)} fused")
+        for i, result in zip(chunk, trained):
+            results[i] = result if isinstance(result, TrainingDiverged) else _finish(planned[i], result, data, protocol)
+    return results
 
 
 def method_label(method: str, options: dict) -> str:

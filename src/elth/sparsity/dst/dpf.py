@@ -14,9 +14,36 @@ from elth.sparsity.dst.common import (
 )
 from elth.sparsity.dst.densities import DSTError, param_shapes
 from elth.training import distributed
+from elth.training.fused.network import FusedNetwork, FusionError, member_parts
 
 
-class DPF(MaskController):
+class DenseFeedbackSteps:
+    """DPF's work around every optimiser step, for anything with `params` (the sparse layers'
+    weights, holding m * W), `dense` (W), `layouts` (m) and `is_update_point`/`update`."""
+
+    params: list[torch.Tensor]
+    dense: list[torch.Tensor]
+    layouts: list[torch.Tensor]
+
+    @torch.no_grad()
+    def after_backward(self, step: int) -> bool:
+        # The gradient was taken at m * W; the optimiser applies it to the dense W.
+        if self.params:
+            torch._foreach_copy_(self.params, self.dense)
+        return True
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        if not self.params:
+            return
+        torch._foreach_copy_(self.dense, self.params)
+        progress = step + 1
+        if self.is_update_point(progress):
+            self.update(progress)
+        torch._foreach_mul_(self.params, self.layouts)
+
+
+class DPF(DenseFeedbackSteps, MaskController):
     """Dynamic pruning with feedback as a `TrainingController` (described in `elth.sparsity.dst`)."""
 
     method = "dpf"
@@ -55,23 +82,6 @@ class DPF(MaskController):
         self._refresh_layouts()
         self.segment_start = 0
         self.finished_weight_steps = {n: 0 for n in self.names}
-
-    @torch.no_grad()
-    def after_backward(self, step: int) -> bool:
-        # The gradient was taken at m * W; the optimiser applies it to the dense W.
-        if self.params:
-            torch._foreach_copy_(self.params, self.dense)
-        return True
-
-    @torch.no_grad()
-    def after_step(self, step: int) -> None:
-        if not self.params:
-            return
-        torch._foreach_copy_(self.dense, self.params)
-        progress = step + 1
-        if self.is_update_point(progress):
-            self.update(progress)
-        torch._foreach_mul_(self.params, self.layouts)
 
     @torch.no_grad()
     def update(self, progress: int) -> None:
@@ -123,3 +133,55 @@ class DPF(MaskController):
             "method": self.method, "sparsity": self.sparsity, "total_steps": self.total_steps,
             "update_every": self.update_every, "end_fraction": self.end_fraction, "excluded": list(self.excluded),
         }
+
+    @classmethod
+    def fuse(cls, controllers: list["DPF"], net: FusedNetwork) -> "FusedDPF":
+        """The controllers of a fused group's members (each attached to its own model) as one
+        controller of the fused network `net` (see `FusedDPF`)."""
+        return FusedDPF(controllers, net)
+
+
+class FusedDPF(DenseFeedbackSteps):
+    """DPF for the K members of a fused network, each exactly as its own `DPF` would train it.
+
+    The copies and the mask multiply of every step run once over the fused tensors. Each member's
+    controller keeps its state (masks, schedule, FLOPs counts) and sees its part of the fused
+    weights and dense weights as views, so its own `update` computes its member's mask (a member's
+    global top-k, at its own sparsity) and its own `state_dict` is what its checkpoint needs.
+    Members share the mask-update schedule (total steps, interval, end) and the sparse layers.
+    """
+
+    def __init__(self, controllers: list[DPF], net: FusedNetwork):
+        first = controllers[0]
+        schedule = {(c.total_steps, c.update_every, c.end_step, tuple(c.names)) for c in controllers}
+        if len(schedule) != 1:
+            raise FusionError("DPF runs train fused only with the same steps, update interval, end and sparse layers")
+        if len(controllers) != net.k:
+            raise FusionError(f"{len(controllers)} DPF controllers for {net.k} fused members")
+        self.members, self.k, self.first = controllers, net.k, first
+        fused = dict(net.net.named_parameters())
+        self.params = [fused[n] for n in first.names]
+        shapes = [first.shapes[n] for n in first.names]
+        with torch.no_grad():
+            self.dense = [torch.empty_like(p) for p in self.params]
+            self.layouts = [torch.empty_like(p) for p in self.params]
+        for j, (p, d, shape) in enumerate(zip(self.params, self.dense, shapes)):
+            param_parts, dense_parts = member_parts(p, self.k, shape), member_parts(d, self.k, shape)
+            for i, c in enumerate(controllers):
+                dense_parts[i].copy_(c.dense[j])  # a resumed member's dense weights (its weights hold m * W)
+                c.params[j], c.dense[j] = param_parts[i], dense_parts[i]
+        self._refresh_layouts()
+
+    def _refresh_layouts(self) -> None:
+        for j, (layout, name) in enumerate(zip(self.layouts, self.first.names)):
+            for part, c in zip(member_parts(layout, self.k, self.first.shapes[name]), self.members):
+                part.copy_(c.masks[j])
+
+    def is_update_point(self, progress: int) -> bool:
+        return self.first.is_update_point(progress)
+
+    def update(self, progress: int) -> None:
+        """Every member's own mask update, then the fused layouts."""
+        for c in self.members:
+            c.update(progress)
+        self._refresh_layouts()

@@ -26,7 +26,11 @@ other member, so the group trains on.
 Over several ranks (torchrun) every rank trains the fused network (DDP) on its share of each
 member's batch, as `train` does for one model.
 
-Not fused: controllers (RigL, DPF) and per-step callbacks; those runs train with `train`.
+A member may bring a controller (dynamic sparse training) as `train(..., controller=)` takes one.
+Its class must know how to step the members' controllers together (`fuse(controllers, net)`, as
+DPF's does); the members' controllers keep their own state, saved in each member's checkpoint as
+`train` saves it, so a fused run and a lone one resume each other's checkpoints. Controllers
+without `fuse` (RigL) and per-step callbacks are not fused; those runs train with `train`.
 """
 from __future__ import annotations
 
@@ -50,7 +54,14 @@ from elth.training.metrics import GroupStats
 from elth.training.progress import Progress
 from elth.training.protocol import LRSchedule, Protocol
 from elth.training.resume import RunFiles, TrainResult, run_key
-from elth.training.step import DivergenceCheck, TrainingDiverged, examples_in_batch, steps_by_epoch
+from elth.training.step import (
+    DivergenceCheck,
+    TrainingController,
+    TrainingDiverged,
+    controlled_step,
+    examples_in_batch,
+    steps_by_epoch,
+)
 
 
 @dataclass
@@ -61,6 +72,8 @@ class Member:
     data_seed: int = 0
     mask: dict[str, torch.Tensor] | None = None
     out_dir: str | Path | None = None
+    #: A `TrainingController` not yet attached (its class fuses controllers; see the module's docstring).
+    controller: TrainingController | None = None
 
 
 @dataclass
@@ -119,13 +132,14 @@ def train_fused(
         try:
             return [train(m.model, data, protocol, data_seed=m.data_seed, start_step=start_step, end_step=end_step,
                           mask=m.mask, out_dir=m.out_dir, eval_every=eval_every, precision=precision, device=device,
-                          progress=progress, desc=desc, eval_batch_size=eval_batch_size)]
+                          progress=progress, desc=desc, eval_batch_size=eval_batch_size, controller=m.controller)]
         except TrainingDiverged as e:
             return [e]
     if members_at_once is None:
         members_at_once = len(members) if device.type != "cpu" else cpu_members_at_once(members[0].model)
     if members_at_once < 1:
         raise FusionError(f"members_at_once must be at least 1, got {members_at_once}")
+    _check_controllers([m.controller for m in members])
     runs = [_prepare(m, data, protocol, start_step, end, precision, device) for m in members]
     pending = [r for r in runs if r.result is None]
     for step in sorted({r.step for r in pending}):
@@ -137,20 +151,37 @@ def train_fused(
     return [r.result for r in runs]
 
 
+def _check_controllers(controllers: list[TrainingController | None]) -> None:
+    """Members train together with no controller or with controllers of one class that fuses them."""
+    given = [c for c in controllers if c is not None]
+    if not given:
+        return
+    if len(given) != len(controllers):
+        raise FusionError("members with and without a controller cannot train in one fused group")
+    kinds = {type(c) for c in given}
+    if len(kinds) != 1 or not hasattr(type(given[0]), "fuse"):
+        names = ", ".join(sorted(k.__name__ for k in kinds))
+        raise FusionError(f"controllers of {names} cannot train fused (their class has no `fuse`)")
+
+
 def _prepare(member: Member, data, protocol: Protocol, start_step: int, end: int, precision: str, device) -> _Run:
-    """As `train` begins a run: the model on the device, masked, and resumed from its checkpoint
-    (a finished run gets its result and is left out)."""
-    model = member.model
+    """As `train` begins a run: the model on the device, masked, its controller attached, and
+    resumed from its checkpoint (a finished run gets its result and is left out)."""
+    model, controller = member.model, member.controller
+    if controller is not None and member.mask is not None:
+        raise ElthError("give either a fixed mask or a controller that manages the sparsity, not both")
     place_model(model, device)
     if member.mask is not None:
         GradientMask(model, member.mask).apply_to_weights()
+    optimizer = make_optimizer(model, protocol)
+    if controller is not None:
+        controller.attach(model, optimizer)
     run = _Run(member, start_step)
     if member.out_dir is None:
         return run
-    key = run_key(model, protocol, data, member.data_seed, member.mask, precision, None)
+    key = run_key(model, protocol, data, member.data_seed, member.mask, precision, controller)
     run.files = RunFiles(member.out_dir, key, model, start_step)
-    optimizer = make_optimizer(model, protocol)
-    resumed = run.files.resume(model, optimizer, None, end)
+    resumed = run.files.resume(model, optimizer, controller, end)
     if resumed is not None:
         run.step, run.seconds_before, run.result = resumed.step, resumed.seconds, resumed.result
         run.optimizer_state = optimizer.state_dict()
@@ -233,6 +264,9 @@ class _Group:
             self.net.to_channels_last()
         fused_mask = _fused_mask(self.net, [r.member.mask for r in runs])
         self.masker = GradientMask(self.net, fused_mask) if fused_mask is not None else None
+        controllers = [r.member.controller for r in runs]
+        # The members' controllers, attached to their own models, now step the fused network's tensors.
+        self.controller = type(controllers[0]).fuse(controllers, self.net) if controllers[0] is not None else None
         self.optimizer = MemberSGD(self.net, models[0], protocol)
         self.optimizer.load_member_state_dicts([r.optimizer_state for r in runs])
         self.schedule = LRSchedule(protocol, ipe)
@@ -250,7 +284,7 @@ class _Group:
         (losses.sum() if scale == 1.0 else losses.sum() * scale).backward()
         if self.masker is not None:
             self.masker.apply_to_gradients()
-        self.optimizer.step()
+        controlled_step(self.optimizer, self.controller, step)
         return losses, logits
 
     def _batches(self, epoch: int, first: int):
@@ -316,7 +350,7 @@ class _Group:
                 if r.files is not None and i not in divergence.errors:
                     r.files.save(
                         step, reports[i].clock.total(), _StateView(lambda i=i: net.member_state(i)),
-                        _StateView(lambda i=i: self.optimizer.member_state_dict(i)), None,
+                        _StateView(lambda i=i: self.optimizer.member_state_dict(i)), r.member.controller,
                         results[i] if results is not None else None,
                     )
 

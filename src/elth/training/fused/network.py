@@ -188,3 +188,9 @@ def stack_members(tensors: list[torch.Tensor], like: torch.Tensor) -> torch.Tens
 def member_slice(t: torch.Tensor, k: int, shape: tuple[int, ...], index: int) -> torch.Tensor:
     """Member `index`'s part of the fused tensor `t` (K members), in the member's `shape`."""
     return t.detach().reshape(k, *shape)[index]
+
+
+def member_parts(t: torch.Tensor, k: int, shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """The K members' parts of the fused tensor `t` as views in the members' `shape`: what is
+    written into a part lands in `t` (as `member_slice`, but never a copy)."""
+    return [part.view(shape) for part in t.detach().unflatten(0, (k, -1)).unbind(0)]
