@@ -210,3 +210,26 @@ def test_table3_claim_pairs_ett_with_dpf_by_seed():
     v = judge(claim, rows, [])
     assert v.cells == 1 and v.outcome == "confirmed"
     assert v.difference.differences == pytest.approx((0.002, -0.001, 0.0))
+
+
+def test_fig3_claims_take_the_best_control_from_50_percent_and_snip_extra_apart():
+    controls, snip_extra = claims_of("ett_baselines")
+    rows, r20, r32 = [], "cifar_resnet_20_8", "cifar_resnet_32_8"
+
+    def baseline(method, level, sparsity, seed, accuracy):
+        return Row("x", "cpu", "fashion_mnist", r32, method, r20, "appending", level, sparsity, seed, accuracy, 100,
+                   10.0, 0.0, "t")
+
+    for seed in (0, 1, 2):
+        rows += _imp_rows(r32, seed, [0.90, 0.90, 0.89, 0.88, 0.87])
+        for level, sparsity in ((1, 0.2), (4, 0.5904)):
+            rows.append(_ett(r32, r20, "appending", level, sparsity, seed, 0.880))
+            # SNIP-extra level with ETT (+-0.1 points by seed); the controls lower, the best 1 point lower
+            # from 50% on, but above ETT at 20% sparsity (below the figure's range)
+            rows.append(baseline("snip-extra", level, sparsity, seed, 0.880 + 0.001 * (seed - 1)))
+            rows.append(baseline("ett-reinit", level, sparsity, seed, 0.890 if level == 1 else 0.870))
+            rows.append(baseline("ett-random", level, sparsity, seed, 0.860))
+    c, s = judge(controls, rows, []), judge(snip_extra, rows, [])
+    assert c.cells == 1 and c.difference.differences == pytest.approx((0.01, 0.01, 0.01)) and c.outcome == "confirmed"
+    assert s.cells == 2 and s.difference.differences == pytest.approx((0.001, 0.0, -0.001))
+    assert s.outcome == "inconclusive"
