@@ -245,6 +245,28 @@ def test_an_os_error_during_work_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "elth inspect: error: runs/x/checkpoint.pt: no space left on the device\n"
 
 
+def test_sigterm_stops_a_command_as_ctrl_c_does():
+    """`kill` (SIGTERM) unwinds the command like Ctrl-C (leases released, attempts recorded): one line, status 143."""
+    script = """
+import os, signal, sys
+import elth.commands.inspect as inspect_command
+from elth.cli import main
+
+def killed(args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    print("not reached: the signal raises in the command", flush=True)
+
+inspect_command.run = killed
+code = main(["inspect", "x.safetensors"])
+assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # as it was before
+sys.exit(code)
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 143, p.stderr
+    assert p.stdout == ""
+    assert p.stderr == "elth inspect: terminated (finished work is kept; run again to resume)\n"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not stop root")
 def test_a_directory_without_write_permission_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     locked = tmp_path / "locked"
