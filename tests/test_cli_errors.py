@@ -1,4 +1,4 @@
-"""Every bad input to the `elth` CLI: exit status 2, one line on stderr, no traceback, nothing written.
+"""Every bad input to the `elth` CLI: exit status 2, one line on stderr, no traceback, nothing written or printed.
 
 Each case runs the real CLI in its own process (`cli_runner.py` forks one per case after a single
 torch import) in a fresh copy of a workspace holding a ticket, a regular file `afile`, an empty
@@ -110,6 +110,10 @@ CASES = [
      "the recorded data seed must be an integer"),
     ("inspect a directory", ["inspect", "adir"], "adir: is a directory, not a ticket file"),
     ("report: broken line 3", ["report", "broken"], "results.jsonl, line 3: unreadable results row"),
+    ("report --index of a missing folder", ["report", "--index", "nowhere"], "nowhere: no such directory"),
+    ("import-open-lth of a file", ["import-open-lth", "afile", "--out", "imported"], "afile: a file, not a directory"),
+    ("transform --dataset unknown, checked first", [*TRANSFORM, "--dataset", "cifar11", "-o", "y.safetensors"],
+     "unknown dataset 'cifar11'"),
     ("report: damaged experiment.json", ["report", "badmeta"],
      "experiment.json: a damaged record (not JSON); write it again with `elth experiment NAME --report-only`"),
     # argument problems
@@ -143,6 +147,9 @@ CASES = [
      "required: --model (--modle is not an option of elth train; did you mean --model?)"),
     ("unknown model", ["train", "--model", "mlp_x", "--dataset", "digits"], "unknown model 'mlp_x'"),
 ]
+
+#: Cases found out once the command has printed what it is about to do (the model must be built first).
+HEADER_FIRST = {"dst --sparsity 0.99999"}
 
 
 def _write_ticket_with(path: Path, source: Path, change) -> None:
@@ -222,6 +229,8 @@ def test_bad_input_is_one_clear_line(outcomes, name, argv, message):
     command = argv[0] if argv[0] != "trian" else ""
     assert lines[0].startswith(f"elth {command}: error: " if command else "elth: error: "), lines[0]
     assert message in lines[0]
+    if name not in HEADER_FIRST:
+        assert result["stdout"] == "", "nothing is printed as if work had begun"
     assert after == before, f"files changed: {sorted(set(after) ^ set(before))}"
 
 
