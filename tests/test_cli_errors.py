@@ -1,4 +1,4 @@
-"""Every bad input to the `elth` CLI: exit status 2, one line on stderr, no traceback, nothing written.
+"""Every bad input to the `elth` CLI: exit status 2, one line on stderr, no traceback, nothing written or printed.
 
 Each case runs the real CLI in its own process (`cli_runner.py` forks one per case after a single
 torch import) in a fresh copy of a workspace holding a ticket, a regular file `afile`, an empty
@@ -110,12 +110,22 @@ CASES = [
      "the recorded data seed must be an integer"),
     ("inspect a directory", ["inspect", "adir"], "adir: is a directory, not a ticket file"),
     ("report: broken line 3", ["report", "broken"], "results.jsonl, line 3: unreadable results row"),
+    ("report --index of a missing folder", ["report", "--index", "nowhere"], "nowhere: no such directory"),
+    ("import-open-lth of a file", ["import-open-lth", "afile", "--out", "imported"], "afile: a file, not a directory"),
+    ("transform --dataset unknown, checked first", [*TRANSFORM, "--dataset", "cifar11", "-o", "y.safetensors"],
+     "unknown dataset 'cifar11'"),
     ("report: damaged experiment.json", ["report", "badmeta"],
      "experiment.json: a damaged record (not JSON); write it again with `elth experiment NAME --report-only`"),
     # argument problems
     ("train --lr x", ["train", *MLP, "--lr", "x"], "argument --lr: invalid float value"),
     ("train without --dataset", ["train", "--model", "mlp_2"], "required: --dataset"),
     ("unknown command", ["trian"], "invalid choice: 'trian'"),
+    ("experiment --status --report-only", [*EXPERIMENT, "--status", "--report-only"],
+     "argument --report-only: not allowed with argument --status"),
+    ("experiment --list --dry-run", [*EXPERIMENT, "--list", "--dry-run"],
+     "argument --dry-run: not allowed with argument --list"),
+    ("experiment --report-only, nothing finished", [*EXPERIMENT, "--report-only", "--root", "empty"],
+     "nothing to report: no run of smoke (smoke) is finished in empty"),
     ("experiment --workers 0", [*EXPERIMENT, "--workers", "0"], "--workers must be at least 1"),
     ("experiment --seeds 0", [*EXPERIMENT, "--seeds", "0"], "--seeds must be from 1 to 100, got 0"),
     ("experiment --seeds 101", [*EXPERIMENT, "--seeds", "101"], "--seeds must be from 1 to 100, got 101"),
@@ -137,6 +147,9 @@ CASES = [
      "required: --model (--modle is not an option of elth train; did you mean --model?)"),
     ("unknown model", ["train", "--model", "mlp_x", "--dataset", "digits"], "unknown model 'mlp_x'"),
 ]
+
+#: Cases found out once the command has printed what it is about to do (the model must be built first).
+HEADER_FIRST = {"dst --sparsity 0.99999"}
 
 
 def _write_ticket_with(path: Path, source: Path, change) -> None:
@@ -216,6 +229,8 @@ def test_bad_input_is_one_clear_line(outcomes, name, argv, message):
     command = argv[0] if argv[0] != "trian" else ""
     assert lines[0].startswith(f"elth {command}: error: " if command else "elth: error: "), lines[0]
     assert message in lines[0]
+    if name not in HEADER_FIRST:
+        assert result["stdout"] == "", "nothing is printed as if work had begun"
     assert after == before, f"files changed: {sorted(set(after) ^ set(before))}"
 
 
@@ -243,6 +258,28 @@ def test_an_os_error_during_work_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(inspect_command, "run", disk_full)
     assert main(["inspect", "x.safetensors"]) == 2
     assert capsys.readouterr().err == "elth inspect: error: runs/x/checkpoint.pt: no space left on the device\n"
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does():
+    """`kill` (SIGTERM) unwinds the command like Ctrl-C (leases released, attempts recorded): one line, status 143."""
+    script = """
+import os, signal, sys
+import elth.commands.inspect as inspect_command
+from elth.cli import main
+
+def killed(args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    print("not reached: the signal raises in the command", flush=True)
+
+inspect_command.run = killed
+code = main(["inspect", "x.safetensors"])
+assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # as it was before
+sys.exit(code)
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 143, p.stderr
+    assert p.stdout == ""
+    assert p.stderr == "elth inspect: terminated (finished work is kept; run again to resume)\n"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not stop root")

@@ -1,6 +1,10 @@
 """Run leases: one holder at a time, heartbeats keep a lease, a stale one is taken over."""
 import json
 import multiprocessing
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -57,10 +61,32 @@ def test_a_lost_lease_calls_back_from_the_heartbeat(tmp_path):
     assert lease.lost
 
 
+def test_a_lease_of_a_killed_process_of_this_host_is_taken_over_at_once(tmp_path):
+    """A killed command run again resumes its runs without waiting for their leases to time out; a
+    lease of another host (whose processes cannot be seen) still counts until its heartbeat stops."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    now = time.time()
+    dead = LeaseInfo(owner="dead", host=socket.gethostname(), pid=int(gone.stdout), started=now, heartbeat=now)
+    (tmp_path / "lease.000000.json").write_text(json.dumps(asdict(dead)))
+    assert holder(tmp_path, timeout=60) is None
+    successor = Lease.acquire(tmp_path, timeout=60)
+    assert successor is not None and successor.number == 1 and successor.taken_over.owner == "dead"
+    successor.release()
+    elsewhere = LeaseInfo(owner="far", host="another-host", pid=int(gone.stdout), started=now, heartbeat=now)
+    (tmp_path / "lease.000002.json").write_text(json.dumps(asdict(elsewhere)))
+    assert holder(tmp_path, timeout=60).owner == "far"
+    assert Lease.acquire(tmp_path, timeout=60) is None
+    alive = LeaseInfo(owner="me", host=socket.gethostname(), pid=os.getpid(), started=now, heartbeat=now)
+    (tmp_path / "lease.000003.json").write_text(json.dumps(asdict(alive)))
+    assert holder(tmp_path, timeout=60).owner == "me"
+
+
 def _race(directory, barrier, results):
     barrier.wait()
     lease = Lease.acquire(directory, timeout=60)
     results.put(lease is not None)
+    barrier.wait()  # the winner lives on until every racer has tried (a dead holder's lease is free)
 
 
 def test_of_many_processes_racing_for_a_lease_exactly_one_wins(tmp_path):

@@ -273,6 +273,7 @@ def test_cli_end_to_end(ticket_files, tmp_path, capsys):
         (["missing.safetensors"], "no such ticket file"),
         (["{mlp}", "--seeds", "0"], "exactly two data seeds"),
         (["{mlp}", "--seeds", "a,b"], "two comma-separated integers"),
+        (["{mlp}", "--seeds", "1,1"], "the two copies need different data seeds"),
         (["{mlp}", "--points", "1"], "at least 2 points"),
         (["{mlp}", "--points", "100000000"], "at most 1000 points (each is a test evaluation"),
         (["{mlp}", "--bn-batches", "0"], "--bn-batches must be at least 1"),

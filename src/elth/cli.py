@@ -6,12 +6,15 @@ Each subcommand lives in `elth.commands.<module>` and defines `add_arguments(par
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import errno
 import importlib
 import importlib.metadata
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from elth import __version__
@@ -171,10 +174,37 @@ def one_line(message: str) -> str:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a batch system or a container stopping elth), raised like Ctrl-C's KeyboardInterrupt
+    so that a command stops the same clean way: leases released, attempts recorded, finished work kept."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block SIGTERM raises `Terminated` (where it would have killed the process at once)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     command = argv[0] if argv and argv[0] in COMMANDS else None
     args = parse(argv, command)
+    with _sigterm_as_interrupt():
+        return _run(args, argv)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     prefix = f"elth {args.command}"
     try:
         # Commands that train run through `_launch` (commands.common.run_on_ranks: --nproc, torchrun ranks).
@@ -188,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         # Output piped into a command that stopped reading (e.g. `| head`): not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print(f"{prefix}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"{prefix}: {how} (finished work is kept; run again to resume)", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except OSError as e:  # a path that cannot be written or read, a full disk: the user's to fix
         print(f"{prefix}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2

@@ -71,7 +71,8 @@ def _host() -> str:
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id exists on this host (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -99,7 +100,7 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
             continue
         try:
             old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS
-            if old or (m["host"] == host and not _process_alive(int(m["pid"]))):
+            if old or (m["host"] == host and not process_alive(int(m["pid"]))):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except FileNotFoundError:  # its writer finished or another cleaner got there first

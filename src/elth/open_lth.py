@@ -103,7 +103,8 @@ def find_levels(path: str | Path) -> list[Level]:
     """The levels under `path`: a lottery run, one of its replicates, or one level (`level_<k>[/main]`)."""
     p = Path(path)
     if not p.is_dir():
-        raise OpenLTHError(f"{p}: no such directory (give an open_lth lottery run, e.g. .../lottery_<hash>)")
+        what = "a file, not a directory" if p.exists() else "no such directory"
+        raise OpenLTHError(f"{p}: {what} (give an open_lth lottery run, e.g. .../lottery_<hash>)")
     if p.name == "main":
         p = p.parent
     if _LEVEL.fullmatch(p.name) and _REPLICATE.fullmatch(p.parent.name):

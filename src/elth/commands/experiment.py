@@ -78,7 +78,8 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", help="experiment name (see --list)")
-    parser.add_argument("--list", action="store_true", help="list the experiments with their scales and exit")
+    mode = parser.add_mutually_exclusive_group()  # what the command does instead of running the experiment
+    mode.add_argument("--list", action="store_true", help="list the experiments with their scales and exit")
     parser.add_argument("--scale", choices=("paper", "cpu", "smoke"), default="cpu",
                         help="protocol scale (default: cpu)")
     parser.add_argument("--seeds", type=int, metavar="N",
@@ -106,11 +107,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_distributed_arguments(parser)
     parser.add_argument("--devices", metavar="LIST",
                         help="GPUs for the local workers, e.g. 0,1,2,3 or all (visible ones); implies --device cuda")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs the experiment expands to and exit")
-    parser.add_argument("--status", action="store_true",
-                        help="print where each run stands (done, running, failed, waiting) and exit")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rebuild the results table and report from the finished runs; train nothing")
+    mode.add_argument("--dry-run", action="store_true", help="list the runs the experiment expands to and exit")
+    mode.add_argument("--status", action="store_true",
+                      help="print where each run stands (done, running, failed, waiting) and exit")
+    mode.add_argument("--report-only", action="store_true",
+                      help="rebuild the results table and report from the finished runs; train nothing")
     parser.add_argument("--keep-diverged", action="store_true",
                         help="a ticket whose training diverges (non-finite loss) is recorded as diverged and the "
                         "experiment goes on and succeeds without it (default: such a run fails the experiment)")

@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_seeds(text: str) -> tuple[int, int]:
-    """'0,1' -> (0, 1); exactly two integers."""
+    """'0,1' -> (0, 1); exactly two different integers."""
     parts = [p.strip() for p in text.split(",")]
     try:
         seeds = tuple(int(p) for p in parts)
@@ -92,6 +92,9 @@ def parse_seeds(text: str) -> tuple[int, int]:
         raise ElthError(f"--seeds takes exactly two data seeds (one per copy), not {len(seeds)}: {text!r}")
     for seed in seeds:
         check_seed(seed, "each of --seeds")
+    if seeds[0] == seeds[1]:
+        raise ElthError(f"--seeds {text}: the two copies need different data seeds (with one seed both are the same "
+                        "training and the path between them measures nothing)")
     return seeds  # type: ignore[return-value]
 
 

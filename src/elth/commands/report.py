@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _index(root: Path) -> int:
-    dirs = experiment_dirs(root) if root.is_dir() else []
+    if not root.is_dir():
+        raise ElthError(f"{root}: {'not a directory' if root.exists() else 'no such directory'}; --index reads a folder "
+                        "of experiment directories")
+    dirs = experiment_dirs(root)
     if not dirs:
         raise ElthError(f"{root}: no experiment directories (with experiment.json) in it")
     for d in dirs:

@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         raise ElthError("say what to transform the ticket into: --to MODEL (another depth), --dataset NAME, or both")
     if not args.dry_run:
         check_output_file(args.output, "-o")
+    new_dataset = dataset_info(args.dataset, args.data_dir) if args.dataset is not None else None
     source = load_ticket(args.ticket)
     result, plan = source, None
     if args.to is not None:
@@ -162,9 +163,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.plan or args.order or args.squeeze or args.units or args.drop or args.random_replicas or args.match_sparsity:
         raise ElthError("the depth options (--plan, --order, --units, --squeeze, --drop, --random-replicas, "
                         "--match-sparsity) need --to")
-    if args.dataset is not None:
+    if new_dataset is not None:
         depth_done = result
-        result = to_dataset(result, dataset_info(args.dataset, args.data_dir), seed=args.seed)
+        result = to_dataset(result, new_dataset, seed=args.seed)
         print(f"{depth_done.dataset.name} -> {result.dataset.name}: "
               + ("output layer replaced" if result.provenance["replaced"] else "weights and masks kept"))
     if args.dry_run:

@@ -7,7 +7,8 @@ next number with an exclusive create (write a private file, then `os.link` it to
 the link fails when the name exists, on a local disk as on NFS), so of any number of workers that
 try at once exactly one gets it. The holder rewrites its file every `heartbeat` seconds; a lease
 whose heartbeat is older than `timeout` seconds (its worker was killed, its node died) is stale and
-the next worker takes the run over by creating the following number. A holder that finds a higher
+the next worker takes the run over by creating the following number; so is, at once, a lease whose
+holder ran on this host and no longer exists (a killed command run again resumes without waiting). A holder that finds a higher
 number than its own has lost the lease (it was presumed dead) and must stop. Releasing marks the
 file released; the number is never reused, so a late heartbeat of a presumed-dead worker never
 touches its successor's lease.
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from elth.files import LEASE_FILE, LEASE_FILE_PATTERN
+from elth.files import LEASE_FILE, LEASE_FILE_PATTERN, process_alive
 
 #: Seconds without a heartbeat after which a lease is presumed dead and its run is taken over.
 DEFAULT_TIMEOUT = 120.0
@@ -52,6 +53,13 @@ class LeaseInfo:
     def age(self, now: float | None = None) -> float:
         """Seconds since the last heartbeat."""
         return (time.time() if now is None else now) - self.heartbeat
+
+    def live(self, timeout: float, now: float | None = None) -> bool:
+        """Whether this lease still holds its run: not released, a heartbeat within `timeout` seconds,
+        and, when its holder ran on this host, that process still exists."""
+        if self.released or self.age(now) > timeout:
+            return False
+        return self.host != socket.gethostname() or process_alive(self.pid)
 
     def where(self) -> str:
         job = f", SLURM job {self.slurm_job}" if self.slurm_job else ""
@@ -95,7 +103,7 @@ def current(directory: str | os.PathLike) -> tuple[int, LeaseInfo | None]:
 def holder(directory: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT) -> LeaseInfo | None:
     """The live holder of the run, if any (a released or stale lease has none)."""
     _, info = current(directory)
-    if info is None or info.released or info.age() > timeout:
+    if info is None or not info.live(timeout):
         return None
     return info
 
@@ -154,7 +162,7 @@ class Lease:
         unreadable_since: float | None = None
         while True:
             number, info = current(directory)
-            if info is not None and not info.released and info.age() <= timeout:
+            if info is not None and info.live(timeout):
                 return None
             if info is None and number >= 0:
                 # No lease file is readable: one is being replaced right now (writes are atomic),

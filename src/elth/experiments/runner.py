@@ -227,12 +227,16 @@ def _run_experiment(
 def report_from_store(experiment: Experiment, scale: str, *, root, out_dir, seeds=None, data_dir=None,
                       setups: tuple[Setup, ...] | None = None, command: str | None = None) -> Outcome:
     """Write the results table of the runs of an experiment that are finished, training nothing
-    (ticket runs recorded as diverged are listed as such)."""
+    (ticket runs recorded as diverged are listed as such); an error, writing nothing, when none is."""
     start = time.time()
     parts, ctxs, graph = build_graph(experiment, scale, root=root, seeds=seeds, data_dir=data_dir, setups=setups,
                                      keep_diverged=True)
     outcome = Outcome(rows=[], out_dir=Path(out_dir))
     outcome.cached = graph.read_store()
+    if not outcome.cached:
+        raise ElthError(f"nothing to report: no run of {experiment.name} ({scale}) is finished in {root} "
+                        f"(`elth experiment {experiment.name} --scale {scale} --root {root} --status` shows where "
+                        "its runs stand)")
     outcome.diverged = [(n.label, n.result.error) for n in graph.tickets if n.state == DIVERGED]
     _finish(experiment, scale, parts, ctxs, graph, outcome, command, start)
     return outcome

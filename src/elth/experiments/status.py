@@ -63,7 +63,7 @@ def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT)
     _, lease = current(directory)
     if lease is not None and not lease.released:
         since = f"since {_clock(lease.started)}, heartbeat {_ago(lease.age())}"
-        if lease.age() <= lease_timeout:
+        if lease.live(lease_timeout):
             return RunStatus(node.label, node.kind, "running", f"on {lease.where()} {since}{extra}", directory)
         return RunStatus(node.label, node.kind, "stalled",
                          f"on {lease.where()} {since}: its worker is gone; the next runner takes it over{extra}",
