@@ -1,6 +1,7 @@
 """IMP with rewinding on a tiny MLP and synthetic data: the sparsity sequence, rewinding, caching,
 extension, and exact resumption after a crash at any point."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import elth.workflows.rewind as rewind_module
 from elth.data import load_dataset
 from elth.errors import ElthError
 from elth.masks import imp_kept_counts
-from elth.tickets import load_ticket
+from elth.tickets import TicketError, load_ticket
 from elth.training import Protocol
 from elth.training.checkpoint import load_checkpoint
 from elth.workflows import train_ticket
@@ -283,3 +284,17 @@ def test_levels_beyond_what_pruning_allows_are_refused_before_training(tmp_path,
     monkeypatch.setattr(imp_module, "check_depth", lambda *a: None)
     with pytest.raises(ElthError, match="cannot prune .* more weights: only .* remain outside the excluded layers"):
         run_imp(fast, data(), limit + 1, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("level", [0, 2])
+def test_a_damaged_level_ticket_says_how_to_remake_it_and_deleting_it_does(reference, tmp_path, level):
+    ref_root, _ = reference
+    root = tmp_path / "store"
+    shutil.copytree(ref_root, root)
+    path = run_of(root) / f"level_{level}" / "ticket.safetensors"
+    path.write_bytes(path.read_bytes()[:200])  # cut off, as a full disk or a copy stopped half-way leaves it
+    with pytest.raises(TicketError, match="delete it and run again"):
+        run_imp(config(), data(), LEVELS, root, device="cpu", progress=False)
+    path.unlink()
+    run_imp(config(), data(), LEVELS, root, device="cpu", progress=False)
+    assert_same_runs(root, ref_root)

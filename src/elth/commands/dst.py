@@ -23,6 +23,7 @@ from elth.sparsity.dst import DISTRIBUTIONS
 from elth.workflows.dst_training import (
     DEFAULTS,
     METHODS,
+    check_sparsity,
     method_label,
     resolve_options,
     train_dst,
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     data = load_dataset(dataset, args.data_dir, device=device)
 
+    check_sparsity(args.model, data.info, args.sparsity, options)  # before anything is printed
     label = method_label(args.method, options)
     print(f"{label}: {args.model} on {data.info.name} to {percent(args.sparsity)} sparsity, "
           f"{protocol.length} x {options['multiplier']} at batch {protocol.batch_size}, lr {protocol.lr}, "

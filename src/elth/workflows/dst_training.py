@@ -128,6 +128,16 @@ def dst_hparams(model_name: str, data, protocol, method: str, sparsity: float, o
     }
 
 
+def _check_sparsity(model: torch.nn.Module, sparsity: float, options: dict) -> None:
+    layer_densities(model, 1.0 - sparsity, options.get("distribution", "uniform"), options["exclude"])
+
+
+def check_sparsity(model_name: str, info, sparsity: float, options: dict) -> None:
+    """A `DSTError` when the layers kept dense (`options`, resolved) make `sparsity` impossible for
+    `model_name` on a dataset of `info` (what `train_dst` finds out before it trains)."""
+    _check_sparsity(build_model(model_name, info.input_shape, info.num_classes, seed=0), sparsity, options)
+
+
 @dataclass
 class _Planned:
     """A DST run ready to train: its model (starting weights), controller and run directory."""
@@ -162,8 +172,7 @@ def _plan(model_name: str, data, protocol, method: str, sparsity: float, seed: i
     scaled = scale_protocol(protocol, options["multiplier"])
     total = scaled.total_steps(data.iterations_per_epoch(scaled.batch_size))
     controller = make_controller(method, sparsity, total, options, seed)
-    # A sparsity the dense (excluded) layers make impossible fails here, before any run directory.
-    layer_densities(model, 1.0 - sparsity, options.get("distribution", "uniform"), options["exclude"])
+    _check_sparsity(model, sparsity, options)  # before any run directory
     run = None
     if root is not None:
         hp = dst_hparams(model_name, data, scaled, method, sparsity, options, excluded, seed, data_seed, precision)

@@ -43,6 +43,7 @@ from elth.runs import run_dir
 from elth.tickets import (
     ModelLayout,
     Ticket,
+    TicketError,
     from_model,
     load_ticket,
     model_layout,
@@ -139,6 +140,15 @@ def level_dir(run: Path, level: int) -> Path:
     return Path(run) / f"level_{level}"
 
 
+def read_level_ticket(path: Path) -> Ticket:
+    """A level's ticket; a damaged one is a `TicketError` that says how to have it made again."""
+    try:
+        return load_ticket(path)
+    except TicketError as e:
+        raise TicketError(f"{e}; it is a level of an IMP run: delete it and run again, and IMP makes it "
+                          "again from the level before") from None
+
+
 def _check(config: IMPConfig, data, levels: int) -> None:
     if data.info.name != config.dataset:
         raise IMPError(f"the IMP config is for dataset {config.dataset!r} but the data is {data.info.name!r}")
@@ -185,7 +195,7 @@ def run_imp(
         ticket_path = level_dir(run, k) / TICKET_FILE
         if k == 0 and not ticket_path.is_file():
             _write_level_zero(config, data, run, ticket_path, hp, root, device, progress)
-        ticket = load_ticket(ticket_path)
+        ticket = read_level_ticket(ticket_path)
         if k == 0:
             rewind_state = ticket.state  # level 0 is the rewind weights, unmasked
         model = None
