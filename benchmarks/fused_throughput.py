@@ -12,15 +12,16 @@ fused/separate (> 1: fusion is faster). On CPUs also "default/separate": `train_
 calls it there, which puts at most a few members in one fused network (`cpu_members_at_once`: 4
 for MLPs and narrow conv nets, 1 for wider ones) and trains larger groups as several in turn.
 
-With `--dpf` the members are DPF runs from scratch (80% sparsity, mask updates every 16 steps)
-instead of tickets with fixed masks: their controllers step together on the fused tensors.
+With `--dst dpf` (or `rigl`) the members are DPF (RigL) runs from scratch at 80% sparsity, masks
+updated every 16 steps, instead of tickets with fixed masks: their controllers step together on
+the fused tensors.
 
 On a busy machine `--clock cpu` (default on CPU with one thread) times the process's CPU time,
 which other processes barely disturb; `--clock wall` times wall-clock seconds (use it on a GPU).
 
     python benchmarks/fused_throughput.py                                  # CPU, ~10 min on 2 cores
     python benchmarks/fused_throughput.py --models mlp_2 --ks 1,4,16 --device cuda --clock wall
-    python benchmarks/fused_throughput.py --dpf --models cifar_resnet_20_8 --ks 1,2,4
+    python benchmarks/fused_throughput.py --dst dpf --models cifar_resnet_20_8 --ks 1,2,4
 """
 from __future__ import annotations
 
@@ -33,19 +34,21 @@ CLASSES = 10
 SPARSITY = 0.8
 
 
-def _members(model_name: str, k: int, device: str, dpf_steps: int | None = None):
-    """K tickets with random masks, or (`dpf_steps`: the run's length) K DPF runs from scratch."""
+def _members(model_name: str, k: int, device: str, dst: str | None = None, steps: int = 0):
+    """K tickets with random masks, or K runs from scratch of the DST method `dst` ("dpf", "rigl")
+    that train `steps` steps."""
     import torch
 
     from elth.models import build_model
-    from elth.sparsity.dst import DPF
+    from elth.sparsity.dst import DPF, RigL
     from elth.training.fused import Member
 
     members = []
     for i in range(k):
         model = build_model(model_name, SHAPE, CLASSES, seed=i)
-        if dpf_steps is not None:
-            members.append(Member(model.to(device), data_seed=i, controller=DPF(SPARSITY, dpf_steps, update_every=16)))
+        if dst is not None:
+            method = DPF if dst == "dpf" else RigL
+            members.append(Member(model.to(device), data_seed=i, controller=method(SPARSITY, steps, update_every=16)))
             continue
         g = torch.Generator().manual_seed(1000 + i)
         mask = {n: torch.rand(model.get_parameter(n).shape, generator=g) >= SPARSITY for n in model.prunable_names()}
@@ -65,7 +68,7 @@ def _timer(clock: str, device: str):
 
 
 def measure(model_name: str, k: int, steps: int, batch: int, rounds: int, device: str, clock: str, precision: str,
-            dpf: bool = False) -> dict[str, float]:
+            dst: str | None = None) -> dict[str, float]:
     """Total images/s for K members of `model_name`: "separate", "fused" (all K in one fused network)
     and, on CPUs, "default" (`train_fused` as elth calls it there: at most a few members at once)."""
     from elth.data.base import synthetic
@@ -79,14 +82,14 @@ def measure(model_name: str, k: int, steps: int, batch: int, rounds: int, device
 
     def separate(end: int) -> float:
         start = now()
-        for m in _members(model_name, k, device, steps if dpf else None):
+        for m in _members(model_name, k, device, dst, steps):
             train(m.model, data, protocol, data_seed=m.data_seed, mask=m.mask, controller=m.controller, end_step=end,
                   **common)
         return now() - start
 
     def fused_with(members_at_once: int | None):
         def run(end: int) -> float:
-            members = _members(model_name, k, device, steps if dpf else None)
+            members = _members(model_name, k, device, dst, steps)
             start = now()
             train_fused(members, data, protocol, end_step=end, members_at_once=members_at_once, **common)
             return now() - start
@@ -117,7 +120,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
     parser.add_argument("--clock", choices=("cpu", "wall"), default=None, help="default: cpu on CPU with one thread, else wall")
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--dpf", action="store_true", help="DPF runs from scratch instead of fixed-mask tickets")
+    parser.add_argument("--dst", choices=("dpf", "rigl"), help="RigL or DPF runs from scratch instead of fixed-mask tickets")
     args = parser.parse_args()
 
     import torch
@@ -126,13 +129,13 @@ def main() -> None:
     clock = args.clock or ("cpu" if args.device == "cpu" and args.threads == 1 else "wall")
     print(f"device {args.device}, {args.threads} thread(s), batch {args.batch}, {args.steps} steps x "
           f"{args.rounds} rounds, {args.precision}, {clock} clock, torch {torch.__version__}"
-          + (", DPF runs" if args.dpf else ""))
+          + (f", {args.dst} runs" if args.dst else ""))
     cpu = args.device == "cpu"
     print(f"{'model':<20} {'K':>3} {'separate img/s':>15} {'fused img/s':>12} {'fused/separate':>15}"
           + (f" {'default/separate':>17}" if cpu else ""))
     for model_name in args.models.split(","):
         for k in (int(v) for v in args.ks.split(",")):
-            rate = measure(model_name, k, args.steps, args.batch, args.rounds, args.device, clock, args.precision, args.dpf)
+            rate = measure(model_name, k, args.steps, args.batch, args.rounds, args.device, clock, args.precision, args.dst)
             line = (f"{model_name:<20} {k:>3} {rate['separate']:>15.0f} {rate['fused']:>12.0f} "
                     f"{rate['fused'] / rate['separate']:>14.2f}x")
             if cpu:

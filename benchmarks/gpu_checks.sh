@@ -34,6 +34,8 @@ part fused python3 benchmarks/fused_throughput.py --device cuda --clock wall --s
 part fused_bf16 python3 benchmarks/fused_throughput.py --device cuda --clock wall --steps 20 --rounds 3 \
     --precision bf16 --models cifar_resnet_20 --ks 1,16
 part fused_dpf python3 benchmarks/fused_throughput.py --device cuda --clock wall --steps 32 --rounds 3 \
-    --dpf --models cifar_resnet_20_8 --ks 1,4,16
+    --dst dpf --models cifar_resnet_20_8 --ks 1,4,16
+part fused_rigl python3 benchmarks/fused_throughput.py --device cuda --clock wall --steps 32 --rounds 3 \
+    --dst rigl --models cifar_resnet_20_8 --ks 1,4,16
 part ddp python3 benchmarks/ddp_scaling.py --device cuda --models cifar_resnet_20 --steps 20 --rounds 3
 exit $status

@@ -388,27 +388,28 @@ def test_train_dst_caches_writes_a_ticket_and_prices_training(tmp_path):
     assert t.has_dense and t.protocol["length"] == "8ep" and t.protocol["milestones"] == ["4ep"]
 
 
-def test_dpf_runs_trained_as_a_group_are_the_runs_train_dst_makes(tmp_path):
+@pytest.mark.parametrize("method", ["dpf", "rigl"])
+def test_dst_runs_trained_as_a_group_are_the_runs_train_dst_makes(method, tmp_path):
     data = tiny_data()
     runs = [(0.8, 0, 0), (0.9, 1, 1), (0.8, 2, 5)]
-    grouped = train_dst_group("mlp_2", data, PROTOCOL, "dpf", runs, group_size=2, root=tmp_path / "g", device="cpu",
+    grouped = train_dst_group("mlp_2", data, PROTOCOL, method, runs, group_size=2, root=tmp_path / "g", device="cpu",
                               progress=False, update_every=3)
-    alone = [train_dst("mlp_2", data, PROTOCOL, "dpf", s, seed=seed, data_seed=ds, root=tmp_path / "a", device="cpu",
+    alone = [train_dst("mlp_2", data, PROTOCOL, method, s, seed=seed, data_seed=ds, root=tmp_path / "a", device="cpu",
                        progress=False, update_every=3) for s, seed, ds in runs]
     for g, a in zip(grouped, alone):
         # Bitwise the same training (MLPs fuse exactly), so the same accuracy, sparsity and FLOPs.
         assert {k: v for k, v in g.to_dict().items() if k not in ("seconds", "ticket_path")} == \
             {k: v for k, v in a.to_dict().items() if k not in ("seconds", "ticket_path")}
         tg, ta = load_ticket(g.ticket_path), load_ticket(a.ticket_path)
-        assert all(torch.equal(tg.mask[n], ta.mask[n]) and torch.equal(tg.dense[n], ta.dense[n]) for n in ta.mask)
+        assert all(torch.equal(tg.mask[n], ta.mask[n]) and torch.equal(tg.state[n], ta.state[n]) for n in ta.mask)
+        if method == "dpf":
+            assert all(torch.equal(tg.dense[n], ta.dense[n]) for n in ta.mask)
         assert Path(g.ticket_path).relative_to(tmp_path / "g").parent.name == Path(a.ticket_path).parent.name
     # train_dst finds each grouped run finished (the same directories), and so does a second group.
-    assert train_dst("mlp_2", data, PROTOCOL, "dpf", 0.9, seed=1, data_seed=1, root=tmp_path / "g", device="cpu",
+    assert train_dst("mlp_2", data, PROTOCOL, method, 0.9, seed=1, data_seed=1, root=tmp_path / "g", device="cpu",
                      progress=False, update_every=3) == grouped[1]
-    assert train_dst_group("mlp_2", data, PROTOCOL, "dpf", runs, group_size=3, root=tmp_path / "g", device="cpu",
+    assert train_dst_group("mlp_2", data, PROTOCOL, method, runs, group_size=3, root=tmp_path / "g", device="cpu",
                            progress=False, update_every=3) == grouped
-    with pytest.raises(ElthError, match="cannot train fused"):
-        train_dst_group("mlp_2", data, PROTOCOL, "rigl", runs, group_size=2, device="cpu", progress=False)
 
 
 def test_options_are_checked():

@@ -54,8 +54,8 @@ def test_dst_baselines_train_from_scratch_at_the_imp_sparsity(tmp_path):
     assert c.dst_flops == pytest.approx(rows[("dpf", "mlp_3", 1)].train_flops)
 
 
-def test_dpf_baselines_train_in_fused_groups_with_the_results_of_training_alone(tmp_path):
-    """DPF runs of one target (two levels x two seeds) train as one fused group, RigL's alone; the
+def test_dst_baselines_train_in_fused_groups_with_the_results_of_training_alone(tmp_path):
+    """DPF runs of one target (two levels x two seeds) train as one fused group, and so do RigL's; the
     MLPs train bit for bit as they would one by one (--fuse 1), so every row is the same."""
     setup = _setup(members=("mlp_2", "mlp_3"), levels=(1, 2), seeds=2, baselines=("dpf", "rigl"),
                    baseline_targets=("mlp_3",))
@@ -65,8 +65,8 @@ def test_dpf_baselines_train_in_fused_groups_with_the_results_of_training_alone(
                                     setups=(setup,), threads=1, progress=False, fuse=fuse)
     dpf_dirs = list((tmp_path / "store-None").glob("dst-*"))
     assert len(dpf_dirs) == 8  # 4 DPF and 4 RigL runs
-    # Trainings in fused groups: 4 IMP runs (2 networks x 2 seeds), 4 ETT tickets and the 4 DPF runs.
-    assert runs[None].fused == 12 and runs[1].fused == 0
+    # Trainings in fused groups: 4 IMP runs (2 networks x 2 seeds), 4 ETT tickets, 4 DPF and 4 RigL runs.
+    assert runs[None].fused == 16 and runs[1].fused == 0
     key = lambda r: (r.method, r.target, r.source, r.level, r.seed)
     rows = {fuse: {key(r): dataclasses.replace(r, ticket="") for r in run.rows} for fuse, run in runs.items()}
     assert rows[None] == rows[1]

@@ -366,95 +366,129 @@ def test_a_cpu_trains_wide_conv_nets_one_member_at_a_time_and_narrow_ones_four(d
 
 
 
-# --- DPF (a controller) fused -------------------------------------------------------------------
-DPF_PROTOCOL = Protocol(length="2ep", batch_size=32, lr=0.05, milestones=("1ep",), warmup="5it")  # 90 steps
-DPF_SPARSITIES = (0.5, 0.8, 0.9)
+# --- DST controllers (DPF, RigL) fused ----------------------------------------------------------
+DST_PROTOCOL = Protocol(length="2ep", batch_size=32, lr=0.05, milestones=("1ep",), warmup="5it")  # 90 steps
+DST_SPARSITIES = (0.5, 0.8, 0.9)
 
 
-def dpf_controllers(sparsities=DPF_SPARSITIES, update_every: int = 4):
-    return [DPF(s, 90, update_every=update_every, end_fraction=0.75) for s in sparsities]
+def controllers(method: str, sparsities=DST_SPARSITIES, update_every: int = 4) -> list:
+    """One controller per sparsity (a RigL one with its own initial-mask seed)."""
+    if method == "dpf":
+        return [DPF(s, 90, update_every=update_every, end_fraction=0.75) for s in sparsities]
+    return [RigL(s, 90, update_every=update_every, end_fraction=0.75, seed=7 + i) for i, s in enumerate(sparsities)]
 
 
-def test_dpf_members_fused_train_bitwise_as_alone_and_save_their_own_state(digits, tmp_path):
+@pytest.mark.parametrize("method", ["dpf", "rigl"])
+def test_dst_members_fused_train_bitwise_as_alone_and_save_their_own_state(method, digits, tmp_path):
     models = [build_model("mlp_2", digits.info.input_shape, digits.info.num_classes, seed=i) for i in range(K)]
     lone, fused = copy.deepcopy(models), copy.deepcopy(models)
-    lone_dpf, fused_dpf = dpf_controllers(), dpf_controllers()
+    lone_c, fused_c = controllers(method), controllers(method)
     for i in range(K):
-        train(lone[i], digits, DPF_PROTOCOL, data_seed=DATA_SEEDS[i], controller=lone_dpf[i], progress=False,
+        train(lone[i], digits, DST_PROTOCOL, data_seed=DATA_SEEDS[i], controller=lone_c[i], progress=False,
               device="cpu", out_dir=tmp_path / "lone" / f"m{i}")
     members = [Member(m, DATA_SEEDS[i], out_dir=tmp_path / "fused" / f"m{i}", controller=c)
-               for i, (m, c) in enumerate(zip(fused, fused_dpf))]
-    train_fused(members, digits, DPF_PROTOCOL, progress=False, device="cpu", members_at_once=K)
+               for i, (m, c) in enumerate(zip(fused, fused_c))]
+    train_fused(members, digits, DST_PROTOCOL, progress=False, device="cpu", members_at_once=K)
+    parts = ("masks", "dense") if method == "dpf" else ("masks",)
     for i in range(K):
         for key, value in lone[i].state_dict().items():
             assert torch.equal(value, fused[i].state_dict()[key]), (i, key)
-        a, b = lone_dpf[i], fused_dpf[i]
+        a, b = lone_c[i], fused_c[i]
         assert all(torch.equal(x, y) for x, y in zip(a.masks, b.masks))
-        assert all(torch.equal(x, y) for x, y in zip(a.dense, b.dense))
-        assert a.weight_steps(90) == b.weight_steps(90)
         kept, total = count(b.mask())
-        assert kept == count_for_sparsity(total, DPF_SPARSITIES[i])  # each member at its own sparsity
+        assert kept == count_for_sparsity(total, DST_SPARSITIES[i])  # each member at its own sparsity
         ca = load_checkpoint(tmp_path / "lone" / f"m{i}" / CHECKPOINT_FILE)
         cb = load_checkpoint(tmp_path / "fused" / f"m{i}" / CHECKPOINT_FILE)
         assert ca["key"] == cb["key"]  # the controller's settings are part of both keys
-        for part in ("masks", "dense"):
+        for part in parts:
             assert ca["controller"][part].keys() == cb["controller"][part].keys()
             assert all(torch.equal(ca["controller"][part][n], cb["controller"][part][n]) for n in ca["controller"][part])
-        assert ca["controller"]["finished_weight_steps"] == cb["controller"]["finished_weight_steps"]
+        for j, entry in ca["optimizer"]["state"].items():  # RigL zeroes the momentum of dropped and grown weights
+            assert torch.equal(entry["momentum_buffer"], cb["optimizer"]["state"][j]["momentum_buffer"])
+        if method == "dpf":
+            assert a.weight_steps(90) == b.weight_steps(90)
+            assert ca["controller"]["finished_weight_steps"] == cb["controller"]["finished_weight_steps"]
+    # The masks did change during training (RigL: away from each member's seeded start).
+    start = controllers(method)
+    if method == "rigl":
+        for m, c in zip(copy.deepcopy(models), start):
+            c.attach(m, torch.optim.SGD(m.parameters(), lr=0.1))
+        assert all(not torch.equal(x, y) for c, s in zip(fused_c, start) for x, y in zip(c.masks, s.masks))
 
 
-def test_a_fused_dpf_member_resumes_alone_and_a_lone_checkpoint_resumes_fused(digits, tmp_path):
+@pytest.mark.parametrize("method", ["dpf", "rigl"])
+def test_a_fused_dst_member_resumes_alone_and_a_lone_checkpoint_resumes_fused(method, digits, tmp_path):
     models = [build_model("mlp_1", digits.info.input_shape, digits.info.num_classes, seed=i) for i in range(2)]
     reference = copy.deepcopy(models)
-    for i, c in enumerate(dpf_controllers(DPF_SPARSITIES[:2])):
-        train(reference[i], digits, DPF_PROTOCOL, data_seed=DATA_SEEDS[i], controller=c, progress=False, device="cpu")
-    # Both stop after epoch 1 (a checkpoint, mid-schedule: masks and dense weights in it), fused.
+    for i, c in enumerate(controllers(method, DST_SPARSITIES[:2])):
+        train(reference[i], digits, DST_PROTOCOL, data_seed=DATA_SEEDS[i], controller=c, progress=False, device="cpu")
+    # Both stop after epoch 1 (a checkpoint, mid-schedule: the controllers' state in it), fused.
     members = [Member(copy.deepcopy(m), DATA_SEEDS[i], out_dir=tmp_path / f"m{i}", controller=c)
-               for i, (m, c) in enumerate(zip(models, dpf_controllers(DPF_SPARSITIES[:2])))]
-    train_fused(members, digits, DPF_PROTOCOL, progress=False, device="cpu", end_step=45)
+               for i, (m, c) in enumerate(zip(models, controllers(method, DST_SPARSITIES[:2])))]
+    train_fused(members, digits, DST_PROTOCOL, progress=False, device="cpu", end_step=45)
     # Member 0 finishes alone; member 1 finishes fused beside a copy of itself whose first half ran alone.
     again = copy.deepcopy(models[0])
-    train(again, digits, DPF_PROTOCOL, data_seed=DATA_SEEDS[0], controller=dpf_controllers(DPF_SPARSITIES[:1])[0],
+    train(again, digits, DST_PROTOCOL, data_seed=DATA_SEEDS[0], controller=controllers(method, DST_SPARSITIES[:2])[0],
           out_dir=tmp_path / "m0", progress=False, device="cpu")
     for key, value in reference[0].state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
+    second = lambda: controllers(method, DST_SPARSITIES[:2])[1]
     ends = [copy.deepcopy(models[1]), copy.deepcopy(models[1])]
-    members = [Member(ends[0], DATA_SEEDS[1], out_dir=tmp_path / "m1", controller=dpf_controllers(DPF_SPARSITIES[1:2])[0]),
-               Member(ends[1], DATA_SEEDS[1], out_dir=tmp_path / "m1-copy", controller=dpf_controllers(DPF_SPARSITIES[1:2])[0])]
-    train(copy.deepcopy(models[1]), digits, DPF_PROTOCOL, data_seed=DATA_SEEDS[1], end_step=45,
-          controller=dpf_controllers(DPF_SPARSITIES[1:2])[0], out_dir=tmp_path / "m1-copy", progress=False, device="cpu")
-    train_fused(members, digits, DPF_PROTOCOL, progress=False, device="cpu")
+    train(copy.deepcopy(models[1]), digits, DST_PROTOCOL, data_seed=DATA_SEEDS[1], end_step=45, controller=second(),
+          out_dir=tmp_path / "m1-copy", progress=False, device="cpu")
+    members = [Member(ends[0], DATA_SEEDS[1], out_dir=tmp_path / "m1", controller=second()),
+               Member(ends[1], DATA_SEEDS[1], out_dir=tmp_path / "m1-copy", controller=second())]
+    train_fused(members, digits, DST_PROTOCOL, progress=False, device="cpu")
     for end in ends:
         for key, value in reference[1].state_dict().items():
             assert torch.equal(value, end.state_dict()[key]), key
 
 
+class _OwnController:
+    """A controller of one's own that does not say how to fuse (it has no `fuse`)."""
+
+    def attach(self, model, optimizer): pass
+    def after_backward(self, step): return True
+    def after_step(self, step): pass
+    def state_dict(self): return {}
+    def load_state_dict(self, state): pass
+    def hparams(self): return {"own": True}
+
+
 def test_members_with_controllers_that_cannot_fuse_are_refused(digits):
     models = [build_model("mlp_1", digits.info.input_shape, digits.info.num_classes, seed=i) for i in range(2)]
-    with pytest.raises(FusionError, match="RigL"):
-        train_fused([Member(m, i, controller=RigL(0.5, 90)) for i, m in enumerate(models)], digits, DPF_PROTOCOL,
+    with pytest.raises(FusionError, match="_OwnController"):
+        train_fused([Member(m, i, controller=_OwnController()) for i, m in enumerate(models)], digits, DST_PROTOCOL,
                     progress=False, device="cpu")
     with pytest.raises(FusionError, match="with and without"):
-        train_fused([Member(models[0], 0, controller=dpf_controllers()[0]), Member(models[1], 1)], digits,
-                    DPF_PROTOCOL, progress=False, device="cpu")
-    other = [DPF(0.5, 90, update_every=4), DPF(0.5, 90, update_every=8)]
-    with pytest.raises(FusionError, match="update interval"):
-        train_fused([Member(m, i, controller=c) for i, (m, c) in enumerate(zip(models, other))], digits, DPF_PROTOCOL,
+        train_fused([Member(models[0], 0, controller=controllers("dpf")[0]), Member(models[1], 1)], digits,
+                    DST_PROTOCOL, progress=False, device="cpu")
+    with pytest.raises(FusionError, match="cannot train fused"):
+        train_fused([Member(models[0], 0, controller=controllers("dpf")[0]),
+                     Member(models[1], 1, controller=controllers("rigl")[0])], digits, DST_PROTOCOL,
                     progress=False, device="cpu")
+    for method in ("dpf", "rigl"):
+        other = controllers(method, (0.5,), update_every=4) + controllers(method, (0.5,), update_every=8)
+        with pytest.raises(FusionError, match="update interval"):
+            train_fused([Member(m, i, controller=c) for i, (m, c) in enumerate(zip(models, other))], digits,
+                        DST_PROTOCOL, progress=False, device="cpu")
 
 
-def test_dpf_fused_on_a_resnet_matches_lone_runs_within_rounding(digits):
-    # Convolutions in channels_last: the members' parts of the fused weights are strided views.
+@pytest.mark.parametrize("method", [DPF, RigL])
+def test_dst_fused_on_a_resnet_matches_lone_runs_within_rounding(method, digits):
+    # Convolutions in channels_last: the members' parts of the fused weights (and gradients) are strided views.
     protocol = Protocol(length="12it", batch_size=8, lr=0.02, milestones=(), warmup="2it")
     models = [build_model("cifar_resnet_8_8", digits.info.input_shape, digits.info.num_classes, seed=i) for i in range(K)]
     lone, fused = copy.deepcopy(models), copy.deepcopy(models)
-    lone_dpf, fused_dpf = ([DPF(s, 12, update_every=3, end_fraction=0.75) for s in DPF_SPARSITIES] for _ in range(2))
+    lone_c, fused_c = ([method(s, 12, update_every=3, end_fraction=0.75) for s in DST_SPARSITIES] for _ in range(2))
     for i in range(K):
-        train(lone[i], digits, protocol, data_seed=DATA_SEEDS[i], controller=lone_dpf[i], progress=False, device="cpu")
-    train_fused([Member(m, DATA_SEEDS[i], controller=c) for i, (m, c) in enumerate(zip(fused, fused_dpf))],
+        train(lone[i], digits, protocol, data_seed=DATA_SEEDS[i], controller=lone_c[i], progress=False, device="cpu")
+    train_fused([Member(m, DATA_SEEDS[i], controller=c) for i, (m, c) in enumerate(zip(fused, fused_c))],
                 digits, protocol, progress=False, device="cpu", members_at_once=K)
+    if method is RigL:  # ERK keeps more layers dense at 50% than at 90%: members differ in their sparse layers
+        assert len({tuple(c.names) for c in fused_c}) == K
     for i in range(K):
         assert relative_distance(fused[i], lone[i]) < 1e-4
-        assert count(fused_dpf[i].mask())[0] == count(lone_dpf[i].mask())[0]
-        agree = sum(int((a == b).sum()) for a, b in zip(fused_dpf[i].masks, lone_dpf[i].masks))
-        assert agree >= 0.999 * sum(m.numel() for m in lone_dpf[i].masks)
+        assert count(fused_c[i].mask())[0] == count(lone_c[i].mask())[0]
+        agree = sum(int((a == b).sum()) for a, b in zip(fused_c[i].masks, lone_c[i].masks))
+        assert agree >= 0.999 * sum(m.numel() for m in lone_c[i].masks)

@@ -6,8 +6,8 @@ The scheduler (`dag.py`) hands a worker a `GroupTask` of up to K such runs that 
 nobody holds; the worker takes their leases, trains them as one group (writing each training where
 the run's own job looks for it), then runs each member's own job, which finds its training done.
 So results, attempts and status records stay per run, and a group that fails leaves its members
-to train one by one. DST ticket runs of a method that fuses (DPF) group with runs of the same
-method and length on the same network (each at its own sparsity); RigL runs train alone.
+to train one by one. DST ticket runs (RigL, DPF) group with runs of the same method and length on
+the same network (each at its own sparsity).
 """
 from __future__ import annotations
 
@@ -25,15 +25,11 @@ from elth.methods import method
 from elth.models import build_model
 from elth.training import default_device
 from elth.training.fused import default_group_size
-from elth.workflows.dst_training import FUSABLE_METHODS
 
 
 def fusable(kind: str, run) -> bool:
-    """Whether a run of the graph can train in a fused group (IMP runs, ticket runs other than RigL, LMC runs)."""
-    if kind == "ticket":
-        dst = method(run.method).dst
-        return dst is None or dst[0] in FUSABLE_METHODS
-    return kind in ("imp", "lmc")
+    """Whether a run of the graph can train in a fused group (IMP, ticket and LMC runs can)."""
+    return kind in ("imp", "ticket", "lmc")
 
 
 def network(run) -> str:

@@ -260,10 +260,6 @@ def train_dst(
     return _finish(p, result, data, protocol)
 
 
-#: Methods whose runs can train as one fused network (their controller class has `fuse`).
-FUSABLE_METHODS = ("dpf",)
-
-
 def train_dst_group(
     model_name: str,
     data,
@@ -279,11 +275,9 @@ def train_dst_group(
     **method_options,
 ) -> list[DSTResult | TrainingDiverged]:
     """`train_dst` for several runs of one model, method and options, `runs` = (sparsity, seed,
-    data seed) each, trained at most `group_size` at once as one fused network (DPF; see
-    `elth.training.fused`). Each run lives where `train_dst` puts it, so `train_dst` finds it
+    data seed) each, trained at most `group_size` at once as one fused network (see
+    `elth.training.fused`; each run's controller its own). Each run lives where `train_dst` puts it, so `train_dst` finds it
     finished (or resumes it); results in the given order (a diverged run: its `TrainingDiverged`)."""
-    if method not in FUSABLE_METHODS:
-        raise DSTError(f"{method} runs cannot train fused; only {', '.join(FUSABLE_METHODS)} runs can")
     if group_size < 1:
         raise DSTError(f"group size must be at least 1, got {group_size}")
     planned = [_plan(model_name, data, protocol, method, s, seed, ds, root, precision, method_options)

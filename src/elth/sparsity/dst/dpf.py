@@ -135,7 +135,7 @@ class DPF(DenseFeedbackSteps, MaskController):
         }
 
     @classmethod
-    def fuse(cls, controllers: list["DPF"], net: FusedNetwork) -> "FusedDPF":
+    def fuse(cls, controllers: list["DPF"], net: FusedNetwork, optimizer=None) -> "FusedDPF":
         """The controllers of a fused group's members (each attached to its own model) as one
         controller of the fused network `net` (see `FusedDPF`)."""
         return FusedDPF(controllers, net)

@@ -27,10 +27,11 @@ Over several ranks (torchrun) every rank trains the fused network (DDP) on its s
 member's batch, as `train` does for one model.
 
 A member may bring a controller (dynamic sparse training) as `train(..., controller=)` takes one.
-Its class must know how to step the members' controllers together (`fuse(controllers, net)`, as
-DPF's does); the members' controllers keep their own state, saved in each member's checkpoint as
-`train` saves it, so a fused run and a lone one resume each other's checkpoints. Controllers
-without `fuse` (RigL) and per-step callbacks are not fused; those runs train with `train`.
+Its class must know how to step the members' controllers together (`fuse(controllers, net,
+optimizer)`, as DPF's and RigL's do); the members' controllers keep their own state, saved in each
+member's checkpoint as `train` saves it, so a fused run and a lone one resume each other's
+checkpoints. Controllers without `fuse` and per-step callbacks are not fused; those runs train
+with `train`.
 """
 from __future__ import annotations
 
@@ -264,11 +265,12 @@ class _Group:
             self.net.to_channels_last()
         fused_mask = _fused_mask(self.net, [r.member.mask for r in runs])
         self.masker = GradientMask(self.net, fused_mask) if fused_mask is not None else None
-        controllers = [r.member.controller for r in runs]
-        # The members' controllers, attached to their own models, now step the fused network's tensors.
-        self.controller = type(controllers[0]).fuse(controllers, self.net) if controllers[0] is not None else None
         self.optimizer = MemberSGD(self.net, models[0], protocol)
         self.optimizer.load_member_state_dicts([r.optimizer_state for r in runs])
+        controllers = [r.member.controller for r in runs]
+        # The members' controllers, attached to their own models, now step the fused network's tensors.
+        self.controller = (type(controllers[0]).fuse(controllers, self.net, self.optimizer)
+                           if controllers[0] is not None else None)
         self.schedule = LRSchedule(protocol, ipe)
         # With several ranks: DDP over the fused network, each rank on its share of every member's batch.
         self.ddp = distributed.data_parallel(self.net, device)
