@@ -1,6 +1,7 @@
 """Launchers: the same runs, the same results, whether run here, as submitit jobs or on a real SLURM."""
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -23,7 +24,9 @@ from elth.experiments.launch import (
     parse_time,
     worker_devices,
 )
+from elth.experiments.lease import holder
 from elth.experiments.spec import expand
+from elth.errors import Terminated
 
 SMOKE = get_experiment("smoke")
 #: Part of the smoke experiment: IMP on two MLPs and the ETT between them (one job starts a Python
@@ -241,3 +244,25 @@ def test_a_slurm_job_is_requeued_at_its_time_limit_or_on_preemption(tmp_path):
 
 def _exit_as_requeued(ctx, _):
     raise SystemExit(0)
+
+
+def test_a_stopped_experiment_stops_its_workers_runs_and_releases_their_leases(tmp_path):
+    """SIGTERM to the experiment process alone (`kill`; Ctrl-C reaches the workers by itself): its
+    workers stop their runs at once instead of finishing them, record them as interrupted and
+    release their leases, so that running the command again resumes them at once."""
+    run = tmp_path / "run"
+    # A run that would take two minutes: time.sleep(120) under the run's lease (logging.debug: nothing cached).
+    task = Task(key="sleeper", label="sleeper", directory=str(run), fn=time.sleep, ctx=120, args=(),
+                cached=logging.debug, settings=WorkerSettings(threads=1))
+    launcher = PoolLauncher(workers=1, threads=1)
+    launcher.submit(task)
+    deadline = time.time() + 120
+    while holder(run) is None:  # the worker has taken the run's lease
+        assert time.time() < deadline, "the worker never started the run"
+        time.sleep(0.2)
+    start = time.time()
+    launcher.__exit__(Terminated, Terminated(), None)  # what `with launcher:` does as SIGTERM unwinds the command
+    assert time.time() - start < 60
+    assert holder(run) is None
+    events = [(e["event"], e.get("error")) for e in read_attempts(run)]
+    assert events == [("start", None), ("fail", "interrupted")]

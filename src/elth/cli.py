@@ -18,7 +18,7 @@ import threading
 import traceback
 
 from elth import __version__
-from elth.errors import ElthError
+from elth.errors import ElthError, Terminated, raise_terminated
 
 #: subcommand -> (module in elth.commands, one-line help). A command's module is imported only when
 #: that command runs or shows its help, so `elth --help` loads no torch (seconds on a cold machine).
@@ -174,22 +174,13 @@ def one_line(message: str) -> str:
     return out
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, a batch system or a container stopping elth), raised like Ctrl-C's KeyboardInterrupt
-    so that a command stops the same clean way: leases released, attempts recorded, finished work kept."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """Within the block SIGTERM raises `Terminated` (where it would have killed the process at once)."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
         return
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:

@@ -18,8 +18,10 @@ from __future__ import annotations
 import _thread
 import contextlib
 import dataclasses
+import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -33,7 +35,7 @@ from pathlib import Path
 import submitit
 import torch
 
-from elth.errors import ElthError
+from elth.errors import ElthError, Terminated, raise_terminated
 from elth.experiments.attempts import (
     clear_failure,
     clear_submitted,
@@ -364,9 +366,17 @@ class InlineLauncher:
 
 def _init_worker(threads: int, devices) -> None:
     global _WORKER_DEVICE
+    # SIGTERM (the parent stopping its workers, scancel, a container stopping) unwinds the run like
+    # Ctrl-C: its attempt recorded as interrupted, its lease released; a second one does not cut that short.
+    signal.signal(signal.SIGTERM, _stop_worker)
     torch.set_num_threads(threads)
     if devices is not None:
         _WORKER_DEVICE = devices.get()
+
+
+def _stop_worker(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise_terminated(signum, frame)
 
 
 def worker_devices(workers: int, devices: list[str]) -> list[str]:
@@ -417,6 +427,14 @@ class PoolLauncher(InlineLauncher):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __exit__(self, exc_type, exc, tb):
+        if isinstance(exc, Terminated):
+            # This process was stopped (SIGTERM to it alone): its workers stop their runs too rather
+            # than finish them first. (Ctrl-C in a terminal reaches every worker by itself.)
+            for worker in multiprocessing.active_children():
+                worker.terminate()
+        self.close()
 
 
 @dataclass(frozen=True)
