@@ -16,6 +16,7 @@ from elth.experiments.attempts import read_attempts
 from elth.experiments.launch import (
     LaunchError,
     LaunchOptions,
+    GroupTask,
     PoolLauncher,
     SlurmOptions,
     Task,
@@ -246,23 +247,36 @@ def _exit_as_requeued(ctx, _):
     raise SystemExit(0)
 
 
-def test_a_stopped_experiment_stops_its_workers_runs_and_releases_their_leases(tmp_path):
+def _sleep_group(ctx, args) -> int:
+    """A fused group's training that takes `ctx` seconds (spawned workers import it from this module)."""
+    time.sleep(ctx)
+    return len(args)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_stopped_experiment_stops_its_workers_runs_and_releases_their_leases(grouped, tmp_path):
     """SIGTERM to the experiment process alone (`kill`; Ctrl-C reaches the workers by itself): its
     workers stop their runs at once instead of finishing them, record them as interrupted and
     release their leases, so that running the command again resumes them at once."""
-    run = tmp_path / "run"
-    # A run that would take two minutes: time.sleep(120) under the run's lease (logging.debug: nothing cached).
-    task = Task(key="sleeper", label="sleeper", directory=str(run), fn=time.sleep, ctx=120, args=(),
-                cached=logging.debug, settings=WorkerSettings(threads=1))
+    # Runs that would take two minutes: time.sleep(120) under the run's lease (logging.debug: nothing cached).
+    tasks = [Task(key=f"sleeper{i}", label=f"sleeper {i}", directory=str(tmp_path / f"run{i}"), fn=time.sleep,
+                  ctx=120, args=(), cached=logging.debug, settings=WorkerSettings(threads=1)) for i in range(2)]
     launcher = PoolLauncher(workers=1, threads=1)
-    launcher.submit(task)
+    if grouped:
+        launcher.submit(GroupTask(key="group", label="two sleepers", members=tuple(tasks), train=_sleep_group,
+                                  settings=WorkerSettings(threads=1)))
+    else:
+        launcher.submit(tasks[0])
+    started = tasks if grouped else tasks[:1]
     deadline = time.time() + 120
-    while holder(run) is None:  # the worker has taken the run's lease
-        assert time.time() < deadline, "the worker never started the run"
+    while any(holder(t.directory) is None for t in started):  # the worker has taken the runs' leases
+        assert time.time() < deadline, "the worker never started the runs"
         time.sleep(0.2)
+    time.sleep(0.5)  # its attempts are recorded
     start = time.time()
     launcher.__exit__(Terminated, Terminated(), None)  # what `with launcher:` does as SIGTERM unwinds the command
     assert time.time() - start < 60
-    assert holder(run) is None
-    events = [(e["event"], e.get("error")) for e in read_attempts(run)]
-    assert events == [("start", None), ("fail", "interrupted")]
+    for t in started:
+        assert holder(t.directory) is None
+        events = [(e["event"], e.get("error")) for e in read_attempts(t.directory)]
+        assert events == [("start", None), ("fail", "interrupted")]

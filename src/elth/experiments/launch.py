@@ -163,16 +163,11 @@ def _run_leased(task: Task, ctx, lease: Lease, started: float | None = None) -> 
         start = time.time() if started is None else started
         try:
             result = _on_every_rank(task, ctx)
-        except SystemExit:
-            # submitit ends a job it requeued (time limit, preemption) this way: not a failure; the
-            # lease is released by the caller, so the requeued job resumes the run from its checkpoints
-            record(task.directory, "stop", error="job requeued", seconds=time.time() - start)
-            raise
-        except KeyboardInterrupt:
-            if lease.lost:
+        except (SystemExit, KeyboardInterrupt) as e:
+            if lease.lost and isinstance(e, KeyboardInterrupt):
                 record(task.directory, "lost", seconds=time.time() - start)
                 return Busy(holder(task.directory, timeout))
-            record(task.directory, "fail", error="interrupted", seconds=time.time() - start)
+            _record_stop(task.directory, e, time.time() - start)
             raise
         except ElthError as e:
             write_failure(task.directory, str(e))
@@ -202,6 +197,16 @@ def _perform(work: "Task | tuple[GroupTask, list]", ctx):
         return work.fn(ctx, *work.args)
     group, args = work
     return group.train(ctx, args)
+
+
+def _record_stop(directory: str, e: BaseException, seconds: float) -> None:
+    """The attempt of a run stopped by `e`: submitit ends a job it requeued (time limit, preemption)
+    with SystemExit, not a failure (the lease is released by the caller, so the requeued job resumes
+    the run from its checkpoints); Ctrl-C or SIGTERM is an interruption."""
+    if isinstance(e, SystemExit):
+        record(directory, "stop", error="job requeued", seconds=seconds)
+    else:
+        record(directory, "fail", error="interrupted", seconds=seconds)
 
 
 def _on_every_rank(work: "Task | tuple[GroupTask, list]", ctx):
@@ -305,7 +310,12 @@ def run_group_task(group: GroupTask) -> GroupOutcome:
             try:
                 _on_every_rank((group, [m.args for _, m, _ in held]), ctx)
                 fused = len(held)
-            except (SystemExit, KeyboardInterrupt):
+            except (SystemExit, KeyboardInterrupt) as e:
+                for _, member, lease in held:
+                    if lease.lost:
+                        record(member.directory, "lost", seconds=time.time() - started)
+                    else:
+                        _record_stop(member.directory, e, time.time() - started)
                 raise
             except BaseException as e:  # the members train one by one below, each reporting its own errors
                 error = failure_text(e)
