@@ -78,8 +78,11 @@ def test_invalid_setups_are_clear_errors(changes, message):
 
 
 def test_unknown_experiment_and_scale():
-    with pytest.raises(SpecError, match="unknown experiment"):
-        get_experiment("figure_99")
+    with pytest.raises(SpecError, match="unknown experiment") as e:
+        get_experiment("xyz")
+    assert "did you mean" not in str(e.value)
+    with pytest.raises(SpecError, match="unknown experiment 'resnet_famly' \\(did you mean 'resnet_family'\\?\\)"):
+        get_experiment("resnet_famly")
     with pytest.raises(SpecError, match="has no 'cpu' scale"):
         get_experiment("smoke").setups("cpu")
 

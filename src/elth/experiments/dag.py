@@ -43,7 +43,7 @@ from elth.experiments import fusion
 from elth.experiments.launch import Busy, Failed, Finished, GroupOutcome, GroupTask, Task, WorkerSettings
 from elth.experiments.lease import holder
 from elth.experiments.spec import ImpRun, LMCRun, TicketRun
-from elth.methods import curve_label
+from elth.methods import curve_label, method
 
 #: Node states. Final: done, diverged (a ticket run kept as diverged), failed, skipped.
 WAITING, SUBMITTED, ELSEWHERE = "waiting", "submitted", "elsewhere"
@@ -361,6 +361,8 @@ class Scheduler:
     def _submit_group(self, members: list[Node], size: int) -> None:
         first = members[0]
         what = {"imp": "IMP runs (level by level)", "ticket": "tickets", "lmc": "LMC runs (both copies)"}[first.kind]
+        if first.kind == "ticket" and method(first.run.method).dst is not None:
+            what = f"{method(first.run.method).label} runs"
         label = f"{fusion.network(first.run)}: {len(members)} {what} fused"
         train = functools.partial(fusion.TRAINERS[first.kind], size=size)
         group = GroupTask(key=tuple(members), label=label, members=tuple(self._task(n) for n in members),

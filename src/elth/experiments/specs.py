@@ -6,6 +6,8 @@ setup's `note` says what differs from the paper. Lengths there are in iterations
 """
 from __future__ import annotations
 
+import difflib
+
 from elth.experiments.spec import Experiment, Setup, SpecError, Transfer
 
 #: The width-8 ResNets' training at cpu scale: 2 Fashion-MNIST epochs, the LR divided by 10 at 50% and 75%
@@ -463,5 +465,7 @@ def get_experiment(name: str) -> Experiment:
     try:
         return EXPERIMENTS[name]
     except KeyError:
-        raise SpecError(f"unknown experiment {name!r}; the experiments are: {', '.join(EXPERIMENTS)} "
+        close = difflib.get_close_matches(name, EXPERIMENTS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SpecError(f"unknown experiment {name!r}{hint}; the experiments are: {', '.join(EXPERIMENTS)} "
                         "(`elth experiment --list` describes them)") from None
