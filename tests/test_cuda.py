@@ -1,7 +1,7 @@
 """Checks that need a CUDA GPU: training, fused training (fp32 and bf16), IMP and the fused group
 size on the device. Skipped where there is none (CI has none); `benchmarks/gpu_checks.sh` runs
 them on a GPU machine together with the GPU benchmarks. `ELTH_TEST_DEVICE=cpu` runs the same
-checks on the CPU (to try the checks themselves without a GPU).
+checks on the CPU (to try the checks themselves without a GPU); RigL and DPF members fused there too.
 
 On a GPU the fused network's kernels (batched matmuls, grouped convolutions) are other kernels than
 a lone run's, so fused members are compared within tolerances, not bit for bit: a few steps from
@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from elth.data import load_dataset
+from elth.masks import count
 from elth.models import build_model
+from elth.sparsity.dst import DPF, RigL
 from elth.training import Protocol, train
 from elth.training.fused import Member, default_group_size, train_fused
 from elth.workflows.imp import IMPConfig, run_imp
@@ -74,6 +76,25 @@ def test_fused_members_match_lone_runs(digits, name, precision, tolerance):
             w = fused[i].get_parameter(n)
             assert bool((w[~m.to(w.device)] == 0).all()), (i, n)
         assert abs(fused_results[i].test_accuracy - lone_results[i].test_accuracy) <= 0.02
+
+
+@pytest.mark.parametrize("method", ["dpf", "rigl"])
+def test_fused_dst_members_match_lone_runs(digits, method):
+    """RigL and DPF members fused on the device: their controllers' views of the fused tensors there."""
+    protocol = Protocol(length="12it", batch_size=32, lr=0.02, milestones=())
+    make = lambda s: DPF(s, 12, update_every=3) if method == "dpf" else RigL(s, 12, update_every=3, seed=1)
+    sparsities = (0.5, 0.7, 0.8, 0.9)
+    models = [build_model("cifar_resnet_8_8", digits.info.input_shape, digits.info.num_classes, seed=i)
+              for i in range(K)]
+    lone, fused = copy.deepcopy(models), copy.deepcopy(models)
+    lone_c, fused_c = [make(s) for s in sparsities], [make(s) for s in sparsities]
+    for i, m in enumerate(lone):
+        train(m, digits, protocol, data_seed=i, controller=lone_c[i], device=DEVICE, progress=False)
+    train_fused([Member(m, i, controller=c) for i, (m, c) in enumerate(zip(fused, fused_c))], digits, protocol,
+                device=DEVICE, progress=False)
+    for i in range(K):
+        assert relative_distance(fused[i], lone[i]) < 1e-3, i
+        assert count(fused_c[i].mask()) == count(lone_c[i].mask())
 
 
 def test_imp_prunes_on_the_device(digits, tmp_path):
