@@ -24,8 +24,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True,
                         help="cifar10, svhn, mnist, fashion_mnist, imagenet, digits (built in) or synthetic; "
                         "NAME@SIZE resizes its images")
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
+    add_data_dir_argument(parser)
+
+
+DATA_DIR_HELP = "where the dataset's files are (default: $ELTH_DATA, then the usual places)"
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser, help: str = DATA_DIR_HELP, *, must_exist: bool = True) -> None:
+    """--data-dir; a folder that does not exist is a mistake where the data is read in this process
+    (`must_exist`), not where it is read elsewhere (on a cluster's nodes)."""
+    parser.add_argument("--data-dir", metavar="DIR", type=existing_dir if must_exist else None, help=help)
+
+
+def existing_dir(text: str) -> str:
+    if not os.path.isdir(text):
+        what = "is not a folder" if os.path.exists(text) else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text} {what}")
+    return text
 
 
 def add_seed_arguments(parser: argparse.ArgumentParser) -> None:

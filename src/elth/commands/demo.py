@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from elth.commands.common import check_output_dir
+from elth.commands.common import add_data_dir_argument, check_output_dir
 from elth.commands.experiment import execute
 from elth.data import load_dataset
 from elth.errors import ElthError
@@ -37,8 +37,7 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=("auto", "fashion_mnist", "digits"), default="auto",
                         help="auto (default): Fashion-MNIST when installed, else the built-in digits")
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="where Fashion-MNIST's files are (default: $ELTH_DATA, then the usual places)")
+    add_data_dir_argument(parser, "where Fashion-MNIST's files are (default: $ELTH_DATA, then the usual places)")
     parser.add_argument("--root", default="runs", metavar="DIR", help="store of runs (default: ./runs)")
     parser.add_argument("--out", default=str(Path("runs") / "demo"), metavar="DIR",
                         help="where results and report go (default: ./runs/demo)")

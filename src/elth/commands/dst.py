@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from elth.commands.common import (
+    add_data_dir_argument,
     add_device_arguments,
     add_protocol_arguments,
     add_root_argument,
@@ -95,8 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--exclude", nargs="*", metavar="LAYER",
                    help="layers kept dense (weight or module names); replaces the model's default (VGGs and "
                    "MLPs: the output layer); give --exclude alone to make every layer sparse")
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
+    add_data_dir_argument(parser)
     add_protocol_arguments(parser)
     parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed of the model's initialisation and of RigL's initial mask (default: 0)")

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import torch
 
-from elth.commands.common import add_distributed_arguments, check_output_dir, resolve_device, run_on_ranks
+from elth.commands.common import (
+    add_data_dir_argument,
+    add_distributed_arguments,
+    check_output_dir,
+    resolve_device,
+    run_on_ranks,
+)
 from elth.errors import ElthError
 from elth.limits import MAX_SEEDS, check_real
 from elth.experiments.launch import (
@@ -94,8 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store of runs shared by all experiments (default: ./runs)")
     parser.add_argument("--out", metavar="DIR",
                         help="where results and report go (default: ROOT/experiments/NAME-SCALE)")
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
+    add_data_dir_argument(parser, must_exist=False)
     parser.add_argument("--fuse", type=int, metavar="K",
                         help="train ready runs of one network and protocol (ticket runs, IMP runs of different seeds, "
                              "LMC copies) K at a time as one fused network, one task per group (one job with "

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from elth.analysis import alphas_of, linear_mode_connectivity, plot_lmc
 from elth.commands.common import (
+    add_data_dir_argument,
     add_device_arguments,
     add_protocol_arguments,
     check_output_dir,
@@ -50,8 +51,7 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tickets", nargs="+", metavar="TICKET", help="ticket files (.safetensors)")
     parser.add_argument("--dataset", help="dataset to train and evaluate on (default: each ticket's)")
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
+    add_data_dir_argument(parser)
     add_protocol_arguments(parser)
     parser.set_defaults(preset=None)
     for action in parser._actions:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from elth.commands.common import (
+    add_data_dir_argument,
     add_device_arguments,
     add_protocol_arguments,
     check_output_dir,
@@ -92,8 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-seed", type=seed_arg, metavar="SEED",
                         help="seed of the data order to the rewind point and of the scoring examples "
                         "(default: the --like ticket's, if recorded and --seed is not given, else --seed)")
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
+    add_data_dir_argument(parser)
     parser.add_argument("--root", default="runs", metavar="DIR",
                         help="run cache shared with `elth imp` (rewind points; default: ./runs)")
     add_device_arguments(parser, "precision of the dense training to the rewind point, as for `elth imp` (default: fp32)")

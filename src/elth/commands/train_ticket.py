@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from elth.commands.common import (
+    add_data_dir_argument,
     add_device_arguments,
     add_protocol_arguments,
     add_root_argument,
@@ -41,8 +42,7 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ticket", metavar="TICKET", help="a ticket file (.safetensors)")
     parser.add_argument("--dataset", help="dataset to train on (default: the ticket's)")
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="where the dataset's files are (default: $ELTH_DATA, then the usual places)")
+    add_data_dir_argument(parser)
     add_protocol_arguments(parser)
     parser.set_defaults(preset=None)
     parser.add_argument("--seed", type=seed_arg, metavar="SEED",

@@ -14,7 +14,7 @@ from elth.elastic import (
     replica_units,
     transform,
 )
-from elth.commands.common import check_output_file, index_list, seed_arg
+from elth.commands.common import add_data_dir_argument, check_output_file, index_list, seed_arg
 from elth.elastic.plan import model_view
 from elth.errors import ElthError
 from elth.masks import count
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", metavar="MODEL", help="target model, e.g. cifar_resnet_56 (default: the ticket's)")
     parser.add_argument("--dataset", metavar="NAME",
                         help="move the ticket to this dataset (e.g. cifar10 for a ticket found on svhn; see above)")
-    parser.add_argument("--data-dir", metavar="DIR", help="where --dataset's files are (ImageNet: to count its classes)")
+    add_data_dir_argument(parser, "where --dataset's files are (ImageNet: to count its classes)")
     parser.add_argument(
         "--order", choices=ORDERS, default=None,
         help="how stretched stages order their copies (default: appending)",
