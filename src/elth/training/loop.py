@@ -180,8 +180,7 @@ def train(
     # Settings
     device, span = resolve_span(data, protocol, start_step, end_step, eval_every, precision, device)
     ipe, start_step, end, eval_interval = span
-    if controller is not None and mask is not None:
-        raise ElthError("give either a fixed mask or a controller that manages the sparsity, not both")
+    check_one_sparsity(mask, controller)
     check_split(data, protocol.batch_size)
 
     # Model, optimiser, step and batches
@@ -262,6 +261,12 @@ def train(
         raise
     finally:
         report.close()
+
+
+def check_one_sparsity(mask, controller: TrainingController | None) -> None:
+    """A run's sparsity comes from a fixed mask or from a controller that manages it, not both."""
+    if controller is not None and mask is not None:
+        raise ElthError("give either a fixed mask or a controller that manages the sparsity, not both")
 
 
 def check_split(data, batch_size: int) -> None:

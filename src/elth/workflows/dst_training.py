@@ -152,9 +152,14 @@ class _Planned:
     model: torch.nn.Module
     controller: object
     protocol: object
+    total: int
     excluded: list[str]
     run: Path | None
     label: str
+
+    @property
+    def train_dir(self) -> Path | None:
+        return None if self.run is None else self.run / TRAIN_DIR
 
 
 def _plan(model_name: str, data, protocol, method: str, sparsity: float, seed: int, data_seed: int, root,
@@ -181,13 +186,13 @@ def _plan(model_name: str, data, protocol, method: str, sparsity: float, seed: i
         if done is not None:
             return done
     return _Planned(model_name, method, options, float(sparsity), int(seed), int(data_seed), precision, model,
-                    controller, scaled, excluded, run, method_label(method, options))
+                    controller, scaled, total, excluded, run, method_label(method, options))
 
 
 def _finish(p: _Planned, result, data, protocol) -> DSTResult:
     """The result of a trained DST run (FLOPs priced); with a run directory, its ticket and result.json."""
     model, controller, info = p.model, p.controller, data.info
-    total, batch = p.protocol.total_steps(data.iterations_per_epoch(p.protocol.batch_size)), p.protocol.batch_size
+    total, batch = p.total, p.protocol.batch_size
     mask = controller.mask()
     kept, prunable = count(mask)
     dense_macs = forward_macs(model)
@@ -253,7 +258,7 @@ def train_dst(
     if isinstance(p, DSTResult):
         return p
     result = train(
-        p.model, data, p.protocol, data_seed=data_seed, out_dir=None if p.run is None else p.run / TRAIN_DIR,
+        p.model, data, p.protocol, data_seed=data_seed, out_dir=p.train_dir,
         eval_every=eval_every, precision=precision, device=device, progress=progress, controller=p.controller,
         desc=f"{model_name} {p.label} {100 * sparsity:.1f}%",
     )
@@ -276,23 +281,24 @@ def train_dst_group(
 ) -> list[DSTResult | TrainingDiverged]:
     """`train_dst` for several runs of one model, method and options, `runs` = (sparsity, seed,
     data seed) each, trained at most `group_size` at once as one fused network (see
-    `elth.training.fused`; each run's controller its own). Each run lives where `train_dst` puts it, so `train_dst` finds it
-    finished (or resumes it); results in the given order (a diverged run: its `TrainingDiverged`)."""
+    `elth.training.fused`; each run's controller its own). Each run lives where `train_dst` puts
+    it, so `train_dst` finds it finished (or resumes it); results in the given order (a diverged
+    run: its `TrainingDiverged`)."""
     if group_size < 1:
         raise DSTError(f"group size must be at least 1, got {group_size}")
     planned = [_plan(model_name, data, protocol, method, s, seed, ds, root, precision, method_options)
                for s, seed, ds in runs]
     results: list[DSTResult | TrainingDiverged | None] = [p if isinstance(p, DSTResult) else None for p in planned]
     todo = [i for i, p in enumerate(planned) if not isinstance(p, DSTResult)]
-    for first in range(0, len(todo), group_size):
-        chunk = todo[first : first + group_size]
-        members = [Member(planned[i].model, planned[i].data_seed, out_dir=None if planned[i].run is None
-                          else planned[i].run / TRAIN_DIR, controller=planned[i].controller) for i in chunk]
-        label = planned[chunk[0]].label
-        trained = train_fused(members, data, planned[chunk[0]].protocol, precision=precision, device=device,
-                              progress=progress, eval_every=None, desc=f"{model_name} {label} x{len(chunk)} fused")
-        for i, result in zip(chunk, trained):
-            results[i] = result if isinstance(result, TrainingDiverged) else _finish(planned[i], result, data, protocol)
+    if not todo:
+        return results
+    first = planned[todo[0]]
+    members = [Member(planned[i].model, planned[i].data_seed, out_dir=planned[i].train_dir,
+                      controller=planned[i].controller) for i in todo]
+    trained = train_fused(members, data, first.protocol, precision=precision, device=device, progress=progress,
+                          eval_every=None, members_at_once=group_size, desc=f"{model_name} {first.label} fused")
+    for i, result in zip(todo, trained):
+        results[i] = result if isinstance(result, TrainingDiverged) else _finish(planned[i], result, data, protocol)
     return results
 
 

@@ -140,10 +140,11 @@ def level_dir(run: Path, level: int) -> Path:
     return Path(run) / f"level_{level}"
 
 
-def read_level_ticket(path: Path) -> Ticket:
-    """A level's ticket; a damaged one is a `TicketError` that says how to have it made again."""
+def read_level_ticket(run: Path, level: int) -> Ticket:
+    """The ticket of IMP run `run` at `level`; a damaged one is a `TicketError` that says how to
+    have it made again."""
     try:
-        return load_ticket(path)
+        return load_ticket(level_dir(run, level) / TICKET_FILE)
     except TicketError as e:
         raise TicketError(f"{e}; it is a level of an IMP run: delete it and run again, and IMP makes it "
                           "again from the level before") from None
@@ -195,7 +196,7 @@ def run_imp(
         ticket_path = level_dir(run, k) / TICKET_FILE
         if k == 0 and not ticket_path.is_file():
             _write_level_zero(config, data, run, ticket_path, hp, root, device, progress)
-        ticket = read_level_ticket(ticket_path)
+        ticket = read_level_ticket(run, k)
         if k == 0:
             rewind_state = ticket.state  # level 0 is the rewind weights, unmasked
         model = None

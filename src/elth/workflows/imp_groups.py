@@ -68,7 +68,7 @@ def run_imp_together(
         for (model, protocol, rewind_step, precision), indices in groups.items():
             for start in range(0, len(indices), group_size):
                 chunk = indices[start : start + group_size]
-                tickets = [read_level_ticket(level_dir(runs[i], k) / TICKET_FILE) for i in chunk]
+                tickets = [read_level_ticket(runs[i], k) for i in chunk]
                 members = [
                     Member(t.build(device if device is not None else "cpu"), configs[i].data_seed, t.mask,
                            level_dir(runs[i], k) / TRAIN_DIR)
@@ -98,10 +98,10 @@ def _make_level_ticket(config: IMPConfig, data, run, k: int, hp: dict, root, dev
     if k == 0:
         _write_level_zero(config, data, run, path, hp, root, device, progress)
         return
-    previous = read_level_ticket(level_dir(run, k - 1) / TICKET_FILE)
+    previous = read_level_ticket(run, k - 1)
     trained_state = load_checkpoint(level_dir(run, k - 1) / TRAIN_DIR / CHECKPOINT_FILE)["model"]
     names = _prunable(config, data.info)
     eligible = [n for n in names if n not in set(hp["excluded"])]
     mask = magnitude_prune(trained_state, previous.mask, config.prune_fraction, eligible)
-    rewind_state = read_level_ticket(level_dir(run, 0) / TICKET_FILE).state
+    rewind_state = read_level_ticket(run, 0).state
     save_ticket(_level_ticket(config, data, run, k, rewind_state, mask, hp), path)

@@ -3,11 +3,13 @@ settings checks, top-k selection."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from elth.masks import Mask
 from elth.sparsity.dst.densities import DSTError
+from elth.training.fused.network import FusedNetwork, FusionError, member_parts
 from elth.training.masking import mask_like
 
 
@@ -86,3 +88,40 @@ class MaskController:
     def load_state_dict(self, state: dict) -> None:
         self.masks = [state["masks"][n].to(p.device, torch.bool) for n, p in zip(self.names, self.params)]
         self._refresh_layouts()
+
+
+class FusedMaskControllers:
+    """What the fused forms of RigL and DPF share: the K members' own controllers (attached to
+    their own models, same update schedule: `schedule(c)` equal for all), the fused network's
+    sparse layers (those sparse in any member: `names`, `params`, member `shapes`), per member
+    its index of each of them (`index`; None where it keeps the layer dense) and the members'
+    masks side by side as `layouts` (ones where a member keeps a layer dense).
+    """
+
+    def __init__(self, controllers: list, net: FusedNetwork, schedule: Callable, what: str):
+        if len({schedule(c) for c in controllers}) != 1:
+            raise FusionError(f"{what} runs train fused only with the same steps, update interval, end and layers")
+        if len(controllers) != net.k:
+            raise FusionError(f"{len(controllers)} {what} controllers for {net.k} fused members")
+        first = controllers[0]
+        self.members, self.k, self.first = controllers, net.k, first
+        self.names = [n for n in first.all_names if any(n in c.names for c in controllers)]
+        self.index = [[c.names.index(n) if n in c.names else None for n in self.names] for c in controllers]
+        fused = dict(net.net.named_parameters())
+        self.params = [fused[n] for n in self.names]
+        self.shapes = [first.shapes[n] for n in self.names]
+        with torch.no_grad():
+            self.layouts = [torch.ones_like(p) for p in self.params]
+        self.refresh_layouts()
+
+    def parts(self, t: torch.Tensor, j: int) -> list[torch.Tensor]:
+        """The members' views of fused tensor `t` of sparse layer `j`."""
+        return member_parts(t, self.k, self.shapes[j])
+
+    @torch.no_grad()
+    def refresh_layouts(self) -> None:
+        """The fused layouts from the members' current masks."""
+        for j, layout in enumerate(self.layouts):
+            for part, c, index in zip(self.parts(layout, j), self.members, self.index):
+                if index[j] is not None:
+                    part.copy_(c.masks[index[j]])

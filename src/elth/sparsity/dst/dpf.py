@@ -7,6 +7,7 @@ from torch import nn
 from elth.console import percent
 from elth.masks import count_for_sparsity, excluded_names
 from elth.sparsity.dst.common import (
+    FusedMaskControllers,
     MaskController,
     check_settings,
     dpf_sparsity,
@@ -14,7 +15,7 @@ from elth.sparsity.dst.common import (
 )
 from elth.sparsity.dst.densities import DSTError, param_shapes
 from elth.training import distributed
-from elth.training.fused.network import FusedNetwork, FusionError, member_parts
+from elth.training.fused.network import FusedNetwork
 
 
 class DenseFeedbackSteps:
@@ -135,13 +136,13 @@ class DPF(DenseFeedbackSteps, MaskController):
         }
 
     @classmethod
-    def fuse(cls, controllers: list["DPF"], net: FusedNetwork, optimizer=None) -> "FusedDPF":
+    def fuse(cls, controllers: list["DPF"], net: FusedNetwork, optimizer) -> "FusedDPF":
         """The controllers of a fused group's members (each attached to its own model) as one
         controller of the fused network `net` (see `FusedDPF`)."""
         return FusedDPF(controllers, net)
 
 
-class FusedDPF(DenseFeedbackSteps):
+class FusedDPF(DenseFeedbackSteps, FusedMaskControllers):
     """DPF for the K members of a fused network, each exactly as its own `DPF` would train it.
 
     The copies and the mask multiply of every step run once over the fused tensors. Each member's
@@ -152,30 +153,13 @@ class FusedDPF(DenseFeedbackSteps):
     """
 
     def __init__(self, controllers: list[DPF], net: FusedNetwork):
-        first = controllers[0]
-        schedule = {(c.total_steps, c.update_every, c.end_step, tuple(c.names)) for c in controllers}
-        if len(schedule) != 1:
-            raise FusionError("DPF runs train fused only with the same steps, update interval, end and sparse layers")
-        if len(controllers) != net.k:
-            raise FusionError(f"{len(controllers)} DPF controllers for {net.k} fused members")
-        self.members, self.k, self.first = controllers, net.k, first
-        fused = dict(net.net.named_parameters())
-        self.params = [fused[n] for n in first.names]
-        shapes = [first.shapes[n] for n in first.names]
+        super().__init__(controllers, net, lambda c: (c.total_steps, c.update_every, c.end_step, tuple(c.names)), "DPF")
         with torch.no_grad():
             self.dense = [torch.empty_like(p) for p in self.params]
-            self.layouts = [torch.empty_like(p) for p in self.params]
-        for j, (p, d, shape) in enumerate(zip(self.params, self.dense, shapes)):
-            param_parts, dense_parts = member_parts(p, self.k, shape), member_parts(d, self.k, shape)
-            for i, c in enumerate(controllers):
-                dense_parts[i].copy_(c.dense[j])  # a resumed member's dense weights (its weights hold m * W)
-                c.params[j], c.dense[j] = param_parts[i], dense_parts[i]
-        self._refresh_layouts()
-
-    def _refresh_layouts(self) -> None:
-        for j, (layout, name) in enumerate(zip(self.layouts, self.first.names)):
-            for part, c in zip(member_parts(layout, self.k, self.first.shapes[name]), self.members):
-                part.copy_(c.masks[j])
+        for j, (p, d) in enumerate(zip(self.params, self.dense)):
+            for c, param_part, dense_part in zip(controllers, self.parts(p, j), self.parts(d, j)):
+                dense_part.copy_(c.dense[j])  # a resumed member's dense weights (its weights hold m * W)
+                c.params[j], c.dense[j] = param_part, dense_part
 
     def is_update_point(self, progress: int) -> bool:
         return self.first.is_update_point(progress)
@@ -184,4 +168,4 @@ class FusedDPF(DenseFeedbackSteps):
         """Every member's own mask update, then the fused layouts."""
         for c in self.members:
             c.update(progress)
-        self._refresh_layouts()
+        self.refresh_layouts()

@@ -9,6 +9,7 @@ from torch import nn
 from elth.masks import count_for_sparsity, excluded_names
 from elth.sparsity.baselines import derived_seed
 from elth.sparsity.dst.common import (
+    FusedMaskControllers,
     MaskController,
     check_settings,
     rigl_drop_fraction,
@@ -22,7 +23,7 @@ from elth.sparsity.dst.densities import (
     param_shapes,
 )
 from elth.training import distributed
-from elth.training.fused.network import FusedNetwork, FusionError, member_parts
+from elth.training.fused.network import FusedNetwork
 from elth.training.masking import mask_gradients, mask_like
 
 
@@ -141,7 +142,7 @@ class RigL(MaskController):
         return FusedRigL(controllers, net, optimizer)
 
 
-class FusedRigL:
+class FusedRigL(FusedMaskControllers):
     """RigL for the K members of a fused network, each exactly as its own `RigL` would train it.
 
     The gradient masks of ordinary steps are one fused multiply; at a mask update each member's
@@ -153,29 +154,9 @@ class FusedRigL:
     """
 
     def __init__(self, controllers: list[RigL], net: FusedNetwork, optimizer):
-        first = controllers[0]
-        if len({(c.update_every, c.end_step, tuple(c.all_names)) for c in controllers}) != 1:
-            raise FusionError("RigL runs train fused only with the same update interval, end and layers")
-        if len(controllers) != net.k:
-            raise FusionError(f"{len(controllers)} RigL controllers for {net.k} fused members")
-        self.members, self.k, self.first = controllers, net.k, first
-        self.names = [n for n in first.all_names if any(n in c.names for c in controllers)]
-        #: per member, its index of each fused sparse layer (None: the member keeps that layer dense)
-        self.index = [[c.names.index(n) if n in c.names else None for n in self.names] for c in controllers]
-        fused = dict(net.net.named_parameters())
+        super().__init__(controllers, net, lambda c: (c.update_every, c.end_step, tuple(c.all_names)), "RigL")
         buffers = dict(zip(optimizer.names, optimizer.buffers))
-        self.params = [fused[n] for n in self.names]
         self.momentum = [buffers[n] for n in self.names]
-        self.shapes = [first.shapes[n] for n in self.names]
-        with torch.no_grad():
-            self.layouts = [torch.ones_like(p) for p in self.params]
-        self._refresh_layouts()
-
-    def _refresh_layouts(self) -> None:
-        for j, (layout, shape) in enumerate(zip(self.layouts, self.shapes)):
-            for part, c, index in zip(member_parts(layout, self.k, shape), self.members, self.index):
-                if index[j] is not None:
-                    part.copy_(c.masks[index[j]])
 
     @torch.no_grad()
     def after_backward(self, step: int) -> bool:
@@ -191,14 +172,14 @@ class FusedRigL:
     @torch.no_grad()
     def update(self, step: int) -> None:
         alphas = [rigl_drop_fraction(step, c.drop_fraction, c.end_step) for c in self.members]
-        for j, (p, buf, shape) in enumerate(zip(self.params, self.momentum, self.shapes)):
+        for j, (p, buf) in enumerate(zip(self.params, self.momentum)):
             if p.grad is None:
                 continue
-            weights, grads = member_parts(p, self.k, shape), member_parts(p.grad, self.k, shape)
-            bufs = member_parts(buf, self.k, shape) if buf is not None else [None] * self.k
-            for c, index, alpha, w, g, b in zip(self.members, self.index, alphas, weights, grads, bufs):
+            bufs = self.parts(buf, j) if buf is not None else [None] * self.k
+            for c, index, alpha, w, g, b in zip(self.members, self.index, alphas, self.parts(p, j),
+                                                self.parts(p.grad, j), bufs):
                 if index[j] is not None:
                     c.update_layer(index[j], alpha, w, g, b)
         for c in self.members:
             c.check_masks(step)
-        self._refresh_layouts()
+        self.refresh_layouts()

@@ -49,7 +49,7 @@ from elth.training.device import autocast, use_channels_last
 from elth.training.fused.network import FusedNetwork, FusionError, stack_members
 from elth.training.fused.optimizer import MemberSGD
 from elth.training.fused.sizing import cpu_members_at_once
-from elth.training.loop import check_split, make_optimizer, place_model, resolve_span, train
+from elth.training.loop import check_one_sparsity, check_split, make_optimizer, place_model, resolve_span, train
 from elth.training.masking import GradientMask
 from elth.training.metrics import GroupStats
 from elth.training.progress import Progress
@@ -169,8 +169,7 @@ def _prepare(member: Member, data, protocol: Protocol, start_step: int, end: int
     """As `train` begins a run: the model on the device, masked, its controller attached, and
     resumed from its checkpoint (a finished run gets its result and is left out)."""
     model, controller = member.model, member.controller
-    if controller is not None and member.mask is not None:
-        raise ElthError("give either a fixed mask or a controller that manages the sparsity, not both")
+    check_one_sparsity(member.mask, controller)
     place_model(model, device)
     if member.mask is not None:
         GradientMask(model, member.mask).apply_to_weights()

@@ -190,7 +190,12 @@ def member_slice(t: torch.Tensor, k: int, shape: tuple[int, ...], index: int) ->
     return t.detach().reshape(k, *shape)[index]
 
 
+def member_views(t: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """The K members' parts of a fused tensor as views (same memory layout as a member's tensor)."""
+    return list(t.detach().unflatten(0, (k, -1)).unbind(0))
+
+
 def member_parts(t: torch.Tensor, k: int, shape: tuple[int, ...]) -> list[torch.Tensor]:
-    """The K members' parts of the fused tensor `t` as views in the members' `shape`: what is
-    written into a part lands in `t` (as `member_slice`, but never a copy)."""
-    return [part.view(shape) for part in t.detach().unflatten(0, (k, -1)).unbind(0)]
+    """`member_views` in the members' `shape`: what is written into a part lands in `t` (as
+    `member_slice`, but never a copy)."""
+    return [part.view(shape) for part in member_views(t, k)]

@@ -14,14 +14,9 @@ import torch
 from torch import nn
 from torch.optim.sgd import sgd
 
-from elth.training.fused.network import FusedNetwork, member_slice, stack_members
+from elth.training.fused.network import FusedNetwork, member_slice, member_views, stack_members
 from elth.training.loop import make_optimizer
 from elth.training.protocol import Protocol
-
-
-def member_views(t: torch.Tensor, k: int) -> list[torch.Tensor]:
-    """The K members' parts of a fused tensor as views (same memory layout as a member's tensor)."""
-    return list(t.detach().unflatten(0, (k, -1)).unbind(0))
 
 
 class MemberSGD:
