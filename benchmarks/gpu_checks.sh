@@ -3,7 +3,8 @@
 #   1. tests/test_cuda.py: training, fused training (fp32, bf16) and IMP on the GPU;
 #   2. an experiment end to end on the GPU with fused groups (smoke scale);
 #   3. benchmarks/fused_throughput.py: K fused members vs K runs one after another, K = 1..16
-#      (goals: >= 4x total images/s at K = 16 for cifar_resnet_20 at batch 128, >= 8x for mlp_2);
+#      (goals: >= 4x total images/s at K = 16 for cifar_resnet_20 at batch 128, >= 8x for mlp_2;
+#      ViTs train in the stacked layout, their members' forwards under vmap);
 #   4. benchmarks/ddp_scaling.py: one GPU with NCCL DDP against no DDP.
 # Each part's output goes to $OUT (default ./gpu-checks); a failing part does not stop the others.
 # Needs python3 with a CUDA build of torch and elth's dependencies; run it from the repository root.
@@ -33,6 +34,8 @@ part fused python3 benchmarks/fused_throughput.py --device cuda --clock wall --s
     --models mlp_2,cifar_resnet_20_8,cifar_resnet_20 --ks 1,2,4,8,16
 part fused_bf16 python3 benchmarks/fused_throughput.py --device cuda --clock wall --steps 20 --rounds 3 \
     --precision bf16 --models cifar_resnet_20 --ks 1,16
+part fused_vit python3 benchmarks/fused_throughput.py --device cuda --clock wall --steps 20 --rounds 3 \
+    --models vit_2,vit_6 --ks 1,4,16
 part fused_dpf python3 benchmarks/fused_throughput.py --device cuda --clock wall --steps 32 --rounds 3 \
     --dst dpf --models cifar_resnet_20_8 --ks 1,4,16
 part fused_rigl python3 benchmarks/fused_throughput.py --device cuda --clock wall --steps 32 --rounds 3 \

@@ -3,10 +3,10 @@ size on the device. Skipped where there is none (CI has none); `benchmarks/gpu_c
 them on a GPU machine together with the GPU benchmarks. `ELTH_TEST_DEVICE=cpu` runs the same
 checks on the CPU (to try the checks themselves without a GPU); RigL and DPF members fused there too.
 
-On a GPU the fused network's kernels (batched matmuls, grouped convolutions) are other kernels than
-a lone run's, so fused members are compared within tolerances, not bit for bit: a few steps from
-the same start agree to 1e-3 relative (rounding, amplified a little by SGD), and the masks are
-identical (pruned weights exactly zero).
+On a GPU the fused network's kernels (batched matmuls, grouped convolutions, vmap's batched
+attention for ViTs) are other kernels than a lone run's, so fused members are compared within
+tolerances, not bit for bit: a few steps from the same start agree to 1e-3 relative (rounding,
+amplified a little by SGD), and the masks are identical (pruned weights exactly zero).
 """
 import copy
 import os
@@ -61,6 +61,8 @@ def test_a_run_trains_on_the_device_and_learns(digits, tmp_path):
     ("mlp_2", "fp32", 1e-4),
     ("cifar_resnet_8_8", "fp32", 1e-3),
     ("cifar_resnet_8_8", "bf16", 5e-2),  # bf16 keeps 8 bits of mantissa: rounding is 2**-8 per op
+    ("vit_2", "fp32", 1e-3),  # the stacked layout: vmap's batched kernels (attention among them)
+    ("vit_2", "bf16", 5e-2),
 ])
 def test_fused_members_match_lone_runs(digits, name, precision, tolerance):
     protocol = Protocol(length="10it", batch_size=32, lr=0.02, milestones=())

@@ -262,8 +262,8 @@ def test_an_experiment_on_two_ranks_trains_every_run_on_both_as_one_process_woul
         assert abs(two[k].accuracy - one[k].accuracy) <= 1 / 128, k  # one test example of 128 at most
 
 
-def fused_group_members():
-    """Three mlp_1 tickets (different weights, masks and data seeds) and their protocol."""
+def fused_group_members(model_name: str = "mlp_1"):
+    """Three tickets of `model_name` (different weights, masks and data seeds) and their protocol."""
     from elth.data import load_dataset
     from elth.models import build_model
     from elth.training import Protocol
@@ -272,24 +272,25 @@ def fused_group_members():
     data = load_dataset("digits")
     members = []
     for i in range(3):
-        model = build_model("mlp_1", data.info.input_shape, data.info.num_classes, seed=i)
+        model = build_model(model_name, data.info.input_shape, data.info.num_classes, seed=i)
         g = torch.Generator().manual_seed(100 + i)
         mask = {n: torch.rand(model.get_parameter(n).shape, generator=g) < 0.6 for n in model.prunable_names()}
         members.append(Member(model, data_seed=10 + i, mask=mask))
     return data, Protocol(length="2ep", batch_size=64, lr=0.05, milestones=("1ep",)), members
 
 
-def test_a_fused_group_on_two_ranks_trains_the_members_one_process_trains(tmp_path):
+@pytest.mark.parametrize("model_name", ["mlp_1", "vit_2"])  # the grouped and the stacked layout
+def test_a_fused_group_on_two_ranks_trains_the_members_one_process_trains(tmp_path, model_name):
     """The fused network under DDP, each rank on its share of every member's batch (the last batch
     of an epoch splits unevenly): every member ends within float32 rounding of one process's."""
     from elth.training.fused import train_fused
 
     script = Path(__file__).parent / "rank_scripts" / "fused_group.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           str(Path(__file__).parent)]
+           str(Path(__file__).parent), model_name]
     out = subprocess.run(cmd, cwd=tmp_path, env=rank_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
-    data, protocol, members = fused_group_members()
+    data, protocol, members = fused_group_members(model_name)
     train_fused(members, data, protocol, progress=False, device="cpu", members_at_once=3)
     for i, m in enumerate(members):
         two = torch.load(tmp_path / f"m{i}.pt", weights_only=True)

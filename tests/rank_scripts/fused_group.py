@@ -1,4 +1,5 @@
-"""Run by torchrun (2 ranks, gloo): three mlp_1 tickets trained as one fused group over both ranks;
+"""Run by torchrun (2 ranks, gloo): three tickets of the model named by the second argument
+trained as one fused group over both ranks;
 rank 0 saves each member's final weights to m<i>.pt in the working directory (see
 test_distributed.py, which trains the same group in one process)."""
 import sys
@@ -13,7 +14,7 @@ from elth.training import distributed  # noqa: E402
 from elth.training.fused import train_fused  # noqa: E402
 
 distributed.init("cpu")
-data, protocol, members = fused_group_members()
+data, protocol, members = fused_group_members(sys.argv[2])
 train_fused(members, data, protocol, progress=False, device="cpu", members_at_once=3)
 if distributed.is_main():
     for i, m in enumerate(members):

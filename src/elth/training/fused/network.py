@@ -1,28 +1,51 @@
-"""K models of one architecture as one network (horizontal fusion).
+"""K models of one architecture as one network (horizontal fusion), in one of two layouts.
 
-`FusedNetwork(models)` copies the first model and replaces every layer that holds weights by one
-that holds all K members' weights side by side: a convolution becomes a grouped convolution with
-K times the channels (group k sees only member k's channels), a BatchNorm covers K x C channels
-(statistics are per channel, so per member), a linear layer becomes `FusedLinear` (one batched
-matmul). Activations of conv layers are [N, K*C, H, W] and of linear layers [N, K*D], member-major,
-so the model's own `forward` (ReLUs, residual adds, pooling, flatten) runs unchanged on the fused
-layers and nothing of one member reaches another: every op is per channel or per member group.
+Grouped (conv, linear and batch-norm layers, the paper's families): `FusedNetwork(models)` copies
+the first model and replaces every layer that holds weights by one that holds all K members'
+weights side by side: a convolution becomes a grouped convolution with K times the channels (group
+k sees only member k's channels), a BatchNorm covers K x C channels (statistics are per channel,
+so per member), a linear layer becomes `FusedLinear` (one batched matmul). Activations of conv
+layers are [N, K*C, H, W] and of linear layers [N, K*D], member-major, so the model's own
+`forward` (ReLUs, residual adds, pooling, flatten) runs unchanged on the fused layers and nothing
+of one member reaches another: every op is per channel or per member group.
 
-Every fused tensor (weight, bias, BN buffer, mask, momentum buffer) is the K member tensors
-stacked along a new first dimension and reshaped: `t.reshape(K, *member_shape)[k]` is member k's.
+Stacked (any other network: LayerNorm, attention, a user's own layers): every parameter and buffer
+gets a leading member dimension and the model's own `forward` runs once per member under
+`torch.func.vmap`, which turns each op into its batched form (an op without a batching rule runs
+member by member inside the one call). Nothing in this layout relies on the forward being per
+channel, so it is the fallback for every model the grouped one cannot hold, and for a grouped
+copy whose outputs on a probe batch differ from the members' own (a forward that mixes channels,
+e.g. a parameter-free normalisation over features, or reshapes to a fixed channel count).
+
+In both, every fused tensor (weight, bias, BN buffer, mask, momentum buffer) is the K member
+tensors stacked along a new first dimension and reshaped: `t.reshape(K, *member_shape)[k]` is
+member k's; so masks, the optimiser and DST controllers work on either layout unchanged.
 """
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
+from torch.func import functional_call, vmap
 
 from elth.errors import ElthError
 
 
 class FusionError(ElthError):
     """Models that cannot be trained as one fused network."""
+
+
+#: The two layouts (see the module docstring).
+GROUPED, STACKED = "grouped", "stacked"
+#: Examples per member in the probe batch that checks a grouped copy against the members.
+PROBE_BATCH = 2
+#: A grouped copy is kept when its probe logits lie within this share of the largest member logit
+#: of the members' own (rounding, TF32 convolutions on GPUs: ~1e-3; members mixed: order 1).
+PROBE_TOLERANCE = 1e-2
+#: What vmap says of an op it runs member by member: expected here (e.g. attention on CPUs).
+_VMAP_FALLBACK_WARNING = "There is a performance drop because we have not yet implemented the batching rule"
 
 
 class FusedLinear(nn.Module):
@@ -105,14 +128,71 @@ def _fused_batchnorm(m: nn.BatchNorm2d, k: int) -> nn.BatchNorm2d:
     return b
 
 
+def _fused_linear(m: nn.Linear, k: int) -> FusedLinear:
+    return FusedLinear(k, m.in_features, m.out_features, m.bias is not None, m.weight.device, m.weight.dtype)
+
+
+#: The layers the grouped layout holds, each with its K-member form.
+_GROUPED_FORMS = {nn.Conv2d: _fused_conv, nn.BatchNorm2d: _fused_batchnorm, nn.Linear: _fused_linear}
+
+
 def _fused_module(m: nn.Module, k: int) -> nn.Module | None:
-    if type(m) is nn.Conv2d:
-        return _fused_conv(m, k)
-    if type(m) is nn.BatchNorm2d:
-        return _fused_batchnorm(m, k)
-    if type(m) is nn.Linear:
-        return FusedLinear(k, m.in_features, m.out_features, m.bias is not None, m.weight.device, m.weight.dtype)
-    return None
+    form = _GROUPED_FORMS.get(type(m))
+    return form(m, k) if form is not None else None
+
+
+def grouped_layout_holds(model: nn.Module) -> bool:
+    """Whether every layer of `model` that holds weights or buffers has a grouped form, and no
+    weight is shared between layers (grouped forms are one per layer)."""
+    return not _tied(model) and all(_GROUPED_FORMS.get(type(m)) is not None or not _holds_tensors(m) for m in model.modules())
+
+
+def _holds_tensors(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
+
+
+def _tied(model: nn.Module) -> list[str]:
+    """Names of parameters that are another name's tensor too."""
+    seen: set[int] = set()
+    tied = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.append(name)
+        seen.add(id(p))
+    return tied
+
+
+def _grouped_copy(first: nn.Module, k: int, name: str) -> nn.Module:
+    """`first` with every weighted layer replaced by its K-member grouped form."""
+    tied = _tied(first)
+    if tied:
+        raise FusionError(f"cannot fuse {name} in the grouped layout: it shares weights ({', '.join(tied)})")
+    net = copy.deepcopy(first)
+    for path, module in list(net.named_modules()):
+        fused = _fused_module(module, k)
+        if fused is not None:
+            parent, _, attr = path.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, attr, fused)
+        elif _holds_tensors(module):
+            raise FusionError(f"cannot fuse layer {path!r} ({type(module).__name__}) of {name} in the grouped layout")
+    return net
+
+
+def _stacked_copy(first: nn.Module, k: int) -> nn.Module:
+    """`first` with a leading member dimension on every parameter and buffer (each starting as K
+    copies of the first member's; tied parameters stay tied)."""
+    net = copy.deepcopy(first)
+    stacked: dict[int, torch.Tensor] = {}
+    for module in net.modules():
+        for table in (module._parameters, module._buffers):
+            for attr, t in table.items():
+                if t is not None:
+                    if id(t) not in stacked:
+                        copies = t.detach().unsqueeze(0).repeat(k, *[1] * t.ndim)
+                        is_param = isinstance(t, nn.Parameter)
+                        stacked[id(t)] = nn.Parameter(copies, requires_grad=t.requires_grad) if is_param else copies
+                    table[attr] = stacked[id(t)]
+    return net
 
 
 class FusedNetwork(nn.Module):
@@ -120,13 +200,16 @@ class FusedNetwork(nn.Module):
 
     `forward(x)` takes the members' inputs stacked, [K, N, ...], and returns their logits
     [K, N, classes]. `load_members(states)` / `member_state(k)` move weights and buffers in and out
-    in the members' own state-dict layout.
+    in the members' own state-dict layout. `layout`: GROUPED, STACKED or None (grouped where the
+    model's layers allow it and a probe batch agrees with the members, else stacked).
     """
 
-    def __init__(self, models: list[nn.Module]):
+    def __init__(self, models: list[nn.Module], layout: str | None = None):
         super().__init__()
         if not models:
             raise FusionError("a fused network needs at least one member")
+        if layout not in (None, GROUPED, STACKED):
+            raise FusionError(f"unknown fused layout {layout!r}; known: {GROUPED}, {STACKED}")
         first = models[0]
         names = {getattr(m, "name", type(m).__name__) for m in models}
         shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in models]
@@ -135,34 +218,84 @@ class FusedNetwork(nn.Module):
         self.k = len(models)
         self.name = getattr(first, "name", type(first).__name__)
         self.member_shapes: dict[str, tuple[int, ...]] = shapes[0]
-        net = copy.deepcopy(first)
-        for name, module in list(net.named_modules()):
-            fused = _fused_module(module, self.k)
-            if fused is not None:
-                parent, _, attr = name.rpartition(".")
-                setattr(net.get_submodule(parent) if parent else net, attr, fused)
-            elif any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
-                raise FusionError(f"cannot fuse layer {name!r} ({type(module).__name__}) of {self.name}")
-        self.net = net
         #: Whether inputs are made channels_last (set together with the weights' memory format).
         self.channels_last = False
-        self.load_members([m.state_dict() for m in models])
+        states = [m.state_dict() for m in models]
+        if layout != STACKED:
+            try:
+                self._use(GROUPED, _grouped_copy(first, self.k, self.name), states)
+            except FusionError:
+                if layout == GROUPED:
+                    raise
+                layout = STACKED
+            if layout is None and not self._agrees_with(models):
+                layout = STACKED
+        if layout == STACKED:
+            warnings.filterwarnings("ignore", message=_VMAP_FALLBACK_WARNING)
+            self._use(STACKED, _stacked_copy(first, self.k), states)
+
+    def _use(self, layout: str, net: nn.Module, states: list[dict[str, torch.Tensor]]) -> None:
+        self.layout, self.net = layout, net
+        self.load_members(states)
+
+    @torch.no_grad()
+    def _agrees_with(self, models: list[nn.Module]) -> bool:
+        """Whether this network's logits on a random probe batch (different per member; eval mode)
+        are the members' own: a forward that mixes the members' channels fails here."""
+        shape = getattr(models[0], "input_shape", None)
+        if shape is None:
+            return True  # nothing to probe with: the docstring's condition is the caller's
+        param = next(self.net.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(self.k, PROBE_BATCH, *shape, generator=g).to(device)
+        modes = [m.training for m in (self, *models)]
+        try:
+            for m in (self, *models):
+                m.eval()
+            fused = self(x)
+            lone = torch.stack([m(x[i]) for i, m in enumerate(models)])
+        except RuntimeError:
+            return False  # e.g. a forward that reshapes to the member's channel count
+        finally:
+            for m, mode in zip((self, *models), modes):
+                m.train(mode)
+        if fused.shape != lone.shape or not torch.equal(fused.isfinite(), lone.isfinite()):
+            return False
+        finite = lone.isfinite()  # a member with non-finite weights has non-finite logits either way
+        if not finite.any():
+            return True
+        scale = float(lone[finite].abs().max())
+        return float((fused[finite] - lone[finite]).abs().max()) <= PROBE_TOLERANCE * max(scale, 1e-6)
 
     def to_channels_last(self) -> "FusedNetwork":
-        self.to(memory_format=torch.channels_last)
-        self.channels_last = True
+        """Grouped layout: channels_last weights and inputs. Stacked: unchanged (its weights
+        have a member dimension, which channels_last does not know)."""
+        if self.layout == GROUPED:
+            self.to(memory_format=torch.channels_last)
+            self.channels_last = True
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, n = x.shape[0], x.shape[1]
         if k != self.k:
             raise FusionError(f"the fused network has {self.k} members, the input {k}")
+        if self.layout == STACKED:
+            params, buffers = dict(self.net.named_parameters()), dict(self.net.named_buffers())
+            if k == 1:  # views of the one member's tensors: no vmap (a lone run's own kernels)
+                one = lambda tensors: {name: t[0] for name, t in tensors.items()}
+                return self._member_forward(one(params), one(buffers), x[0]).unsqueeze(0)
+            return vmap(self._member_forward, randomness="different")(params, buffers, x)
         # Member k's channels (or features) become channels k*C .. (k+1)*C - 1 of one input.
         fused_in = x.transpose(0, 1).reshape(n, k * x.shape[2], *x.shape[3:])
         if self.channels_last and fused_in.ndim == 4:
             fused_in = fused_in.contiguous(memory_format=torch.channels_last)
         out = self.net(fused_in)
         return out.reshape(n, k, -1).transpose(0, 1)
+
+    def _member_forward(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        """One member's forward (under vmap: `params`, `buffers` and `x` are that member's)."""
+        return functional_call(self.net, (params, buffers), (x,))
 
     @torch.no_grad()
     def load_members(self, states: list[dict[str, torch.Tensor]]) -> None:

@@ -1,11 +1,13 @@
 """How many members a fused group should have by default: from the device's free memory and the
-model's size on CUDA; on CPUs from the model's width (see `CPU_GROUP_SIZE`)."""
+model's size on CUDA; on CPUs from the model's width and fused layout (see `CPU_GROUP_SIZE`)."""
 from __future__ import annotations
 
 import copy
 
 import torch
 from torch import nn
+
+from elth.training.fused.network import grouped_layout_holds
 
 #: Members trained at once on CPUs, for MLPs and narrow conv nets. A CPU is busy with one network
 #: already, so fusion gains little there (benchmarks/fused_throughput.py: 1.0-1.1x for mlp_2 and
@@ -57,7 +59,11 @@ def member_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: int
 
 
 def cpu_members_at_once(model: nn.Module) -> int:
-    """How many members of `model` a CPU trains at once in one fused network (see CPU_GROUP_SIZE)."""
+    """How many members of `model` a CPU trains at once in one fused network (see CPU_GROUP_SIZE;
+    1 for models only the stacked layout holds: on a CPU their batched matmuls are slower than
+    the lone runs' (benchmarks/fused_throughput.py: vit_2 0.80x at K = 4))."""
+    if not grouped_layout_holds(model):
+        return 1
     widest = max((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)), default=0)
     return CPU_GROUP_SIZE if widest <= CPU_MAX_CONV_CHANNELS else 1
 
