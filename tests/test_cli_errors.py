@@ -83,6 +83,9 @@ CASES = [
     # step counts
     ("train --length 0it", ["train", *MLP, "--length", "0it"], "training length must be at least one step"),
     ("train --length 0", ["train", *MLP, "--length", "0"], "training length must be at least one step"),
+    # a value starting with '-' reaches its own check (argparse alone: "expected one argument")
+    ("train --length -5it", ["train", *MLP, "--length", "-5it"], "cannot read the step count '-5it'"),
+    ("imp --warmup -2ep", ["imp", *MLP, "--levels", "1", "--warmup", "-2ep"], "cannot read the step count '-2ep'"),
     ("train --epochs 0", ["train", *MLP, "--epochs", "0"], "--epochs must be at least 1"),
     ("train --eval-every 0it", ["train", *MLP, "--eval-every", "0it"], "--eval-every must be a positive number"),
     ("dst --eval-every 0ep", [*DST, "--eval-every", "0ep"], "--eval-every must be a positive number"),

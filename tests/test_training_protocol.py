@@ -36,6 +36,14 @@ def test_lr_schedule_decays_at_milestones_and_warms_up_linearly():
     assert lrs[8:] == pytest.approx([0.004, 0.004])
 
 
+def test_milestones_given_out_of_order_are_the_same_protocol():
+    # One schedule, one protocol: the same run key (and run directory) however the list was written.
+    assert Protocol(milestones=("120ep", "80ep")) == Protocol(milestones=("80ep", "120ep"))
+    assert Protocol(milestones=("700it", "90it", "300it")).milestones == ("90it", "300it", "700it")
+    assert Protocol(milestones=("3ep", "100it")).milestones == ("3ep", "100it")  # mixed units: ordered when used
+    assert Protocol(milestones=("3ep", "100it")).milestone_steps(50) == [100, 150]
+
+
 def test_to_dict_round_trips_through_json():
     p = Protocol(length="5ep100it", milestones=("1ep", "3ep"), warmup="10it", augment=False)
     d = json.loads(json.dumps(p.to_dict()))

@@ -12,6 +12,7 @@ import errno
 import importlib
 import importlib.metadata
 import os
+import re
 import signal
 import sys
 import threading
@@ -133,10 +134,32 @@ def build_parser(command: str | None = None, argv: list[str] = ()) -> argparse.A
     return parser
 
 
+#: A value that argparse would take for an option because it starts with '-' (e.g. `-5it`).
+_DASH_VALUE = re.compile(r"^-\d")
+
+
+def _attach_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`--opt -5it` as `--opt=-5it` for the options of `parser` that take one value, so that the
+    value reaches its own check (argparse would say only "expected one argument")."""
+    takes_value = {o for a in parser._actions if isinstance(a, (argparse._StoreAction, argparse._AppendAction))
+                   and a.nargs is None for o in a.option_strings}
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in takes_value and _DASH_VALUE.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def parse(argv: list[str], command: str | None) -> argparse.Namespace:
     """The command line's arguments; an argument the command does not know is that command's error,
     with the option it most likely meant."""
-    args, unknown = build_parser(command, argv).parse_known_args(argv)
+    parser = build_parser(command, argv)
+    sub = parser.get_default("_parser")
+    if sub is not None:
+        argv = _attach_dash_values(sub, argv)
+    args, unknown = parser.parse_known_args(argv)
     if unknown:
         sub: _Parser = args._parser
         sub.error(f"unrecognized arguments: {' '.join(unknown)}{sub.likely(unknown[0])}")

@@ -73,6 +73,15 @@ def scale_steps(text: str, factor: int) -> str:
     return (f"{factor * epochs}ep" if epochs else "") + (f"{factor * iterations}it" if iterations else "")
 
 
+def _in_order(milestones: tuple[str, ...]) -> tuple[str, ...]:
+    """Milestones in the order they fall (so that one schedule is one protocol, and one run hash),
+    where all are written in one unit; mixed ones ('5ep', '100it') are ordered when used."""
+    counts = [split_steps(m) for m in milestones]
+    if all(e == 0 for e, _ in counts) or all(i == 0 for _, i in counts):
+        return tuple(m for _, m in sorted(zip(counts, milestones), key=lambda pair: pair[0]))
+    return milestones
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How a model is trained: SGD with momentum, multi-step LR decay and linear warmup."""
@@ -92,6 +101,7 @@ class Protocol:
         object.__setattr__(self, "milestones", tuple(self.milestones))
         for text in (self.length, self.warmup, *self.milestones):
             split_steps(text)
+        object.__setattr__(self, "milestones", _in_order(self.milestones))
         if split_steps(self.length) == (0, 0):
             raise ProtocolError(f"training length must be at least one step, got {self.length!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
