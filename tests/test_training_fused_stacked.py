@@ -175,3 +175,23 @@ def test_layouts_are_checked_and_cpus_train_stacked_models_one_at_a_time(digits)
     layer_norm_net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.LayerNorm(16), nn.Linear(16, 10))
     assert cpu_members_at_once(layer_norm_net) == 1
     assert cpu_members_at_once(vits[0]) == 1
+
+
+def test_an_experiment_on_vits_trains_fused_groups_with_the_results_of_training_alone(tmp_path):
+    """IMP runs of two seeds and their ETT tickets (vit_1 -> vit_2) in fused groups (stacked layout):
+    the same rows as one by one, accuracies to rounding (at most one test example of 128 apart)."""
+    from elth.experiments import get_experiment, run_experiment
+    from elth.experiments.spec import Setup, Transfer
+
+    setup = Setup(dataset="synthetic_1x8x8_n128", members=("vit_1", "vit_2"), levels=(1,), preset="smoke",
+                  rewind="2it", transfers=(Transfer("vit_1", "vit_2"),), seeds=2)
+    runs = {fuse: run_experiment(get_experiment("smoke"), "smoke", root=tmp_path / f"store-{fuse}",
+                                 out_dir=tmp_path / f"out-{fuse}", setups=(setup,), threads=1, progress=False, fuse=fuse)
+            for fuse in (2, 1)}
+    assert runs[2].fused >= 6 and runs[1].fused == 0  # 4 IMP runs (2 networks x 2 seeds) and 2 ETT tickets at least
+    key = lambda r: (r.method, r.target, r.source, r.level, r.seed)
+    alone = {key(r): r for r in runs[1].rows}
+    assert {key(r) for r in runs[2].rows} == set(alone) and any(k[0] == "ett" for k in alone)
+    for r in runs[2].rows:
+        assert r.sparsity == alone[key(r)].sparsity
+        assert abs(r.accuracy - alone[key(r)].accuracy) <= 1 / 128 + 1e-9, key(r)
