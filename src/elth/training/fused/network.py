@@ -136,45 +136,40 @@ def _fused_linear(m: nn.Linear, k: int) -> FusedLinear:
 _GROUPED_FORMS = {nn.Conv2d: _fused_conv, nn.BatchNorm2d: _fused_batchnorm, nn.Linear: _fused_linear}
 
 
-def _fused_module(m: nn.Module, k: int) -> nn.Module | None:
-    form = _GROUPED_FORMS.get(type(m))
-    return form(m, k) if form is not None else None
-
-
 def grouped_layout_holds(model: nn.Module) -> bool:
     """Whether every layer of `model` that holds weights or buffers has a grouped form, and no
     weight is shared between layers (grouped forms are one per layer)."""
-    return not _tied(model) and all(_GROUPED_FORMS.get(type(m)) is not None or not _holds_tensors(m) for m in model.modules())
+    return _grouped_obstacle(model) is None
 
 
-def _holds_tensors(m: nn.Module) -> bool:
-    return any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
-
-
-def _tied(model: nn.Module) -> list[str]:
-    """Names of parameters that are another name's tensor too."""
+def _grouped_obstacle(model: nn.Module) -> str | None:
+    """What keeps `model` out of the grouped layout, or None."""
     seen: set[int] = set()
     tied = []
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) in seen:
             tied.append(name)
         seen.add(id(p))
-    return tied
+    if tied:
+        return f"it shares weights ({', '.join(tied)})"
+    for path, m in model.named_modules():
+        holds_tensors = any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
+        if holds_tensors and type(m) not in _GROUPED_FORMS:
+            return f"layer {path!r} ({type(m).__name__}) has no grouped form"
+    return None
 
 
 def _grouped_copy(first: nn.Module, k: int, name: str) -> nn.Module:
     """`first` with every weighted layer replaced by its K-member grouped form."""
-    tied = _tied(first)
-    if tied:
-        raise FusionError(f"cannot fuse {name} in the grouped layout: it shares weights ({', '.join(tied)})")
+    obstacle = _grouped_obstacle(first)
+    if obstacle is not None:
+        raise FusionError(f"cannot fuse {name} in the grouped layout: {obstacle}")
     net = copy.deepcopy(first)
     for path, module in list(net.named_modules()):
-        fused = _fused_module(module, k)
-        if fused is not None:
+        form = _GROUPED_FORMS.get(type(module))
+        if form is not None:
             parent, _, attr = path.rpartition(".")
-            setattr(net.get_submodule(parent) if parent else net, attr, fused)
-        elif _holds_tensors(module):
-            raise FusionError(f"cannot fuse layer {path!r} ({type(module).__name__}) of {name} in the grouped layout")
+            setattr(net.get_submodule(parent) if parent else net, attr, form(module, k))
     return net
 
 
