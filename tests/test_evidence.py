@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from elth.analysis.stats import paired_difference
+from elth.analysis.stats import MOST_SEEDS, paired_difference, seeds_to_decide
 from elth.experiments.evidence import INDEX, write_verdict_index
 from elth.experiments.paired import IMP_KEY, SeedPoints, compare_paired
 from elth.experiments.report import write_report
@@ -76,6 +76,23 @@ def test_verdict_rule():
     assert decide(straddling, 0.0)[0] == "inconclusive"
     assert MIN_SEEDS == 3 and decide(two_seeds, 0.0)[0] == "inconclusive"
     assert decide(None, 0.0)[0] == "inconclusive"
+
+
+def test_an_inconclusive_verdict_says_how_many_seeds_would_decide_it():
+    # ETT - SNIP of the hand-made table: +1.0, +1.0, +2.0 points; mean 1.3333, sample std 0.57735.
+    # n seeds at that mean and spread: half width t_{0.975,n-1} * 0.57735 / sqrt(n) must fall below
+    # 1.3333: n = 4 gives 3.182446 * 0.57735 / 2 = 0.9187 (n = 3: 1.4342, the interval of the table).
+    d = paired_difference({0: 0.010, 1: 0.010, 2: 0.020}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert seeds_to_decide(d.interval, 0.0) == 4
+    assert decide(d, 0.0) == ("inconclusive", "interval contains 0; ~4 seeds would decide it at this mean and spread")
+    # Against a margin the gap is to -margin: 1.3333 + 0.5 = 1.8333 > 1.4342, so 3 seeds would do.
+    assert seeds_to_decide(d.interval, -0.005) == 3
+    # A mean at the bound, or no spread: no estimate; a tiny gap: more than MOST_SEEDS.
+    at_bound = paired_difference({0: 0.01, 1: -0.01, 2: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert seeds_to_decide(at_bound.interval, 0.0) is None
+    assert decide(at_bound, 0.0)[1] == f"interval contains 0; more than {MOST_SEEDS} seeds at this mean and spread"
+    far = paired_difference({0: 0.0101, 1: -0.01, 2: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert seeds_to_decide(far.interval, 0.0) is None  # mean 0.0033 points against a std of 1 point
 
 
 def test_table5_claim_judged_on_hand_made_rows():

@@ -65,6 +65,22 @@ def mean_interval(values) -> Interval:
     return Interval(vals, mean, mean - half, mean + half)
 
 
+#: The most seeds `seeds_to_decide` looks at.
+MOST_SEEDS = 100
+
+
+def seeds_to_decide(iv: Interval, bound: float) -> int | None:
+    """The fewest seeds whose 95% interval would lie wholly on one side of `bound` if more seeds kept
+    this interval's mean and spread (a planning estimate, not a promise: both move as seeds come);
+    None with fewer than two values, a zero spread, a mean at `bound` or more than `MOST_SEEDS`."""
+    if iv.n < 2:
+        return None
+    gap, spread = abs(iv.mean - bound), statistics.stdev(iv.values)
+    if gap == 0 or spread == 0:
+        return None
+    return next((n for n in range(2, MOST_SEEDS + 1) if t_quantile_975(n - 1) * spread / math.sqrt(n) < gap), None)
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """`a - b` per seed (seeds both have), and the interval of its mean."""

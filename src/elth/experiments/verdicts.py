@@ -8,7 +8,9 @@ so the pairing stays within seeds. The rule (`RULE`):
 
 - confirmed: at least `MIN_SEEDS` seeds and the whole 95% interval above -margin;
 - contradicted: at least `MIN_SEEDS` seeds and the whole interval below -margin;
-- inconclusive otherwise (the interval straddles -margin, or too few seeds to tell).
+- inconclusive otherwise (the interval straddles -margin, or too few seeds to tell); where it
+  straddles, the reason adds how many seeds would decide it if the mean and spread held
+  (`stats.seeds_to_decide`), to plan a rerun with `--seeds`.
 
 The margin is 0 for claims that one thing beats another and, for claims that ETT tickets are "on par"
 with IMP, the largest shortfall the claim allows: the paper's own 0.21 points for Table 5, half a
@@ -20,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from elth.analysis.stats import PairedDifference, format_difference, paired_difference, pooled
+from elth.analysis.stats import MOST_SEEDS, PairedDifference, format_difference, paired_difference, pooled, seeds_to_decide
 from elth.experiments.aggregate import aggregate, curves, targets_of
 from elth.experiments.paired import IMP_KEY, SeedPoints, compare_paired, ett_comparisons
 from elth.experiments.results import Row
@@ -46,7 +48,9 @@ RULE = (f"Verdict rule: each claim's effect is a per-seed paired difference (see
         f"share an IMP run; several tickets are averaged within a seed first), oriented so that larger "
         f"supports the claim, with a 95% t-interval over seeds. **Confirmed** when there are at least "
         f"{MIN_SEEDS} seeds and the whole interval lies above −margin; **contradicted** when there are at "
-        f"least {MIN_SEEDS} seeds and the whole interval lies below −margin; **inconclusive** otherwise. "
+        f"least {MIN_SEEDS} seeds and the whole interval lies below −margin; **inconclusive** otherwise "
+        f"(with, where the interval straddles −margin, the seeds that would decide it if its mean and "
+        f"spread held: an estimate to plan a rerun, not a result). "
         f"The margin is 0 for \"beats\" claims; for \"on par\" claims it is the shortfall the claim allows "
         f"(Table 5: the paper's 0.21 points; elsewhere {100 * ON_PAR_MARGIN:.1f} points).")
 
@@ -84,7 +88,10 @@ def decide(d: PairedDifference | None, margin: float) -> tuple[str, str]:
         return "confirmed", f"interval above {bound}"
     if iv.high < -margin:
         return "contradicted", f"interval below {bound}"
-    return "inconclusive", f"interval contains {bound}"
+    needed = seeds_to_decide(iv, -margin)
+    plan = (f"; ~{needed} seeds would decide it at this mean and spread" if needed is not None
+            else f"; more than {MOST_SEEDS} seeds at this mean and spread")
+    return "inconclusive", f"interval contains {bound}{plan}"
 
 
 # -- measures ---------------------------------------------------------------------------------
