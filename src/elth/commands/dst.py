@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from elth.commands.common import (
-    add_data_dir_argument,
     add_device_arguments,
+    add_model_arguments,
     add_protocol_arguments,
     add_root_argument,
     check_output_dir,
@@ -74,10 +74,7 @@ def _fraction(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, choices=METHODS, help="rigl or dpf (see above)")
-    parser.add_argument("--model", required=True,
-                        help="model name: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>")
-    parser.add_argument("--dataset", required=True,
-                        help="cifar10, svhn, mnist, fashion_mnist, imagenet, digits (built in) or synthetic")
+    add_model_arguments(parser)
     parser.add_argument("--sparsity", required=True, type=sparsity_arg, metavar="S",
                         help="final fraction of all prunable weights removed, e.g. 0.9 or 73.79%%")
     g = parser.add_argument_group("dynamic sparse training")
@@ -96,7 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--exclude", nargs="*", metavar="LAYER",
                    help="layers kept dense (weight or module names); replaces the model's default (VGGs and "
                    "MLPs: the output layer); give --exclude alone to make every layer sparse")
-    add_data_dir_argument(parser)
     add_protocol_arguments(parser)
     parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed of the model's initialisation and of RigL's initial mask (default: 0)")
