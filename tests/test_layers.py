@@ -10,7 +10,7 @@ import elth
 
 #: Bottom first. Each entry is a layer: the module prefixes that belong to it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("elth.errors", "elth.limits", "elth.console"),
+    ("elth.errors", "elth.limits", "elth.console", "elth.plugins"),
     ("elth.models", "elth.data", "elth.masks", "elth.files", "elth.runs"),
     ("elth.tickets", "elth.training", "elth.flops"),
     ("elth.sparsity",),

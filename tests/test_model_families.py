@@ -1,9 +1,7 @@
 """Networks of a user's own: registered families work with every elth command, in this process and in
-the processes elth starts (found through ELTH_MODELS)."""
+the processes elth starts (found through ELTH_PLUGINS)."""
 import importlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,17 +9,18 @@ import torch
 from torch import nn
 
 from elth.elastic import transform
-from elth.models import ElasticModel, FamilyError, build_model, parse_model_name, register_family, unregister_family
-from elth.models import families
+from elth.models import FamilyError, build_model, parse_model_name, register_family, unregister_family
+from elth import plugins
+from own_plugins import OWN_PLUGINS, elth_with_plugin
+from elth.plugins import PluginError
 from elth.tickets import from_model, load_ticket
 from elth.data.base import DatasetInfo
 
-OWN_MODELS = Path(__file__).parent / "fixtures" / "own_models"
 
 
 @pytest.fixture
 def toy(monkeypatch):
-    monkeypatch.syspath_prepend(str(OWN_MODELS))
+    monkeypatch.syspath_prepend(str(OWN_PLUGINS))
     module = importlib.import_module("toy_models")
     register_family("toy_net", module.ToyNet, default_width=8, replace=True)
     yield module
@@ -73,29 +72,23 @@ def test_registration_errors(toy):
 
 
 def test_unknown_names_point_to_registration():
-    with pytest.raises(Exception, match="register_family.*ELTH_MODELS"):
+    with pytest.raises(Exception, match="register_family.*ELTH_PLUGINS"):
         parse_model_name("my_own_net_4")
 
 
 def test_a_plugin_module_that_fails_is_one_clear_error(monkeypatch):
-    monkeypatch.setenv(families.PLUGINS_ENV, "no_such_module_of_models")
-    monkeypatch.setattr(families, "_plugins_loaded", False)
-    with pytest.raises(FamilyError, match="ELTH_MODELS: cannot import module 'no_such_module_of_models'"):
+    monkeypatch.setenv(plugins.PLUGINS_ENV, "no_such_module_of_models")
+    monkeypatch.setattr(plugins, "_loaded", False)
+    with pytest.raises(PluginError, match="ELTH_PLUGINS: cannot import module 'no_such_module_of_models'"):
         parse_model_name("my_own_net_4")
 
 
-def _elth(args: list[str], cwd: Path, plugin: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop(families.PLUGINS_ENV, None)
-    if plugin:
-        env[families.PLUGINS_ENV] = "toy_models"
-        env["PYTHONPATH"] = os.pathsep.join([str(OWN_MODELS), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "elth", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+def _elth(args: list[str], cwd: Path, plugin: bool = True):
+    return elth_with_plugin(args, cwd, "toy_models" if plugin else None)
 
 
 def test_cli_imp_transform_and_train_a_network_of_ones_own(tmp_path, toy):
-    """Separate processes (as ranks, workers and SLURM jobs are) find the family through ELTH_MODELS."""
+    """Separate processes (as ranks, workers and SLURM jobs are) find the family through ELTH_PLUGINS."""
     r = _elth(["imp", "--model", "toy_net_2", "--dataset", "synthetic_1x8x8_n64", "--preset", "smoke", "--levels", "1", "--rewind", "2it",
                "--root", "runs", "--no-progress"], tmp_path)
     assert r.returncode == 0, r.stderr
@@ -109,18 +102,18 @@ def test_cli_imp_transform_and_train_a_network_of_ones_own(tmp_path, toy):
     assert load_ticket(tmp_path / "t4.safetensors").model == "toy_net_4"
     # without the plugin the name is unknown: one clear error that says how to register it
     r = _elth(["train-ticket", "t4.safetensors", "--root", "runs"], tmp_path, plugin=False)
-    assert r.returncode == 2 and "unknown model 'toy_net_4'" in r.stderr and "ELTH_MODELS" in r.stderr
+    assert r.returncode == 2 and "unknown model 'toy_net_4'" in r.stderr and "ELTH_PLUGINS" in r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_an_experiment_of_ones_own_over_a_family_of_ones_own_runs_in_spawned_workers(toy, tmp_path, monkeypatch):
-    """Workers are spawned processes: they learn the family from ELTH_MODELS, which the runner fills in
+    """Workers are spawned processes: they learn the family from ELTH_PLUGINS, which the runner fills in
     from this process's registrations."""
     from elth.experiments import run_experiment
     from elth.experiments.report import write_report
     from elth.experiments.spec import Experiment, Setup
 
-    monkeypatch.setenv(families.PLUGINS_ENV, "")  # restored (unset) after the test: the runner adds to it
+    monkeypatch.setenv(plugins.PLUGINS_ENV, "")  # restored (unset) after the test: the runner adds to it
     spec = Experiment(
         name="toy_family", title="Toy family: ETTs between depths", paper="beyond the paper", description="toy",
         scales=(("smoke", (Setup(dataset="synthetic_1x8x8_n64", members=("toy_net_2", "toy_net_3"), levels=(1,),
@@ -128,7 +121,7 @@ def test_an_experiment_of_ones_own_over_a_family_of_ones_own_runs_in_spawned_wor
     )
     outcome = run_experiment(spec, "smoke", root=tmp_path / "runs", out_dir=tmp_path / "out", workers=2,
                              progress=False)
-    assert os.environ[families.PLUGINS_ENV] == "toy_models"
+    assert os.environ[plugins.PLUGINS_ENV] == "toy_models"
     assert outcome.failures == [] and outcome.trained == 6  # 2 IMP runs, 2 ETT tickets, 2 random masks
     methods = {(r.target, r.method, r.source) for r in outcome.rows}
     assert ("toy_net_3", "ett", "toy_net_2") in methods and ("toy_net_2", "ett", "toy_net_3") in methods

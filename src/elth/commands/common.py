@@ -21,7 +21,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --dataset and --data-dir (shared by commands that build a network from scratch)."""
     parser.add_argument("--model", required=True,
                         help="model name: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>, "
-                        "vit_<D>[_<W>] or <kind>_<D>[_<W>] of a family registered through ELTH_MODELS")
+                        "vit_<D>[_<W>] or <kind>_<D>[_<W>] of a family registered through ELTH_PLUGINS")
     parser.add_argument("--dataset", required=True,
                         help="cifar10, svhn, mnist, fashion_mnist, imagenet, digits (built in) or synthetic; "
                         "NAME@SIZE resizes its images")

@@ -13,10 +13,12 @@ import re
 
 import torch
 
+from elth import plugins
+from elth.data import registered
 from elth.data.base import Dataset, DatasetInfo, synthetic
 from elth.data.cifar10 import load_cifar10
 from elth.data.digits import load_digits
-from elth.data.errors import UnknownDatasetError
+from elth.data.errors import DatasetFormatError, UnknownDatasetError
 from elth.data.idx import load_fashion_mnist, load_mnist
 from elth.data.resize import Resized, resized_info, split_size
 from elth.errors import ElthError
@@ -55,19 +57,49 @@ _IMAGENET_OPTIONS = {"num_workers", "crop_size", "resize_size"}
 _COMMON_OPTIONS = {"num_workers"}
 
 
+registered.reserve(set(DATASETS) | set(_ALIASES), prefixes=("synthetic",))
+
+
 def _unknown(name: str) -> UnknownDatasetError:
-    listing = "\n  ".join(f"{n:<14} {d}" for n, d in DATASETS.items())
-    return UnknownDatasetError(f"unknown dataset {name!r}; the datasets are:\n  {listing}")
+    every = {**DATASETS, **{n: d.description for n, d in registered.registered_datasets().items()}}
+    listing = "\n  ".join(f"{n:<14} {d}" for n, d in every.items())
+    return UnknownDatasetError(f"unknown dataset {name!r}; the datasets are:\n  {listing}\n(datasets of your own: "
+                               f"`elth.data.register_dataset`, in {plugins.HOW_TO_ADD})")
 
 
 def canonical_name(name: str) -> str:
     """The registry key for `name` (case and '-' vs '_' do not matter; an @SIZE suffix is left out);
-    raises for unknown names."""
+    raises for unknown names (after loading the plugins once)."""
     key = split_size(name)[0].strip().lower().replace("-", "_")
     key = _ALIASES.get(key, key)
-    if key in DATASETS or _SYNTHETIC.fullmatch(key):
+    if _known(key) or (plugins.load() and _known(key)):
         return key
     raise _unknown(name)
+
+
+def _known(key: str) -> bool:
+    return key in DATASETS or bool(_SYNTHETIC.fullmatch(key)) or registered.registered_dataset(key) is not None
+
+
+def _load_registered(key: str, data_dir, device, options: dict) -> Dataset:
+    """A registered dataset from its loader, checked against its registration and named by its key."""
+    own = registered.registered_dataset(key)
+    try:
+        ds = own.load(data_dir, **options)
+    except ElthError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's loader: one error that names the dataset
+        raise DatasetFormatError(f"dataset {key!r}: its loader failed ({type(e).__name__}: {e})") from e
+    info = getattr(ds, "info", None)
+    if not isinstance(info, DatasetInfo):
+        raise DatasetFormatError(f"dataset {key!r}: its loader must return a dataset (e.g. elth.data.InMemoryDataset), "
+                                 f"got {type(ds).__name__}")
+    if (tuple(info.input_shape), info.num_classes) != (own.info.input_shape, own.info.num_classes):
+        raise DatasetFormatError(
+            f"dataset {key!r}: its loader gave {info.num_classes} classes of {'x'.join(map(str, info.input_shape))} "
+            f"images, registered as {own.info.num_classes} classes of {'x'.join(map(str, own.info.input_shape))}")
+    ds.info = own.info
+    return ds.to(device) if hasattr(ds, "to") else ds
 
 
 def _check_options(name: str, options: dict, allowed: set[str]) -> None:
@@ -115,12 +147,15 @@ def load_dataset(
 
     Files are looked for as `elth.data.paths` describes; a missing dataset raises
     `DatasetNotFoundError`, an unknown name `UnknownDatasetError` (both `ElthError`s).
-    Options: `imagenet` takes num_workers, crop_size, resize_size; `synthetic` see the module doc.
+    Options: `imagenet` takes num_workers, crop_size, resize_size; `synthetic` see the module doc;
+    a registered dataset's loader gets those given (`elth.data.registered`).
     """
     base, size = split_size(name)
     if size is not None:
         return Resized(load_dataset(base, data_dir, device, **options), size)
     key = canonical_name(name)
+    if registered.registered_dataset(key) is not None:
+        return _load_registered(key, data_dir, device, options)
     if key == "imagenet":
         from elth.data.imagenet import load_imagenet  # PIL loads only for ImageNet
 
@@ -153,6 +188,9 @@ def dataset_info(name: str, data_dir: str | os.PathLike | None = None, **options
     key = canonical_name(name)
     if key in _FIXED_INFO:
         return _FIXED_INFO[key]
+    own = registered.registered_dataset(key)
+    if own is not None:
+        return own.info
     if key == "imagenet":
         from elth.data.imagenet import (  # PIL loads only for ImageNet
             class_folders,

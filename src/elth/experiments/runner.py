@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from elth import plugins
 from elth.console import progress_bar, use_bars, write as write_line
 from elth.errors import ElthError
 from elth.experiments.attempts import busy_seconds, first_line
@@ -28,6 +29,7 @@ from elth.experiments.launch import LaunchOptions, WorkerSettings, follow_rank_z
 from elth.experiments.lease import DEFAULT_TIMEOUT
 from elth.experiments.results import Row, write_lmc, write_results
 from elth.experiments.spec import Experiment, ImpRun, Setup, expand
+from elth.data.registered import loaders as registered_loaders
 from elth.files import EXPERIMENT_FILE, write_json_atomic
 from elth.models import families
 from elth.training import distributed
@@ -181,7 +183,7 @@ def _run_experiment(
     """
     launch = launch or LaunchOptions(workers=workers, threads=threads)
     launch.check()
-    families.propagate()  # workers and jobs register the families this process has
+    plugins.propagate([*families.builders(), *registered_loaders()])  # workers and jobs register what this process has
     if fuse is not None and fuse < 1:
         raise ElthError(f"--fuse must be at least 1, got {fuse}")
     if distributed.in_group():

@@ -9,26 +9,19 @@ head; every elth command then works with it (IMP, transforms between depths, bas
     register_family("my_net", MyNet, default_width=64,
                     description="my_net_<D>[_<W>] (D blocks, width W, default 64)")
 
-Families outside elth are found in the modules named by the environment variable `ELTH_MODELS`
-(comma-separated, imported once, when a name matches no family yet) and in installed packages'
-entry points of group `elth.models` (a module, or a function called without arguments). Processes
-elth starts (ranks, workers, SLURM jobs) inherit the variable, so they know the same names; before
-it starts them, `propagate` adds the modules of the families registered in this process (from
-Python, e.g. in a script that runs an experiment) to it.
+Families outside elth are registered by modules of one's own that elth imports when a name matches
+no family yet: see `elth.plugins` (the environment variable `ELTH_PLUGINS`, entry points of group
+`elth.plugins`), which also carries this process's families to the processes elth starts.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
-import os
 import re
 from dataclasses import dataclass
 from typing import Callable
 
+from elth import plugins
 from elth.errors import ElthError
 
-PLUGINS_ENV = "ELTH_MODELS"
-ENTRY_POINT_GROUP = "elth.models"
 _KIND = re.compile(r"[a-z][a-z0-9]*(?:_[a-z][a-z0-9]*)*")
 
 
@@ -52,7 +45,6 @@ class ModelFamily:
 _FAMILIES: dict[str, ModelFamily] = {}
 #: Kinds of elth's own name forms (`registry` reserves them): no registered family may take one.
 _reserved: set[str] = set()
-_plugins_loaded = False
 
 
 def reserve(kinds) -> None:
@@ -100,7 +92,7 @@ def family(kind: str) -> ModelFamily:
 def match(name: str) -> tuple[ModelFamily, int, int | None] | None:
     """(family, depth, width or None) of a name of a registered family, loading plugins on a miss."""
     found = _match(name)
-    if found is None and load_plugins():
+    if found is None and plugins.load():
         found = _match(name)
     return found
 
@@ -114,39 +106,6 @@ def _match(name: str) -> tuple[ModelFamily, int, int | None] | None:
     return None
 
 
-def propagate() -> list[str]:
-    """Add the modules defining this process's registered families to `ELTH_MODELS` (in `os.environ`),
-    so that processes started from here register them too; the modules added.
-
-    Families defined in a script run as `__main__` are left out: spawned workers import the script
-    again (registering them), other processes cannot (define them in an importable module).
-    """
-    wanted = [f.build.__module__ for f in _FAMILIES.values()]
-    wanted = [m for m in dict.fromkeys(wanted) if m and not m.startswith(("elth.", "__main__", "__mp_main__"))]
-    have = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
-    added = [m for m in wanted if m not in have]
-    if added:
-        os.environ[PLUGINS_ENV] = ",".join(have + added)
-    return added
-
-
-def load_plugins() -> bool:
-    """Import the modules of `ELTH_MODELS` and the `elth.models` entry points (once); whether any was new."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return False
-    _plugins_loaded = True
-    for module in [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]:
-        try:
-            importlib.import_module(module)
-        except Exception as e:  # noqa: BLE001 - any failure of the user's module is reported as one error
-            raise FamilyError(f"{PLUGINS_ENV}: cannot import module {module!r} ({type(e).__name__}: {e})") from None
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            loaded = ep.load()
-            if callable(loaded):
-                loaded()
-        except Exception as e:  # noqa: BLE001
-            raise FamilyError(f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r} failed: "
-                              f"{type(e).__name__}: {e}") from None
-    return True
+def builders() -> list[Callable]:
+    """The registered families' builders (`plugins.propagate` carries their modules to other processes)."""
+    return [f.build for f in _FAMILIES.values()]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from elth import plugins
 from elth.errors import ElthError
 from elth.limits import check_seed
 from elth.models import families
@@ -75,8 +76,7 @@ families.reserve(BUILTIN_KINDS)
 def _unknown(name: str, why: str) -> UnknownModelError:
     forms = "\n  ".join(NAME_FORMS + tuple(f.description for f in families.registered()))
     return UnknownModelError(f"unknown model {name!r}: {why}. Model names have the forms:\n  {forms}\n"
-                             f"(networks of your own: `elth.models.register_family`, in a module named by "
-                             f"{families.PLUGINS_ENV} or an entry point of group {families.ENTRY_POINT_GROUP!r})")
+                             f"(networks of your own: `elth.models.register_family`, in {plugins.HOW_TO_ADD})")
 
 
 def parse_model_name(name: str) -> ModelSpec:
