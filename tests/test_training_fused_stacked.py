@@ -16,7 +16,8 @@ from torch import nn
 import elth.training.fused.loop as fused_loop
 from elth.data import load_dataset
 from elth.models import build_model
-from elth.sparsity.dst import DPF
+from elth.masks import count
+from elth.sparsity.dst import DPF, RigL
 from elth.training import Protocol, train
 from elth.training.fused import FusedNetwork, FusionError, Member, train_fused
 from elth.training.fused.network import GROUPED, STACKED
@@ -148,18 +149,22 @@ def test_tied_weights_stay_tied_in_the_stacked_layout(digits):
         assert relative_distance(fused[i], lone[i]) < 1e-4
 
 
-def test_dpf_members_of_a_vit_train_stacked_as_their_lone_runs(digits):
+@pytest.mark.parametrize("method", [DPF, RigL])
+def test_dst_members_of_a_vit_train_stacked_as_their_lone_runs(digits, method):
     protocol = PROTOCOL.replace(length="12it", milestones=(), warmup="2it")
     models = [build_model("vit_2", digits.info.input_shape, digits.info.num_classes, seed=i) for i in range(K)]
     lone, fused = copy.deepcopy(models), copy.deepcopy(models)
-    lone_c, fused_c = ([DPF(s, 12, update_every=3, end_fraction=0.75) for s in (0.5, 0.7, 0.9)] for _ in range(2))
+    lone_c, fused_c = ([method(s, 12, update_every=3, end_fraction=0.75) for s in (0.5, 0.7, 0.9)] for _ in range(2))
     for i in range(K):
         train(lone[i], digits, protocol, data_seed=DATA_SEEDS[i], controller=lone_c[i], progress=False, device="cpu")
     train_fused([Member(m, DATA_SEEDS[i], controller=c) for i, (m, c) in enumerate(zip(fused, fused_c))],
                 digits, protocol, progress=False, device="cpu", members_at_once=K)
     for i in range(K):
         assert relative_distance(fused[i], lone[i]) < 1e-4
-        assert [torch.equal(a, b) for a, b in zip(fused_c[i].masks, lone_c[i].masks)] == [True] * len(lone_c[i].masks)
+        # the same masks (RigL's growth ranks gradients: a tie broken otherwise by rounding may move a weight)
+        agree = sum(int((a == b).sum()) for a, b in zip(fused_c[i].masks, lone_c[i].masks))
+        assert agree >= 0.999 * sum(m.numel() for m in lone_c[i].masks)
+        assert count(fused_c[i].mask())[0] == count(lone_c[i].mask())[0]
 
 
 def test_layouts_are_checked_and_cpus_train_stacked_models_one_at_a_time(digits):
