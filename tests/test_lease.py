@@ -7,9 +7,10 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from elth.experiments.lease import Lease, LeaseInfo, LeaseLost, current, holder
+from elth.files import process_space_tag
 
 
 def test_a_held_lease_is_refused_and_a_released_one_is_taken(tmp_path):
@@ -80,6 +81,30 @@ def test_a_lease_of_a_killed_process_of_this_host_is_taken_over_at_once(tmp_path
     alive = LeaseInfo(owner="me", host=socket.gethostname(), pid=os.getpid(), started=now, heartbeat=now)
     (tmp_path / "lease.000003.json").write_text(json.dumps(asdict(alive)))
     assert holder(tmp_path, timeout=60).owner == "me"
+
+
+def test_a_lease_of_another_pid_namespace_on_a_host_of_the_same_name_counts_until_its_heartbeat_stops(tmp_path):
+    """Containers may share a host name but not their process ids: a holder in another pid namespace
+    cannot be looked up from here, so its lease holds while it beats (not taken over at once)."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    now = time.time()
+    other_space = "f" * 8 if process_space_tag() != "f" * 8 else "e" * 8
+    boxed = LeaseInfo(owner="boxed", host=socket.gethostname(), pid=int(gone.stdout), started=now, heartbeat=now,
+                      space=other_space)
+    assert boxed.live(timeout=60) and not boxed.live(timeout=60, now=now + 61)
+    here = replace(boxed, owner="here", space=process_space_tag())
+    assert not here.live(timeout=60)  # this space, its process gone: free at once
+    (tmp_path / "lease.000000.json").write_text(json.dumps(asdict(boxed)))
+    assert holder(tmp_path, timeout=60).owner == "boxed" and Lease.acquire(tmp_path, timeout=60) is None
+    # a field a later version adds does not make the lease unreadable
+    (tmp_path / "lease.000000.json").write_text(json.dumps({**asdict(boxed), "gpu": "H200"}))
+    assert holder(tmp_path, timeout=60).owner == "boxed"
+    # a lease of this process records this space
+    (tmp_path / "lease.000000.json").unlink()
+    mine = Lease.acquire(tmp_path, timeout=60)
+    assert mine is not None and holder(tmp_path, timeout=60).space == process_space_tag()
+    mine.release()
 
 
 def _race(directory, barrier, results):

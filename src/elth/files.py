@@ -60,19 +60,35 @@ JOBS_DIR = "jobs"
 
 
 #: Temporary files of atomic writes: `.<target name>.<host>-<pid>.<random>.tmp` next to the target.
-#: The writer's host (a short hash of its name) and process id let a later writer in the directory
-#: tell a temporary file left by a killed process from one a running process is still writing.
+#: The writer's process space (a short hash of its host name and pid namespace: `process_space`) and
+#: process id let a later writer in the directory tell a temporary file left by a killed process
+#: from one a running process is still writing.
 _TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[^.]+\.tmp")
 #: Temporary files older than this are removed whoever wrote them (a writer on another host that died).
 STALE_SECONDS = 7 * 24 * 3600
 
 
+def process_space() -> str:
+    """Where this process's id means something: the host name and, on Linux, the pid namespace
+    (containers that share a host name but not their process ids are different spaces)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()} {namespace}".strip()
+
+
+def process_space_tag() -> str:
+    """`process_space()` as 8 hex digits (for file names and lease records)."""
+    return hashlib.sha256(process_space().encode()).hexdigest()[:8]
+
+
 def _host() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return process_space_tag()
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process of this id exists on this host (someone else's counts)."""
+    """Whether a process of this id exists in this process space (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -85,7 +101,7 @@ def process_alive(pid: int) -> bool:
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     """Delete the temporary files of atomic writes in `directory` whose writer is gone; return them.
 
-    A writer is gone when it ran on this host and its process no longer exists, or when its file is
+    A writer is gone when it ran in this process space and its process no longer exists, or when its file is
     older than `STALE_SECONDS`. Files of live writers (a second run at the same time) are left alone.
     """
     removed = []

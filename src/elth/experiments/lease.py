@@ -8,7 +8,8 @@ the link fails when the name exists, on a local disk as on NFS), so of any numbe
 try at once exactly one gets it. The holder rewrites its file every `heartbeat` seconds; a lease
 whose heartbeat is older than `timeout` seconds (its worker was killed, its node died) is stale and
 the next worker takes the run over by creating the following number; so is, at once, a lease whose
-holder ran on this host and no longer exists (a killed command run again resumes without waiting). A holder that finds a higher
+holder ran in this process space (this host and pid namespace) and no longer exists (a killed
+command run again resumes without waiting). A holder that finds a higher
 number than its own has lost the lease (it was presumed dead) and must stop. Releasing marks the
 file released; the number is never reused, so a late heartbeat of a presumed-dead worker never
 touches its successor's lease.
@@ -26,10 +27,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from elth.files import LEASE_FILE, LEASE_FILE_PATTERN, process_alive
+from elth.files import LEASE_FILE, LEASE_FILE_PATTERN, process_alive, process_space_tag
 
 #: Seconds without a heartbeat after which a lease is presumed dead and its run is taken over.
 DEFAULT_TIMEOUT = 120.0
@@ -49,6 +50,8 @@ class LeaseInfo:
     slurm_job: str = ""
     released: bool = False
     extra: dict = field(default_factory=dict)
+    #: `files.process_space_tag()` of the holder ("" in leases written before it was recorded)
+    space: str = ""
 
     def age(self, now: float | None = None) -> float:
         """Seconds since the last heartbeat."""
@@ -56,10 +59,12 @@ class LeaseInfo:
 
     def live(self, timeout: float, now: float | None = None) -> bool:
         """Whether this lease still holds its run: not released, a heartbeat within `timeout` seconds,
-        and, when its holder ran on this host, that process still exists."""
+        and, when its holder ran in this process space (this host; on Linux also this pid
+        namespace: a container's processes cannot be seen from another), that process still exists."""
         if self.released or self.age(now) > timeout:
             return False
-        return self.host != socket.gethostname() or process_alive(self.pid)
+        here = self.space == process_space_tag() if self.space else self.host == socket.gethostname()
+        return not here or process_alive(self.pid)
 
     def where(self) -> str:
         job = f", SLURM job {self.slurm_job}" if self.slurm_job else ""
@@ -83,10 +88,15 @@ def _lease_files(directory: Path) -> list[Path]:
     return sorted((directory / n for n in names if _NAME.fullmatch(n)), key=_number)
 
 
+_FIELDS = {f.name for f in fields(LeaseInfo)}
+
+
 def _read(path: Path) -> LeaseInfo | None:
     try:
-        return LeaseInfo(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+        record = json.loads(path.read_text())
+        # Fields a later version may add are left out, so that versions sharing a store read each other.
+        return LeaseInfo(**{k: v for k, v in record.items() if k in _FIELDS})
+    except (OSError, ValueError, TypeError, AttributeError):
         return None  # removed meanwhile, or being replaced
 
 
@@ -173,7 +183,7 @@ class Lease:
                     continue
             now = time.time()
             mine = LeaseInfo(owner=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(), started=now,
-                             heartbeat=now, label=label, slurm_job=_slurm_job())
+                             heartbeat=now, label=label, slurm_job=_slurm_job(), space=process_space_tag())
             lease = cls(directory, number + 1, mine, timeout, interval)
             if _link_new(lease.path, mine):
                 if info is not None and not info.released:
