@@ -149,6 +149,20 @@ def test_tied_weights_stay_tied_in_the_stacked_layout(digits):
         assert relative_distance(fused[i], lone[i]) < 1e-4
 
 
+def test_frozen_parameters_stay_frozen_in_a_fused_group(digits):
+    models, masks = make_members("mlp_2", digits)
+    for m in models:
+        m.hidden[0].weight.requires_grad_(False)  # e.g. a fixed random projection
+    assert FusedNetwork(models).layout == STACKED
+    lone, fused = copy.deepcopy(models), copy.deepcopy(models)
+    train_separately(lone, masks, digits, PROTOCOL)
+    train_together(fused, masks, digits, PROTOCOL)
+    for i in range(K):
+        assert torch.equal(fused[i].hidden[0].weight, models[i].hidden[0].weight * masks[i]["hidden.0.weight"])
+        assert not fused[i].hidden[0].weight.requires_grad
+        assert relative_distance(fused[i], lone[i]) < 1e-4
+
+
 @pytest.mark.parametrize("method", [DPF, RigL])
 def test_dst_members_of_a_vit_train_stacked_as_their_lone_runs(digits, method):
     protocol = PROTOCOL.replace(length="12it", milestones=(), warmup="2it")

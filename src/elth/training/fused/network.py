@@ -137,8 +137,8 @@ _GROUPED_FORMS = {nn.Conv2d: _fused_conv, nn.BatchNorm2d: _fused_batchnorm, nn.L
 
 
 def grouped_layout_holds(model: nn.Module) -> bool:
-    """Whether every layer of `model` that holds weights or buffers has a grouped form, and no
-    weight is shared between layers (grouped forms are one per layer)."""
+    """Whether every layer of `model` that holds weights or buffers has a grouped form, no weight is
+    shared between layers (grouped forms are one per layer) and none is frozen."""
     return _grouped_obstacle(model) is None
 
 
@@ -152,6 +152,9 @@ def _grouped_obstacle(model: nn.Module) -> str | None:
         seen.add(id(p))
     if tied:
         return f"it shares weights ({', '.join(tied)})"
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    if frozen:  # grouped forms make fresh parameters (trainable); the stacked copy keeps each one's flag
+        return f"it has frozen parameters ({', '.join(frozen[:3])}{', ...' if len(frozen) > 3 else ''})"
     for path, m in model.named_modules():
         holds_tensors = any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
         if holds_tensors and type(m) not in _GROUPED_FORMS:
