@@ -9,10 +9,10 @@ layers are [N, K*C, H, W] and of linear layers [N, K*D], member-major, so the mo
 `forward` (ReLUs, residual adds, pooling, flatten) runs unchanged on the fused layers and nothing
 of one member reaches another: every op is per channel or per member group.
 
-Stacked (any other network: LayerNorm, attention, a user's own layers): every parameter and buffer
-gets a leading member dimension and the model's own `forward` runs once per member under
-`torch.func.vmap`, which turns each op into its batched form (an op without a batching rule runs
-member by member inside the one call). Nothing in this layout relies on the forward being per
+Stacked (any other network: LayerNorm, attention, shared or frozen weights, a user's own layers):
+every parameter and buffer gets a leading member dimension and the model's own `forward` runs once
+per member under `torch.func.vmap`, which turns each op into its batched form (an op without a
+batching rule runs member by member inside the one call). Nothing in this layout relies on the forward being per
 channel, so it is the fallback for every model the grouped one cannot hold, and for a grouped
 copy whose outputs on a probe batch differ from the members' own (a forward that mixes channels,
 e.g. a parameter-free normalisation over features, or reshapes to a fixed channel count).
