@@ -6,6 +6,7 @@ is defined here once and imported wherever a file is written or read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -60,7 +61,7 @@ JOBS_DIR = "jobs"
 
 
 #: Temporary files of atomic writes: `.<target name>.<host>-<pid>.<random>.tmp` next to the target.
-#: The writer's process space (a short hash of its host name and pid namespace: `process_space`) and
+#: The writer's process space (a short hash of its host name and pid namespace: `process_space_tag`) and
 #: process id let a later writer in the directory tell a temporary file left by a killed process
 #: from one a running process is still writing.
 _TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[^.]+\.tmp")
@@ -68,23 +69,16 @@ _TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.
 STALE_SECONDS = 7 * 24 * 3600
 
 
-def process_space() -> str:
-    """Where this process's id means something: the host name and, on Linux, the pid namespace
-    (containers that share a host name but not their process ids are different spaces)."""
+@functools.cache
+def process_space_tag() -> str:
+    """Where this process's id means something, as 8 hex digits (for file names and lease records):
+    a hash of the host name and, on Linux, the pid namespace (containers that share a host name but
+    not their process ids are different spaces). Read once per process."""
     try:
         namespace = os.readlink("/proc/self/ns/pid")
     except OSError:
         namespace = ""
-    return f"{socket.gethostname()} {namespace}".strip()
-
-
-def process_space_tag() -> str:
-    """`process_space()` as 8 hex digits (for file names and lease records)."""
-    return hashlib.sha256(process_space().encode()).hexdigest()[:8]
-
-
-def _host() -> str:
-    return process_space_tag()
+    return hashlib.sha256(f"{socket.gethostname()} {namespace}".strip().encode()).hexdigest()[:8]
 
 
 def process_alive(pid: int) -> bool:
@@ -105,7 +99,7 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     older than `STALE_SECONDS`. Files of live writers (a second run at the same time) are left alone.
     """
     removed = []
-    host, now = _host(), time.time()
+    host, now = process_space_tag(), time.time()
     try:
         entries = list(os.scandir(directory))
     except OSError:
@@ -207,7 +201,7 @@ FILE_MODE = 0o666 & ~_umask()
 def _atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{process_space_tag()}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

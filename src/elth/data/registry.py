@@ -81,9 +81,8 @@ def _known(key: str) -> bool:
     return key in DATASETS or bool(_SYNTHETIC.fullmatch(key)) or registered.registered_dataset(key) is not None
 
 
-def _load_registered(key: str, data_dir, device, options: dict) -> Dataset:
+def _load_registered(key: str, own: registered.RegisteredDataset, data_dir, device, options: dict) -> Dataset:
     """A registered dataset from its loader, checked against its registration and named by its key."""
-    own = registered.registered_dataset(key)
     try:
         ds = own.load(data_dir, **options)
     except ElthError:
@@ -154,8 +153,9 @@ def load_dataset(
     if size is not None:
         return Resized(load_dataset(base, data_dir, device, **options), size)
     key = canonical_name(name)
-    if registered.registered_dataset(key) is not None:
-        return _load_registered(key, data_dir, device, options)
+    own = registered.registered_dataset(key)
+    if own is not None:
+        return _load_registered(key, own, data_dir, device, options)
     if key == "imagenet":
         from elth.data.imagenet import load_imagenet  # PIL loads only for ImageNet
 

@@ -99,9 +99,9 @@ class Protocol:
     def __post_init__(self) -> None:
         # Lists (e.g. from JSON) become tuples so the protocol stays hashable and comparable.
         object.__setattr__(self, "milestones", tuple(self.milestones))
-        for text in (self.length, self.warmup, *self.milestones):
+        for text in (self.length, self.warmup):
             split_steps(text)
-        object.__setattr__(self, "milestones", _in_order(self.milestones))
+        object.__setattr__(self, "milestones", _in_order(self.milestones))  # parses (checks) each milestone
         if split_steps(self.length) == (0, 0):
             raise ProtocolError(f"training length must be at least one step, got {self.length!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:

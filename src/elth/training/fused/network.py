@@ -225,12 +225,11 @@ class FusedNetwork(nn.Module):
             except FusionError:
                 if layout == GROUPED:
                     raise
-                layout = STACKED
-            if layout is None and not self._agrees_with(models):
-                layout = STACKED
-        if layout == STACKED:
-            warnings.filterwarnings("ignore", message=_VMAP_FALLBACK_WARNING)
-            self._use(STACKED, _stacked_copy(first, self.k), states)
+            else:
+                if layout == GROUPED or self._agrees_with(models):
+                    return
+        warnings.filterwarnings("ignore", message=_VMAP_FALLBACK_WARNING)
+        self._use(STACKED, _stacked_copy(first, self.k), states)
 
     def _use(self, layout: str, net: nn.Module, states: list[dict[str, torch.Tensor]]) -> None:
         self.layout, self.net = layout, net
