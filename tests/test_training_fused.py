@@ -2,14 +2,10 @@
 
 MLPs: bitwise (the batched matmul, the per-member bias reduction and the per-member SGD step run
 the same kernels on the same numbers as a lone run). Conv nets: a grouped convolution sums its
-products in another order than a lone convolution, so the first step already differs by rounding
-(~1e-6 relative), and small SGD runs amplify rounding chaotically. The tolerance is therefore
-measured, not guessed: after a few steps the fused weights must agree to 1e-4 relative (rounding
-of ~1e-6 per layer and step, through up to 9 layers and 10 steps), and after a few hundred steps they must lie no further from the lone run than a second lone
-run does whose only change is the memory format of its convolutions (channels_last vs
-contiguous: the same arithmetic in another order), pooled over the members (which member a
-rounding difference sends elsewhere is a matter of chance), with a factor 4 of slack. Masks must be
-identical throughout: pruned weights exactly zero at the same places.
+products in another order than a lone convolution; in float64 a member equals its lone run over
+hundreds of steps, in float32 it agrees to rounding over a few (why no float32 tolerance over
+hundreds of steps holds on every CPU: see "Conv nets" below). Masks must be identical throughout:
+pruned weights exactly zero at the same places.
 """
 import copy
 import json
@@ -24,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import elth.training.loop as loop_module
 from elth.data import load_dataset
 from elth.files import CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE, RUN_FILE
 from elth.masks import count, count_for_sparsity
@@ -195,47 +190,94 @@ def test_a_nan_member_leaves_the_others_untouched_and_ends_as_a_diverged_run(dig
                 assert torch.equal(value, poisoned[i].state_dict()[key]), (name, i, key)
 
 
-# --- Conv nets: a measured tolerance -----------------------------------------------------------
+# --- Conv nets: the same arithmetic, so float64 agrees bit for bit ---------------------------------
+#
+# In float32 a grouped convolution sums its products in another order than a lone one, so a member
+# and its lone run differ by rounding (~1e-6 relative) from the first step. That difference stays at
+# rounding only until some pre-activation lies closer to zero than the rounding: then a ReLU passes
+# the value in one run and blocks it in the other, that step's gradients differ by a few percent,
+# and small-batch SGD carries the gap on. Measured on cifar_resnet_8_8 (K = 3, batch 8): with AVX-512
+# kernels member 1 agrees with its lone run to 1.4e-6 for 45 steps, then one value of layer2.0's
+# residual sum is -5.1e-7 alone and +1.3e-7 fused, and the distance jumps to 1.6e-3 in that one step
+# (0.2 by step 80); with AVX2 kernels no value fell that close within 150 steps. Which step (if any)
+# meets such a value depends on the kernels' rounding, so no float32 tolerance over hundreds of steps
+# holds on every CPU. What does: in float64 the rounding is ~1e-16, no value falls that close to
+# zero, and the member must equal its lone run (observed: bit for bit under AVX2 and AVX-512 alike).
+# In float32 the forward (continuous: a flipped ReLU passes a value near zero) agrees to rounding, and
+# masks stay identical. cifar_vgg_11 on 8x8 digits is the extreme case: 512 channels of 1x1 maps on
+# batches of 8 put values near zero at once (a flip at step 1 under AVX2, 0.07 apart by step 3). `benchmarks/fused_equivalence.py` measures
+# where fused and lone float32 runs end (test accuracy) against the spread of the seeds.
 
 
-def lone_contiguous(models, masks, data, protocol):
-    """Lone runs whose convolutions use the contiguous memory format instead of channels_last."""
-    original = loop_module.use_channels_last
-    loop_module.use_channels_last = lambda model, device: False
+@pytest.fixture
+def digits64():
+    """digits, and models built from now on, in float64 (the default dtype restored after)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
     try:
-        train_separately(models, masks, data, protocol)
+        yield load_dataset("digits")
     finally:
-        loop_module.use_channels_last = original
+        torch.set_default_dtype(previous)
 
 
 @pytest.mark.parametrize(
-    "name, batch_size, short, long",
+    "name, batch_size, steps",
     [
-        ("cifar_resnet_8_8", 8, 10, 150),  # conv + BN + residual adds + pooling, width 8
-        ("cifar_vgg_11", 8, 4, 12),  # conv (biases) + BN + max-pool: 9.2M weights (the smallest VGG), so few steps
+        ("cifar_resnet_8_8", 8, 150),  # conv + BN + residual adds + pooling, width 8
+        ("cifar_vgg_11", 8, 6),  # conv (biases) + BN + max-pool: 9.2M weights (the smallest VGG), so few steps
     ],
 )
-def test_conv_fused_matches_separate_within_rounding(digits, name, batch_size, short, long):
-    protocol = Protocol(length=f"{long}it", batch_size=batch_size, lr=0.02, milestones=(f"{long // 2}it",), warmup="5it")
-    models, masks = make_members(name, digits)
-    # A few steps: rounding differences only.
+def test_conv_fused_member_equals_its_lone_run_in_float64(digits64, name, batch_size, steps):
+    protocol = Protocol(length=f"{steps}it", batch_size=batch_size, lr=0.02, milestones=(f"{steps // 2}it",),
+                        warmup="5it")
+    models, masks = make_members(name, digits64)
+    assert next(models[0].parameters()).dtype == torch.float64
     lone, fused = copy.deepcopy(models), copy.deepcopy(models)
-    train_separately(lone, masks, digits, protocol, end_step=short)
-    train_together(fused, masks, digits, protocol, end_step=short)
+    lone_results = train_separately(lone, masks, digits64, protocol)
+    fused_results = train_together(fused, masks, digits64, protocol)
     for i in range(K):
-        assert relative_distance(fused[i], lone[i]) < 1e-4
         assert_same_pruned_weights(fused[i], lone[i], masks[i])
-    # A few hundred steps: no further than the lone run's own spread over kernel choices.
-    lone, fused, other = copy.deepcopy(models), copy.deepcopy(models), copy.deepcopy(models)
+        # Rounding of ~1e-16 per operation; observed exactly 0 on AVX2 and AVX-512 kernels.
+        assert relative_distance(fused[i], lone[i]) <= 1e-10, i
+        assert fused_results[i].train_loss == pytest.approx(lone_results[i].train_loss, rel=1e-9)
+        assert fused_results[i].test_accuracy == lone_results[i].test_accuracy
+    # The members did train apart from one another and from their start.
+    assert relative_distance(fused[0], models[0]) > 1e-3
+    assert len({round(r.train_loss, 6) for r in fused_results}) == K
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet_8_8", "cifar_vgg_11"])
+def test_conv_fused_forward_agrees_with_the_members_to_rounding_in_float32(digits, name):
+    # The forward is continuous (a ReLU that flips passes a value near zero), so float32 logits agree
+    # to rounding on every CPU, in training mode (BN on each member's own batch) and in eval mode.
+    models, _ = make_members(name, digits)
+    net = FusedNetwork(copy.deepcopy(models))
+    assert net.layout == "grouped"
+    batches = [next(iter(digits.train_epoch(0, 8, seed))) for seed in DATA_SEEDS]
+    x = torch.stack([xb for xb, _ in batches])
+    for mode in (True, False):
+        net.train(mode)
+        with torch.no_grad():
+            fused_logits = net(x)
+        for i, model in enumerate(models):
+            with torch.no_grad():
+                lone_logits = model.train(mode)(x[i])
+            # Observed up to 3e-6 (cifar_vgg_11 in training mode: BN over 8 values of 1x1 maps); a member
+            # mixed with another would be off by order 1.
+            assert float((fused_logits[i] - lone_logits).norm() / lone_logits.norm()) < 1e-4, (mode, i)
+
+
+def test_conv_fused_members_keep_their_masks_and_losses_in_float32(digits):
+    protocol = Protocol(length="6it", batch_size=8, lr=0.02, warmup="2it")
+    models, masks = make_members("cifar_vgg_11", digits)
+    lone, fused = copy.deepcopy(models), copy.deepcopy(models)
     lone_results = train_separately(lone, masks, digits, protocol)
     fused_results = train_together(fused, masks, digits, protocol)
-    lone_contiguous(other, masks, digits, protocol)
-    # Chaos strikes members at random, so the spread is pooled over the members.
-    spread = max(relative_distance(other[i], lone[i]) for i in range(K))
     for i in range(K):
         assert_same_pruned_weights(fused[i], lone[i], masks[i])
-        assert relative_distance(fused[i], lone[i]) <= 4 * spread + 1e-4, (i, spread)
-        assert abs(fused_results[i].train_loss - lone_results[i].train_loss) <= 0.05 + 4 * spread
+        # Where a ReLU flipped (member 0 at step 1 here, on AVX2), the weights part by up to ~1e-1
+        # relative; the loss of six steps stays within a few hundredths.
+        assert abs(fused_results[i].train_loss - lone_results[i].train_loss) < 0.05, i
 
 
 # --- Building blocks ----------------------------------------------------------------------------
