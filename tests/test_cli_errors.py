@@ -108,7 +108,7 @@ CASES = [
     # tickets whose recorded settings cannot be used
     ("train-ticket: recorded lr Infinity", ["train-ticket", "lr_inf.safetensors", *SMOKE], "not a number JSON allows"),
     ("inspect: recorded lr 1e999", ["inspect", "lr_huge.safetensors"], "learning rate must be a finite number"),
-    ("inspect: rewind step 2.5", ["inspect", "step_frac.safetensors"], "rewind step must be an integer"),
+    ("inspect: rewind step 2.5", ["inspect", "step_frac.safetensors"], "rewind_step = 2.5, not an integer"),
     ("train-ticket: recorded data seed 2**70", ["train-ticket", "seed_huge.safetensors", *SMOKE],
      "the recorded data seed must be an integer"),
     ("inspect a directory", ["inspect", "adir"], "adir: is a directory, not a ticket file"),
@@ -152,6 +152,28 @@ CASES = [
     ("a misspelt required option", ["train", "--modle", "mlp_2", "--dataset", "digits"],
      "required: --model (--modle is not an option of elth train; did you mean --model?)"),
     ("unknown model", ["train", "--model", "mlp_x", "--dataset", "digits"], "unknown model 'mlp_x'"),
+    # digits other than 0-9 (Python's int() and \\d take them; names and run kinds do not)
+    ("train mlp_\u0661 (an Arabic-Indic digit)", ["train", "--model", "mlp_\u0661", "--dataset", "digits", *SMOKE],
+     "unknown model 'mlp_\u0661'"),
+    ("train --length \u0661ep", ["train", *MLP, "--length", "\u0661ep"], "cannot read the step count '\u0661ep'"),
+    # ticket metadata of the wrong type (the checksum covers the tensors only)
+    ("inspect: sparsity 'lots'", ["inspect", "sparsity_lots.safetensors"],
+     'sparsity_lots.safetensors: ticket metadata has sparsity = "lots", not a number'),
+    ("transform: sparsity 'lots'", ["transform", "sparsity_lots.safetensors", "--to", "mlp_3", "-o", "y.safetensors"],
+     'ticket metadata has sparsity = "lots", not a number'),
+    ("inspect: dataset classes 'ten'", ["inspect", "classes_ten.safetensors"],
+     "a dataset's num_classes must be a positive integer, not 'ten'"),
+    # results with numbers that are not finite
+    ("report: a NaN accuracy", ["report", "nan_accuracy"],
+     "results.jsonl, line 1: unreadable results row (accuracy = nan is not a finite number)"),
+    ("report: an Infinity sparsity in results.csv", ["report", "inf_sparsity"],
+     "results.csv, line 3: unreadable results row (sparsity = 'Infinity' is not a finite number)"),
+    ("report: an accuracy of 7", ["report", "big_accuracy"], "line 1: unreadable results row (accuracy = 7 is not a fraction in [0, 1])"),
+    # places nothing can be written in, though permissions allow it (root in /proc)
+    ("experiment --out in /proc", [*EXPERIMENT, "--root", "store", "--out", "/proc/elth-x"],
+     "--out /proc/elth-x: cannot write in /proc"),
+    ("transform -o in /proc", [*TRANSFORM, "-o", "/proc/elth-x.safetensors"],
+     "-o /proc/elth-x.safetensors: cannot write in /proc"),
 ]
 
 
@@ -186,6 +208,8 @@ def template(tmp_path_factory) -> Path:
     _write_ticket_with(d / "step_frac.safetensors", src, _meta_edit(lambda m: m.update(rewind_step=2.5)))
     _write_ticket_with(d / "seed_huge.safetensors", src,
                        _meta_edit(lambda m: m["provenance"].update(data_seed=2**70)))
+    _write_ticket_with(d / "sparsity_lots.safetensors", src, _meta_edit(lambda m: m.update(sparsity="lots")))
+    _write_ticket_with(d / "classes_ten.safetensors", src, _meta_edit(lambda m: m["dataset"].update(num_classes="ten")))
     (d / "afile").write_text("a regular file\n")
     (d / "adir").mkdir()
     rows = [Row("smoke", "smoke", "digits", "mlp_2", "imp", "", "", level, 1 - 0.8**level, 0, 0.9, 10, 1e6, 0.0,
@@ -193,6 +217,14 @@ def template(tmp_path_factory) -> Path:
     write_results(rows, d / "res")
     write_results(rows, d / "badmeta")
     (d / "badmeta" / "experiment.json").write_text('{"name": "smoke", ')
+    for name, edit in [("nan_accuracy", lambda t: t.replace('"accuracy": 0.9', '"accuracy": NaN', 1)),
+                       ("big_accuracy", lambda t: t.replace('"accuracy": 0.9', '"accuracy": 7', 1))]:
+        (d / name).mkdir()
+        (d / name / "results.jsonl").write_text(edit((d / "res" / "results.jsonl").read_text()))
+    (d / "inf_sparsity").mkdir()
+    csv_lines = (d / "res" / "results.csv").read_text().splitlines()
+    csv_lines[2] = csv_lines[2].replace(",1,0.19999999999999996,", ",1,Infinity,", 1)
+    (d / "inf_sparsity" / "results.csv").write_text("\n".join(csv_lines) + "\n")
     (d / "broken").mkdir()
     lines = (d / "res" / "results.jsonl").read_text().splitlines()
     lines[2] = lines[2][:40]
@@ -303,3 +335,27 @@ def test_the_console_script_gives_the_same_one_line(template, tmp_path):
                        timeout=300)
     assert p.returncode == 2
     assert p.stderr == "elth train: error: learning rate must be a finite number, got inf\n"
+
+
+@pytest.mark.parametrize("variable, value, says", [
+    ("ELTH_PROGRESS", "sparkles", "ELTH_PROGRESS='sparkles': expected bars or lines (or leave it unset)"),
+    ("ELTH_LOG_EVERY", "abc", "ELTH_LOG_EVERY='abc': expected seconds between progress lines, a number >= 0"),
+    ("ELTH_LOG_EVERY", "nan", "ELTH_LOG_EVERY='nan': expected seconds"),
+])
+def test_settings_from_the_environment_are_checked_at_the_start(template, tmp_path, monkeypatch, capsys,
+                                                                  variable, value, says):
+    shutil.copytree(template, tmp_path / "w")
+    monkeypatch.chdir(tmp_path / "w")
+    monkeypatch.setenv(variable, value)
+    assert main(["train", *MLP]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"elth train: error: {says}" + captured.err.split(says, 1)[1] and captured.out == ""
+    assert len(captured.err.splitlines()) == 1 and not (tmp_path / "w" / "runs").exists()
+
+
+def test_a_batch_larger_than_the_training_set_is_said(template, tmp_path, monkeypatch, capsys):
+    shutil.copytree(template, tmp_path / "w")
+    monkeypatch.chdir(tmp_path / "w")
+    assert main(["train", *MLP, "--batch-size", "1000000000", "--length", "1it"]) == 0
+    assert ("warning: the batch size 1,000,000,000 is larger than the 1,437 training examples of digits: every step "
+            "trains on all of them (one full batch per epoch)") in capsys.readouterr().err

@@ -256,7 +256,7 @@ def test_explicit_plan_text(r20):
 def test_random_replicas_keep_layerwise_sparsity_and_differ_from_plain_copy(r20):
     plain = transform(r20, "cifar_resnet_56", order="interpolation")
     rand = transform(r20, "cifar_resnet_56", order="interpolation", random_replicas=True, seed=3)
-    assert rand.provenance["random_replicas"] is True and rand.provenance["seed"] == 3
+    assert rand.provenance["random_replicas"] is True and rand.provenance["replica_seed"] == 3
     replicas = {f"layer{s}.{u}" for s in (1, 2, 3) for u in (2, 3, 4, 6, 7, 8)}
     for key, m in rand.mask.items():
         assert int(m.sum()) == int(plain.mask[key].sum()), key

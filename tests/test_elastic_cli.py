@@ -95,7 +95,7 @@ def test_explicit_plan(elth, tickets, tmp_path):
                         "--seed", "4", "-o", out_path)
     assert code == 0, err
     p = load_ticket(out_path).provenance
-    assert p["plan"] == "0,2,2,1,1;0,2,2,1,1;0,2,2,1,1" and p["random_replicas"] and p["seed"] == 4
+    assert p["plan"] == "0,2,2,1,1;0,2,2,1,1;0,2,2,1,1" and p["random_replicas"] and p["replica_seed"] == 4
 
 
 @pytest.mark.parametrize(

@@ -222,5 +222,5 @@ def test_single_unit_stage_needs_matching_shapes():
     # VGG FC stage: 512 -> 512 hidden layers, so its lone transition can be replicated.
     validate_plan(((0, 1),) * 5 + ((0, 0, 0, 0),), "cifar_vgg_13_fc2", "cifar_vgg_13_fc5")
     # MLP-1's only hidden layer reads the input (784 wide), MLP-2's second reads 300.
-    with pytest.raises(PlanError, match=r"hidden\.1 cannot take source unit hidden\.0: weight has shape"):
+    with pytest.raises(PlanError, match=r"mlp_1 has no unit to replicate in stage 1: its only unit there, hidden\.0, is the stage.s transition.*weight has shape"):
         validate_plan(((0, 0),), skeleton_model("mlp_1", (1, 28, 28)), skeleton_model("mlp_2", (1, 28, 28)))

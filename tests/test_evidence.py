@@ -22,15 +22,15 @@ ETT_36 = {0: 0.880, 1: 0.885, 2: 0.900}  # ETT - IMP: -1.0, -1.5, -1.0 points
 SNIP_36 = {0: 0.870, 1: 0.875, 2: 0.880}  # ETT - SNIP: +1.0, +1.0, +2.0 points
 
 
-def table(experiment="hand", ett_shift=0.0) -> list[Row]:
+def table(experiment="hand", ett_shift=0.0, imp=IMP_36, ett=ETT_36) -> list[Row]:
     rows = []
     for seed in (0, 1, 2):
         for target in ("mlp_2", "mlp_3"):
             rows.append(row(target, "dense", 0, 0.0, seed, 0.91, experiment=experiment))
-            for level, acc in ((1, 0.905), (2, IMP_36[seed]), (3, 0.85)):
+            for level, acc in ((1, 0.905), (2, imp[seed]), (3, 0.85)):
                 rows.append(row(target, "imp", level, 1 - 0.8 ** level, seed, acc, experiment=experiment))
         rows.append(row("mlp_3", "snip", 2, 0.36, seed, SNIP_36[seed], experiment=experiment))
-        rows.append(row("mlp_3", "ett", 2, 0.36, seed, ETT_36[seed] + ett_shift, source="mlp_2",
+        rows.append(row("mlp_3", "ett", 2, 0.36, seed, ett[seed] + ett_shift, source="mlp_2",
                         experiment=experiment))
     return rows
 
@@ -53,6 +53,24 @@ def test_report_cells_carry_the_exact_signed_differences(tmp_path):
     # the paired differences, with their intervals
     paired = next(line for line in text.splitlines() if line.startswith("| MLP-3 | MLP-2 | 2 | 36.00% | 3 |"))
     assert [c.strip() for c in paired.strip("|").split("|")][5:] == [ETT_MINUS_IMP, "SNIP", ETT_MINUS_SNIP]
+
+
+# The same accuracies as IMP_36 and ETT_36 but out of seed order: paired by seed, ETT - IMP is
+# -2.5, +1.0, -2.0 points (mean -1.1667, sample std 1.89297, half width 4.302653 * 1.89297 / sqrt(3)
+# = 4.70252); paired by rank (each sorted) it would be the -1.0, -1.5, -1.0 of the table above.
+IMP_MIXED = {0: 0.910, 1: 0.890, 2: 0.900}
+ETT_MIXED = {0: 0.885, 1: 0.900, 2: 0.880}
+
+
+def test_pairs_are_made_by_seed_not_by_rank(tmp_path):
+    rows = table(imp=IMP_MIXED, ett=ETT_MIXED)
+    c = compare_paired(SeedPoints.of(rows), "mlp_3", ("ett", "mlp_2", "appending"), 2, IMP_KEY)
+    assert c.difference.seeds == (0, 1, 2)
+    assert c.difference.differences == pytest.approx((-0.025, +0.010, -0.020))
+    write_results(rows, tmp_path)
+    text = write_report(tmp_path).read_text()
+    paired = next(line for line in text.splitlines() if line.startswith("| MLP-3 | MLP-2 | 2 | 36.00% | 3 |"))
+    assert [c.strip() for c in paired.strip("|").split("|")][5] == "-1.17 [-5.87, +3.54] ~0"
 
 
 def test_seeds_are_never_paired_across(tmp_path):

@@ -5,6 +5,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -280,3 +281,104 @@ def test_a_stopped_experiment_stops_its_workers_runs_and_releases_their_leases(g
         assert holder(t.directory) is None
         events = [(e["event"], e.get("error")) for e in read_attempts(t.directory)]
         assert events == [("start", None), ("fail", "interrupted")]
+
+
+SLURM_SMOKE = ["experiment", "smoke", "--scale", "smoke", "--launcher", "slurm", "--seeds", "1", "--no-progress",
+               "--no-report", "--time", "10"]
+
+
+@pytest.mark.parametrize("options, says", [
+    (["--partition", "nosuch"], "invalid partition specified: nosuch"),
+    (["--slurm-arg", "foo=bar"], "unrecognized option '--foo=bar'"),
+    (["--slurm-arg", "mem=999999G"], "Requested node configuration is not available"),
+    (["--cpus-per-run", "64"], "Requested node configuration is not available"),  # a 2-CPU node: never
+])
+def test_slurm_refusing_the_jobs_is_one_line_before_anything_is_submitted(slurm_cluster, tmp_path, options, says):
+    argv = [sys.executable, "-m", "elth", *SLURM_SMOKE, "--root", "store", "--out", "out", *options]
+    started = time.monotonic()
+    p = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert p.stderr.startswith("elth experiment: error: --launcher slurm: SLURM would refuse these jobs (")
+    assert says in p.stderr and "Traceback" not in p.stderr
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+    assert not list(tmp_path.glob("out/jobs/*")) and not list(tmp_path.glob("out/jobs/.*"))
+
+
+def test_pending_slurm_jobs_say_why_and_cancelled_ones_show_failed(slurm_cluster, tmp_path):
+    """Jobs held by SLURM (here: not to begin for an hour) are queued with SLURM's reason in
+    `--status`; cancelled from outside, their runs are failed, with the reason, both in `--status`
+    and in the run directory (what the next `--status` reads)."""
+    argv = [sys.executable, "-m", "elth", *SLURM_SMOKE, "--root", "store", "--out", "out",
+            "--slurm-arg", "begin=now+3600"]
+    runner = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("store/*/submitted.json")):
+            assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
+            time.sleep(0.2)
+        status = subprocess.run([sys.executable, "-m", "elth", *SLURM_SMOKE, "--root", "store", "--out", "out",
+                                 "--status"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert status.returncode == 0, status.stderr
+        assert "pending: BeginTime" in status.stdout
+        jobs = {json.loads(p.read_text())["job"] for p in tmp_path.glob("store/*/submitted.json")}
+        subprocess.run(["scancel", *jobs], check=True, timeout=60)
+        status = subprocess.run([sys.executable, "-m", "elth", *SLURM_SMOKE, "--root", "store", "--out", "out",
+                                 "--status"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert "is no longer in SLURM's queue and never started the run" in status.stdout, status.stdout
+    finally:
+        runner.terminate()
+        out, err = runner.communicate(timeout=120)
+    assert not list(tmp_path.glob("out/jobs/.submission_file_*"))
+
+
+ORPHAN_SCRIPT = """
+import logging, sys, time
+from elth.experiments.launch import PoolLauncher, Task, WorkerSettings
+if __name__ == "__main__":
+    launcher = PoolLauncher(workers=2, threads=1)
+    for i in range(2):
+        launcher.submit(Task(key=f"sleeper{i}", label=f"sleeper {i}", directory=f"{sys.argv[1]}/run{i}", fn=time.sleep,
+                             ctx=300, args=(), cached=logging.debug, settings=WorkerSettings(threads=1)))
+    time.sleep(600)
+"""
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out |= {int(c) for c in (task / "children").read_text().split()}
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc")
+def test_workers_end_with_an_experiment_process_that_is_killed(tmp_path):
+    """SIGKILL gives the experiment process no chance to stop its workers: they notice it gone, stop
+    their runs as SIGTERM would (attempt recorded, lease released) and exit, with the resource
+    tracker, instead of training on as orphans."""
+    (tmp_path / "main.py").write_text(ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, "main.py", str(tmp_path)], cwd=tmp_path)
+    runs = [tmp_path / f"run{i}" for i in range(2)]
+    deadline = time.time() + 120
+    while any(holder(r) is None for r in runs):
+        assert parent.poll() is None and time.time() < deadline, "the workers never started the runs"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    children = _children(parent.pid)
+    assert len(children) >= 2  # two workers (and multiprocessing's resource tracker)
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 60
+    while any(_alive(c) for c in children):
+        assert time.time() < deadline, f"orphans still running: {[c for c in children if _alive(c)]}"
+        time.sleep(0.2)
+    for r in runs:
+        assert holder(r) is None
+        assert [(e["event"], e.get("error")) for e in read_attempts(r)] == [("start", None), ("fail", "interrupted")]

@@ -124,6 +124,17 @@ def test_report_states_actual_sparsities_and_writes_the_figure(tmp_path):
             "levels 1-3; a protocol aims at 0.3 or less): MLP-2 1.41 (at most 1.41, level 1); MLP-3 1.41") in text
 
 
+def test_a_smoke_scale_report_says_its_numbers_are_a_plumbing_check(tmp_path):
+    import dataclasses
+
+    write_results(table(), tmp_path / "cpu")
+    write_results([dataclasses.replace(r, scale="smoke") for r in table()], tmp_path / "smoke")
+    note = "**A plumbing check, not a result.**"
+    assert note not in write_report(tmp_path / "cpu").read_text()
+    smoke = write_report(tmp_path / "smoke").read_text().splitlines()
+    assert smoke[2].startswith(f"> {note} The `smoke` scale trains for a few iterations")
+
+
 def test_single_level_experiments_get_a_bar_chart(tmp_path):
     rows = [r for r in table() if r.method in ("dense", "imp", "ett", "snip") and r.level != 3]
     write_results(rows, tmp_path)

@@ -42,3 +42,17 @@ def test_read_record_missing_damaged_and_unusable(tmp_path):
     path.write_text('{"a": 1')
     with pytest.raises(ElthError, match=r"result.json: a damaged record \(not JSON\)"):
         read_record(path)
+
+
+def test_an_attempt_after_a_torn_last_line_starts_a_line_of_its_own(tmp_path):
+    from elth.experiments.attempts import read_attempts, record
+    from elth.files import ATTEMPTS_FILE
+
+    record(tmp_path, "start")
+    with open(tmp_path / ATTEMPTS_FILE, "a") as f:
+        f.write('{"event": "finish", "ti')  # a writer killed mid-line
+    record(tmp_path, "start", attempt=2)
+    lines = (tmp_path / ATTEMPTS_FILE).read_text().splitlines()
+    assert len(lines) == 3 and lines[1] == '{"event": "finish", "ti'
+    assert [e["event"] for e in read_attempts(tmp_path)] == ["start", "start"]
+    assert read_attempts(tmp_path)[1]["attempt"] == 2

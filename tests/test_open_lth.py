@@ -8,6 +8,7 @@ import torch
 
 from elth import cli
 from elth.data import load_dataset
+from elth.data.base import DatasetInfo
 from elth.data.errors import DatasetNotFoundError
 from elth.data.idx import IDX_FILES
 from elth.data.paths import find_files
@@ -85,6 +86,46 @@ def test_mlp_names_and_mask_counts():
     assert t.protocol["momentum"] == 0.0 and t.protocol["milestones"] == []
 
 
+# The conv layers' indices in open_lth's (and ElasticLTH's) CIFAR VGGs: their `layers` Sequential
+# keeps the max-pools ('M' in the plans of open_lth's models/cifar_vgg.py) between the stages.
+OPEN_LTH_VGG_CONVS = {
+    11: [0, 2, 4, 5, 7, 8, 10, 11],
+    13: [0, 1, 3, 4, 6, 7, 9, 10, 12, 13],
+    16: [0, 1, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15, 16],
+    19: [0, 1, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19],
+}
+
+
+@pytest.mark.parametrize("depth", sorted(OPEN_LTH_VGG_CONVS))
+def test_a_vgg_state_dict_under_open_lths_numbering_converts_to_elths(depth):
+    from elth.models import build_model
+    from elth.open_lth import convert_state
+
+    model = build_model(f"cifar_vgg_{depth}", (3, 32, 32), 10, seed=0)
+    state = model.state_dict()
+    elth_units = sorted({k.rsplit(".", 2)[0] for k in state if k.startswith("layer")},
+                        key=lambda u: (int(u.split(".")[0][5:]), int(u.split(".")[1])))
+    assert len(elth_units) == len(OPEN_LTH_VGG_CONVS[depth])
+    # open_lth's names: layers.<index>.{conv,bn}.*, indices with the max-pools' gaps
+    rename = {u: f"layers.{i}" for u, i in zip(elth_units, OPEN_LTH_VGG_CONVS[depth])}
+    theirs = {(rename[k.rsplit(".", 2)[0]] + "." + ".".join(k.rsplit(".", 2)[1:]) if k.startswith("layer") else k): v
+              for k, v in state.items()}
+    _, key = model_of(f"cifar_vgg_{depth}")
+    ours = convert_state(theirs, key, state, Path("run"), DatasetInfo("cifar10", (3, 32, 32), 10))
+    assert ours.keys() == state.keys() and all(torch.equal(ours[k], state[k]) for k in state)
+
+
+def test_lenet_has_no_unit_to_replicate_and_says_so_in_one_line(tmp_path, capsys):
+    # open_lth's LeNet is mlp_1: its one hidden layer of 300 takes the 784 inputs (the stage's
+    # transition), so no unit of it can fill mlp_2's second hidden layer (300 x 300).
+    (_, ticket), = import_run(MLP_RUN, levels={2})
+    save_ticket(ticket, tmp_path / "lenet.safetensors")
+    assert cli.main(["transform", str(tmp_path / "lenet.safetensors"), "--to", "mlp_2", "-o", str(tmp_path / "m2.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "mlp_1 has no unit to replicate in stage 1" in err
+    assert not (tmp_path / "m2.safetensors").exists()
+
+
 def _fashion_mnist_dir() -> Path:
     try:
         return next(iter(find_files("fashion_mnist", IDX_FILES).values())).parent
@@ -125,9 +166,11 @@ def test_model_names():
     _, key = model_of("mnist_lenet_300_300_100")
     assert [key(k) for k in ("fc_layers.0.weight", "fc_layers.1.bias", "fc_layers.2.weight", "fc.weight")] == [
         "hidden.0.weight", "hidden.1.bias", "bottleneck.weight", "fc.weight"]
-    name, key = model_of("cifar_vgg_16")  # stages of 2, 2, 3, 3, 3 conv layers
-    assert name == "cifar_vgg_16" and key("layers.4.conv.weight") == "layer3.0.conv.weight"
-    assert key("layers.12.bn.bias") == "layer5.2.bn.bias"
+    name, key = model_of("cifar_vgg_16")  # stages of 2, 2, 3, 3, 3 conv layers, a max-pool after each but the last
+    assert name == "cifar_vgg_16" and key("layers.4.conv.weight") == "layer2.1.conv.weight"
+    assert key("layers.16.bn.bias") == "layer5.2.bn.bias"
+    with pytest.raises(OpenLTHError, match="no unit of the model has index 13"):  # a max-pool's place
+        key("layers.13.conv.weight")
     assert model_of("cifar_resnet_20_64")[0] == "cifar_resnet_20_64"
     for bad in ("mnist_lenet_300_200_100", "mnist_lenet_100", "imagenet_resnet_50", "cifar_resnet_21",
                 "cifar_vgg_7", "transformer"):

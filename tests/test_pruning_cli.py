@@ -117,3 +117,35 @@ def test_like_supplies_protocol_rewind_and_seeds(tmp_path, capsys):
             assert both.any() and (v[both] == t.state[k][both]).all(), k
         else:
             assert (v == t.state[k]).all(), k
+
+
+def test_a_baseline_like_a_transformed_ticket_takes_the_source_seeds(tmp_path, capsys):
+    # The README's typical session: transform a ticket, then prune a baseline --like the new one.
+    source = tmp_path / "mag.safetensors"
+    assert _prune(tmp_path, "--model", "mlp_2", "--method", "magnitude", "--sparsity", "0.5", "--seed", "2",
+                  "-o", str(source)) == 0
+    stretched = tmp_path / "m4.safetensors"
+    assert main(["transform", str(source), "--to", "mlp_4", "-o", str(stretched), "--seed", "0"]) == 0
+    s = load_ticket(stretched).provenance
+    assert (s["seed"], s["data_seed"], s["replica_seed"]) == (2, 2, None)
+    out = tmp_path / "snip.safetensors"
+    assert main(["prune", "--method", "snip", "--like", str(stretched), "--no-progress", "--score-examples", "2",
+                 "--root", str(tmp_path / "runs"), "-o", str(out)]) == 0
+    t = load_ticket(out)
+    assert t.model == "mlp_4" and count(t.mask) == count(load_ticket(stretched).mask)
+    assert (t.provenance["seed"], t.provenance["data_seed"]) == (2, 2)
+
+
+def test_a_baseline_like_a_ticket_that_records_a_null_seed(tmp_path, capsys):
+    # Transformed tickets of earlier versions recorded "seed": null; that is no seed, not an error.
+    from elth.tickets import save_ticket
+
+    source = tmp_path / "mag.safetensors"
+    assert _prune(tmp_path, "--model", "mlp_2", "--method", "magnitude", "--sparsity", "0.5", "-o", str(source)) == 0
+    ticket = load_ticket(source)
+    ticket.provenance["seed"] = None
+    save_ticket(ticket, tmp_path / "null.safetensors")
+    out = tmp_path / "snip.safetensors"
+    assert main(["prune", "--method", "snip", "--like", str(tmp_path / "null.safetensors"), "--no-progress",
+                 "--score-examples", "2", "--root", str(tmp_path / "runs"), "-o", str(out)]) == 0
+    assert load_ticket(out).provenance["seed"] == 0

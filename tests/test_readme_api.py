@@ -46,3 +46,82 @@ def test_the_readme_dataset_of_ones_own_runs(tmp_path):
                             "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
     assert p.returncode == 0, p.stderr
     assert "my_data" in p.stdout and list(tmp_path.glob("runs/imp-*/level_1/ticket.safetensors"))
+
+
+def code_blocks(text: str, lang: str = "") -> list[str]:
+    """The bodies of the README's fenced blocks of language `lang` ("" for unmarked ones)."""
+    blocks, body, inside = [], [], None
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if inside is None:
+                inside, body = line[3:].strip(), []
+            else:
+                if inside == lang:
+                    blocks.append("\n".join(body) + "\n")
+                inside = None
+        elif inside is not None:
+            body.append(line)
+    return blocks
+
+
+def _own_family_workspace(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """The README's my_models.py in `tmp_path`; the README text; an environment as a new user's shell
+    has it: elth's console script on PATH, no PYTHONPATH, no ELTH_PLUGINS."""
+    text = README.read_text()
+    (module,) = [b for b in code_blocks(text, "python") if b.startswith("# my_models.py")]
+    (tmp_path / "my_models.py").write_text(module)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ELTH_PLUGINS")}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return text, env
+
+
+def test_the_readme_family_of_ones_own_runs_from_the_shell_as_printed(tmp_path):
+    """The shell lines under "Networks of your own", in bash, with the `elth` console script (which,
+    unlike `python -m`, does not put the working directory on the Python path): only the dataset,
+    the levels and the rewind point are made small."""
+    text, env = _own_family_workspace(tmp_path)
+    (block,) = [b for b in code_blocks(text) if "export ELTH_PLUGINS=my_models" in b]
+    script = (block.replace("fashion_mnist", "digits").replace("--levels 5", "--levels 1")
+              .replace("level_5", "level_1").replace("--rewind 100it", "--rewind 10it"))
+    assert script.count("\n") == 3 and "--no-progress" not in script
+    p = subprocess.run(["bash", "-euc", script], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr
+    # The protocol it used is said before any training: the paper has none for this family.
+    first = p.stderr.splitlines()[0]
+    assert first.startswith("note: the paper has no protocol for my_net_4: training follows the 'short' preset (3ep")
+    assert "3ep per level" in p.stdout
+    assert (tmp_path / "my_net_8.safetensors").is_file()
+
+
+def test_plugins_named_by_path_or_beside_the_working_directory_and_bad_names_fail_at_start(tmp_path):
+    _, env = _own_family_workspace(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    inspect = ["elth", "train", "--model", "my_net_2", "--dataset", "digits", "--preset", "smoke", "--no-progress"]
+    by_path = subprocess.run(inspect, cwd=elsewhere, capture_output=True, text=True, timeout=300,
+                             env={**env, "ELTH_PLUGINS": "../my_models.py"})
+    assert by_path.returncode == 0, by_path.stderr
+    for value, says in [("nosuch", "ELTH_PLUGINS: no module named 'nosuch' on the Python path or in the working directory"),
+                        ("./nosuch.py", "ELTH_PLUGINS: './nosuch.py': no such file")]:
+        p = subprocess.run(["elth", "inspect", "x.safetensors"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300, env={**env, "ELTH_PLUGINS": value})
+        assert p.returncode == 2 and p.stderr.startswith(f"elth inspect: error: {says}"), p.stderr
+        assert len(p.stderr.splitlines()) == 1
+
+
+def test_the_readme_experiment_of_ones_own_runs_as_a_script(tmp_path):
+    """The `my_family.py` block, run as the script file it says it is (spawned workers import it
+    again), with a protocol and seeds small enough for a test."""
+    text, env = _own_family_workspace(tmp_path)
+    (script,) = [b for b in code_blocks(text, "python") if b.startswith("# my_family.py")]
+    small = (script.replace('"fashion_mnist"', '"digits"').replace("levels=(2, 4, 6)", "levels=(1,)")
+             .replace('"938it"', '"24it"').replace('("469it", "703it")', '("12it",)').replace("seeds=3", "seeds=1")
+             .replace('rewind="30it"', 'rewind="4it"').replace('("snip", "random")', '("random",)'))
+    assert small.count("digits") == 1 and "seeds=1" in small and '"24it"' in small
+    (tmp_path / "my_family.py").write_text(small)
+    p = subprocess.run([sys.executable, "my_family.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={**env, "ELTH_PLUGINS": "my_models"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = (tmp_path / "results" / "my_family" / "results.csv").read_text().splitlines()
+    assert sum(",ett," in r for r in rows) == 6  # my_net_2, _4, _6: each member from the two others

@@ -244,6 +244,32 @@ def test_sparsity_metadata_must_match_the_mask(tmp_path):
         load_ticket(path)
 
 
+@pytest.mark.parametrize("field, value, says", [
+    ("sparsity", "lots", 'sparsity = "lots", not a number'),
+    ("sparsity", True, "sparsity = true, not a number"),
+    ("rewind_step", "3", 'rewind_step = "3", not an integer'),
+    ("version", 2.0, "version = 2.0, not an integer"),
+    ("model", 5, "model = 5, not a string"),
+    ("rewind", 7, "rewind = 7, not a string"),
+    ("warnings", "abc", 'warnings = "abc", not a list of strings'),
+    ("layer_sparsity", {"fc.weight": "x"}, "layer_sparsity = {\"fc.weight\": \"x\"}, not an object of numbers"),
+    ("provenance", [], "provenance = [], not an object"),
+    ("protocol", "paper", 'protocol = "paper", not an object'),
+    ("dataset", {"name": 3, "input_shape": [1, 8, 8], "num_classes": 10}, "name must be a non-empty string, not 3"),
+    ("dataset", {"name": "d", "input_shape": "abc", "num_classes": 10}, "input_shape must be three positive integers"),
+    ("dataset", {"name": "d", "input_shape": [1, -8, 8], "num_classes": 10}, "input_shape must be three positive"),
+    ("dataset", {"name": "d", "input_shape": [1, 8, 8], "num_classes": "ten"}, "num_classes must be a positive integer"),
+])
+def test_metadata_of_the_wrong_type_is_refused_naming_the_field(tmp_path, field, value, says):
+    # The checksum covers the tensors, so such a file passes it: every field's type is checked on load.
+    ticket = make_ticket()
+    path = tmp_path / "t.safetensors"
+    write_raw(path, ticket.file_tensors(), ticket.metadata() | {field: value})
+    with pytest.raises(TicketError) as e:
+        load_ticket(path)
+    assert str(path) in str(e.value) and says in str(e.value)
+
+
 def test_non_finite_weights_are_rejected():
     ticket = make_ticket()
     ticket.state["hidden.0.bias"] = ticket.state["hidden.0.bias"].clone()

@@ -142,8 +142,24 @@ def test_incompatible_checkpoints_are_refused(tmp_path):
 
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="unreadable"):
+    with pytest.raises(CheckpointError, match="not a readable checkpoint .truncated, damaged or not written by torch.save"):
         run(out_dir=tmp_path)
+
+
+def test_a_checkpoint_holding_code_is_refused_in_one_sentence_without_warnings(tmp_path, recwarn):
+    # A Python object that is not a tensor: torch raises ~1,000 characters on loading it with
+    # weights_only; elth says what the file is in one sentence.
+    torch.save({"version": 1, "hook": print}, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(CheckpointError) as e:
+        run(out_dir=tmp_path)
+    message = str(e.value)
+    assert "holds a Python object (print)" in message and "refuses files that could run code" in message
+    assert "\n" not in message and len(message) < 300 + len(str(tmp_path))
+    # Pickle protocol 4: torch warns before it fails; the error alone is shown.
+    torch.save({"version": 1}, tmp_path / CHECKPOINT_FILE, pickle_protocol=4)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        run(out_dir=tmp_path)
+    assert not [w for w in recwarn if "pickle" in str(w.message)]
 
 
 def random_mask(model, density=0.2, seed=0):

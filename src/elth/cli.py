@@ -18,7 +18,8 @@ import sys
 import threading
 import traceback
 
-from elth import __version__
+from elth import __version__, plugins
+from elth.console import check_settings
 from elth.errors import ElthError, Terminated, raise_terminated
 
 #: subcommand -> (module in elth.commands, one-line help). A command's module is imported only when
@@ -135,7 +136,7 @@ def build_parser(command: str | None = None, argv: list[str] = ()) -> argparse.A
 
 
 #: A value that argparse would take for an option because it starts with '-' (e.g. `-5it`).
-_DASH_VALUE = re.compile(r"^-\d")
+_DASH_VALUE = re.compile(r"^-[0-9]")
 
 
 def _attach_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
@@ -221,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     prefix = f"elth {args.command}"
     try:
+        # Settings from the environment, checked before any work: progress display, own modules.
+        check_settings()
+        plugins.load()
         # Commands that train run through `_launch` (commands.common.run_on_ranks: --nproc, torchrun ranks).
         launch = getattr(args, "_launch", None)
         code = launch(args, argv) if launch is not None else args._run(args)

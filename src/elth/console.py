@@ -15,6 +15,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from elth.errors import ElthError
+
 PROGRESS_ENV = "ELTH_PROGRESS"
 LOG_EVERY_ENV = "ELTH_LOG_EVERY"
 DEFAULT_LOG_EVERY = 30.0
@@ -37,6 +39,27 @@ def log_every() -> float:
         return max(0.0, float(os.environ.get(LOG_EVERY_ENV, DEFAULT_LOG_EVERY)))
     except ValueError:
         return DEFAULT_LOG_EVERY
+
+
+class SettingError(ElthError):
+    """An environment variable of elth's with a value it does not take."""
+
+
+def check_settings() -> None:
+    """`ELTH_PROGRESS` and `ELTH_LOG_EVERY` as set in the environment are values elth takes (the
+    `elth` command checks at its start; the functions above fall back to their defaults)."""
+    choice = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if choice not in ("", "bars", "lines"):
+        raise SettingError(f"{PROGRESS_ENV}={os.environ[PROGRESS_ENV]!r}: expected bars or lines (or leave it unset)")
+    text = os.environ.get(LOG_EVERY_ENV, "").strip()
+    if text:
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = float("nan")
+        if not (seconds >= 0 and seconds < float("inf")):
+            raise SettingError(f"{LOG_EVERY_ENV}={os.environ[LOG_EVERY_ENV]!r}: expected seconds between progress "
+                               f"lines, a number >= 0 (default {DEFAULT_LOG_EVERY:g})")
 
 
 class PlainProgress:

@@ -37,7 +37,7 @@ RESULT_FILE = "result.json"
 #: Who works on a run (`experiments.lease`, `experiments.attempts`): the numbered leases, one line
 #: per attempt, the traceback of the last failed attempt
 LEASE_FILE = "lease.{number:06d}.json"
-LEASE_FILE_PATTERN = r"lease\.(\d+)\.json"
+LEASE_FILE_PATTERN = r"lease\.([0-9]+)\.json"
 ATTEMPTS_FILE = "attempts.jsonl"
 FAILURE_FILE = "failure.json"
 #: a run handed to a batch system and not started yet (the job's id, when, by which host)
@@ -64,7 +64,7 @@ JOBS_DIR = "jobs"
 #: The writer's process space (a short hash of its host name and pid namespace: `process_space_tag`) and
 #: process id let a later writer in the directory tell a temporary file left by a killed process
 #: from one a running process is still writing.
-_TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[^.]+\.tmp")
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)\.[^.]+\.tmp")
 #: Temporary files older than this are removed whoever wrote them (a writer on another host that died).
 STALE_SECONDS = 7 * 24 * 3600
 
@@ -199,6 +199,19 @@ FILE_MODE = 0o666 & ~_umask()
 
 @contextlib.contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
+    """`_atomic_temporary`, its errors naming `path` (what the user asked for), not the temporary file."""
+    try:
+        with _atomic_temporary(path) as tmp:
+            yield tmp
+    except OSError as e:
+        name = Path(os.fsdecode(e.filename)).name if e.filename else ""
+        if name.startswith(f".{path.name}.") and name.endswith(".tmp"):
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
+
+
+@contextlib.contextmanager
+def _atomic_temporary(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{process_space_tag()}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
@@ -296,3 +309,40 @@ def tensors_hash(tensors: dict[str, torch.Tensor], record: HashRecord = "ticket"
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16] if record == "checkpoint" else h.hexdigest()
+
+
+class UnreadableTensorFileError(ElthError):
+    """A torch file that cannot be read as tensors (damaged, foreign, or holding code)."""
+
+
+def load_torch_file(path: str | os.PathLike, what: str) -> Any:
+    """`torch.load(path)` of tensors and plain containers only, errors as one short sentence.
+
+    Files that would need more than tensors, numbers, strings and containers (any other Python
+    object: a file that could run code when loaded) are refused. Torch's warnings about the file's
+    pickle protocol or its tensors are not shown: the outcome (read, or this error) says it all.
+    """
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as e:
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if code:
+            raise UnreadableTensorFileError(
+                f"{path}: not a {what} elth can read: it holds a Python object ({code.group(1)}) besides tensors "
+                "and plain values, and elth refuses files that could run code when loaded") from None
+        raise UnreadableTensorFileError(
+            f"{path}: not a readable {what} (truncated, damaged or not written by torch.save)") from None
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise UnreadableTensorFileError(f"{path}: not a readable {what} (truncated or damaged: {_first_line(e)})") from None
+
+
+def _first_line(e: Exception, keep: int = 120) -> str:
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= keep else text[:keep] + "..."

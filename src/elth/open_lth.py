@@ -28,6 +28,7 @@ import torch
 from elth.data import dataset_info
 from elth.data.base import DatasetInfo
 from elth.errors import ElthError
+from elth.files import UnreadableTensorFileError, load_torch_file
 from elth.models import build_model, parse_model_name
 from elth.models.cifar_vgg import LAYOUTS as VGG_LAYOUTS
 from elth.tickets import Ticket, TicketError
@@ -40,8 +41,8 @@ TRAIN_SIZES = {"mnist": 60_000, "cifar10": 50_000, "imagenet": 1_281_167}
 INPUT_SHAPES = {"imagenet": (3, 224, 224)}
 IMAGENET_DEPTHS = (18, 34)
 
-_LEVEL = re.compile(r"level_(\d+)")
-_REPLICATE = re.compile(r"replicate_(\d+)")
+_LEVEL = re.compile(r"level_([0-9]+)")
+_REPLICATE = re.compile(r"replicate_([0-9]+)")
 _HPARAM = re.compile(r"\s*\*\s*(\w+)\s*=>\s*(.*?)\s*")
 
 
@@ -126,11 +127,11 @@ def find_levels(path: str | Path) -> list[Level]:
 
 def _load(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_file(path, what)
     except FileNotFoundError:
         raise OpenLTHError(f"{path}: no {what} (open_lth writes it at the level's start and end)") from None
-    except Exception as e:  # torch raises several types for damaged files
-        raise OpenLTHError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None
+    except UnreadableTensorFileError as e:
+        raise OpenLTHError(str(e)) from None
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise OpenLTHError(f"{path}: not a {what} (expected a dict of tensors)")
     return obj
@@ -152,23 +153,24 @@ KeyMap = Callable[[str], str]
 def model_of(open_lth_name: str) -> tuple[str, KeyMap]:
     """elth's name for an open_lth model, and the map from open_lth's parameter names to elth's."""
     name = open_lth_name.strip()
-    if m := re.fullmatch(r"mnist_lenet((?:_\d+)+)", name):
+    if m := re.fullmatch(r"mnist_lenet((?:_[0-9]+)+)", name):
         widths = [int(w) for w in m.group(1).strip("_").split("_")]
         if len(widths) < 2 or widths[-1] != 100 or any(w != 300 for w in widths[:-1]):
             raise OpenLTHError(f"open_lth model {name!r} has no elth counterpart: elth's MLPs (mlp_<n>) have "
                                "n hidden layers of 300 then 100 (mnist_lenet_300_100, mnist_lenet_300_300_100, ...)")
         n = len(widths) - 1
         return f"mlp_{n}", _mlp_keys(n)
-    if m := re.fullmatch(r"cifar_resnet_(\d+)(?:_(\d+))?", name):
+    if m := re.fullmatch(r"cifar_resnet_([0-9]+)(?:_([0-9]+))?", name):
         depth = int(m.group(1))
         elth = f"cifar_resnet_{depth}" + (f"_{m.group(2)}" if m.group(2) else "")
         _check_name(elth, name)
         return elth, _numbered_units("blocks", [(depth - 2) // 6] * 3)
-    if m := re.fullmatch(r"cifar_vgg_(\d+)", name):
+    if m := re.fullmatch(r"cifar_vgg_([0-9]+)", name):
         elth = f"cifar_vgg_{m.group(1)}"
         _check_name(elth, name)
-        return elth, _numbered_units("layers", list(VGG_LAYOUTS[int(m.group(1))]))
-    if m := re.fullmatch(r"imagenet_resnet_(\d+)", name):
+        # open_lth's VGG keeps its max-pools in `layers` between the stages: conv indices skip one there.
+        return elth, _numbered_units("layers", list(VGG_LAYOUTS[int(m.group(1))]), between_stages=1)
+    if m := re.fullmatch(r"imagenet_resnet_([0-9]+)", name):
         if int(m.group(1)) not in IMAGENET_DEPTHS:
             raise OpenLTHError(f"open_lth model {name!r} has no elth counterpart: elth's ImageNet ResNets shared "
                                f"with open_lth are {', '.join(f'imagenet_resnet_{d}' for d in IMAGENET_DEPTHS)}")
@@ -186,7 +188,7 @@ def _check_name(elth: str, open_lth_name: str) -> None:
 
 def _mlp_keys(n: int) -> KeyMap:
     def key(k: str) -> str:
-        m = re.fullmatch(r"fc_layers\.(\d+)\.(.+)", k)
+        m = re.fullmatch(r"fc_layers\.([0-9]+)\.(.+)", k)
         if not m:
             return k
         i = int(m.group(1))
@@ -194,17 +196,30 @@ def _mlp_keys(n: int) -> KeyMap:
     return key
 
 
-def _numbered_units(prefix: str, per_stage: list[int]) -> KeyMap:
+def open_lth_unit_indices(per_stage: list[int], between_stages: int = 0) -> list[tuple[int, int, int]]:
+    """(open_lth's index, elth's stage from 1, unit) of every unit: open_lth counts units through all
+    stages, with `between_stages` entries without weights (VGG's max-pools) after each stage but the last."""
+    out, i = [], 0
+    for s, n in enumerate(per_stage):
+        for u in range(n):
+            out.append((i, s + 1, u))
+            i += 1
+        i += between_stages
+    return out
+
+
+def _numbered_units(prefix: str, per_stage: list[int], between_stages: int = 0) -> KeyMap:
     """`<prefix>.<i>.rest` (i counted through all stages) -> `layer<s>.<u>.rest`."""
-    places = [(s + 1, u) for s, n in enumerate(per_stage) for u in range(n)]
+    places = {i: (s, u) for i, s, u in open_lth_unit_indices(per_stage, between_stages)}
 
     def key(k: str) -> str:
-        m = re.fullmatch(rf"{re.escape(prefix)}\.(\d+)\.(.+)", k)
+        m = re.fullmatch(rf"{re.escape(prefix)}\.([0-9]+)\.(.+)", k)
         if not m:
             return k
         i = int(m.group(1))
-        if i >= len(places):
-            raise OpenLTHError(f"parameter {k!r}: unit {i} beyond the model's {len(places)} units")
+        if i not in places:
+            raise OpenLTHError(f"parameter {k!r}: no unit of the model has index {i} (its units have "
+                               f"{', '.join(map(str, sorted(places)))})")
         s, u = places[i]
         return f"layer{s}.{u}.{m.group(2)}"
     return key

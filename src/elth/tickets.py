@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import safetensors.torch
 import torch
@@ -204,7 +205,10 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
         missing = [k for k in REQUIRED_METADATA if k not in meta]
         if missing:
             raise TicketError(f"{path}: ticket metadata lacks {', '.join(missing)}")
-        if int(meta["version"]) > FORMAT_VERSION:
+        wrong = _wrongly_typed(meta)
+        if wrong:
+            raise TicketError(f"{path}: ticket metadata has {wrong}")
+        if meta["version"] > FORMAT_VERSION:
             raise TicketError(f"{path}: ticket format version {meta['version']} is newer than this elth reads")
         if tensors_hash(tensors) != meta["checksum"]:
             raise TicketError(f"{path}: tensor data does not match its checksum (the file is corrupted)")
@@ -235,7 +239,7 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
         validate(ticket)
     except TicketError as e:
         raise TicketError(f"{path}: {e}") from None
-    if abs(float(meta["sparsity"]) - ticket.sparsity) > 1e-9:
+    if abs(meta["sparsity"] - ticket.sparsity) > 1e-9:
         raise TicketError(f"{path}: metadata says sparsity {meta['sparsity']} but the mask has {ticket.sparsity}")
     # The file stores tensors sorted by name; give them back in model order.
     expected, prunable = _shapes_of(ticket.model, ticket.dataset)
@@ -244,6 +248,38 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
     if ticket.dense is not None:
         ticket.dense = {k: ticket.dense[k] for k in prunable}
     return ticket
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: The type of each metadata field (a check, and the words naming it in an error).
+_METADATA_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "format": (lambda v: isinstance(v, str), "a string"),
+    "version": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "model": (lambda v: isinstance(v, str), "a string"),
+    "dataset": (lambda v: isinstance(v, dict), "an object"),
+    "rewind": (lambda v: isinstance(v, str), "a string"),
+    "rewind_step": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "protocol": (lambda v: isinstance(v, dict), "an object"),
+    "provenance": (lambda v: isinstance(v, dict), "an object"),
+    "sparsity": (_is_number, "a number"),
+    "layer_sparsity": (lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
+                       "an object of numbers"),
+    "warnings": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "checksum": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _wrongly_typed(meta: dict) -> str | None:
+    """'<field> = <value>, not <type>' for the first metadata field of the wrong type, else None."""
+    for key, (ok, what) in _METADATA_TYPES.items():
+        if not ok(meta[key]):
+            shown = json.dumps(meta[key])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            return f"{key} = {shown}, not {what}"
+    return None
 
 
 @dataclass(frozen=True)

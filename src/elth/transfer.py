@@ -91,7 +91,11 @@ def _provenance(ticket: Ticket, info: DatasetInfo, head: list[str] | None, seed:
         "from": copy.deepcopy(ticket.provenance),
     }
     if seed is not None:
-        out["seed"] = seed
+        out["head_seed"] = seed
+    # The weights are the source's: its seeds stay this ticket's (a baseline made --like it, training).
+    for key in ("seed", "data_seed"):
+        if ticket.provenance.get(key) is not None:
+            out[key] = ticket.provenance[key]
     return out
 
 

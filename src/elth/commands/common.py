@@ -5,7 +5,9 @@ Each helper defines one option group once, so every command spells and documents
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import tempfile
 import sys
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import torch
 from elth.errors import ElthError
 from elth.limits import MAX_SEED, BadNumberError, check_seed
 from elth.training import default_device, distributed
-from elth.training.protocol import PRESETS, Protocol, ProtocolError, preset, split_steps
+from elth.training.protocol import PRESETS, Protocol, ProtocolError, preset, preset_stand_in, split_steps
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,8 +107,14 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def protocol_from_args(args: argparse.Namespace, dataset: str, model: str, base: Protocol | None = None) -> Protocol:
-    """The preset for (dataset, model) (or `base`, when given) with the command-line overrides applied."""
-    base = preset(args.preset, dataset, model) if base is None else base
+    """The preset for (dataset, model) (or `base`, when given) with the command-line overrides applied.
+
+    A family without the preset asked for gets a stand-in, said in a `note:` line on stderr first."""
+    if base is None:
+        base = preset(args.preset, dataset, model)
+        stand_in = preset_stand_in(args.preset, model)
+        if stand_in is not None and args.length is None and args.epochs is None:
+            print(f"note: {stand_in}", file=sys.stderr, flush=True)
     changes: dict = {}
     if args.epochs is not None and args.length is not None:
         raise ProtocolError("give either --epochs or --length, not both")
@@ -128,9 +136,14 @@ def protocol_from_args(args: argparse.Namespace, dataset: str, model: str, base:
     return base.replace(**changes)
 
 
-def warn_about_schedule(protocol: Protocol, iterations_per_epoch: int) -> None:
-    """A `warning:` line on stderr for each part of the LR schedule that never takes effect."""
-    for text in protocol.schedule_warnings(iterations_per_epoch):
+def warn_about_schedule(protocol: Protocol, data) -> None:
+    """A `warning:` line on stderr for each part of the LR schedule that never takes effect, and for a
+    batch larger than the training set (every step is then one full batch)."""
+    texts = protocol.schedule_warnings(data.iterations_per_epoch(protocol.batch_size))
+    if protocol.batch_size > data.num_train:
+        texts.insert(0, f"the batch size {protocol.batch_size:,} is larger than the {data.num_train:,} training examples "
+                        f"of {data.info.name}: every step trains on all of them (one full batch per epoch)")
+    for text in texts:
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
@@ -251,6 +264,18 @@ def _check_ancestor(p: Path, start: Path, flag: str) -> None:
         raise OutputPathError(f"{flag} {p}: {ancestor} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputPathError(f"{flag} {p}: no permission to write in {ancestor}")
+    # Permissions do not tell everything (root, read-only or virtual file systems such as /proc):
+    # make and remove a file there (the directory keeps its times), so that a place nothing can be
+    # written in fails before any work.
+    before = ancestor.stat()
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".elth-write-check-", dir=ancestor)
+    except OSError as e:
+        raise OutputPathError(f"{flag} {p}: cannot write in {ancestor} ({e.strerror.lower()})") from None
+    os.close(fd)
+    os.unlink(probe)
+    with contextlib.suppress(OSError):
+        os.utime(ancestor, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def _short(text: object, keep: int = 40) -> str:

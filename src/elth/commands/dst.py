@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{label}: {args.model} on {data.info.name} to {percent(args.sparsity)} sparsity, "
           f"{protocol.length} x {options['multiplier']} at batch {protocol.batch_size}, lr {protocol.lr}, "
           f"seed {args.seed}, data seed {data_seed}, {args.precision} on {device}", flush=True)
-    warn_about_schedule(protocol, data.iterations_per_epoch(protocol.batch_size))
+    warn_about_schedule(protocol, data)
     result = train_dst(
         args.model, data, protocol, args.method, args.sparsity, seed=args.seed, data_seed=data_seed,
         root=args.root, device=device, progress=not args.no_progress, precision=args.precision,

@@ -258,7 +258,7 @@ def parse_devices(text: str) -> tuple[str, ...]:
     out = []
     for part in text.split(","):
         part = part.strip().removeprefix("cuda:")
-        if not part.isdigit():
+        if not (part.isascii() and part.isdigit()):
             raise ElthError(f"--devices {text!r}: expected GPU numbers such as 0,1,2,3 (or all)")
         out.append(f"cuda:{int(part)}")
     return tuple(out)

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     print(f"outputs: {run_path}/", flush=True)
-    warn_about_schedule(protocol, ipe)
+    warn_about_schedule(protocol, data)
     print(f"{'level':>5}  {'sparsity':>9}  {'kept':>11}  {'test acc':>9}  {'test loss':>9}  {'steps':>7}", flush=True)
     results = run_imp(
         config, data, args.levels, Path(args.root), device=device, progress=not args.no_progress,

@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{i + 1}/{len(jobs)}] {path}: {100 * ticket.sparsity:.2f}% sparse {ticket.model} on "
               f"{data.info.name}, {protocol.length} from step {ticket.rewind_step}, data seeds "
               f"{seeds[0]} and {seeds[1]}, {args.points} points", flush=True)
-        warn_about_schedule(protocol, data.iterations_per_epoch(protocol.batch_size))
+        warn_about_schedule(protocol, data)
         result = linear_mode_connectivity(
             ticket, data, protocol, data_seeds=seeds, points=args.points, bn=args.bn,
             bn_batches=args.bn_batches, train_examples_per_class=args.train_per_class,

@@ -134,11 +134,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         rewind = default_rewind(model, dataset)
     parse_steps(rewind, 1)  # syntax check before the data is loaded
-    seed = args.seed if args.seed is not None else int(recorded.get("seed", 0))
+    # A seed recorded as null (transformed tickets of earlier versions) is no seed.
+    recorded_seed = recorded.get("seed")
+    seed = args.seed if args.seed is not None else int(recorded_seed if recorded_seed is not None else 0)
     if args.data_seed is not None:
         data_seed = args.data_seed
+    elif args.seed is None and recorded.get("data_seed") is not None:
+        data_seed = int(recorded["data_seed"])
     else:
-        data_seed = int(recorded.get("data_seed", seed)) if args.seed is None else args.seed
+        data_seed = seed
     device = resolve_device(args.device)
 
     data = load_dataset(dataset, args.data_dir, device=device)

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         f"{args.precision} on {device}; outputs in {out}",
         flush=True,
     )
-    common.warn_about_schedule(protocol, ipe)
+    common.warn_about_schedule(protocol, data)
     result = train(
         model, data, protocol, data_seed=data_seed, out_dir=out, eval_every=eval_every,
         precision=args.precision, device=device, progress=not args.no_progress,

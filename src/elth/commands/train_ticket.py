@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         f"{data_seed}, {args.precision} on {device}",
         flush=True,
     )
-    warn_about_schedule(protocol, ipe)
+    warn_about_schedule(protocol, data)
     result = train_ticket(
         ticket, data, protocol, data_seed=data_seed, root=Path(args.root), device=device,
         progress=not args.no_progress, precision=args.precision,

@@ -34,7 +34,21 @@ class DatasetInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetInfo":
-        return cls(d["name"], tuple(int(v) for v in d["input_shape"]), int(d["num_classes"]))
+        """From `to_dict`'s form; a ValueError names the first field that is not of it."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a dataset is an object with name, input_shape and num_classes, not {d!r}")
+        name, shape, classes = d.get("name"), d.get("input_shape"), d.get("num_classes")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a dataset's name must be a non-empty string, not {name!r}")
+        if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(_positive_int(v) for v in shape)):
+            raise ValueError(f"a dataset's input_shape must be three positive integers (C, H, W), not {shape!r}")
+        if not _positive_int(classes):
+            raise ValueError(f"a dataset's num_classes must be a positive integer, not {classes!r}")
+        return cls(name, tuple(shape), classes)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 class Dataset(Protocol):

@@ -49,7 +49,7 @@ _FIXED_INFO = {
     "digits": DatasetInfo("digits", (1, 8, 8), 10),
 }
 
-_SYNTHETIC = re.compile(r"synthetic(?:_(\d+)x(\d+)x(\d+))?(?:_c(\d+))?(?:_n(\d+))?")
+_SYNTHETIC = re.compile(r"synthetic(?:_([0-9]+)x([0-9]+)x([0-9]+))?(?:_c([0-9]+))?(?:_n([0-9]+))?")
 _SYNTHETIC_DEFAULTS = {"input_shape": (3, 32, 32), "num_classes": 10, "num_train": 512}
 _SYNTHETIC_OPTIONS = {"input_shape", "num_classes", "num_train", "num_test", "seed", "augment"}
 _IMAGENET_OPTIONS = {"num_workers", "crop_size", "resize_size"}

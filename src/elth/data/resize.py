@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from elth.data.base import DatasetInfo, Part
 from elth.errors import ElthError
 
-_RESIZED = re.compile(r"(.+)@(\d+)")
+_RESIZED = re.compile(r"(.+)@([0-9]+)")
 
 
 def split_size(name: str) -> tuple[str, int | None]:

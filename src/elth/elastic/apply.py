@@ -122,11 +122,14 @@ def apply_plan(
         },
         "plan": format_plan(plan),
         "random_replicas": bool(random_replicas),
-        "seed": int(seed) if random_replicas else None,
+        "replica_seed": int(seed) if random_replicas else None,
         "sparsity": {"source": source_sparsity, "target": 1.0 - kept / total if total else 0.0},
     }
-    if "data_seed" in ticket.provenance:  # train the new ticket on the source's data order by default
-        provenance["data_seed"] = ticket.provenance["data_seed"]
+    # The weights are the source's, so its seeds are this ticket's: a baseline made --like it starts
+    # from the setting of the source's IMP run, and training uses the source's data order by default.
+    for key in ("seed", "data_seed"):
+        if ticket.provenance.get(key) is not None:
+            provenance[key] = ticket.provenance[key]
     return Ticket(
         model=target_model,
         dataset=ticket.dataset,

@@ -182,6 +182,12 @@ def validate_plan(
                     "a transition always comes from source unit 0"
                 )
             a, b = src.unit_shapes(s, i), tgt.unit_shapes(s, j)
+            if a != b and i == 0 and j > 0 and n_src[s] == 1:
+                raise PlanError(
+                    f"{src.name} has no unit to replicate in stage {s + 1}: its only unit there, "
+                    f"{src.structure.stages[s][0]}, is the stage's transition (it takes the stage's input), and "
+                    f"{tgt.name}'s further units have other shapes ({_shape_difference(a, b)}); stretch a ticket of "
+                    f"a member with at least two units in that stage")
             if a != b:
                 raise PlanError(
                     f"target unit {tgt.structure.stages[s][j]} cannot take source unit "

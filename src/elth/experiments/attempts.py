@@ -27,12 +27,18 @@ def _where() -> dict:
 
 
 def record(directory: str | os.PathLike, event: str, **fields) -> None:
-    """Append one event line (a single write of one line: lines of concurrent writers never mix)."""
+    """Append one event line (a single write of one line: lines of concurrent writers never mix).
+
+    A last line torn by a writer that was killed mid-write stays torn (readers skip it): the new
+    line starts on a line of its own."""
     path = Path(directory) / ATTEMPTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"event": event, "time": time.time(), **_where(), **fields}) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line
         os.write(fd, line.encode())
     finally:
         os.close(fd)

@@ -374,14 +374,37 @@ class InlineLauncher:
         self.close()
 
 
-def _init_worker(threads: int, devices) -> None:
+def _init_worker(threads: int, devices, parent: int | None = None) -> None:
     global _WORKER_DEVICE
     # SIGTERM (the parent stopping its workers, scancel, a container stopping) unwinds the run like
     # Ctrl-C: its attempt recorded as interrupted, its lease released; a second one does not cut that short.
     signal.signal(signal.SIGTERM, _stop_worker)
+    if parent is not None:
+        _end_with(parent)
     torch.set_num_threads(threads)
     if devices is not None:
         _WORKER_DEVICE = devices.get()
+
+
+#: Seconds between a worker's looks at whether the process that started it is still there.
+PARENT_CHECK_S = 1.0
+#: Seconds a worker whose parent died has to unwind its run (then it exits regardless).
+ORPHAN_GRACE_S = 30.0
+
+
+def _end_with(parent: int) -> None:
+    """Stop this worker when `parent` dies, however it died (SIGKILL, a crash): a watcher thread sees
+    the worker adopted by another process, stops the run as SIGTERM would (attempt recorded, lease
+    released) and, should that hang, ends the process."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="elth-parent-watch", daemon=True).start()
 
 
 def _stop_worker(signum, frame) -> None:
@@ -408,7 +431,7 @@ class PoolLauncher(InlineLauncher):
             for d in worker_devices(workers, devices):
                 queue.put(d)
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                                         initargs=(threads, queue))
+                                         initargs=(threads, queue, os.getpid()))
         self._futures: dict[Future, Task] = {}
 
     def submit(self, task: Task) -> None:
@@ -456,6 +479,16 @@ class SlurmOptions:
     cpus_per_run: int = 1
     time_min: int = 24 * 60
     extra: tuple[tuple[str, str], ...] = ()  # further sbatch options, e.g. (("qos", "high"),)
+
+    def sbatch_options(self) -> list[str]:
+        """The options submitit gives sbatch for these settings (to check them with `--test-only`)."""
+        out = [f"--time={self.time_min}", f"--cpus-per-task={self.cpus_per_run}", "--ntasks-per-node=1", "--nodes=1"]
+        if self.gpus_per_run:
+            out.append(f"--gpus-per-node={self.gpus_per_run}")
+        if self.partition:
+            out.append(f"--partition={self.partition}")
+        out += [f"--{key.replace('_', '-')}={value}" for key, value in self.extra]
+        return out
 
     def submitit_parameters(self) -> dict:
         params: dict = {"timeout_min": self.time_min, "cpus_per_task": self.cpus_per_run, "tasks_per_node": 1,
@@ -530,6 +563,8 @@ class SubmititLauncher:
         self.slots = max_parallel
         self.folder = Path(folder)
         self.options = options or SlurmOptions()
+        if cluster == "slurm":
+            check_request(self.options)
         self._executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=cluster)
         params = self.options.submitit_parameters()
         if cluster != "slurm":
@@ -537,10 +572,23 @@ class SubmititLauncher:
         self._executor.update_parameters(**params)
         self._jobs: dict[object, Task] = {}
         self._gone_since: dict[str, float] = {}
+        self._states: dict[str, tuple[str, str]] = {}
+        self._states_read = 0.0
 
     def submit(self, task: Task) -> None:
         self._executor.update_parameters(name=f"elth:{task.label}"[:100])
-        job = self._executor.submit(_RunTaskJob(), task)
+        before = set(self.folder.iterdir()) if self.folder.is_dir() else set()
+        try:
+            job = self._executor.submit(_RunTaskJob(), task)
+        except Exception as e:  # submitit's FailedJobError (sbatch's own message) and what led to it
+            for path in set(self.folder.iterdir()) - before if self.folder.is_dir() else ():
+                if path.is_file() or path.is_symlink():
+                    path.unlink()  # the submission script and pickle of a job that does not exist
+            raise LaunchError(f"SLURM refused the job for {task.label}: {_slurm_message(e)}") from None
+        # submitit leaves a link to each job's script beside the job folders: the folder has the script.
+        for path in set(self.folder.iterdir()) - before:
+            if path.name.startswith(".submission_file_") and path.is_symlink():
+                path.unlink()
         self._jobs[job] = task
         for directory in _directories(task):
             write_submitted(directory, str(job.job_id), self.name)
@@ -600,10 +648,12 @@ class SubmititLauncher:
                     continue
                 if not job.paths.result_pickle.exists():
                     del self._jobs[job]
+                    error = (f"SLURM job {job.job_id} ended without a result (cancelled, out of time or memory, or "
+                             f"its node failed); the end of its log ({job.paths.stderr}):\n{_tail(job.paths.stderr)}")
                     for directory in _directories(task):
                         clear_submitted(directory)
-                    out.append((task, None, f"SLURM job {job.job_id} ended without a result; the end of its log "
-                                f"({job.paths.stderr}):\n{_tail(job.paths.stderr)}"))
+                        write_failure(directory, error)  # `--status` shows the run failed, with the reason
+                    out.append((task, None, error))
                     continue
             del self._jobs[job]
             try:
@@ -613,7 +663,18 @@ class SubmititLauncher:
         return out
 
     def running(self) -> list[str]:
-        return [t.label for t in self._jobs.values()]
+        """The labels of the jobs in flight; on SLURM, those still pending with SLURM's reason."""
+        if self.cluster != "slurm":
+            return [t.label for t in self._jobs.values()]
+        now = time.time()
+        if now - self._states_read >= STATES_EVERY_S:
+            self._states = slurm_job_states([str(j.job_id) for j in self._jobs]) or {}
+            self._states_read = now
+        out = []
+        for job, task in self._jobs.items():
+            state, reason = self._states.get(str(job.job_id), ("", ""))
+            out.append(f"{task.label} (SLURM job {job.job_id} pending: {reason})" if state == "PENDING" else task.label)
+        return out
 
     def close(self) -> None:
         for job, task in list(self._jobs.items()):
@@ -634,6 +695,59 @@ class SubmititLauncher:
 
     def __exit__(self, *exc):
         self.close()
+
+
+#: Seconds between two questions to SLURM about the state of the jobs in flight (progress lines).
+STATES_EVERY_S = 30.0
+
+
+def slurm_job_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """job id -> (state, reason) for the jobs SLURM still knows (PENDING with its reason: Resources,
+    Priority, ...), or None when squeue cannot tell."""
+    if not job_ids:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        return None
+    states = {}
+    for line in out.stdout.splitlines():
+        job, _, rest = line.partition("|")
+        state, _, reason = rest.partition("|")
+        states[job.strip()] = (state.strip(), reason.strip())
+    return states
+
+
+#: Seconds `sbatch --test-only` may take (with no controller to answer, sbatch gives up after ~20 s).
+SBATCH_CHECK_TIMEOUT_S = 60
+
+
+def check_request(options: SlurmOptions) -> None:
+    """Ask SLURM (`sbatch --test-only`, nothing is submitted) whether it would accept a job with these
+    options: a partition it lacks, an option sbatch does not know, more CPUs, memory or GPUs than a
+    node has, or no controller to answer are one error, before any run is submitted."""
+    command = ["sbatch", "--test-only", "--job-name=elth-check", *options.sbatch_options(), "--wrap=true"]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=SBATCH_CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"--launcher slurm: SLURM's controller did not answer within {SBATCH_CHECK_TIMEOUT_S} s "
+                          "(sbatch --test-only)") from None
+    except OSError as e:
+        raise LaunchError(f"--launcher slurm: cannot run sbatch ({e.strerror})") from None
+    if out.returncode != 0:
+        raise LaunchError(f"--launcher slurm: SLURM would refuse these jobs ({' '.join(options.sbatch_options())}): "
+                          f"{_slurm_message(out.stderr)}")
+
+
+def _slurm_message(error: object) -> str:
+    """SLURM's own words in an sbatch failure (its error lines, joined), without Python's."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith(("sbatch:", "allocation failure", "srun:"))] or lines[-1:]
+    text = "; ".join(dict.fromkeys(line.removeprefix("sbatch: ").removeprefix("error: ") for line in said))
+    return text or "sbatch failed without a message"
 
 
 LAUNCHERS = ("local", "slurm", "submitit-local")

@@ -29,7 +29,7 @@ from elth.experiments.markdown import table
 from elth.experiments.compute import dense_training_flops, dst_comparisons, elth_savings
 from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
 from elth.experiments.results import Row, read_lmc, read_meta, read_results
-from elth.experiments.spec import SpecError
+from elth.experiments.spec import SMOKE_SCALE, SpecError
 from elth.experiments.specs import get_experiment
 from elth.files import ACCURACY_FIGURE, REPORT_FILE, write_text_atomic
 from elth.methods import DEFAULT_STRATEGIES, curve_label, short_name
@@ -82,6 +82,9 @@ def _spec_seeds(meta: dict) -> int | None:
 def _header(meta: dict, rows: list[Row], points: list[Point]) -> str:
     title = meta.get("title") or (rows[0].experiment if rows else "experiment")
     out = [f"# {title}\n"]
+    if meta.get("scale", rows[0].scale if rows else "") == SMOKE_SCALE:
+        out.append(f"> **A plumbing check, not a result.** The `{SMOKE_SCALE}` scale trains for a few iterations on "
+                   "synthetic data, so its accuracies are near chance and its verdicts say nothing about the paper.\n")
     facts = []
     if meta.get("paper"):
         facts.append(f"Reproduces: {meta['paper']}.")

@@ -66,12 +66,27 @@ COLUMNS = tuple(f.name for f in fields(Row))
 _TYPES = {f.name: f.type for f in fields(Row)}
 
 
+#: Columns that are fractions in [0, 1].
+_FRACTIONS = ("sparsity", "accuracy")
+
+
 def _coerce(name: str, value) -> object:
     kind = _TYPES[name]
     if kind == "int":
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ElthError(f"{name} = {value!r} is not an integer")
         return int(value)
     if kind == "float":
-        return float(value)
+        if isinstance(value, bool):
+            raise ElthError(f"{name} = {value!r} is not a number")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ElthError(f"{name} = {value!r} is not a finite number")
+        if name in _FRACTIONS and not 0.0 <= number <= 1.0:
+            raise ElthError(f"{name} = {value!r} is not a fraction in [0, 1]")
+        if number < 0:
+            raise ElthError(f"{name} = {value!r} is negative")
+        return number
     return "" if value is None else str(value)
 
 
@@ -124,7 +139,14 @@ def read_results(path: str | os.PathLike) -> list[Row]:
     try:
         if p.suffix == ".csv":
             with open(p, newline="") as f:
-                return [row_from_dict(d) for d in csv.DictReader(f)]
+                reader = csv.DictReader(f)
+                rows = []
+                for d in reader:
+                    try:
+                        rows.append(row_from_dict(d))
+                    except (ValueError, TypeError, ElthError) as e:
+                        raise ElthError(f"{p}, line {reader.line_num}: unreadable results row ({e})") from None
+                return rows
         rows = []
         for i, line in enumerate(p.read_text().splitlines(), 1):
             if line.strip():
@@ -133,7 +155,7 @@ def read_results(path: str | os.PathLike) -> list[Row]:
                 except (ValueError, TypeError, ElthError) as e:
                     raise ElthError(f"{p}, line {i}: unreadable results row ({_without_position(e)})") from None
         return rows
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
         raise ElthError(f"{p}: unreadable results table ({e})") from None
 
 
@@ -155,9 +177,24 @@ def read_lmc(results_dir: str | os.PathLike) -> list[dict]:
     if not p.is_file():
         return []
     try:
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    except ValueError as e:
+        lines = p.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
         raise ElthError(f"{p}: unreadable ({e})") from None
+    paths = []
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                path = json.loads(line, parse_constant=_refuse_non_finite)
+                if not isinstance(path, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                raise ElthError(f"{p}, line {i}: unreadable path ({_without_position(e)})") from None
+            paths.append(path)
+    return paths
+
+
+def _refuse_non_finite(name: str):
+    raise ValueError(f"{name} is not a finite number")
 
 
 def read_meta(results_dir: Path) -> dict:

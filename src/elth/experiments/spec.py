@@ -24,6 +24,8 @@ from elth.models import parse_model_name
 from elth.training.protocol import Protocol
 
 SCALES = ("paper", "cpu", "smoke")
+#: The scale whose runs only check that the pipeline works end to end (near-chance accuracies).
+SMOKE_SCALE = SCALES[2]
 #: `Setup.transfers` shorthand: every source to every other member.
 ALL_PAIRS = "all"
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from elth.experiments.attempts import busy_seconds, first_line, read_attempts, read_failure, read_submitted
 from elth.experiments.dag import DIVERGED, DONE, Cannot, Graph, Node, cached, describe
 from elth.experiments.jobs import Diverged
+from elth.experiments.launch import slurm_job_states
 from elth.experiments.lease import DEFAULT_TIMEOUT, current
 
 STATES = ("done", "diverged", "running", "queued", "stalled", "failed", "ready", "waiting", "cannot run")
@@ -75,11 +76,20 @@ def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT)
     failure = read_failure(directory)
     submitted = read_submitted(directory)
     if submitted is not None and (failure is None or submitted.get("time", 0) > failure.get("time", 0)):
-        job = f"SLURM job {submitted.get('job')}" if submitted.get("launcher") == "slurm" else \
-            f"job {submitted.get('job')} ({submitted.get('launcher')})"
-        return RunStatus(node.label, node.kind, "queued",
-                         f"{job}, submitted {_clock(submitted.get('time', 0))} from {submitted.get('by', '?')}; "
-                         f"not started yet{extra}", directory)
+        slurm = submitted.get("launcher") == "slurm"
+        job = f"SLURM job {submitted.get('job')}" if slurm else f"job {submitted.get('job')} ({submitted.get('launcher')})"
+        when = f"submitted {_clock(submitted.get('time', 0))} from {submitted.get('by', '?')}"
+        states = slurm_job_states([str(submitted.get("job"))]) if slurm else None
+        if states is not None:
+            state, reason = states.get(str(submitted.get("job")), ("", ""))
+            if not state:
+                return RunStatus(node.label, node.kind, "failed",
+                                 f"{job}, {when}, is no longer in SLURM's queue and never started the run "
+                                 f"(cancelled, or it failed before elth began){extra}", directory)
+            if state == "PENDING":
+                return RunStatus(node.label, node.kind, "queued",
+                                 f"{job}, {when}; pending: {reason or 'no reason given'}{extra}", directory)
+        return RunStatus(node.label, node.kind, "queued", f"{job}, {when}; not started yet{extra}", directory)
     if failure is not None:
         line = first_line(failure.get("error", ""))
         return RunStatus(node.label, node.kind, "failed",

@@ -156,7 +156,7 @@ def ett_vs_dpf(rows: list[Row], lmc: list[dict]):
 
 def _blocks(strategy: str, order: str) -> tuple[int, ...] | None:
     """(1, 2) from 'appending 1,2' (order 'appending'); None for other strategies or random variants."""
-    m = re.fullmatch(rf"{order} ([\d,]+)", strategy)
+    m = re.fullmatch(rf"{order} ([0-9,]+)", strategy)
     return tuple(int(i) for i in m.group(1).split(",")) if m else None
 
 

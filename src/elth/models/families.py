@@ -39,7 +39,7 @@ class ModelFamily:
 
     @property
     def pattern(self) -> re.Pattern:
-        return re.compile(rf"{re.escape(self.kind)}_(\d+)(?:_(\d+))?")
+        return re.compile(rf"{re.escape(self.kind)}_([0-9]+)(?:_([0-9]+))?")
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

@@ -64,10 +64,10 @@ class ModelSpec:
 
 
 _PATTERNS = (
-    (re.compile(r"cifar_resnet_(\d+)(?:_(\d+))?"), "cifar_resnet"),
-    (re.compile(r"imagenet_resnet_(\d+)"), "imagenet_resnet"),
-    (re.compile(r"cifar_vgg_(\d+)(?:_fc(\d+))?"), "cifar_vgg"),
-    (re.compile(r"mlp_(\d+)"), "mlp"),
+    (re.compile(r"cifar_resnet_([0-9]+)(?:_([0-9]+))?"), "cifar_resnet"),
+    (re.compile(r"imagenet_resnet_([0-9]+)"), "imagenet_resnet"),
+    (re.compile(r"cifar_vgg_([0-9]+)(?:_fc([0-9]+))?"), "cifar_vgg"),
+    (re.compile(r"mlp_([0-9]+)"), "mlp"),
 )
 BUILTIN_KINDS = tuple(kind for _, kind in _PATTERNS)
 families.reserve(BUILTIN_KINDS)

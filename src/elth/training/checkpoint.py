@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from elth.errors import ElthError
-from elth.files import atomic_path
+from elth.files import UnreadableTensorFileError, atomic_path, load_torch_file
 
 FORMAT_VERSION = 1
 
@@ -36,9 +36,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: unreadable checkpoint ({e}); remove it to start over") from None
+        payload = load_torch_file(path, "checkpoint")
+    except UnreadableTensorFileError as e:
+        raise CheckpointError(f"{e}; remove it to start over") from None
     if not isinstance(payload, dict) or payload.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not an elth training checkpoint of format {FORMAT_VERSION}")
     return payload

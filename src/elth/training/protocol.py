@@ -38,7 +38,7 @@ class ProtocolError(ElthError, ValueError):
     """A training protocol or a step count that cannot be used."""
 
 
-_STEPS = re.compile(r"(?:(\d+)ep)?(?:(\d+)it)?")
+_STEPS = re.compile(r"(?:([0-9]+)ep)?(?:([0-9]+)it)?")
 
 
 def parse_steps(text: str, iterations_per_epoch: int) -> int:
@@ -204,6 +204,8 @@ def preset(name: str, dataset: str, model: str) -> Protocol:
     if name not in PRESETS:
         raise ProtocolError(f"unknown preset {name!r}; the presets are: {', '.join(PRESETS)}")
     kind = _model_kind(model)
+    if name == "paper" and kind not in PAPER_PRESET_KINDS:
+        name = "short"  # no paper protocol for a family of one's own: one sized to any data
     key = _dataset_key(dataset)
     if key == "imagenet":
         paper = _IMAGENET
@@ -216,6 +218,20 @@ def preset(name: str, dataset: str, model: str) -> Protocol:
     if name == "short":
         return paper.replace(length="3ep", batch_size=128, lr=0.1, milestones=("2ep",), warmup="0it")
     return paper.replace(length="12it", batch_size=32, lr=0.05, milestones=("8it",), warmup="2it")
+
+
+#: Families that have a "paper" preset (the paper's Table 4; ViTs take its CIFAR recipe). Families of
+#: one's own get the "short" preset in its place (`preset_stand_in`).
+PAPER_PRESET_KINDS = ("cifar_resnet", "imagenet_resnet", "cifar_vgg", "mlp", "vit")
+
+
+def preset_stand_in(name: str, model: str) -> str | None:
+    """What to tell the user when preset `name` is not what `model` gets, else None."""
+    if name != "paper" or _model_kind(model) in PAPER_PRESET_KINDS:
+        return None
+    short = preset("short", "cifar10", model)
+    return (f"the paper has no protocol for {model}: training follows the 'short' preset ({short.length} at batch "
+            f"{short.batch_size}, lr {short.lr}); give --length/--epochs, --lr or --preset to choose another")
 
 
 def default_rewind(model: str, dataset: str) -> str:

@@ -254,8 +254,8 @@ def _reinit(model_name, data, protocol, like: Ticket, like_path, options, seed, 
 def _source_dense(like: Ticket, data, seed, data_seed, root, device, precision, progress):
     """The dense rewind weights the source ticket was masked from, checked against the ticket."""
     prov = like.provenance or {}
-    src_seed = int(prov.get("seed", seed))
-    src_data_seed = int(prov.get("data_seed", data_seed))
+    src_seed = int(seed if prov.get("seed") is None else prov["seed"])
+    src_data_seed = int(data_seed if prov.get("data_seed") is None else prov["data_seed"])
     precision = str(prov.get("precision", precision))
     if not like.protocol:
         raise PruningError("the source ticket records no training protocol, so its dense rewind weights cannot be rebuilt")
