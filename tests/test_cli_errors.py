@@ -169,6 +169,8 @@ CASES = [
     ("report: an Infinity sparsity in results.csv", ["report", "inf_sparsity"],
      "results.csv, line 3: unreadable results row (sparsity = 'Infinity' is not a finite number)"),
     ("report: an accuracy of 7", ["report", "big_accuracy"], "line 1: unreadable results row (accuracy = 7 is not a fraction in [0, 1])"),
+    ("transform --block-mapping that leaves a unit empty", [*TRANSFORM, "--block-mapping", "0:0;2:3", "-o", "y.safetensors"],
+     "--block-mapping '0:0;2:3': target unit(s) 1, 2 of stage 1 are filled by no source unit"),
     # places nothing can be written in, though permissions allow it (root in /proc)
     ("experiment --out in /proc", [*EXPERIMENT, "--root", "store", "--out", "/proc/elth-x"],
      "--out /proc/elth-x: cannot write in /proc"),

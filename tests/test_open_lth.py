@@ -209,3 +209,25 @@ def test_errors_are_one_clear_message(tmp_path, capsys):
                 run / "replicate_1" / "level_2" / "main" / "model_ep0_it2.pth")
     assert "nonzero weight(s) its mask prunes" in error(run)
     assert not list(tmp_path.glob("out/**/*.safetensors"))  # every level is read before any is written
+
+
+ELASTICLTH_RUN = Path(__file__).parent / "fixtures" / "elasticlth" / "lottery_35990e76d61e6cfd6a10ed7f40272f5c"
+
+
+def test_a_change_depth_branch_of_the_papers_code_is_the_ticket_its_block_mapping_gives(tmp_path, capsys):
+    """ElasticLTH stretched level 1 of a ResNet-20 run to ResNet-32 with `--block_mapping
+    '0:0;1:1,3;2:2,4'`: `import-open-lth` reads the branch, and `transform --block-mapping` with the
+    same string gives the same ticket from the imported level, every mask and tensor bit for bit."""
+    assert cli.main(["import-open-lth", str(ELASTICLTH_RUN), "--out", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert "(change_depth branch: cifar_resnet_32)" in out
+    (branch,) = (tmp_path / "t" / "replicate_1").glob("level_1_change_depth_*.safetensors")
+    theirs = load_ticket(branch)
+    assert theirs.model == "cifar_resnet_32" and theirs.provenance["method"] == "ett"
+    assert cli.main(["transform", str(tmp_path / "t" / "replicate_1" / "level_1.safetensors"), "--to", "cifar_resnet_32",
+                     "--block-mapping", "0:0;1:1,3;2:2,4", "-o", str(tmp_path / "mine.safetensors")]) == 0
+    assert "plan: 0,1,2,1,2;0,1,2,1,2;0,1,2,1,2" in capsys.readouterr().out
+    mine = load_ticket(tmp_path / "mine.safetensors")
+    assert mine.rewind_step == theirs.rewind_step == 2
+    assert all(torch.equal(mine.mask[k], theirs.mask[k]) for k in theirs.mask)
+    assert all(torch.equal(mine.state[k], theirs.state[k]) for k in theirs.state)

@@ -9,6 +9,11 @@ is trained in `level_pretrain/main/`. Each level becomes an elth ticket: the sam
 (so random-replica transformations have real values), open_lth's training hyperparameters as the
 protocol and the run, replicate and level as provenance.
 
+The paper's own code (ElasticLTH, a fork of open_lth) writes each ETT it trains as a branch of a
+level, `level_<k>/lottery_branch_change_depth_<hash>/`: the transformed mask and weights at the
+rewind point, no hparams (the target model is read from the tensors). `import_branches` reads those
+as tickets of the target model.
+
 Models: open_lth's `mnist_lenet_300[_300...]_100` is elth's `mlp_<n>` (n hidden layers of 300),
 `cifar_resnet_<D>[_<W>]`, `cifar_vgg_<D>` and `imagenet_resnet_<18|34>` keep their names; open_lth
 numbers ResNet blocks (`blocks.<i>`) and VGG conv layers (`layers.<i>`) through all stages, where
@@ -40,6 +45,8 @@ TRAIN_SIZES = {"mnist": 60_000, "cifar10": 50_000, "imagenet": 1_281_167}
 #: The input shape open_lth feeds each of its datasets (ImageNet: its 224-pixel crops).
 INPUT_SHAPES = {"imagenet": (3, 224, 224)}
 IMAGENET_DEPTHS = (18, 34)
+#: Residual blocks -> depth of the ImageNet ResNets open_lth has.
+IMAGENET_BLOCKS = {8: 18, 16: 34}
 
 _LEVEL = re.compile(r"level_([0-9]+)")
 _REPLICATE = re.compile(r"replicate_([0-9]+)")
@@ -333,20 +340,8 @@ def level_ticket(level: Level, run: Run) -> Ticket:
     """Level `level` of the run as an elth ticket (see the module docstring)."""
     rewind_path = level.directory / run.rewind_file
     state = convert_state(_load(rewind_path, "model state dict"), run.key, run.reference, rewind_path, run.dataset)
-    raw_mask = _load(level.directory / "mask.pth", "mask")
-    mask = {k: torch.ones_like(run.reference[k], dtype=torch.bool) for k in run.prunable}
-    for k, v in raw_mask.items():
-        elth_key = run.key(k)
-        if elth_key not in mask:
-            raise OpenLTHError(f"{level.directory / 'mask.pth'}: masks {k!r}, which elth does not prune")
-        if tuple(v.shape) != tuple(mask[elth_key].shape) or not bool(((v == 0) | (v == 1)).all()):
-            raise OpenLTHError(f"{level.directory / 'mask.pth'}: {k!r} is not a 0/1 mask of its weight's shape")
-        mask[elth_key] = v.to(torch.bool)
-    for k, m in mask.items():
-        leaked = int((state[k][~m] != 0).sum())
-        if leaked:
-            raise OpenLTHError(f"{rewind_path}: {k!r} has {leaked} nonzero weight(s) its mask prunes: "
-                               "the state dict is not this level's rewind point")
+    mask = _mask(level.directory / "mask.pth", run.key, run.reference, run.prunable)
+    _check_masked(state, mask, rewind_path)
     pruning = run.hparams.get("Pruning Hyperparameters", {})
     ignored = [run.key(k.strip()) for k in pruning.get("pruning_layers_to_ignore", "").split(",") if k.strip()]
     return Ticket(
@@ -367,6 +362,98 @@ def level_ticket(level: Level, run: Run) -> Ticket:
         warnings=list(run.warnings),
         dense=dict(run.dense),
     )
+
+
+BRANCH_PREFIX = "lottery_branch_change_depth_"
+
+
+def _count(keys, pattern: str) -> int:
+    """How many distinct indices `pattern` (one group) finds among `keys`."""
+    return len({m.group(1) for k in keys if (m := re.fullmatch(pattern, k))})
+
+
+def open_lth_name_from_tensors(source_name: str, keys: Collection[str]) -> str:
+    """The open_lth name of a model of `source_name`'s family whose state dict has these keys (a
+    change_depth branch records no hparams)."""
+    if m := re.fullmatch(r"cifar_resnet_[0-9]+((?:_[0-9]+)?)", source_name):
+        blocks = _count(keys, r"blocks\.([0-9]+)\..+")
+        if blocks == 0 or blocks % 3:
+            raise OpenLTHError(f"{blocks} residual blocks: not a CIFAR ResNet (3 stages of n blocks)")
+        return f"cifar_resnet_{6 * (blocks // 3) + 2}{m.group(1)}"
+    if source_name.startswith("cifar_vgg_"):
+        convs = _count(keys, r"layers\.([0-9]+)\.conv\.weight")
+        return f"cifar_vgg_{convs + 3}"  # VGG-D: D - 3 conv layers, 3 FC layers in the original
+    if source_name.startswith("mnist_lenet_"):
+        hidden = _count(keys, r"fc_layers\.([0-9]+)\.weight") - 1
+        return "mnist_lenet_" + "_".join(["300"] * hidden + ["100"])
+    if source_name.startswith("imagenet_resnet_"):
+        blocks = _count(keys, r"(layer[0-9]+\.[0-9]+)\..+")
+        if blocks not in IMAGENET_BLOCKS:
+            raise OpenLTHError(f"{blocks} residual blocks: not one of elth's ImageNet ResNets")
+        return f"imagenet_resnet_{IMAGENET_BLOCKS[blocks]}"
+    raise OpenLTHError(f"cannot tell the target model of a change_depth branch of {source_name}")
+
+
+def branch_ticket(level: Level, branch: Path, run: Run) -> Ticket:
+    """A change_depth branch of `level` (ElasticLTH) as a ticket of its target model."""
+    rewind_path = branch / run.rewind_file
+    raw_state = _load(rewind_path, "model state dict")
+    open_lth_target = open_lth_name_from_tensors(run.open_lth_model, raw_state.keys())
+    target, key = model_of(open_lth_target)
+    model = build_model(target, run.dataset.input_shape, run.dataset.num_classes, seed=0)
+    reference, prunable = model.state_dict(), list(model.prunable_names())
+    state = convert_state(raw_state, key, reference, rewind_path, run.dataset)
+    mask = _mask(branch / "mask.pth", key, reference, prunable)
+    _check_masked(state, mask, rewind_path)
+    return Ticket(
+        target, run.dataset, state, mask, run.rewind_step, run.rewind, dict(run.protocol),
+        provenance={
+            "method": "ett",
+            "description": f"change_depth branch {branch.name.removeprefix(BRANCH_PREFIX)} of IMP level {level.level} "
+                           f"of run {level.run.name}, replicate {level.replicate} ({run.model} -> {target})",
+            "source": SOURCE, "run": level.run.name, "replicate": level.replicate, "level": level.level,
+            "branch": branch.name, "source_model": run.model, "open_lth_model": open_lth_target,
+            "open_lth_dataset": run.hparams["Dataset Hyperparameters"].get("dataset_name", ""),
+            "test_accuracy": final_test_accuracy(branch),
+        },
+        warnings=list(run.warnings),
+    )
+
+
+def import_branches(path: str | Path, *, dataset: str | None = None, levels: Collection[int] | None = None,
+                    replicates: Collection[int] | None = None) -> list[tuple[Level, str, Ticket]]:
+    """The change_depth branches of the chosen levels under `path`, as (level, branch hash, ticket)."""
+    out, runs = [], {}
+    for lv in find_levels(path):
+        if (levels is not None and lv.level not in levels) or (replicates is not None and lv.replicate not in replicates):
+            continue
+        branches = sorted(p for p in lv.directory.parent.glob(BRANCH_PREFIX + "*") if p.is_dir())
+        for branch in branches:
+            if (lv.run, lv.replicate) not in runs:
+                runs[lv.run, lv.replicate] = read_run(lv, dataset)
+            out.append((lv, branch.name.removeprefix(BRANCH_PREFIX), branch_ticket(lv, branch, runs[lv.run, lv.replicate])))
+    return out
+
+
+def _mask(path: Path, key: KeyMap, reference: dict[str, torch.Tensor], prunable) -> dict[str, torch.Tensor]:
+    """open_lth's `mask.pth` (the pruned layers only) as a mask over every prunable weight."""
+    mask = {k: torch.ones_like(reference[k], dtype=torch.bool) for k in prunable}
+    for k, v in _load(path, "mask").items():
+        elth_key = key(k)
+        if elth_key not in mask:
+            raise OpenLTHError(f"{path}: masks {k!r}, which elth does not prune")
+        if tuple(v.shape) != tuple(mask[elth_key].shape) or not bool(((v == 0) | (v == 1)).all()):
+            raise OpenLTHError(f"{path}: {k!r} is not a 0/1 mask of its weight's shape")
+        mask[elth_key] = v.to(torch.bool)
+    return mask
+
+
+def _check_masked(state: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], where: Path) -> None:
+    for k, m in mask.items():
+        leaked = int((state[k][~m] != 0).sum())
+        if leaked:
+            raise OpenLTHError(f"{where}: {k!r} has {leaked} nonzero weight(s) its mask prunes: "
+                               "the state dict is not this level's rewind point")
 
 
 def import_run(path: str | Path, *, dataset: str | None = None,

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from elth.commands.common import check_output_dir, index_list
-from elth.open_lth import import_run
+from elth.open_lth import import_branches, import_run
 from elth.tickets import save_ticket
 
 DESCRIPTION = """\
@@ -14,7 +14,11 @@ replicate_<n>/level_<k>/main/ inside) and write each level as an elth ticket,
 DIR/replicate_<n>/level_<k>.safetensors: the level's rewind weights and mask under elth's
 parameter names, level 0's dense rewind weights, open_lth's training hyperparameters as the
 ticket's protocol, and the run, replicate, level and open_lth's final test accuracy as its
-provenance. RUN may also be one replicate_<n> or one level_<k> folder.
+provenance. RUN may also be one replicate_<n> or one level_<k> folder. Runs of the paper's own
+code (ElasticLTH, an open_lth fork) may hold ETTs it trained as branches of a level,
+level_<k>/lottery_branch_change_depth_<hash>/: each is written as
+DIR/replicate_<n>/level_<k>_change_depth_<hash>.safetensors, a ticket of its target model (read
+from its tensors), the same ticket `elth transform --block-mapping` makes from level k.
 
 Models: open_lth's mnist_lenet_300_100 (mnist_lenet_300_300_100, ...) becomes mlp_1 (mlp_2, ...);
 cifar_resnet_<D>[_<W>], cifar_vgg_<D> and imagenet_resnet_18/34 keep their names. The tickets then
@@ -56,6 +60,13 @@ def run(args: argparse.Namespace) -> int:
         acc = ticket.provenance["test_accuracy"]
         acc_text = f"{100 * acc:.2f}%" if acc is not None else "n/a"
         print(f"{level.replicate:>9}  {level.level:>5}  {100 * ticket.sparsity:>7.2f}%  {acc_text:>17}  {path}")
+    branches = import_branches(args.run, dataset=args.dataset, levels=args.levels, replicates=args.replicates)
+    for level, branch, ticket in branches:
+        path = save_ticket(ticket, out / f"replicate_{level.replicate}" / f"level_{level.level}_change_depth_{branch}.safetensors")
+        acc = ticket.provenance["test_accuracy"]
+        acc_text = f"{100 * acc:.2f}%" if acc is not None else "n/a"
+        print(f"{level.replicate:>9}  {level.level:>5}  {100 * ticket.sparsity:>7.2f}%  {acc_text:>17}  {path} "
+              f"(change_depth branch: {ticket.model})")
     for warning in first.warnings:
         print(f"warning: {warning}")
     return 0

@@ -9,15 +9,18 @@ from elth.elastic import (
     ORDERS,
     SQUEEZE_MODES,
     Plan,
+    format_plan,
     match_sparsity,
     parse_plan,
     replica_units,
     transform,
 )
 from elth.commands.common import add_data_dir_argument, check_output_file, index_list, seed_arg
+from elth.elastic.block_mapping import block_mapping_plan
 from elth.elastic.plan import model_view
 from elth.errors import ElthError
 from elth.masks import count
+from elth.models import parse_model_name
 from elth.tickets import Ticket, load_ticket, save_ticket
 from elth.transfer import to_dataset
 
@@ -42,6 +45,13 @@ Plan syntax (--plan): for each target unit in order, the index of the source uni
 units separated by ',', stages by ';'. One list applies to every stage.
   --plan 0,1,2,1,2                      ResNet-20 -> ResNet-32, the same list for all 3 stages
   --plan "0,1,2,1,2;0,1,1,2,2;0,1,2,3,4" one list per stage
+
+The paper's code writes a plan the other way round (--block-mapping): source unit -> the target
+units it fills, ids local to a stage, as in ElasticLTH's change_depth branch. CIFAR ResNets take
+one map for every stage; ImageNet ResNets and VGGs one per stage, separated by '|'; VGGs with
+several FC layers one map of their hidden FC layers (ids of their classifier: 0, 2, 4, ...); MLPs
+one map of their fc_layers (the layer to 100 last, mapped to the target's last).
+  --block-mapping '0:0;1:1,3;2:2,4'     ResNet-20 -> ResNet-32: the plan 0,1,2,1,2
 
 Another dataset (--dataset, the paper's Appendix D): every weight and mask is kept when the
 inputs fit the same weights (conv nets: the same number of channels, any image size; MLPs: the
@@ -85,6 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plan", default=None, metavar="PLAN",
         help="explicit plan instead of a strategy, e.g. 0,1,2,1,2 or '0,1,2,1,2;0,1,1,2,2;0,1,2,2,2' (see above)",
+    )
+    parser.add_argument(
+        "--block-mapping", default=None, metavar="MAP",
+        help="the plan as the paper's code writes it, source -> targets, e.g. '0:0;1:1,3;2:2,4' (see above)",
     )
     parser.add_argument(
         "--random-replicas", action="store_true",
@@ -138,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
         raise ElthError("say where to write the new ticket with -o OUT.safetensors (or use --dry-run)")
     if args.plan is not None and (args.order or args.squeeze or args.units or args.drop):
         raise ElthError("--plan replaces the strategy options; drop --order/--units/--squeeze/--drop")
+    if args.block_mapping is not None and (args.plan is not None or args.order or args.squeeze or args.units
+                                           or args.drop):
+        raise ElthError("--block-mapping is the plan: drop --plan/--order/--units/--squeeze/--drop")
     if args.to is None and args.dataset is None:
         raise ElthError("say what to transform the ticket into: --to MODEL (another depth), --dataset NAME, or both")
     if not args.dry_run:
@@ -146,8 +163,12 @@ def run(args: argparse.Namespace) -> int:
     source = load_ticket(args.ticket)
     result, plan = source, None
     if args.to is not None:
+        explicit = args.plan
+        if args.block_mapping is not None:
+            parse_model_name(args.to)
+            explicit = format_plan(block_mapping_plan(args.block_mapping, source.model, args.to))
         result = transform(
-            source, args.to, plan=args.plan, order=args.order or "appending",
+            source, args.to, plan=explicit, order=args.order or "appending",
             squeeze_mode=args.squeeze or "consecutive", units=args.units, drop=args.drop,
             random_replicas=args.random_replicas, seed=args.seed, source_path=str(args.ticket),
         )
@@ -160,9 +181,10 @@ def run(args: argparse.Namespace) -> int:
         plan = parse_plan(plan_text, plan_text.count(";") + 1)
         print(f"{source.model} -> {result.model}")
         print(f"plan: {plan_text}")
-    elif args.plan or args.order or args.squeeze or args.units or args.drop or args.random_replicas or args.match_sparsity:
-        raise ElthError("the depth options (--plan, --order, --units, --squeeze, --drop, --random-replicas, "
-                        "--match-sparsity) need --to")
+    elif (args.plan or args.block_mapping or args.order or args.squeeze or args.units or args.drop
+          or args.random_replicas or args.match_sparsity):
+        raise ElthError("the depth options (--plan, --block-mapping, --order, --units, --squeeze, --drop, "
+                        "--random-replicas, --match-sparsity) need --to")
     if new_dataset is not None:
         depth_done = result
         result = to_dataset(result, new_dataset, seed=args.seed)
