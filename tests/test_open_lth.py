@@ -231,3 +231,55 @@ def test_a_change_depth_branch_of_the_papers_code_is_the_ticket_its_block_mappin
     assert mine.rewind_step == theirs.rewind_step == 2
     assert all(torch.equal(mine.mask[k], theirs.mask[k]) for k in theirs.mask)
     assert all(torch.equal(mine.state[k], theirs.state[k]) for k in theirs.state)
+
+
+@pytest.mark.parametrize("run", [MLP_RUN, RESNET_RUN])
+def test_an_exported_run_is_open_lths_own_folder_and_imports_back_to_the_same_tickets(run, tmp_path, capsys):
+    """Tickets imported from real open_lth runs, exported again: the folder open_lth named them by
+    (the hash of the hyperparameters), the same hparams.log, masks and rewind weights where open_lth
+    keeps them, and `import-open-lth` of the export gives back the same tickets."""
+    imported = import_run(run)
+    for lv, t in imported:
+        save_ticket(t, tmp_path / f"level_{lv.level}.safetensors")
+    files = [str(tmp_path / f"level_{lv.level}.safetensors") for lv, _ in imported]
+    assert cli.main(["export-open-lth", *files, "--out", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    exported = tmp_path / "data" / run.name
+    assert exported.is_dir() and f"--levels=2 --replicate=1 --dataset_name=" in out
+    theirs, ours = run / "replicate_1", exported / "replicate_1"
+    assert (theirs / "level_0/main/hparams.log").read_text().strip() == (ours / "level_0/main/hparams.log").read_text().strip()
+    rewind = imported[0][1].rewind_step
+    rewind_file = next((theirs / "level_0/main").glob(f"model_ep*_it{rewind}.pth")).name  # one epoch here
+    for relative in ["level_0/main/" + rewind_file, *(f"level_{lv.level}/main/mask.pth" for lv, _ in imported)]:
+        a = torch.load(theirs / relative, weights_only=True)
+        b = torch.load(ours / relative, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a), relative
+    back = import_run(exported)
+    for (_, a), (_, b) in zip(imported, back):
+        assert all(torch.equal(a.mask[k], b.mask[k]) for k in a.mask)
+        assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+def test_what_open_lth_cannot_take_is_one_clear_error(tmp_path, capsys):
+    from elth.models import build_model
+    from elth.masks import full_mask
+    from elth.tickets import from_model
+
+    def ticket(model, dataset_name, shape, level=1):
+        m = build_model(model, shape, 10, seed=0)
+        t = from_model(m, DatasetInfo(dataset_name, shape, 10), full_mask(m), protocol={"length": "2ep"},
+                       provenance={"level": level})
+        return save_ticket(t, tmp_path / f"{model}_{dataset_name}_{level}.safetensors")
+
+    cases = [
+        ([ticket("mlp_2", "digits", (1, 8, 8))], "open_lth has no dataset 'digits'"),
+        ([ticket("vit_2", "cifar10", (3, 32, 32))], "open_lth has no counterpart of vit_2"),
+        ([ticket("cifar_vgg_11_fc2", "cifar10", (3, 32, 32))], "open_lth has no counterpart of cifar_vgg_11_fc2"),
+        ([ticket("mlp_1", "mnist", (1, 28, 28)), ticket("mlp_1", "mnist", (1, 28, 28), level=1)],
+         "two tickets for one level"),
+    ]
+    for paths, says in cases:
+        assert cli.main(["export-open-lth", *map(str, paths), "--out", str(tmp_path / "data")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and says in err, err
+    assert not (tmp_path / "data").exists()

@@ -55,6 +55,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "import_open_lth",
         "import the levels of an open_lth lottery run as elth tickets (to stretch, squeeze or train them)",
     ),
+    "export-open-lth": (
+        "export_open_lth",
+        "write tickets (the levels of one IMP run) as an open_lth lottery run, for open_lth to train",
+    ),
     "experiment": (
         "experiment",
         "run a paper experiment (IMP, ETTs, baselines over sparsities and seeds) and report it",
