@@ -52,23 +52,30 @@ def main() -> None:
     parser.add_argument("--length", default="8ep")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--decay-at", type=float, default=0.5,
+                        help="LR x0.1 at this fraction of the training and again at (1 + it) / 2 (0: constant LR)")
     args = parser.parse_args()
 
     import torch
 
     import elth.training.loop as loop
     from elth.data import load_dataset
+    from elth.analysis.stats import paired_difference
     from elth.training import Protocol, train
+    from elth.training.protocol import parse_steps
     from elth.training.fused import Member, train_fused
 
     torch.set_num_threads(1)
     data = load_dataset(args.dataset)
+    total = parse_steps(args.length, data.iterations_per_epoch(args.batch_size))
+    milestones = () if not args.decay_at else tuple(
+        f"{int(total * f)}it" for f in (args.decay_at, (1 + args.decay_at) / 2))
     protocol = Protocol(length=args.length, batch_size=args.batch_size, lr=args.lr, momentum=0.9,
-                        milestones=(), warmup="10it")
+                        milestones=milestones, warmup="10it")
     models, masks = members(args.model, data, args.seeds)
     seeds = range(args.seeds)
     print(f"{args.model} on {args.dataset}, {args.seeds} seeds, {args.length} at batch {args.batch_size}, "
-          f"lr {args.lr}; torch {torch.__version__}, kernels {torch.backends.cpu.get_cpu_capability()}")
+          f"lr {args.lr} (x0.1 at {', '.join(milestones) or 'never'}); torch {torch.__version__}, kernels {torch.backends.cpu.get_cpu_capability()}")
 
     def lone(contiguous: bool) -> list[float]:
         original = loop.use_channels_last
@@ -95,6 +102,10 @@ def main() -> None:
     print(f"seed std (lone): {100 * spread:.2f} points")
     print(f"mean |fused - lone|:      {100 * gap:.2f} points = {gap / spread:.2f}x the seed std")
     print(f"mean |contiguous - lone|: {100 * rounding:.2f} points = {rounding / spread:.2f}x the seed std")
+    for name, values in (("fused", fused), ("contiguous", other)):
+        d = paired_difference({i: 100 * v for i, v in zip(seeds, values)}, {i: 100 * a for i, a in zip(seeds, alone)})
+        i = d.interval
+        print(f"{name} - lone, paired over seeds: {i.mean:+.2f} [{i.low:+.2f}, {i.high:+.2f}] points (95% interval)")
     print(f"({time.perf_counter() - start:.0f} s)")
 
 
