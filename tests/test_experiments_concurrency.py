@@ -170,7 +170,7 @@ def test_status_of_a_failed_run_shows_its_last_error_line(tmp_path, capsys):
         run_experiment(SMOKE, "smoke", root=tmp_path, out_dir=tmp_path / "out", setups=(bad,), progress=False)
     statuses = {s.label: s for s in survey(build_graph(SMOKE, "smoke", root=tmp_path, setups=(bad,))[2])}
     failed = statuses["ett mlp_2 <- mlp_1 level 1 seed 0"]
-    assert failed.state == "failed" and "cannot take source unit hidden.0" in failed.detail
+    assert failed.state == "failed" and "mlp_1 has no unit to replicate" in failed.detail
     assert {s.state for label, s in statuses.items() if label != failed.label} == {"done"}
 
 

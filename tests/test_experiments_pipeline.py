@@ -187,7 +187,7 @@ def test_failing_runs_are_reported_and_the_others_kept(smoke_run, tmp_path, caps
         run_experiment(SMOKE, "smoke", root=store, out_dir=tmp_path, setups=(bad,), threads=1)
     err = capsys.readouterr().err
     # an expected failure (an ElthError) is its one-line message; only unexpected ones carry a traceback
-    assert "run failed: ett mlp_2 <- mlp_1" in err and "cannot take source unit" in err and "Traceback" not in err
+    assert "run failed: ett mlp_2 <- mlp_1" in err and "mlp_1 has no unit to replicate" in err and "Traceback" not in err
     rows = read_results(tmp_path)
     assert {(r.method, r.target) for r in rows if r.method == "ett"} == {("ett", "mlp_1")}
 

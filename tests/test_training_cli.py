@@ -61,6 +61,8 @@ def test_a_schedule_that_never_takes_effect_is_a_warning(workdir, capsys):
     assert train_cli("--model", "mlp_1", "--dataset", "synthetic_1x8x8_n64", "--preset", "short", "--epochs", "2",
                      "--warmup", "3ep") == 0
     assert capsys.readouterr().err.splitlines() == [
+        "warning: the batch size 128 is larger than the 64 training examples of synthetic_1x8x8_n64: every step "
+        "trains on all of them (one full batch per epoch)",
         "warning: LR milestone(s) 2ep lie at or beyond the end of training (2ep, 2 steps), so the LR is never "
         "decayed there (give --milestones to set them)",
         "warning: the warmup (3ep) is longer than the training (2ep): the LR never reaches its peak 0.1"]

@@ -224,7 +224,7 @@ def digits64():
     "name, batch_size, steps",
     [
         ("cifar_resnet_8_8", 8, 150),  # conv + BN + residual adds + pooling, width 8
-        ("cifar_vgg_11", 8, 6),  # conv (biases) + BN + max-pool: 9.2M weights (the smallest VGG), so few steps
+        ("cifar_vgg_11", 8, 4),  # conv (biases) + BN + max-pool: 9.2M weights (the smallest VGG), so few steps
     ],
 )
 def test_conv_fused_member_equals_its_lone_run_in_float64(digits64, name, batch_size, steps):

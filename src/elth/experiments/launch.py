@@ -392,16 +392,31 @@ PARENT_CHECK_S = 1.0
 ORPHAN_GRACE_S = 30.0
 
 
+#: Set while a pool worker runs a task (the watcher of an orphaned worker waits for it to unwind).
+_in_task = threading.Event()
+
+
+def _pool_task(task):
+    """`run_task` in a pool worker, marked as running."""
+    _in_task.set()
+    try:
+        return run_task(task)
+    finally:
+        _in_task.clear()
+
+
 def _end_with(parent: int) -> None:
     """Stop this worker when `parent` dies, however it died (SIGKILL, a crash): a watcher thread sees
-    the worker adopted by another process, stops the run as SIGTERM would (attempt recorded, lease
-    released) and, should that hang, ends the process."""
+    the worker adopted by another process, stops its run as SIGTERM would (attempt recorded, lease
+    released) and ends the process once the run has unwound (or after ORPHAN_GRACE_S regardless)."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_CHECK_S)
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(ORPHAN_GRACE_S)
+        deadline = time.monotonic() + ORPHAN_GRACE_S
+        while _in_task.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
         os._exit(1)
 
     threading.Thread(target=watch, name="elth-parent-watch", daemon=True).start()
@@ -435,7 +450,7 @@ class PoolLauncher(InlineLauncher):
         self._futures: dict[Future, Task] = {}
 
     def submit(self, task: Task) -> None:
-        self._futures[self._pool.submit(run_task, task)] = task
+        self._futures[self._pool.submit(_pool_task, task)] = task
 
     def in_flight(self) -> int:
         return len(self._futures)
