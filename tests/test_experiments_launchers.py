@@ -382,3 +382,16 @@ def test_workers_end_with_an_experiment_process_that_is_killed(tmp_path):
     for r in runs:
         assert holder(r) is None
         assert [(e["event"], e.get("error")) for e in read_attempts(r)] == [("start", None), ("fail", "interrupted")]
+
+
+def test_no_slurm_controller_to_answer_is_one_line(slurm_cluster, tmp_path):
+    """This machine's slurm.conf, but naming a port no controller listens on."""
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    lines = [line for line in conf.read_text().splitlines() if not line.startswith(("SlurmctldPort", "MessageTimeout"))]
+    (tmp_path / "slurm.conf").write_text("\n".join([*lines, "SlurmctldPort=1", "MessageTimeout=1"]) + "\n")
+    p = subprocess.run([sys.executable, "-m", "elth", *SLURM_SMOKE, "--root", "store", "--out", "out"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "SLURM_CONF": str(tmp_path / "slurm.conf")})
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert "--launcher slurm: SLURM's controller does not answer (" in p.stderr
+    assert "Unable to contact slurm controller" in p.stderr and not (tmp_path / "out" / "jobs").exists()

@@ -753,8 +753,12 @@ def check_request(options: SlurmOptions) -> None:
     except OSError as e:
         raise LaunchError(f"--launcher slurm: cannot run sbatch ({e.strerror})") from None
     if out.returncode != 0:
+        said = _slurm_message(out.stderr)
+        if "Unable to contact slurm controller" in said:
+            raise LaunchError(f"--launcher slurm: SLURM's controller does not answer ({said}); is slurmctld running, "
+                              "and does this machine's slurm.conf name its host?")
         raise LaunchError(f"--launcher slurm: SLURM would refuse these jobs ({' '.join(options.sbatch_options())}): "
-                          f"{_slurm_message(out.stderr)}")
+                          f"{said}")
 
 
 def _slurm_message(error: object) -> str:
