@@ -163,6 +163,9 @@ CASES = [
      'ticket metadata has sparsity = "lots", not a number'),
     ("inspect: dataset classes 'ten'", ["inspect", "classes_ten.safetensors"],
      "a dataset's num_classes must be a positive integer, not 'ten'"),
+    # 0 classes once built a model with zero-element layers: torch's warnings, then a shape message
+    ("inspect: dataset of 0 classes", ["inspect", "classes_zero.safetensors"],
+     "a dataset's num_classes must be a positive integer, not 0"),
     # results with numbers that are not finite
     ("report: a NaN accuracy", ["report", "nan_accuracy"],
      "results.jsonl, line 1: unreadable results row (accuracy = nan is not a finite number)"),
@@ -212,6 +215,7 @@ def template(tmp_path_factory) -> Path:
                        _meta_edit(lambda m: m["provenance"].update(data_seed=2**70)))
     _write_ticket_with(d / "sparsity_lots.safetensors", src, _meta_edit(lambda m: m.update(sparsity="lots")))
     _write_ticket_with(d / "classes_ten.safetensors", src, _meta_edit(lambda m: m["dataset"].update(num_classes="ten")))
+    _write_ticket_with(d / "classes_zero.safetensors", src, _meta_edit(lambda m: m["dataset"].update(num_classes=0)))
     (d / "afile").write_text("a regular file\n")
     (d / "adir").mkdir()
     rows = [Row("smoke", "smoke", "digits", "mlp_2", "imp", "", "", level, 1 - 0.8**level, 0, 0.9, 10, 1e6, 0.0,
