@@ -125,7 +125,8 @@ def test_a_kept_diverged_ticket_run_is_recorded_as_diverged_and_read_back(tmp_pa
 
     # The runner's scheduler counts it as diverged, not failed, and the report lists it.
     from elth.experiments.dag import DIVERGED, Graph, Scheduler
-    from elth.experiments.launch import InlineLauncher, WorkerSettings
+    from elth.experiments.leased import WorkerSettings
+    from elth.experiments.local_launchers import InlineLauncher
     from elth.experiments.report import _diverged_section
     from elth.experiments.runner import _Progress
 

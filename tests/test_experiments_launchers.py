@@ -14,18 +14,10 @@ import torch
 
 from elth.experiments import get_experiment, read_results, run_experiment
 from elth.experiments.attempts import read_attempts
-from elth.experiments.launch import (
-    LaunchError,
-    LaunchOptions,
-    GroupTask,
-    PoolLauncher,
-    SlurmOptions,
-    Task,
-    WorkerSettings,
-    parse_slurm_args,
-    parse_time,
-    worker_devices,
-)
+from elth.experiments.launch import LaunchOptions
+from elth.experiments.leased import GroupTask, LaunchError, Task, WorkerSettings
+from elth.experiments.local_launchers import PoolLauncher, worker_devices
+from elth.experiments.slurm_launcher import SlurmOptions, parse_slurm_args, parse_time
 from elth.experiments.lease import holder
 from elth.experiments.spec import expand
 from elth.errors import Terminated
@@ -229,7 +221,8 @@ def test_devices_on_the_command_line(capsys, tmp_path):
 def test_a_slurm_job_is_requeued_at_its_time_limit_or_on_preemption(tmp_path):
     """submitit requeues a checkpointable job (same task: the run resumes from its checkpoints); the
     job's exit on requeue is recorded as a stop, not a failure, and frees the lease at once."""
-    from elth.experiments.launch import _RunTaskJob, run_task
+    from elth.experiments.leased import run_task
+    from elth.experiments.slurm_launcher import _RunTaskJob
 
     task = Task(key=0, label="a run", directory=str(tmp_path / "run"), fn=_exit_as_requeued,
                 ctx=_FakeContext("cpu"), args=(None,), cached=_never_cached)
@@ -334,7 +327,8 @@ def test_pending_slurm_jobs_say_why_and_cancelled_ones_show_failed(slurm_cluster
 
 ORPHAN_SCRIPT = """
 import logging, sys, time
-from elth.experiments.launch import PoolLauncher, Task, WorkerSettings
+from elth.experiments.leased import Task, WorkerSettings
+from elth.experiments.local_launchers import PoolLauncher
 if __name__ == "__main__":
     launcher = PoolLauncher(workers=2, threads=1)
     for i in range(2):

@@ -212,11 +212,11 @@ def test_a_group_member_held_elsewhere_is_left_to_its_holder_and_the_rest_train_
     trained everything one by one."""
     import threading
 
-    from elth.experiments import launch
+    from elth.experiments import leased
     from elth.experiments.attempts import read_attempts
     from elth.experiments.lease import Lease
 
-    real = launch.run_group_task
+    real = leased.run_group_task
     stolen: list[str] = []
 
     def another_worker_takes_a_member_first(group):
@@ -228,7 +228,7 @@ def test_a_group_member_held_elsewhere_is_left_to_its_holder_and_the_rest_train_
             threading.Timer(1.0, lease.release).start()  # it gives up without training
         return real(group)
 
-    monkeypatch.setattr(launch, "run_group_task", another_worker_takes_a_member_first)
+    monkeypatch.setattr(leased, "run_group_task", another_worker_takes_a_member_first)
     outcome = run_experiment(SMOKE, "smoke", root=tmp_path / "store", out_dir=tmp_path / "out", seeds=1,
                              progress=False, threads=1, fuse=3, poll=0.2)
     assert stolen and not outcome.failures and outcome.fused >= 2

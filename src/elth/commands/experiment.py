@@ -16,14 +16,9 @@ from elth.commands.common import (
 )
 from elth.errors import ElthError
 from elth.limits import MAX_SEEDS, check_real
-from elth.experiments.launch import (
-    LaunchOptions,
-    SlurmOptions,
-    follow_rank_zero,
-    leading_ranks,
-    parse_slurm_args,
-    parse_time,
-)
+from elth.experiments.launch import LaunchOptions
+from elth.experiments.leased import follow_rank_zero, leading_ranks
+from elth.experiments.slurm_launcher import SlurmOptions, parse_slurm_args, parse_time
 from elth.experiments.lease import DEFAULT_TIMEOUT
 from elth.experiments.report import report_figures, summary_text, write_report
 from elth.experiments.results import read_results

@@ -40,7 +40,7 @@ from elth.experiments.jobs import (
 )
 from elth.experiments.attempts import first_line
 from elth.experiments import fusion
-from elth.experiments.launch import Busy, Failed, Finished, GroupOutcome, GroupTask, Task, WorkerSettings
+from elth.experiments.leased import Busy, Failed, Finished, GroupOutcome, GroupTask, Task, WorkerSettings
 from elth.experiments.lease import holder
 from elth.experiments.spec import ImpRun, LMCRun, TicketRun
 from elth.methods import curve_label, method
@@ -341,7 +341,7 @@ class Scheduler:
     def _group(self, node: Node) -> tuple[list[Node], int] | None:
         """`node` and the ready runs that train with it in one fused group, and the group's size
         (trainings at once); None when it trains alone."""
-        if self.fuse == 1 or not fusion.fusable(node.kind, node.run):
+        if self.fuse == 1:  # every kind of run (IMP, ticket, LMC) can train in a fused group
             return None
         size = self._size(node)
         wanted = fusion.members_per_group(node.kind, size)
@@ -351,7 +351,6 @@ class Scheduler:
             if len(members) >= wanted:
                 break
             if (other is node or other.kind != node.kind or other.state != WAITING
-                    or not fusion.fusable(other.kind, other.run)
                     or fusion.fusion_key(other.kind, other.ctx, other.run) != key):
                 continue
             if self._ready(other, need_slot=False) is True:

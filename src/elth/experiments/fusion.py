@@ -27,11 +27,6 @@ from elth.training import default_device
 from elth.training.fused import default_group_size
 
 
-def fusable(kind: str, run) -> bool:
-    """Whether a run of the graph can train in a fused group (IMP, ticket and LMC runs can)."""
-    return kind in ("imp", "ticket", "lmc")
-
-
 def network(run) -> str:
     """The network a run trains."""
     return run.model if isinstance(run, ImpRun) else run.target

@@ -25,7 +25,8 @@ from elth.errors import ElthError
 from elth.experiments.attempts import busy_seconds, first_line
 from elth.experiments.dag import DIVERGED, DONE, Graph, Scheduler, dataset_name, on_cpu, on_dataset
 from elth.experiments.jobs import Context, settings
-from elth.experiments.launch import LaunchOptions, WorkerSettings, follow_rank_zero, leading_ranks, make_launcher
+from elth.experiments.launch import LaunchOptions, make_launcher
+from elth.experiments.leased import WorkerSettings, follow_rank_zero, leading_ranks
 from elth.experiments.lease import DEFAULT_TIMEOUT
 from elth.experiments.results import Row, write_lmc, write_results
 from elth.experiments.spec import Experiment, ImpRun, Setup, expand

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from elth.experiments.attempts import busy_seconds, first_line, read_attempts, read_failure, read_submitted
 from elth.experiments.dag import DIVERGED, DONE, Cannot, Graph, Node, cached, describe
 from elth.experiments.jobs import Diverged
-from elth.experiments.launch import slurm_job_states
+from elth.experiments.slurm_launcher import slurm_job_states
 from elth.experiments.lease import DEFAULT_TIMEOUT, current
 
 STATES = ("done", "diverged", "running", "queued", "stalled", "failed", "ready", "waiting", "cannot run")

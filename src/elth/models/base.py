@@ -7,13 +7,10 @@ from elth.models.structure import ElasticStructure
 
 
 class ElasticModel(nn.Module):
-    """A model that knows its name, its family and its elastic structure.
-
-    Subclasses set `family` (models of one family and width can exchange tickets), build their
-    modules, then call `init_weights`.
+    """A model that knows its name and its elastic structure (its family is its name's: see
+    `parse_model_name(name).family`). Subclasses build their modules, then call `init_weights`.
     """
 
-    family: str = ""
     #: Whether the output layer is pruned by default (ResNets: yes; VGGs and MLPs: no).
     prune_output_layer: bool = True
     #: Whether the model is convolutional (channels_last pays off).

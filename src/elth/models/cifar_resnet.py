@@ -30,13 +30,10 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(ElasticModel):
-    family = "cifar_resnet"
-
     def __init__(self, name: str, depth: int, width: int, input_shape, num_classes: int):
         super().__init__(name, input_shape, num_classes)
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth}")
-        self.family = f"cifar_resnet_w{width}"
         n = (depth - 2) // 6
         self.depth, self.width, self.blocks_per_stage = depth, width, n
         self.conv = nn.Conv2d(input_shape[0], width, 3, 1, 1, bias=False)

@@ -39,7 +39,6 @@ class CifarVGG(ElasticModel):
     the usual floor mode on 32x32); a global average pool feeds the head.
     """
 
-    family = "cifar_vgg"
     prune_output_layer = False
 
     def __init__(self, name: str, depth: int, fc_layers: int, input_shape, num_classes: int):
@@ -49,7 +48,6 @@ class CifarVGG(ElasticModel):
         if fc_layers < 1:
             raise ValueError(f"a VGG needs at least one fully connected layer, got {fc_layers}")
         self.depth, self.layout, self.fc_layers = depth, LAYOUTS[depth], fc_layers
-        self.family = "cifar_vgg" if fc_layers == 1 else "cifar_vgg_fc"
         c_in = input_shape[0]
         for s, (n, c_out) in enumerate(zip(self.layout, WIDTHS)):
             units = []

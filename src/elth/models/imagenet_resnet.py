@@ -32,8 +32,6 @@ class BasicBlock(nn.Module):
 
 
 class ImageNetResNet(ElasticModel):
-    family = "imagenet_resnet"
-
     def __init__(self, name: str, depth: int, input_shape, num_classes: int):
         super().__init__(name, input_shape, num_classes)
         if depth not in LAYOUTS:

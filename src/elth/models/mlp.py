@@ -14,7 +14,6 @@ HIDDEN, BOTTLENECK = 300, 100
 
 
 class MLP(ElasticModel):
-    family = "mlp"
     prune_output_layer = False
     is_conv = False
 

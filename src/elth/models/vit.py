@@ -79,7 +79,6 @@ class Block(nn.Module):
 
 
 class VisionTransformer(ElasticModel):
-    family = "vit"
     prune_output_layer = False
     is_conv = False
 
