@@ -283,3 +283,14 @@ def test_what_open_lth_cannot_take_is_one_clear_error(tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and says in err, err
     assert not (tmp_path / "data").exists()
+
+
+def test_a_damaged_branch_is_one_error_and_nothing_is_written(tmp_path, capsys):
+    run = tmp_path / ELASTICLTH_RUN.name
+    shutil.copytree(ELASTICLTH_RUN, run)
+    (branch,) = (run / "replicate_1" / "level_1").glob("lottery_branch_change_depth_*")
+    torch.save({"hook": print}, branch / "mask.pth")  # a file that would run code when unpickled
+    assert cli.main(["import-open-lth", str(run), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "refuses files that could run code" in err
+    assert not (tmp_path / "t").exists()

@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out, "--out")
     imported = import_run(args.run, dataset=args.dataset, levels=args.levels, replicates=args.replicates)
+    # Everything is read (and checked) before anything is written.
+    branches = import_branches(args.run, dataset=args.dataset, levels=args.levels, replicates=args.replicates)
     first = imported[0][1]
     print(f"{Path(args.run)}: open_lth {first.provenance['open_lth_model']} on "
           f"{first.provenance['open_lth_dataset']} -> elth {first.model} on {first.dataset.name}, "
@@ -60,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
         acc = ticket.provenance["test_accuracy"]
         acc_text = f"{100 * acc:.2f}%" if acc is not None else "n/a"
         print(f"{level.replicate:>9}  {level.level:>5}  {100 * ticket.sparsity:>7.2f}%  {acc_text:>17}  {path}")
-    branches = import_branches(args.run, dataset=args.dataset, levels=args.levels, replicates=args.replicates)
     for level, branch, ticket in branches:
         path = save_ticket(ticket, out / f"replicate_{level.replicate}" / f"level_{level.level}_change_depth_{branch}.safetensors")
         acc = ticket.provenance["test_accuracy"]
