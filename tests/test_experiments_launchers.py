@@ -302,7 +302,8 @@ def test_pending_slurm_jobs_say_why_and_cancelled_ones_show_failed(slurm_cluster
     """Jobs held by SLURM (here: not to begin for an hour) are queued with SLURM's reason in
     `--status`; cancelled from outside, their runs are failed, with the reason, both in `--status`
     and in the run directory (what the next `--status` reads)."""
-    argv = [sys.executable, "-m", "elth", *SLURM_SMOKE, "--root", "store", "--out", "out",
+    with_progress = [a for a in SLURM_SMOKE if a != "--no-progress"]  # lines, not bars: stderr is a pipe
+    argv = [sys.executable, "-m", "elth", *with_progress, "--root", "store", "--out", "out",
             "--slurm-arg", "begin=now+3600"]
     runner = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -323,6 +324,8 @@ def test_pending_slurm_jobs_say_why_and_cancelled_ones_show_failed(slurm_cluster
         runner.terminate()
         out, err = runner.communicate(timeout=120)
     assert not list(tmp_path.glob("out/jobs/.submission_file_*"))
+    # the runner's own progress lines (a log, not a terminal) said why the jobs waited
+    assert "pending: BeginTime)" in err, err
 
 
 ORPHAN_SCRIPT = """

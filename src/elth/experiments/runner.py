@@ -66,6 +66,7 @@ class _Progress:
 
     def __init__(self, total: int, enabled: bool, parallel: bool):
         self.total, self.done, self.enabled, self.parallel = total, 0, enabled, parallel
+        self._said: set[str] = set()
         self.bar = progress_bar(total=total, desc="experiment runs", unit="run", file=sys.stderr,
                                 dynamic_ncols=True) if enabled and parallel and use_bars() else None
 
@@ -84,9 +85,15 @@ class _Progress:
         self.say(f"[{self.done}/{self.total}] {label}: {note}" if note else f"[{self.done}/{self.total}] {label}")
 
     def running(self, labels: list[str]) -> None:
-        """Show what the workers are busy with (the bar's postfix)."""
+        """Show what the workers are busy with: the bar's postfix; without a bar, a line for each
+        job that waits in a batch queue, once per reason it gives (SLURM: '... pending: Resources')."""
         if self.bar is not None:
             self.bar.set_postfix_str("running: " + "; ".join(labels[:4]) if labels else "", refresh=True)
+        else:
+            for label in labels:
+                if " pending: " in label and label not in self._said:
+                    self._said.add(label)
+                    self.say(f"        {label}")
 
     def close(self) -> None:
         if self.bar is not None:
