@@ -245,7 +245,7 @@ def test_an_exported_run_is_open_lths_own_folder_and_imports_back_to_the_same_ti
     assert cli.main(["export-open-lth", *files, "--out", str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out
     exported = tmp_path / "data" / run.name
-    assert exported.is_dir() and f"--levels=2 --replicate=1 --dataset_name=" in out
+    assert exported.is_dir() and "--levels=2 --replicate=1 --dataset_name=" in out
     theirs, ours = run / "replicate_1", exported / "replicate_1"
     assert (theirs / "level_0/main/hparams.log").read_text().strip() == (ours / "level_0/main/hparams.log").read_text().strip()
     rewind = imported[0][1].rewind_step

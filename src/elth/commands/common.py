@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
