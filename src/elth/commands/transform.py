@@ -17,6 +17,7 @@ from elth.elastic import (
 )
 from elth.commands.common import add_data_dir_argument, check_output_file, index_list, seed_arg
 from elth.elastic.block_mapping import block_mapping_plan
+from elth.elastic.strategies import APPENDING, CONSECUTIVE
 from elth.elastic.plan import model_view
 from elth.errors import ElthError
 from elth.masks import count
@@ -168,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
             parse_model_name(args.to)
             explicit = format_plan(block_mapping_plan(args.block_mapping, source.model, args.to))
         result = transform(
-            source, args.to, plan=explicit, order=args.order or "appending",
-            squeeze_mode=args.squeeze or "consecutive", units=args.units, drop=args.drop,
+            source, args.to, plan=explicit, order=args.order or APPENDING,
+            squeeze_mode=args.squeeze or CONSECUTIVE, units=args.units, drop=args.drop,
             random_replicas=args.random_replicas, seed=args.seed, source_path=str(args.ticket),
         )
         if args.match_sparsity:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import torch
 
 from elth.elastic.plan import Plan, PlanError, check_compatible, format_plan, model_view, parse_plan, validate_plan
-from elth.elastic.strategies import make_plan
+from elth.elastic.strategies import APPENDING, CONSECUTIVE, make_plan
 from elth.masks import count
 from elth.models import ElasticStructure
 from elth.tickets import Ticket, TicketError
@@ -149,8 +149,8 @@ def transform(
     target_model: str,
     *,
     plan: Plan | str | None = None,
-    order: str = "appending",
-    squeeze_mode: str = "consecutive",
+    order: str = APPENDING,
+    squeeze_mode: str = CONSECUTIVE,
     units: Iterable[int] | None = None,
     drop: Iterable[int] | None = None,
     random_replicas: bool = False,

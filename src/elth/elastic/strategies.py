@@ -25,8 +25,10 @@ from collections.abc import Iterable, Sequence
 
 from elth.elastic.plan import Plan, PlanError
 
-ORDERS = ("appending", "interpolation")
-SQUEEZE_MODES = ("consecutive", "interval")
+#: How a stretch places the copies (the paper's appending and interpolation), the first the default.
+APPENDING, INTERPOLATION = ORDERS = ("appending", "interpolation")
+#: How a squeeze chooses the units it keeps, the first the default.
+CONSECUTIVE, INTERVAL = SQUEEZE_MODES = ("consecutive", "interval")
 
 
 def _unit_set(units: Iterable[int], n_source: int, what: str) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 
+from elth.elastic.strategies import APPENDING, INTERPOLATION
 from elth.experiments.spec import Experiment, Setup, SpecError, Transfer
 
 #: The width-8 ResNets' training at cpu scale: 2 Fashion-MNIST epochs, the LR divided by 10 at 50% and 75%
@@ -211,17 +212,17 @@ REPLICATE_UNITS = Experiment(
     ),
     scales=(
         ("paper", (Setup(members=(R32, R56), sources=(R32,), transfers=_replicate(R32, R56, (
-            ("appending", (1, 2, 3, 4), False), ("interpolation", (1, 2, 3, 4), False),
-            ("appending", (1, 2), False), ("interpolation", (1, 2), False), ("appending", (1,), False),
-            ("interpolation", (1, 2, 3, 4), True))),
+            (APPENDING, (1, 2, 3, 4), False), (INTERPOLATION, (1, 2, 3, 4), False),
+            (APPENDING, (1, 2), False), (INTERPOLATION, (1, 2), False), (APPENDING, (1,), False),
+            (INTERPOLATION, (1, 2, 3, 4), True))),
             note="CIFAR-10, Table 4 protocol, IMP levels 1-10, three seeds.", **PAPER_ABLATION),)),
         ("cpu", (Setup(members=(R20C, R32C), sources=(R20C,), transfers=_replicate(R20C, R32C, (
-            ("appending", (1, 2), False), ("interpolation", (1, 2), False), ("appending", (1,), False),
-            ("interpolation", (1, 2), True))),
+            (APPENDING, (1, 2), False), (INTERPOLATION, (1, 2), False), (APPENDING, (1,), False),
+            (INTERPOLATION, (1, 2), True))),
             note=CPU_ABLATION_NOTE + " ResNet-20 has two replicable blocks per stage: all of them (1,2) or "
                  "only the first (1).", **CPU_ABLATION),)),
         ("smoke", (Setup(members=(R14S, R20S), sources=(R14S,), transfers=_replicate(R14S, R20S, (
-            ("appending", (1,), False), ("interpolation", (1,), True))), note=SMOKE_NOTE, **SMOKE_ABLATION),)),
+            (APPENDING, (1,), False), (INTERPOLATION, (1,), True))), note=SMOKE_NOTE, **SMOKE_ABLATION),)),
     ),
 )
 
@@ -242,17 +243,17 @@ EARLIER_LATER = Experiment(
     ),
     scales=(
         ("paper", (Setup(members=(R32, R56), transfers=_replicate(R32, R56, tuple(
-            (o, u, False) for u in ((1, 2), (2, 3), (3, 4)) for o in ("appending", "interpolation")))
+            (o, u, False) for u in ((1, 2), (2, 3), (3, 4)) for o in (APPENDING, INTERPOLATION)))
             + _drop(R56, R32, ((1, 2, 3, 4), (5, 6, 7, 8), (1, 3, 5, 7), (2, 4, 6, 8))),
             note="CIFAR-10, Table 4 protocol, IMP levels 1-10, three seeds.", **PAPER_ABLATION),)),
         ("cpu", (Setup(members=(R20C, R32C), transfers=_replicate(R20C, R32C, (
-            ("appending", (1,), False), ("appending", (2,), False)))
+            (APPENDING, (1,), False), (APPENDING, (2,), False)))
             + _drop(R32C, R20C, ((1, 2), (3, 4), (1, 3), (2, 4))),
             note=CPU_ABLATION_NOTE + " With two replicable blocks per stage in ResNet-20, the earlier or "
                  "later choice is block 1 or block 2 (replicating a single block, appending and interpolation "
                  "give the same network, so only one is run); squeezing ResNet-32 drops two of its four "
                  "replicable blocks: the first two, the last two, or every other one.", **CPU_ABLATION),)),
-        ("smoke", (Setup(members=(R14S, R20S), transfers=_replicate(R14S, R20S, (("interpolation", (1,), False),))
+        ("smoke", (Setup(members=(R14S, R20S), transfers=_replicate(R14S, R20S, ((INTERPOLATION, (1,), False),))
                          + _drop(R20S, R14S, ((1,), (2,))), note=SMOKE_NOTE, **SMOKE_ABLATION),)),
     ),
 )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from elth.analysis.stats import MOST_SEEDS, PairedDifference, format_difference, paired_difference, pooled, seeds_to_decide
+from elth.elastic.strategies import APPENDING
 from elth.experiments.aggregate import aggregate, curves, targets_of
 from elth.experiments.paired import IMP_KEY, SeedPoints, compare_paired, ett_comparisons
 from elth.experiments.results import Row
@@ -186,7 +187,7 @@ def _more_vs_first(options: dict[CurveKey, tuple[int, ...]]):
 
 def replicate_more(rows: list[Row], lmc: list[dict]):
     """Replicating the most unique blocks (appending) minus replicating only the first."""
-    return _pool(_strategy_pairs(rows, "appending", _more_vs_first))
+    return _pool(_strategy_pairs(rows, APPENDING, _more_vs_first))
 
 
 def _earliest_vs_latest(options):
@@ -200,7 +201,7 @@ def _earliest_vs_latest(options):
 
 def replicate_earlier(rows: list[Row], lmc: list[dict]):
     """Appending the earliest blocks minus appending the latest ones (as many blocks)."""
-    return _pool(_strategy_pairs(rows, "appending", _earliest_vs_latest))
+    return _pool(_strategy_pairs(rows, APPENDING, _earliest_vs_latest))
 
 
 def _others_vs_earliest(options):

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from elth.elastic import transform
+from elth.elastic.strategies import APPENDING
 from elth.masks import (
     Mask,
     PruningError,
@@ -312,7 +313,7 @@ def _snip_extra(model_name, data, like: Ticket, like_path, exclude, options, see
         rebuilt = _source_dense(like, data, seed, data_seed, root, device, precision, progress)
     _sync(device)
     start = time.perf_counter()
-    stretched = transform(like, model_name, order="appending",
+    stretched = transform(like, model_name, order=APPENDING,
                           source_path=None if like_path is None else str(like_path))
     if rebuilt is None:
         dense_weights = stretched.dense
@@ -320,7 +321,7 @@ def _snip_extra(model_name, data, like: Ticket, like_path, exclude, options, see
         dense_model = rebuilt[0]
         dense_ticket = from_model(dense_model, like.dataset, full_mask(dense_model), rewind_step=like.rewind_step,
                                   rewind=like.rewind, protocol=like.protocol)
-        stretched_dense = transform(dense_ticket, model_name, order="appending")
+        stretched_dense = transform(dense_ticket, model_name, order=APPENDING)
         dense_weights = {k: stretched_dense.state[k] for k in stretched.mask}
     info = data.info
     target = build_model(model_name, info.input_shape, info.num_classes, seed=None)
@@ -342,7 +343,7 @@ def _snip_extra(model_name, data, like: Ticket, like_path, exclude, options, see
     provenance = _provenance(
         "snip-extra", model_name, options, like, like_path, stretched.sparsity, mask, seconds,
         int(examples[1].numel()), seed, data_seed, excluded,
-        ett={"order": "appending", "plan": stretched.provenance.get("plan")},
+        ett={"order": APPENDING, "plan": stretched.provenance.get("plan")},
         snip_layers=extra,
         dense_source="ticket" if rebuilt is None else "rebuilt rewind point",
     )
