@@ -22,6 +22,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -42,41 +43,63 @@ DEFAULT_PRUNE_FRACTION = 0.2  # open_lth's sparse_global default
 
 @dataclass(frozen=True)
 class OpenLTHModel:
-    """An elth model as open_lth has it: its name and elth's parameter names written its way."""
+    """An elth model as open_lth has it: its name, and elth's parameter names written its way."""
 
     name: str
     elth: str
+    key: Callable[[str], str]
 
-    def key(self, elth_key: str) -> str:
-        spec = parse_model_name(self.elth)
-        if spec.kind == "mlp":
-            if m := re.fullmatch(r"hidden\.([0-9]+)\.(.+)", elth_key):
-                return f"fc_layers.{m.group(1)}.{m.group(2)}"
-            if m := re.fullmatch(r"bottleneck\.(.+)", elth_key):
-                return f"fc_layers.{spec.depth}.{m.group(1)}"
-            return elth_key
-        if spec.kind in ("cifar_resnet", "cifar_vgg"):
-            per_stage = [(spec.depth - 2) // 6] * 3 if spec.kind == "cifar_resnet" else list(VGG_LAYOUTS[spec.depth])
-            prefix, gap = ("blocks", 0) if spec.kind == "cifar_resnet" else ("layers", 1)
-            index = {(s, u): i for i, s, u in open_lth_unit_indices(per_stage, gap)}
-            if m := re.fullmatch(r"layer([0-9]+)\.([0-9]+)\.(.+)", elth_key):
-                return f"{prefix}.{index[int(m.group(1)), int(m.group(2))]}.{m.group(3)}"
-        return elth_key
+
+def _mlp(spec) -> OpenLTHModel:
+    """open_lth's mnist_lenet_300[_300...]_100: hidden layers and the layer to 100 are its fc_layers."""
+    def key(k: str) -> str:
+        if m := re.fullmatch(r"hidden\.([0-9]+)\.(.+)", k):
+            return f"fc_layers.{m.group(1)}.{m.group(2)}"
+        if m := re.fullmatch(r"bottleneck\.(.+)", k):
+            return f"fc_layers.{spec.depth}.{m.group(1)}"
+        return k
+    return OpenLTHModel("mnist_lenet_" + "_".join(["300"] * spec.depth + ["100"]), "", key)
+
+
+def _numbered(prefix: str, per_stage: list[int], between_stages: int) -> Callable[[str], str]:
+    """elth's `layer<s>.<u>.rest` -> open_lth's `<prefix>.<i>.rest`, units counted through all stages."""
+    index = {(s, u): i for i, s, u in open_lth_unit_indices(per_stage, between_stages)}
+
+    def key(k: str) -> str:
+        if m := re.fullmatch(r"layer([0-9]+)\.([0-9]+)\.(.+)", k):
+            return f"{prefix}.{index[int(m.group(1)), int(m.group(2))]}.{m.group(3)}"
+        return k
+    return key
+
+
+def _cifar_resnet(spec) -> OpenLTHModel:
+    return OpenLTHModel("", "", _numbered("blocks", [(spec.depth - 2) // 6] * 3, 0))
+
+
+def _cifar_vgg(spec) -> OpenLTHModel | None:
+    # open_lth's VGGs have one fully connected layer, and keep their max-pools in `layers`
+    return OpenLTHModel("", "", _numbered("layers", list(VGG_LAYOUTS[spec.depth]), 1)) if spec.fc_layers == 1 else None
+
+
+def _imagenet_resnet(spec) -> OpenLTHModel | None:
+    return OpenLTHModel("", "", lambda k: k) if spec.depth in IMAGENET_DEPTHS else None
+
+
+#: model kind -> its open_lth counterpart for a parsed name (None: open_lth has no such member);
+#: an empty open_lth name is elth's own.
+COUNTERPARTS: dict[str, Callable] = {
+    "mlp": _mlp, "cifar_resnet": _cifar_resnet, "cifar_vgg": _cifar_vgg, "imagenet_resnet": _imagenet_resnet,
+}
 
 
 def open_lth_model(model: str) -> OpenLTHModel:
     """open_lth's counterpart of elth's `model`, or one error saying which models it has."""
     spec = parse_model_name(model)
-    if spec.kind == "mlp":
-        return OpenLTHModel("mnist_lenet_" + "_".join(["300"] * spec.depth + ["100"]), model)
-    if spec.kind == "cifar_resnet":
-        return OpenLTHModel(model, model)
-    if spec.kind == "cifar_vgg" and spec.fc_layers == 1:
-        return OpenLTHModel(model, model)
-    if spec.kind == "imagenet_resnet" and spec.depth in IMAGENET_DEPTHS:
-        return OpenLTHModel(model, model)
-    raise OpenLTHError(f"open_lth has no counterpart of {model}: it has MLPs (mnist_lenet), CIFAR ResNets, CIFAR "
-                       "VGGs with one fully connected layer and ImageNet ResNet-18/34")
+    found = COUNTERPARTS[spec.kind](spec) if spec.kind in COUNTERPARTS else None
+    if found is None:
+        raise OpenLTHError(f"open_lth has no counterpart of {model}: it has MLPs (mnist_lenet), CIFAR ResNets, CIFAR "
+                           "VGGs with one fully connected layer and ImageNet ResNet-18/34")
+    return OpenLTHModel(found.name or model, model, found.key)
 
 
 # -- open_lth's hyperparameters --------------------------------------------------------------------
