@@ -47,10 +47,15 @@ def test_a_registered_family_builds_parses_and_transforms(toy):
 
 
 def test_registration_errors(toy):
-    with pytest.raises(FamilyError, match="elth's own families"):
-        register_family("cifar_resnet", toy.ToyNet, default_width=8)
+    for own in ("cifar_resnet", "mlp", "vit"):  # elth's own, the ViT (registered as users' are) too
+        with pytest.raises(FamilyError, match="elth's own families"):
+            register_family(own, toy.ToyNet, default_width=8)
+
+    class Other(toy.ToyNet):
+        pass
+
     with pytest.raises(FamilyError, match="registered already"):
-        register_family("vit", toy.ToyNet, default_width=8)
+        register_family("toy_net", Other, default_width=8)
     for kind in ("Toy", "toy_2", "2toy", "toy-net", ""):
         with pytest.raises(FamilyError, match="lowercase words"):
             register_family(kind, toy.ToyNet, default_width=8)

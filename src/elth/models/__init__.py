@@ -4,11 +4,11 @@ from elth.models.families import FamilyError, ModelFamily, register_family, unre
 from elth.models.registry import (
     MAX_PARAMETERS,
     MAX_UNITS,
-    NAME_FORMS,
     ModelSpec,
     ModelTooLargeError,
     UnknownModelError,
     build_model,
+    name_forms,
     parse_model_name,
 )
 from elth.models.structure import ElasticStructure
@@ -22,7 +22,7 @@ __all__ = [
     "MAX_UNITS",
     "ModelSpec",
     "ModelTooLargeError",
-    "NAME_FORMS",
+    "name_forms",
     "UnknownModelError",
     "build_model",
     "parse_model_name",

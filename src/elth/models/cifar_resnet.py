@@ -1,12 +1,19 @@
 """CIFAR ResNets (He et al. 2016, Section 4.2) as in the paper's framework: ResNet-(6n+2)."""
 from __future__ import annotations
 
+import re
+
 from torch import nn
 import torch.nn.functional as F
 
 from elth.models.base import ElasticModel
+from elth.models.families import ModelFamily, ModelSpec, NameRejected, check_units, conv_net_bound, register_builtin
 from elth.models.init import init_weights
 from elth.models.structure import ElasticStructure
+
+KIND = "cifar_resnet"
+#: The width (channels of the first stage) of a name without one: the paper's.
+DEFAULT_WIDTH = 16
 
 
 class BasicBlock(nn.Module):
@@ -62,3 +69,24 @@ class CifarResNet(ElasticModel):
             stages=tuple(tuple(f"layer{s}.{u}" for u in range(n)) for s in (1, 2, 3)),
             head=("fc",),
         )
+
+
+def _parse(name: str, m) -> ModelSpec:
+    depth = int(m.group(1))
+    if depth < 8 or (depth - 2) % 6:
+        raise NameRejected(f"a CIFAR ResNet's depth is 6n+2 (8, 14, 20, 32, ...), not {depth}")
+    width = int(m.group(2)) if m.group(2) else DEFAULT_WIDTH
+    if width < 1:
+        raise NameRejected("the width must be positive")
+    check_units(name, 3 * (depth - 2) // 6)
+    return ModelSpec(KIND, depth, width=width)
+
+
+FAMILY = register_builtin(ModelFamily(
+    KIND, build=None, default_width=DEFAULT_WIDTH,
+    description="cifar_resnet_<D>[_<W>] (D = 6n+2: 8, 14, 20, 32, 44, 56, 110, ...; width W, default 16)",
+    name_pattern=re.compile(r"cifar_resnet_([0-9]+)(?:_([0-9]+))?"), parse_name=_parse,
+    make=lambda spec, name, shape, classes: CifarResNet(name, spec.depth, spec.width, shape, classes),
+    bound=lambda spec, shape, classes: conv_net_bound(4 * spec.width, 3 * (spec.depth - 2) // 6 * 2 + 4, shape, classes),
+    family_label=lambda spec: f"{KIND} (width {spec.width})",
+))

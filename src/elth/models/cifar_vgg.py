@@ -1,12 +1,17 @@
 """CIFAR VGGs as in the paper's framework: conv3x3(+bias)+BN+ReLU units in five stages."""
 from __future__ import annotations
 
+import re
+
 from torch import nn
 import torch.nn.functional as F
 
 from elth.models.base import ElasticModel
+from elth.models.families import ModelFamily, ModelSpec, NameRejected, check_units, conv_net_bound, register_builtin
 from elth.models.init import init_weights
 from elth.models.structure import ElasticStructure
+
+KIND = "cifar_vgg"
 
 LAYOUTS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
 WIDTHS = (64, 128, 256, 512, 512)
@@ -74,3 +79,25 @@ class CifarVGG(ElasticModel):
         if self.fc_layers > 1:
             stages.append(tuple(f"classifier.{i}" for i in range(self.fc_layers - 1)))
         return ElasticStructure(stem=(), stages=tuple(stages), head=("fc",))
+
+
+def _parse(name: str, m) -> ModelSpec:
+    depth = int(m.group(1))
+    if depth not in LAYOUTS:
+        raise NameRejected(f"CIFAR VGG depths are {sorted(LAYOUTS)}")
+    fc = int(m.group(2)) if m.group(2) else 1
+    if fc < 1:
+        raise NameRejected("a VGG needs at least one fully connected layer")
+    check_units(name, fc)
+    return ModelSpec(KIND, depth, width=64, fc_layers=fc)
+
+
+FAMILY = register_builtin(ModelFamily(
+    KIND, build=None, default_width=64,
+    description="cifar_vgg_<D>[_fc<K>] (D in 11, 13, 16, 19; K fully connected layers, default 1)",
+    name_pattern=re.compile(r"cifar_vgg_([0-9]+)(?:_fc([0-9]+))?"), parse_name=_parse,
+    make=lambda spec, name, shape, classes: CifarVGG(name, spec.depth, spec.fc_layers, shape, classes),
+    bound=lambda spec, shape, classes: conv_net_bound(max(512, FC_WIDTH), spec.depth + spec.fc_layers, shape, classes),
+    # members with FC layers to replicate exchange tickets among themselves, the others among themselves
+    family_label=lambda spec: f"{KIND} with fully connected layers" if spec.fc_layers > 1 else KIND,
+))

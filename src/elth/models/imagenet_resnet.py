@@ -1,11 +1,16 @@
 """ImageNet ResNets with BasicBlocks; parameter names match torchvision's resnet18/resnet34."""
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from elth.models.base import ElasticModel
+from elth.models.families import ModelFamily, ModelSpec, NameRejected, conv_net_bound, register_builtin
 from elth.models.init import init_weights
 from elth.models.structure import ElasticStructure
+
+KIND = "imagenet_resnet"
 
 LAYOUTS = {18: (2, 2, 2, 2), 26: (2, 3, 4, 3), 34: (3, 4, 6, 3)}
 
@@ -65,3 +70,19 @@ class ImageNetResNet(ElasticModel):
             ),
             head=("fc",),
         )
+
+
+def _parse(name: str, m) -> ModelSpec:
+    depth = int(m.group(1))
+    if depth not in LAYOUTS:
+        raise NameRejected(f"ImageNet ResNet depths are {sorted(LAYOUTS)}")
+    return ModelSpec(KIND, depth, width=64)
+
+
+FAMILY = register_builtin(ModelFamily(
+    KIND, build=None, default_width=64, description="imagenet_resnet_<D> (D in 18, 26, 34)",
+    name_pattern=re.compile(r"imagenet_resnet_([0-9]+)"), parse_name=_parse,
+    make=lambda spec, name, shape, classes: ImageNetResNet(name, spec.depth, shape, classes),
+    bound=lambda spec, shape, classes: conv_net_bound(512, 2 * sum(LAYOUTS[spec.depth]) + 4, shape, classes),
+    family_label=lambda spec: KIND,
+))

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import math
+import re
 
 from torch import nn
 import torch.nn.functional as F
 
 from elth.models.base import ElasticModel
+from elth.models.families import ModelFamily, ModelSpec, NameRejected, check_units, register_builtin
 from elth.models.init import init_weights
 from elth.models.structure import ElasticStructure
 
 HIDDEN, BOTTLENECK = 300, 100
+KIND = "mlp"
 
 
 class MLP(ElasticModel):
@@ -42,3 +45,24 @@ class MLP(ElasticModel):
             stages=(tuple(f"hidden.{i}" for i in range(self.n_hidden)),),
             head=("bottleneck", "fc"),
         )
+
+
+def _parse(name: str, m) -> ModelSpec:
+    depth = int(m.group(1))
+    if depth < 1:
+        raise NameRejected("an MLP needs at least one hidden layer")
+    check_units(name, depth)
+    return ModelSpec(KIND, depth, width=HIDDEN)
+
+
+def _bound(spec: ModelSpec, shape, classes: int) -> int:
+    """Exact: the input layer, the hidden layers of 300, the layer to 100, the output layer."""
+    return (math.prod(shape) + 1) * HIDDEN + (spec.depth - 1) * (HIDDEN + 1) * HIDDEN + (HIDDEN + 1) * BOTTLENECK + (BOTTLENECK + 1) * classes
+
+
+FAMILY = register_builtin(ModelFamily(
+    KIND, build=None, default_width=HIDDEN, description="mlp_<n> (n hidden layers of width 300, then 100)",
+    name_pattern=re.compile(r"mlp_([0-9]+)"), parse_name=_parse,
+    make=lambda spec, name, shape, classes: MLP(name, spec.depth, shape, classes),
+    bound=_bound, family_label=lambda spec: KIND,
+))

@@ -18,6 +18,7 @@ from torch import nn
 
 from elth.errors import ElthError
 from elth.models.base import ElasticModel
+from elth.models.families import ModelFamily, register_builtin
 from elth.models.structure import ElasticStructure
 
 DEFAULT_WIDTH = 64
@@ -110,3 +111,10 @@ class VisionTransformer(ElasticModel):
 
 def build_vit(name: str, depth: int, width: int, input_shape, num_classes: int) -> VisionTransformer:
     return VisionTransformer(name, depth, width, input_shape, num_classes)
+
+
+# Registered as elth's own, but in the form any user's family takes (`<kind>_<D>[_<W>]`, the builder).
+FAMILY = register_builtin(ModelFamily(
+    "vit", build_vit, DEFAULT_WIDTH,
+    f"vit_<D>[_<W>] (a Vision Transformer of D encoder blocks, width W, default {DEFAULT_WIDTH})",
+))
