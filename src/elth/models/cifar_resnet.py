@@ -89,4 +89,5 @@ FAMILY = register_builtin(ModelFamily(
     make=lambda spec, name, shape, classes: CifarResNet(name, spec.depth, spec.width, shape, classes),
     bound=lambda spec, shape, classes: conv_net_bound(4 * spec.width, 3 * (spec.depth - 2) // 6 * 2 + 4, shape, classes),
     family_label=lambda spec: f"{KIND} (width {spec.width})",
+    recipe="conv",
 ))

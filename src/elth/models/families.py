@@ -79,6 +79,11 @@ class ModelFamily:
     make: Callable | None = None  # (spec, name, input_shape, num_classes) -> ElasticModel
     bound: Callable | None = None  # (spec, input_shape, num_classes) -> int
     family_label: Callable | None = None  # (spec) -> str
+    #: Which of the paper's training recipes (its Table 4) its "paper" preset is: "conv" or "mlp";
+    #: None: the paper has none (a user's family trains by the "short" preset unless told otherwise).
+    recipe: str | None = None
+    #: The paper's rewinding point on small images (ImageNet runs rewind to 5ep whatever the family).
+    rewind: str = "1000it"
     builtin: bool = False
 
     @property

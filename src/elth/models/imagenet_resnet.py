@@ -85,4 +85,5 @@ FAMILY = register_builtin(ModelFamily(
     make=lambda spec, name, shape, classes: ImageNetResNet(name, spec.depth, shape, classes),
     bound=lambda spec, shape, classes: conv_net_bound(512, 2 * sum(LAYOUTS[spec.depth]) + 4, shape, classes),
     family_label=lambda spec: KIND,
+    recipe="conv",
 ))

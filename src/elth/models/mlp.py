@@ -65,4 +65,5 @@ FAMILY = register_builtin(ModelFamily(
     name_pattern=re.compile(r"mlp_([0-9]+)"), parse_name=_parse,
     make=lambda spec, name, shape, classes: MLP(name, spec.depth, shape, classes),
     bound=_bound, family_label=lambda spec: KIND,
+    recipe="mlp", rewind="0",
 ))

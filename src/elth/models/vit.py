@@ -113,8 +113,9 @@ def build_vit(name: str, depth: int, width: int, input_shape, num_classes: int) 
     return VisionTransformer(name, depth, width, input_shape, num_classes)
 
 
-# Registered as elth's own, but in the form any user's family takes (`<kind>_<D>[_<W>]`, the builder).
+# Registered as elth's own, in the form any user's family takes (`<kind>_<D>[_<W>]`, a builder).
 FAMILY = register_builtin(ModelFamily(
     "vit", build_vit, DEFAULT_WIDTH,
     f"vit_<D>[_<W>] (a Vision Transformer of D encoder blocks, width W, default {DEFAULT_WIDTH})",
+    recipe="conv",  # the paper never trained ViTs: its CIFAR recipe
 ))

@@ -32,6 +32,7 @@ from elth.data import canonical_name
 from elth.errors import ElthError
 from elth.limits import BadNumberError, check_real
 from elth.models import parse_model_name
+from elth.models.families import ModelFamily, family
 
 
 class ProtocolError(ElthError, ValueError):
@@ -189,30 +190,26 @@ _IMAGENET = Protocol(
 )
 _CIFAR = Protocol(length="160ep", batch_size=128, lr=0.1, milestones=("80ep", "120ep"))
 _MLP = Protocol(length="40ep", batch_size=128, lr=0.1, momentum=0.0, weight_decay=0.0, milestones=())
+#: A family's recipe (`ModelFamily.recipe`) -> its "paper" protocol on small images.
+_RECIPES = {"conv": _CIFAR, "mlp": _MLP}
 
 
 def _dataset_key(dataset: str) -> str:
     return canonical_name(dataset)
 
 
-def _model_kind(model: str) -> str:
-    return parse_model_name(model).kind
+def _family(model: str) -> ModelFamily:
+    return family(parse_model_name(model).kind)
 
 
 def preset(name: str, dataset: str, model: str) -> Protocol:
     """The protocol called `name` for training `model` on `dataset` (see the module's table)."""
     if name not in PRESETS:
         raise ProtocolError(f"unknown preset {name!r}; the presets are: {', '.join(PRESETS)}")
-    kind = _model_kind(model)
-    if name == "paper" and kind not in PAPER_PRESET_KINDS:
+    recipe = _family(model).recipe
+    if name == "paper" and recipe is None:
         name = "short"  # no paper protocol for a family of one's own: one sized to any data
-    key = _dataset_key(dataset)
-    if key == "imagenet":
-        paper = _IMAGENET
-    elif kind == "mlp":
-        paper = _MLP
-    else:
-        paper = _CIFAR
+    paper = _IMAGENET if _dataset_key(dataset) == "imagenet" else _RECIPES.get(recipe, _CIFAR)
     if name == "paper":
         return paper
     if name == "short":
@@ -220,14 +217,9 @@ def preset(name: str, dataset: str, model: str) -> Protocol:
     return paper.replace(length="12it", batch_size=32, lr=0.05, milestones=("8it",), warmup="2it")
 
 
-#: Families that have a "paper" preset (the paper's Table 4; ViTs take its CIFAR recipe). Families of
-#: one's own get the "short" preset in its place (`preset_stand_in`).
-PAPER_PRESET_KINDS = ("cifar_resnet", "imagenet_resnet", "cifar_vgg", "mlp", "vit")
-
-
 def preset_stand_in(name: str, model: str) -> str | None:
     """What to tell the user when preset `name` is not what `model` gets, else None."""
-    if name != "paper" or _model_kind(model) in PAPER_PRESET_KINDS:
+    if name != "paper" or _family(model).recipe is not None:
         return None
     short = preset("short", "cifar10", model)
     return (f"the paper has no protocol for {model}: training follows the 'short' preset ({short.length} at batch "
@@ -235,12 +227,5 @@ def preset_stand_in(name: str, model: str) -> str | None:
 
 
 def default_rewind(model: str, dataset: str) -> str:
-    """The paper's rewinding point: CIFAR ResNets 1000it, VGGs 200it, ImageNet 5ep, MLPs none."""
-    kind = _model_kind(model)
-    if _dataset_key(dataset) == "imagenet":
-        return "5ep"
-    if kind == "mlp":
-        return "0"
-    if kind == "cifar_vgg":
-        return "200it"
-    return "1000it"
+    """The paper's rewinding point: CIFAR ResNets 1000it, VGGs 200it, ImageNet 5ep, MLPs none (the family's)."""
+    return "5ep" if _dataset_key(dataset) == "imagenet" else _family(model).rewind
