@@ -11,10 +11,12 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import re
 import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, TypeVar
 
@@ -250,6 +252,12 @@ def json_text(value, **options) -> str:
     return json.dumps(finite_or_none(value), allow_nan=False, **options)
 
 
+def refuse_json_constant(name: str):
+    """`json.loads(..., parse_constant=refuse_json_constant)`: NaN, Infinity and -Infinity (which
+    Python's reader takes and strict JSON has not) are a ValueError naming them."""
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def write_json_atomic(path: str | os.PathLike, value) -> Path:
     return write_text_atomic(path, json_text(value, indent=2, sort_keys=True) + "\n")
 
@@ -322,9 +330,6 @@ def load_torch_file(path: str | os.PathLike, what: str) -> Any:
     object: a file that could run code when loaded) are refused. Torch's warnings about the file's
     pickle protocol or its tensors are not shown: the outcome (read, or this error) says it all.
     """
-    import pickle
-    import warnings
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -24,10 +24,20 @@ class BadNumberError(ElthError, ValueError):
     """A number outside what a setting accepts."""
 
 
+def is_int(value) -> bool:
+    """An integer, and not a bool (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """An int or a float, and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_real(value, what: str, *, low: float | None = None, high: float | None = None,
                low_open: bool = False, high_open: bool = False) -> float:
     """`value` as a float if it is a finite real number in the range, else `BadNumberError` naming `what`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise BadNumberError(f"{what} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise BadNumberError(f"{what} must be a finite number, got {value!r}")
@@ -40,7 +50,7 @@ def check_real(value, what: str, *, low: float | None = None, high: float | None
 
 def check_int(value, what: str, *, low: int | None = None, high: int | None = None) -> int:
     """`value` if it is an integer (not a bool, not a float) in [low, high], else `BadNumberError`."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise BadNumberError(f"{what} must be an integer, got {value!r}")
     if low is not None and value < low:
         raise BadNumberError(f"{what} must be at least {low}, got {value}")
@@ -51,6 +61,6 @@ def check_int(value, what: str, *, low: int | None = None, high: int | None = No
 
 def check_seed(value, what: str = "seed") -> int:
     """A seed: an integer from 0 to `MAX_SEED`."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+    if not is_int(value) or not 0 <= value <= MAX_SEED:
         raise BadNumberError(f"{what} must be an integer from 0 to {MAX_SEED}, got {value!r}")
     return value

@@ -22,8 +22,8 @@ from safetensors import safe_open
 
 from elth.data.base import DatasetInfo
 from elth.errors import ElthError
-from elth.files import atomic_path, json_text, tensors_hash
-from elth.limits import check_seed
+from elth.files import atomic_path, json_text, refuse_json_constant, tensors_hash
+from elth.limits import check_seed, is_int, is_real
 from elth.masks import Mask, apply_mask, layer_stats, sparsity
 from elth.models import ElasticModel, build_model
 from elth.runs import hparams_hash
@@ -199,7 +199,7 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
     if raw_meta is None:
         raise TicketError(f"{path}: safetensors file without elth ticket metadata")
     try:
-        meta = json.loads(raw_meta, parse_constant=_refuse_constant)
+        meta = json.loads(raw_meta, parse_constant=refuse_json_constant)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise TicketError(f"{path}: metadata is not an elth ticket's")
         missing = [k for k in REQUIRED_METADATA if k not in meta]
@@ -250,22 +250,18 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
     return ticket
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 #: The type of each metadata field (a check, and the words naming it in an error).
 _METADATA_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     "format": (lambda v: isinstance(v, str), "a string"),
-    "version": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "version": (is_int, "an integer"),
     "model": (lambda v: isinstance(v, str), "a string"),
     "dataset": (lambda v: isinstance(v, dict), "an object"),
     "rewind": (lambda v: isinstance(v, str), "a string"),
-    "rewind_step": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "rewind_step": (is_int, "an integer"),
     "protocol": (lambda v: isinstance(v, dict), "an object"),
     "provenance": (lambda v: isinstance(v, dict), "an object"),
-    "sparsity": (_is_number, "a number"),
-    "layer_sparsity": (lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
+    "sparsity": (is_real, "a number"),
+    "layer_sparsity": (lambda v: isinstance(v, dict) and all(is_real(x) for x in v.values()),
                        "an object of numbers"),
     "warnings": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
     "checksum": (lambda v: isinstance(v, str), "a string"),
@@ -355,10 +351,6 @@ def validate(ticket: Ticket) -> None:
             raise TicketError(f"weights of {k!r} are non-zero where the mask prunes them")
     if ticket.dense is not None:
         _validate_dense(ticket)
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _validate_settings(ticket: Ticket) -> None:

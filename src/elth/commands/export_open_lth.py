@@ -5,6 +5,7 @@ import argparse
 
 from elth.commands.common import check_output_dir, positive_int
 from elth.errors import ElthError
+from elth.limits import is_int
 from elth.open_lth.writing import export_tickets
 from elth.tickets import load_ticket
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     for path in args.tickets:
         ticket = load_ticket(path)
         level = args.level if args.level is not None else ticket.provenance.get("level")
-        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+        if not is_int(level) or level < 0:
             raise ElthError(f"{path}: the ticket records no IMP level (it is not a level of an IMP run); give --level K")
         pairs.append((level, ticket))
     export = export_tickets(pairs, out, args.replicate)

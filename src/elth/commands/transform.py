@@ -21,7 +21,6 @@ from elth.elastic.strategies import APPENDING, CONSECUTIVE
 from elth.elastic.plan import model_view
 from elth.errors import ElthError
 from elth.masks import count
-from elth.models import parse_model_name
 from elth.tickets import Ticket, load_ticket, save_ticket
 from elth.transfer import to_dataset
 
@@ -166,7 +165,6 @@ def run(args: argparse.Namespace) -> int:
     if args.to is not None:
         explicit = args.plan
         if args.block_mapping is not None:
-            parse_model_name(args.to)
             explicit = format_plan(block_mapping_plan(args.block_mapping, source.model, args.to))
         result = transform(
             source, args.to, plan=explicit, order=args.order or APPENDING,

@@ -13,6 +13,8 @@ from typing import Iterator, Protocol
 import torch
 import torch.nn.functional as F
 
+from elth.limits import is_int
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 #: (rank, number of ranks): the share of every batch one data-parallel rank loads (None: all of it)
 Part = tuple[int, int]
@@ -40,15 +42,16 @@ class DatasetInfo:
         name, shape, classes = d.get("name"), d.get("input_shape"), d.get("num_classes")
         if not isinstance(name, str) or not name:
             raise ValueError(f"a dataset's name must be a non-empty string, not {name!r}")
-        if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(_positive_int(v) for v in shape)):
+        if not is_input_shape(shape):
             raise ValueError(f"a dataset's input_shape must be three positive integers (C, H, W), not {shape!r}")
-        if not _positive_int(classes):
+        if not (is_int(classes) and classes > 0):
             raise ValueError(f"a dataset's num_classes must be a positive integer, not {classes!r}")
         return cls(name, tuple(shape), classes)
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def is_input_shape(value) -> bool:
+    """Three positive integers (C, H, W), as a list or a tuple."""
+    return isinstance(value, (list, tuple)) and len(value) == 3 and all(is_int(v) and v > 0 for v in value)
 
 
 class Dataset(Protocol):

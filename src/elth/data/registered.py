@@ -21,8 +21,9 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from elth.data.base import DatasetInfo
+from elth.data.base import DatasetInfo, is_input_shape
 from elth.errors import ElthError
+from elth.limits import is_int
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 
@@ -59,11 +60,11 @@ def register_dataset(name: str, load: Callable, *, input_shape: tuple[int, ...],
         raise DatasetRegistrationError(f"{name!r} is one of elth's own dataset names ({', '.join(sorted(_reserved))})")
     if not callable(load):
         raise DatasetRegistrationError(f"dataset {name!r}: its loader must be callable, got {type(load).__name__}")
-    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
-    if len(shape) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+    if not is_input_shape(input_shape):
         raise DatasetRegistrationError(f"dataset {name!r}: input_shape must be three positive integers (C, H, W), "
                                        f"got {input_shape!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    shape = tuple(input_shape)
+    if not is_int(num_classes) or num_classes < 2:
         raise DatasetRegistrationError(f"dataset {name!r}: num_classes must be an integer of at least 2, got {num_classes!r}")
     if name in _DATASETS and not replace and _DATASETS[name].load is not load:
         raise DatasetRegistrationError(f"a dataset {name!r} is registered already (pass replace=True to register it again)")

@@ -35,6 +35,7 @@ from elth.files import (
     json_object,
     json_text,
     read_record,
+    refuse_json_constant,
     write_text_atomic,
 )
 
@@ -184,7 +185,7 @@ def read_lmc(results_dir: str | os.PathLike) -> list[dict]:
     for i, line in enumerate(lines, 1):
         if line.strip():
             try:
-                path = json.loads(line, parse_constant=_refuse_non_finite)
+                path = json.loads(line, parse_constant=refuse_json_constant)
                 if not isinstance(path, dict):
                     raise ValueError("not a JSON object")
             except ValueError as e:
@@ -192,9 +193,6 @@ def read_lmc(results_dir: str | os.PathLike) -> list[dict]:
             paths.append(path)
     return paths
 
-
-def _refuse_non_finite(name: str):
-    raise ValueError(f"{name} is not a finite number")
 
 
 def read_meta(results_dir: Path) -> dict:

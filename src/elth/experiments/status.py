@@ -3,18 +3,22 @@
 Per run: done (with its result), running (where and since when, from its lease), queued (a batch
 job submitted for it has not started yet), stalled (a lease whose heartbeat stopped: its worker
 died, and the next runner takes it over), failed (the last line of the error of its last attempt),
-ready (what it needs exists; no worker has it) or waiting (for the IMP level or the ticket it needs). No runner, launcher or SLURM is asked.
+ready (what it needs exists; no worker has it) or waiting (for the IMP level or the ticket it needs). No runner
+or launcher is asked; SLURM is, once per survey, about the jobs runs wait for (pending, and why, or gone).
 """
 from __future__ import annotations
 
 import math
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from elth.experiments.attempts import busy_seconds, first_line, read_attempts, read_failure, read_submitted
 from elth.experiments.dag import DIVERGED, DONE, Cannot, Graph, Node, cached, describe
 from elth.experiments.jobs import Diverged
+from elth.files import SUBMITTED_FILE
 from elth.experiments.slurm_launcher import slurm_job_states
 from elth.experiments.lease import DEFAULT_TIMEOUT, current
 
@@ -47,8 +51,40 @@ def _imp_progress(graph: Graph, node: Node) -> str:
     return f"; {_trained_levels(graph, node)} of {node.run.levels + 1} levels trained"
 
 
-def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT) -> RunStatus:
-    """The state of one run (after `graph.read_store()` has marked the finished ones)."""
+class SlurmQueue:
+    """What SLURM says of the jobs runs wait for: asked once for all the jobs given (one squeue for a
+    whole survey); a job not among them is asked about on its own."""
+
+    def __init__(self, jobs: Iterable[str] = ()):
+        self._asked = set(jobs)
+        self._states = slurm_job_states(sorted(self._asked)) if self._asked else {}
+
+    def state(self, job: str) -> tuple[str, str] | None:
+        """(state, reason), the state '' when SLURM no longer knows the job; None when squeue cannot tell."""
+        if self._states is not None and job not in self._asked:
+            more = slurm_job_states([job])
+            if more is None:
+                return None
+            self._asked.add(job)
+            self._states.update(more)
+        return None if self._states is None else self._states.get(job, ("", ""))
+
+
+def _slurm_jobs(graph: Graph) -> list[str]:
+    """The SLURM jobs submitted for runs in the graph's stores (`submitted.json`, one listing per store)."""
+    jobs = []
+    for root in {n.ctx.root for n in graph.nodes}:
+        for path in Path(root).glob(f"*/{SUBMITTED_FILE}"):
+            submitted = read_submitted(path.parent)
+            if submitted is not None and submitted.get("launcher") == "slurm":
+                jobs.append(str(submitted.get("job")))
+    return jobs
+
+
+def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT,
+               slurm: SlurmQueue | None = None) -> RunStatus:
+    """The state of one run (after `graph.read_store()` has marked the finished ones); `slurm`: what
+    SLURM said of the jobs of a whole survey (None: asked for this run's job alone)."""
     if node.state == DONE:
         return RunStatus(node.label, node.kind, "done", describe(node, node.result), node.directory)
     if node.state == DIVERGED:
@@ -76,12 +112,12 @@ def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT)
     failure = read_failure(directory)
     submitted = read_submitted(directory)
     if submitted is not None and (failure is None or submitted.get("time", 0) > failure.get("time", 0)):
-        slurm = submitted.get("launcher") == "slurm"
-        job = f"SLURM job {submitted.get('job')}" if slurm else f"job {submitted.get('job')} ({submitted.get('launcher')})"
+        is_slurm = submitted.get("launcher") == "slurm"
+        job = f"SLURM job {submitted.get('job')}" if is_slurm else f"job {submitted.get('job')} ({submitted.get('launcher')})"
         when = f"submitted {_clock(submitted.get('time', 0))} from {submitted.get('by', '?')}"
-        states = slurm_job_states([str(submitted.get("job"))]) if slurm else None
-        if states is not None:
-            state, reason = states.get(str(submitted.get("job")), ("", ""))
+        said = (slurm or SlurmQueue()).state(str(submitted.get("job"))) if is_slurm else None
+        if said is not None:
+            state, reason = said
             if not state:
                 return RunStatus(node.label, node.kind, "failed",
                                  f"{job}, {when}, is no longer in SLURM's queue and never started the run "
@@ -148,7 +184,8 @@ def _span(seconds: float) -> str:
 
 def survey(graph: Graph, lease_timeout: float = DEFAULT_TIMEOUT) -> list[RunStatus]:
     graph.read_store()
-    return [run_status(graph, n, lease_timeout) for n in graph.nodes]
+    slurm = SlurmQueue(_slurm_jobs(graph))
+    return [run_status(graph, n, lease_timeout, slurm) for n in graph.nodes]
 
 
 def format_status(title: str, statuses: list[RunStatus], verbose: bool = True, pace_line: str = "") -> str:

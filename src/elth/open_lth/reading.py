@@ -157,8 +157,42 @@ def final_test_accuracy(directory: Path) -> float | None:
 KeyMap = Callable[[str], str]
 
 
+@dataclass(frozen=True)
+class UnitNames:
+    """open_lth's names of a model's units against elth's, both ways: `fc_layers.3.` <-> `hidden.3.`,
+    `blocks.4.` <-> `layer2.1.` (the rest of a parameter's name is the same in both)."""
+
+    #: open_lth's container of numbered units ("" when the names are elth's own)
+    numbered: str = ""
+    #: open_lth's unit index -> elth's unit prefix
+    units: tuple[tuple[int, str], ...] = ()
+
+    def to_elth(self, key: str) -> str:
+        m = re.fullmatch(rf"{re.escape(self.numbered)}\.([0-9]+)\.(.+)", key) if self.numbered else None
+        if not m:
+            return key
+        units = dict(self.units)
+        i = int(m.group(1))
+        if i not in units:
+            raise OpenLTHError(f"parameter {key!r}: no unit of the model has index {i} (its units have "
+                               f"{', '.join(map(str, sorted(units)))})")
+        return f"{units[i]}.{m.group(2)}"
+
+    def to_open_lth(self, key: str) -> str:
+        for i, prefix in self.units:
+            if key.startswith(prefix + "."):
+                return f"{self.numbered}.{i}.{key[len(prefix) + 1:]}"
+        return key
+
+
 def model_of(open_lth_name: str) -> tuple[str, KeyMap]:
     """elth's name for an open_lth model, and the map from open_lth's parameter names to elth's."""
+    elth, names = model_names(open_lth_name)
+    return elth, names.to_elth
+
+
+def model_names(open_lth_name: str) -> tuple[str, UnitNames]:
+    """elth's name for an open_lth model, and the names of its units both ways."""
     name = open_lth_name.strip()
     if m := re.fullmatch(r"mnist_lenet((?:_[0-9]+)+)", name):
         widths = [int(w) for w in m.group(1).strip("_").split("_")]
@@ -166,7 +200,8 @@ def model_of(open_lth_name: str) -> tuple[str, KeyMap]:
             raise OpenLTHError(f"open_lth model {name!r} has no elth counterpart: elth's MLPs (mlp_<n>) have "
                                "n hidden layers of 300 then 100 (mnist_lenet_300_100, mnist_lenet_300_300_100, ...)")
         n = len(widths) - 1
-        return f"mlp_{n}", _mlp_keys(n)
+        # its fc_layers are elth's hidden layers, then the layer to 100
+        return f"mlp_{n}", UnitNames("fc_layers", tuple((i, f"hidden.{i}") for i in range(n)) + ((n, "bottleneck"),))
     if m := re.fullmatch(r"cifar_resnet_([0-9]+)(?:_([0-9]+))?", name):
         depth = int(m.group(1))
         elth = f"cifar_resnet_{depth}" + (f"_{m.group(2)}" if m.group(2) else "")
@@ -181,7 +216,7 @@ def model_of(open_lth_name: str) -> tuple[str, KeyMap]:
         if int(m.group(1)) not in IMAGENET_DEPTHS:
             raise OpenLTHError(f"open_lth model {name!r} has no elth counterpart: elth's ImageNet ResNets shared "
                                f"with open_lth are {', '.join(f'imagenet_resnet_{d}' for d in IMAGENET_DEPTHS)}")
-        return name, lambda key: key
+        return name, UnitNames()  # torchvision's names, as elth's
     raise OpenLTHError(f"open_lth model {name!r} has no elth counterpart (elth reads mnist_lenet_300[_300...]_100, "
                        "cifar_resnet_<D>[_<W>], cifar_vgg_<D> and imagenet_resnet_18/34)")
 
@@ -191,16 +226,6 @@ def _check_name(elth: str, open_lth_name: str) -> None:
         parse_model_name(elth)
     except ElthError as e:
         raise OpenLTHError(f"open_lth model {open_lth_name!r} has no elth counterpart: {e}") from None
-
-
-def _mlp_keys(n: int) -> KeyMap:
-    def key(k: str) -> str:
-        m = re.fullmatch(r"fc_layers\.([0-9]+)\.(.+)", k)
-        if not m:
-            return k
-        i = int(m.group(1))
-        return f"hidden.{i}.{m.group(2)}" if i < n else f"bottleneck.{m.group(2)}"
-    return key
 
 
 def open_lth_unit_indices(per_stage: list[int], between_stages: int = 0) -> list[tuple[int, int, int]]:
@@ -215,21 +240,9 @@ def open_lth_unit_indices(per_stage: list[int], between_stages: int = 0) -> list
     return out
 
 
-def _numbered_units(prefix: str, per_stage: list[int], between_stages: int = 0) -> KeyMap:
-    """`<prefix>.<i>.rest` (i counted through all stages) -> `layer<s>.<u>.rest`."""
-    places = {i: (s, u) for i, s, u in open_lth_unit_indices(per_stage, between_stages)}
-
-    def key(k: str) -> str:
-        m = re.fullmatch(rf"{re.escape(prefix)}\.([0-9]+)\.(.+)", k)
-        if not m:
-            return k
-        i = int(m.group(1))
-        if i not in places:
-            raise OpenLTHError(f"parameter {k!r}: no unit of the model has index {i} (its units have "
-                               f"{', '.join(map(str, sorted(places)))})")
-        s, u = places[i]
-        return f"layer{s}.{u}.{m.group(2)}"
-    return key
+def _numbered_units(prefix: str, per_stage: list[int], between_stages: int = 0) -> UnitNames:
+    """`<prefix>.<i>` (i counted through all stages) <-> `layer<s>.<u>`."""
+    return UnitNames(prefix, tuple((i, f"layer{s}.{u}") for i, s, u in open_lth_unit_indices(per_stage, between_stages)))
 
 
 def convert_state(state: dict[str, torch.Tensor], key: KeyMap, reference: dict[str, torch.Tensor],
@@ -372,6 +385,11 @@ def _count(keys, pattern: str) -> int:
     return len({m.group(1) for k in keys if (m := re.fullmatch(pattern, k))})
 
 
+def lenet_name(hidden: int) -> str:
+    """open_lth's name of elth's `mlp_<hidden>`: `hidden` layers of 300, then 100."""
+    return "mnist_lenet_" + "_".join(["300"] * hidden + ["100"])
+
+
 def open_lth_name_from_tensors(source_name: str, keys: Collection[str]) -> str:
     """The open_lth name of a model of `source_name`'s family whose state dict has these keys (a
     change_depth branch records no hparams)."""
@@ -385,7 +403,7 @@ def open_lth_name_from_tensors(source_name: str, keys: Collection[str]) -> str:
         return f"cifar_vgg_{convs + 3}"  # VGG-D: D - 3 conv layers, 3 FC layers in the original
     if source_name.startswith("mnist_lenet_"):
         hidden = _count(keys, r"fc_layers\.([0-9]+)\.weight") - 1
-        return "mnist_lenet_" + "_".join(["300"] * hidden + ["100"])
+        return lenet_name(hidden)
     if source_name.startswith("imagenet_resnet_"):
         blocks = _count(keys, r"(layer[0-9]+\.[0-9]+)\..+")
         if blocks not in IMAGENET_BLOCKS:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,8 +27,8 @@ import torch
 
 from elth.files import atomic_path, write_text_atomic
 from elth.models import parse_model_name
-from elth.models.cifar_vgg import LAYOUTS as VGG_LAYOUTS
-from elth.open_lth.reading import IMAGENET_DEPTHS, TRAIN_SIZES, OpenLTHError, open_lth_unit_indices
+from elth.models.mlp import KIND as MLP_KIND
+from elth.open_lth.reading import TRAIN_SIZES, OpenLTHError, lenet_name, model_names
 from elth.tickets import Ticket
 from elth.training.protocol import Protocol, parse_steps
 
@@ -50,56 +49,19 @@ class OpenLTHModel:
     key: Callable[[str], str]
 
 
-def _mlp(spec) -> OpenLTHModel:
-    """open_lth's mnist_lenet_300[_300...]_100: hidden layers and the layer to 100 are its fc_layers."""
-    def key(k: str) -> str:
-        if m := re.fullmatch(r"hidden\.([0-9]+)\.(.+)", k):
-            return f"fc_layers.{m.group(1)}.{m.group(2)}"
-        if m := re.fullmatch(r"bottleneck\.(.+)", k):
-            return f"fc_layers.{spec.depth}.{m.group(1)}"
-        return k
-    return OpenLTHModel("mnist_lenet_" + "_".join(["300"] * spec.depth + ["100"]), "", key)
-
-
-def _numbered(prefix: str, per_stage: list[int], between_stages: int) -> Callable[[str], str]:
-    """elth's `layer<s>.<u>.rest` -> open_lth's `<prefix>.<i>.rest`, units counted through all stages."""
-    index = {(s, u): i for i, s, u in open_lth_unit_indices(per_stage, between_stages)}
-
-    def key(k: str) -> str:
-        if m := re.fullmatch(r"layer([0-9]+)\.([0-9]+)\.(.+)", k):
-            return f"{prefix}.{index[int(m.group(1)), int(m.group(2))]}.{m.group(3)}"
-        return k
-    return key
-
-
-def _cifar_resnet(spec) -> OpenLTHModel:
-    return OpenLTHModel("", "", _numbered("blocks", [(spec.depth - 2) // 6] * 3, 0))
-
-
-def _cifar_vgg(spec) -> OpenLTHModel | None:
-    # open_lth's VGGs have one fully connected layer, and keep their max-pools in `layers`
-    return OpenLTHModel("", "", _numbered("layers", list(VGG_LAYOUTS[spec.depth]), 1)) if spec.fc_layers == 1 else None
-
-
-def _imagenet_resnet(spec) -> OpenLTHModel | None:
-    return OpenLTHModel("", "", lambda k: k) if spec.depth in IMAGENET_DEPTHS else None
-
-
-#: model kind -> its open_lth counterpart for a parsed name (None: open_lth has no such member);
-#: an empty open_lth name is elth's own.
-COUNTERPARTS: dict[str, Callable] = {
-    "mlp": _mlp, "cifar_resnet": _cifar_resnet, "cifar_vgg": _cifar_vgg, "imagenet_resnet": _imagenet_resnet,
-}
-
-
 def open_lth_model(model: str) -> OpenLTHModel:
-    """open_lth's counterpart of elth's `model`, or one error saying which models it has."""
+    """open_lth's counterpart of elth's `model` (read back by `model_names`, the one table of both
+    ways of naming), or one error saying which models open_lth has."""
     spec = parse_model_name(model)
-    found = COUNTERPARTS[spec.kind](spec) if spec.kind in COUNTERPARTS else None
-    if found is None:
+    candidate = lenet_name(spec.depth) if spec.kind == MLP_KIND else model
+    try:
+        elth, names = model_names(candidate)
+    except OpenLTHError:
+        elth = None
+    if elth != model:
         raise OpenLTHError(f"open_lth has no counterpart of {model}: it has MLPs (mnist_lenet), CIFAR ResNets, CIFAR "
                            "VGGs with one fully connected layer and ImageNet ResNet-18/34")
-    return OpenLTHModel(found.name or model, model, found.key)
+    return OpenLTHModel(candidate, model, names.to_open_lth)
 
 
 # -- open_lth's hyperparameters --------------------------------------------------------------------
