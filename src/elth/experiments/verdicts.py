@@ -277,6 +277,8 @@ CLAIMS: tuple[Claim, ...] = (
           f"the same, between the figure's depths (ResNet-{FIG6_MIN_DEPTH} and deeper)",
           f"ETT − IMP at the ETT ticket's sparsity, transfers between ResNet-{FIG6_MIN_DEPTH} and deeper",
           ON_PAR_MARGIN, ett_vs_imp_from_depth(FIG6_MIN_DEPTH)),
+    Claim("resnet_depths", "Fig. 6 (its depths)", "ETT tickets are on par with IMP tickets on the target at matched sparsity",
+          "ETT − IMP at the ETT ticket's sparsity, ResNet-14 <-> ResNet-20, every level", ON_PAR_MARGIN, ett_vs_imp),
     Claim("resnet_family", "Fig. 6", "ETT tickets beat the pruning baselines",
           "ETT − the best baseline at the ETT ticket's sparsity", 0.0, ett_vs_best_baseline),
     Claim("ett_baselines", "Fig. 3", "ETT tickets beat their controls at non-trivial sparsity (≥ 50%)",
