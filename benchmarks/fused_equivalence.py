@@ -7,7 +7,7 @@ matters: K seeds (initial weights, random masks of 50-80% density, data orders) 
 trained three ways, in the same process and the same run:
 
 - lone: `elth.training.train`, run after run (channels_last convolutions, as elth trains);
-- fused: one fused network of the K members (`train_fused(..., members_at_once=K)`);
+- fused: one fused network of the K members (`train_group(..., members_at_once=K)`);
 - contiguous: lone runs whose convolutions use the contiguous memory format (the same arithmetic
   summed in another order: "another kernel choice", the reference for what rounding alone does).
 
@@ -63,7 +63,7 @@ def main() -> None:
     from elth.analysis.stats import paired_difference
     from elth.training import Protocol, train
     from elth.training.protocol import parse_steps
-    from elth.training.fused import Member, train_fused
+    from elth.training import Member, train_group
 
     torch.set_num_threads(1)
     data = load_dataset(args.dataset)
@@ -89,7 +89,7 @@ def main() -> None:
 
     start = time.perf_counter()
     alone = lone(contiguous=False)
-    fused = [r.test_accuracy for r in train_fused(
+    fused = [r.test_accuracy for r in train_group(
         [Member(copy.deepcopy(models[i]), i, masks[i], None) for i in seeds], data, protocol, progress=False,
         device="cpu", eval_every=None, members_at_once=args.seeds)]
     other = lone(contiguous=True)

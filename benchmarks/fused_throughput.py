@@ -4,11 +4,11 @@ another, in the same process and the same run.
 For each model and K: K tickets (different initial weights, ~80%-sparse random masks, different
 data seeds) are trained for `--steps` steps at batch `--batch` on 32x32x3 in-memory synthetic data
 (crop + flip augmentation), once with `elth.training.train` run after run ("separate") and once as
-one fused network with `elth.training.fused.train_fused(..., members_at_once=K)` ("fused"). Both include what a real run does
+one fused network with `elth.training.train_group(..., members_at_once=K)` ("fused"). Both include what a real run does
 per step (augmentation, masks, metrics); evaluation is left out (`eval_every=None`, a one-batch
 test set). Each (model, K) first runs one untimed step of each, then `--rounds` rounds that
 rotate which goes first; reported are total images/s from the median round and the ratio
-fused/separate (> 1: fusion is faster). On CPUs also "default/separate": `train_fused` as elth
+fused/separate (> 1: fusion is faster). On CPUs also "default/separate": `train_group` as elth
 calls it there, which puts at most a few members in one fused network (`cpu_members_at_once`: 4
 for MLPs and narrow conv nets, 1 for wider ones) and trains larger groups as several in turn.
 
@@ -41,7 +41,7 @@ def _members(model_name: str, k: int, device: str, dst: str | None = None, steps
 
     from elth.models import build_model
     from elth.sparsity.dst import DPF, RigL
-    from elth.training.fused import Member
+    from elth.training import Member
 
     members = []
     for i in range(k):
@@ -70,10 +70,10 @@ def _timer(clock: str, device: str):
 def measure(model_name: str, k: int, steps: int, batch: int, rounds: int, device: str, clock: str, precision: str,
             dst: str | None = None) -> dict[str, float]:
     """Total images/s for K members of `model_name`: "separate", "fused" (all K in one fused network)
-    and, on CPUs, "default" (`train_fused` as elth calls it there: at most a few members at once)."""
+    and, on CPUs, "default" (`train_group` as elth calls it there: at most a few members at once)."""
     from elth.data.base import synthetic
     from elth.training import Protocol, train
-    from elth.training.fused import train_fused
+    from elth.training import train_group
 
     data = synthetic(input_shape=SHAPE, num_classes=CLASSES, num_train=batch * steps, num_test=batch, seed=0).to(device)
     protocol = Protocol(length=f"{steps}it", batch_size=batch, lr=0.05, milestones=())
@@ -91,7 +91,7 @@ def measure(model_name: str, k: int, steps: int, batch: int, rounds: int, device
         def run(end: int) -> float:
             members = _members(model_name, k, device, dst, steps)
             start = now()
-            train_fused(members, data, protocol, end_step=end, members_at_once=members_at_once, **common)
+            train_group(members, data, protocol, end_step=end, members_at_once=members_at_once, **common)
             return now() - start
         return run
 

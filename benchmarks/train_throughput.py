@@ -9,6 +9,9 @@ Cases, for each model (batch 128, 32x32x3 in-memory synthetic data):
             channels_last, fused SGD, device-side metrics, CPU allocator settings.
 * masked  - the same with a random ~80%-sparse mask over every prunable weight.
 * (with --untuned-malloc) elth with `ELTH_MALLOC_TUNING=0`, to show what the allocator settings buy.
+* (with --reference-src DIR) elth's loop imported from another source tree (DIR holds its `elth`
+            package, e.g. `src/` of a checkout of an earlier commit): a change to the loop measured
+            against the code before it, in the same run.
 
 Each case runs in its own worker process (elth's allocator settings are process-wide, so the plain
 loop must not inherit them); the workers take turns, never run at once, in an order that rotates
@@ -20,6 +23,7 @@ instead, which other processes barely disturb.
 
     python benchmarks/train_throughput.py                  # both models, a few minutes on 2 cores
     python benchmarks/train_throughput.py --models cifar_resnet_20 --steps 20 --rounds 5
+    git worktree add /tmp/before HEAD~1 && python benchmarks/train_throughput.py --reference-src /tmp/before/src
 """
 from __future__ import annotations
 
@@ -90,15 +94,20 @@ def _make_case(case: str, model_name: str, warmup: int, steps: int, sparsity: fl
 
 
 def _worker(conn, case: str, model_name: str, warmup: int, steps: int, sparsity: float, device: str,
-            threads: int | None, clock_name: str) -> None:
+            threads: int | None, clock_name: str, reference_src: str | None = None) -> None:
     if case == "elth_untuned":
         os.environ["ELTH_MALLOC_TUNING"] = "0"
+    if case == "reference":
+        import sys
+
+        sys.path.insert(0, reference_src)  # its elth, not this one
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     clock = time.process_time if clock_name == "cpu" else time.perf_counter
-    run = _make_case("elth" if case == "elth_untuned" else case, model_name, warmup, steps, sparsity, device, clock)
+    run = _make_case("elth" if case in ("elth_untuned", "reference") else case, model_name, warmup, steps, sparsity,
+                     device, clock)
     conn.send("ready")
     while conn.recv() == "run":
         conn.send(run())
@@ -119,7 +128,11 @@ def main() -> None:
                         "its threads): with --threads 1 the CPU time barely depends on other processes' load")
     parser.add_argument("--untuned-malloc", action="store_true",
                         help="add a case: elth's loop without its CPU allocator settings")
+    parser.add_argument("--reference-src", metavar="DIR",
+                        help="add a case: elth's loop from the elth package in DIR (another checkout's src/)")
     args = parser.parse_args()
+    if args.reference_src and not os.path.isfile(os.path.join(args.reference_src, "elth", "__init__.py")):
+        parser.error(f"--reference-src {args.reference_src}: no elth package there")
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
         parser.error("--warmup, --steps and --rounds must be at least 1")
 
@@ -133,14 +146,16 @@ def main() -> None:
         print(f"note: load average {load:.1f} on {os.cpu_count()} cores before starting: other processes "
               "compete for the CPU, so steps slowed by them are expected (medians resist some of that)")
 
-    names = ["plain", "elth", "masked"] + (["elth_untuned"] if args.untuned_malloc else [])
+    names = (["plain", "elth", "masked"] + (["elth_untuned"] if args.untuned_malloc else [])
+             + (["reference"] if args.reference_src else []))
     ctx = mp.get_context("spawn")
     for model_name in args.models.split(","):
         workers = {}
         for case in names:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(child, case, model_name, args.warmup, args.steps,
-                                                      args.sparsity, args.device, args.threads, args.clock),
+                                                      args.sparsity, args.device, args.threads, args.clock,
+                                                      args.reference_src),
                                daemon=True)
             proc.start()
             if parent.recv() != "ready":
@@ -163,11 +178,14 @@ def main() -> None:
         mean_rate = {k: BATCH * len(v) / sum(v) for k, v in times.items()}
         print(f"\n{model_name}  (images/s from the median step time of {len(times['plain'])} timed steps; mean after it)")
         labels = {"plain": "plain PyTorch loop", "elth": "elth", "masked": f"elth masked ({args.sparsity:.0%} sparse)",
-                  "elth_untuned": "elth, malloc untuned"}
+                  "elth_untuned": "elth, malloc untuned", "reference": "elth from --reference-src"}
         for case in names:
             print(f"  {labels[case]:<28} {rate[case]:7.1f} img/s   (mean {mean_rate[case]:7.1f})")
         print(f"  elth / plain     {rate['elth'] / rate['plain']:.2f}x   (mean {mean_rate['elth'] / mean_rate['plain']:.2f}x)")
         print(f"  masked / elth    {rate['masked'] / rate['elth']:.2f}x   (mean {mean_rate['masked'] / mean_rate['elth']:.2f}x)")
+        if args.reference_src:
+            print(f"  elth / reference {rate['elth'] / rate['reference']:.2f}x   "
+                  f"(mean {mean_rate['elth'] / mean_rate['reference']:.2f}x)")
         if args.untuned_malloc:
             print(f"  elth untuned / plain {rate['elth_untuned'] / rate['plain']:.2f}x   "
                   f"(mean {mean_rate['elth_untuned'] / mean_rate['plain']:.2f}x)")

@@ -19,7 +19,8 @@ from elth.masks import count
 from elth.models import build_model
 from elth.sparsity.dst import DPF, RigL
 from elth.training import Protocol, train
-from elth.training.fused import Member, default_group_size, train_fused
+from elth.training import Member, train_group
+from elth.training.fused import default_group_size
 from elth.workflows.imp import IMPConfig, run_imp
 
 DEVICE = os.environ.get("ELTH_TEST_DEVICE", "cuda")
@@ -70,7 +71,7 @@ def test_fused_members_match_lone_runs(digits, name, precision, tolerance):
     lone, fused = copy.deepcopy(models), copy.deepcopy(models)
     lone_results = [train(m, digits, protocol, data_seed=i, mask=masks[i], device=DEVICE, precision=precision,
                           progress=False) for i, m in enumerate(lone)]
-    fused_results = train_fused([Member(m, i, masks[i]) for i, m in enumerate(fused)], digits, protocol,
+    fused_results = train_group([Member(m, i, masks[i]) for i, m in enumerate(fused)], digits, protocol,
                                 device=DEVICE, precision=precision, progress=False)
     for i in range(K):
         assert relative_distance(fused[i], lone[i]) < tolerance, i
@@ -92,7 +93,7 @@ def test_fused_dst_members_match_lone_runs(digits, method):
     lone_c, fused_c = [make(s) for s in sparsities], [make(s) for s in sparsities]
     for i, m in enumerate(lone):
         train(m, digits, protocol, data_seed=i, controller=lone_c[i], device=DEVICE, progress=False)
-    train_fused([Member(m, i, controller=c) for i, (m, c) in enumerate(zip(fused, fused_c))], digits, protocol,
+    train_group([Member(m, i, controller=c) for i, (m, c) in enumerate(zip(fused, fused_c))], digits, protocol,
                 device=DEVICE, progress=False)
     for i in range(K):
         assert relative_distance(fused[i], lone[i]) < 1e-3, i

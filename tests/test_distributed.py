@@ -273,7 +273,7 @@ def fused_group_members(model_name: str = "mlp_1"):
     from elth.data import load_dataset
     from elth.models import build_model
     from elth.training import Protocol
-    from elth.training.fused import Member
+    from elth.training import Member
 
     data = load_dataset("digits")
     members = []
@@ -289,7 +289,7 @@ def fused_group_members(model_name: str = "mlp_1"):
 def test_a_fused_group_on_two_ranks_trains_the_members_one_process_trains(tmp_path, model_name):
     """The fused network under DDP, each rank on its share of every member's batch (the last batch
     of an epoch splits unevenly): every member ends within float32 rounding of one process's."""
-    from elth.training.fused import train_fused
+    from elth.training import train_group
 
     script = Path(__file__).parent / "rank_scripts" / "fused_group.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
@@ -297,7 +297,7 @@ def test_a_fused_group_on_two_ranks_trains_the_members_one_process_trains(tmp_pa
     out = subprocess.run(cmd, cwd=tmp_path, env=rank_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     data, protocol, members = fused_group_members(model_name)
-    train_fused(members, data, protocol, progress=False, device="cpu", members_at_once=3)
+    train_group(members, data, protocol, progress=False, device="cpu", members_at_once=3)
     for i, m in enumerate(members):
         two = torch.load(tmp_path / f"m{i}.pt", weights_only=True)
         assert_close(m.model.state_dict(), two)

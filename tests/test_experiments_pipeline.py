@@ -8,7 +8,7 @@ import pytest
 
 from elth.cli import main
 from elth.experiments import get_experiment, read_results, run_experiment
-from elth.experiments import fusion
+from elth.experiments.kinds import ticket as ticket_kind
 from elth.experiments.runner import ExperimentFailed
 from elth.experiments.spec import Setup, Transfer, expand
 from elth.tickets import load_ticket
@@ -85,7 +85,7 @@ def test_a_failing_fused_group_leaves_its_runs_to_train_one_by_one(smoke_run, tm
     def broken(*args, **kwargs):
         raise RuntimeError("a fused group that breaks")
 
-    monkeypatch.setattr(fusion, "train_ticket_group_job", broken)
+    monkeypatch.setattr(ticket_kind, "train_ticket_group_job", broken)
     outcome = run_experiment(SMOKE, "smoke", root=tmp_path / "store", out_dir=tmp_path / "out", seeds=1,
                              progress=True, threads=1, fuse=3)
     assert outcome.fused == 0 and not outcome.failures
@@ -95,7 +95,7 @@ def test_a_failing_fused_group_leaves_its_runs_to_train_one_by_one(smoke_run, tm
 
 
 def test_a_finished_experiment_is_read_back_without_training(smoke_run, monkeypatch, tmp_path):
-    """Also after a fused run: neither `train` nor `train_fused` is called."""
+    """Also after a fused run: neither `train` nor `train_group` is called."""
     store, out = smoke_run
 
     def no_training(*args, **kwargs):
@@ -105,8 +105,8 @@ def test_a_finished_experiment_is_read_back_without_training(smoke_run, monkeypa
         if getattr(module, "__name__", "").startswith("elth") and hasattr(module, "train"):
             if getattr(module.train, "__name__", "") == "train":
                 monkeypatch.setattr(module, "train", no_training)
-        if hasattr(module, "train_fused"):
-            monkeypatch.setattr(module, "train_fused", no_training)
+        if hasattr(module, "train_group"):
+            monkeypatch.setattr(module, "train_group", no_training)
     outcome = run_experiment(SMOKE, "smoke", root=store, out_dir=tmp_path, seeds=1, progress=False)
     assert outcome.trained == 0 and outcome.cached == expand(SMOKE.setups("smoke")[0].with_seeds(1)).total
     assert sorted(outcome.rows, key=_key) == sorted(read_results(out), key=_key)

@@ -140,7 +140,7 @@ def test_finished_run_does_no_work(reference, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(imp_module, "train", no_training)
+    monkeypatch.setattr(imp_module, "train_group", no_training)
     monkeypatch.setattr(rewind_module, "train", no_training)
     again = run_imp(config(), data(), LEVELS, root, device="cpu", progress=False)
     assert [r.to_dict() for r in again] == [r.to_dict() for r in results]
@@ -223,13 +223,14 @@ def test_train_ticket_reproduces_the_imp_level(reference, tmp_path, monkeypatch)
 
     import elth.workflows.ticket_training as tt
 
-    def no_training_allowed(model, *args, **kwargs):
+    def no_training_allowed(members, *args, **kwargs):
         # A finished run may be "resumed" (the loop returns at once), but no step may run.
-        model.register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(AssertionError("trained again")))
-        return real_train(model, *args, **kwargs)
+        for member in members:
+            member.model.register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(AssertionError("trained again")))
+        return real_train(members, *args, **kwargs)
 
-    real_train = tt.train
-    monkeypatch.setattr(tt, "train", no_training_allowed)
+    real_train = tt.train_group
+    monkeypatch.setattr(tt, "train_group", no_training_allowed)
     again = train_ticket(ticket, data(), PROTOCOL, data_seed=2, root=tmp_path, device="cpu", progress=False)
     assert again.test_accuracy == res.test_accuracy
 

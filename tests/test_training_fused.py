@@ -27,7 +27,8 @@ from elth.models import build_model
 from elth.sparsity.dst import DPF, RigL
 from elth.training import Protocol, TrainingDiverged, train
 from elth.training.checkpoint import load_checkpoint
-from elth.training.fused import FusedNetwork, FusionError, Member, train_fused
+from elth.training import Member, train_group
+from elth.training.fused import FusedNetwork, FusionError
 
 K = 3
 DATA_SEEDS = (11, 12, 13)
@@ -71,7 +72,7 @@ def train_together(models, masks, data, protocol, out: Path | None = None, **kwa
     ]
     # All members in one fused network, even where a CPU would train wide ones one by one.
     kwargs.setdefault("members_at_once", len(members))
-    return train_fused(members, data, protocol, progress=False, device="cpu", **kwargs)
+    return train_group(members, data, protocol, progress=False, device="cpu", **kwargs)
 
 
 def relative_distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -336,12 +337,11 @@ def test_a_fused_run_killed_and_resumed_gives_the_same_members(digits, tmp_path)
 
 
 def test_imp_runs_advanced_together_equal_imp_run_alone(digits, tmp_path):
-    from elth.workflows.imp import IMPConfig, run_imp
-    from elth.workflows.imp_groups import run_imp_together
+    from elth.workflows.imp import IMPConfig, run_imp, run_imps
 
     protocol = Protocol(length="2ep", batch_size=64, lr=0.05, milestones=())
     configs = [IMPConfig("mlp_1", "digits", protocol, rewind="5it", seed=s, data_seed=s) for s in (0, 1, 2)]
-    together = run_imp_together(configs, digits, [2, 2, 1], tmp_path / "together", group_size=3, progress=False, device="cpu")
+    together = run_imps(configs, digits, [2, 2, 1], tmp_path / "together", group_size=3, progress=False, device="cpu")
     for config, levels, fused_levels in zip(configs, (2, 2, 1), together):
         alone = run_imp(config, digits, levels, tmp_path / "alone", progress=False, device="cpu")
         assert len(alone) == len(fused_levels) == levels + 1
@@ -387,25 +387,25 @@ def test_divergence_of_weights_is_found_per_member_and_recorded_once():
 
 
 def test_a_cpu_trains_wide_conv_nets_one_member_at_a_time_and_narrow_ones_four(digits, monkeypatch):
-    """Past these sizes a CPU trains fused members more slowly than one by one (see sizing.py)."""
-    import elth.training.fused.loop as fused_loop
+    """Past these sizes a CPU trains fused members more slowly than one by one (see sizing.py); a
+    group of one is a lone run (the model itself trains, no fused network)."""
+    import elth.training.loop as loop
 
-    sizes = []
-    real = fused_loop.FusedNetwork
+    groups = []
+    real = loop._train_span
 
-    def counting(models):
-        sizes.append(len(models))
-        return real(models)
+    def recording(engine, runs, *args, **kwargs):
+        groups.append((len(runs), type(engine).__name__))
+        return real(engine, runs, *args, **kwargs)
 
-    monkeypatch.setattr(fused_loop, "FusedNetwork", counting)
+    monkeypatch.setattr(loop, "_train_span", recording)
     protocol = Protocol(length="2it", batch_size=8, lr=0.02, milestones=())
     for name, expected in (("cifar_resnet_20", [1, 1, 1]), ("cifar_resnet_8_8", [3]), ("mlp_1", [4, 2])):
-        sizes.clear()
+        groups.clear()
         models, masks = make_members(name, digits, k=sum(expected))
-        train_fused([Member(m, i, masks[i]) for i, m in enumerate(models)], digits, protocol, progress=False,
+        train_group([Member(m, i, masks[i]) for i, m in enumerate(models)], digits, protocol, progress=False,
                     device="cpu")
-        assert sizes == expected, name
-
+        assert groups == [(k, "LoneEngine" if k == 1 else "FusedEngine") for k in expected], name
 
 
 # --- DST controllers (DPF, RigL) fused ----------------------------------------------------------
@@ -430,7 +430,7 @@ def test_dst_members_fused_train_bitwise_as_alone_and_save_their_own_state(metho
               device="cpu", out_dir=tmp_path / "lone" / f"m{i}")
     members = [Member(m, DATA_SEEDS[i], out_dir=tmp_path / "fused" / f"m{i}", controller=c)
                for i, (m, c) in enumerate(zip(fused, fused_c))]
-    train_fused(members, digits, DST_PROTOCOL, progress=False, device="cpu", members_at_once=K)
+    train_group(members, digits, DST_PROTOCOL, progress=False, device="cpu", members_at_once=K)
     parts = ("masks", "dense") if method == "dpf" else ("masks",)
     for i in range(K):
         for key, value in lone[i].state_dict().items():
@@ -467,7 +467,7 @@ def test_a_fused_dst_member_resumes_alone_and_a_lone_checkpoint_resumes_fused(me
     # Both stop after epoch 1 (a checkpoint, mid-schedule: the controllers' state in it), fused.
     members = [Member(copy.deepcopy(m), DATA_SEEDS[i], out_dir=tmp_path / f"m{i}", controller=c)
                for i, (m, c) in enumerate(zip(models, controllers(method, DST_SPARSITIES[:2])))]
-    train_fused(members, digits, DST_PROTOCOL, progress=False, device="cpu", end_step=45)
+    train_group(members, digits, DST_PROTOCOL, progress=False, device="cpu", end_step=45)
     # Member 0 finishes alone; member 1 finishes fused beside a copy of itself whose first half ran alone.
     again = copy.deepcopy(models[0])
     train(again, digits, DST_PROTOCOL, data_seed=DATA_SEEDS[0], controller=controllers(method, DST_SPARSITIES[:2])[0],
@@ -480,7 +480,7 @@ def test_a_fused_dst_member_resumes_alone_and_a_lone_checkpoint_resumes_fused(me
           out_dir=tmp_path / "m1-copy", progress=False, device="cpu")
     members = [Member(ends[0], DATA_SEEDS[1], out_dir=tmp_path / "m1", controller=second()),
                Member(ends[1], DATA_SEEDS[1], out_dir=tmp_path / "m1-copy", controller=second())]
-    train_fused(members, digits, DST_PROTOCOL, progress=False, device="cpu")
+    train_group(members, digits, DST_PROTOCOL, progress=False, device="cpu")
     for end in ends:
         for key, value in reference[1].state_dict().items():
             assert torch.equal(value, end.state_dict()[key]), key
@@ -500,19 +500,19 @@ class _OwnController:
 def test_members_with_controllers_that_cannot_fuse_are_refused(digits):
     models = [build_model("mlp_1", digits.info.input_shape, digits.info.num_classes, seed=i) for i in range(2)]
     with pytest.raises(FusionError, match="_OwnController"):
-        train_fused([Member(m, i, controller=_OwnController()) for i, m in enumerate(models)], digits, DST_PROTOCOL,
+        train_group([Member(m, i, controller=_OwnController()) for i, m in enumerate(models)], digits, DST_PROTOCOL,
                     progress=False, device="cpu")
     with pytest.raises(FusionError, match="with and without"):
-        train_fused([Member(models[0], 0, controller=controllers("dpf")[0]), Member(models[1], 1)], digits,
+        train_group([Member(models[0], 0, controller=controllers("dpf")[0]), Member(models[1], 1)], digits,
                     DST_PROTOCOL, progress=False, device="cpu")
     with pytest.raises(FusionError, match="cannot train fused"):
-        train_fused([Member(models[0], 0, controller=controllers("dpf")[0]),
+        train_group([Member(models[0], 0, controller=controllers("dpf")[0]),
                      Member(models[1], 1, controller=controllers("rigl")[0])], digits, DST_PROTOCOL,
                     progress=False, device="cpu")
     for method in ("dpf", "rigl"):
         other = controllers(method, (0.5,), update_every=4) + controllers(method, (0.5,), update_every=8)
         with pytest.raises(FusionError, match="update interval"):
-            train_fused([Member(m, i, controller=c) for i, (m, c) in enumerate(zip(models, other))], digits,
+            train_group([Member(m, i, controller=c) for i, (m, c) in enumerate(zip(models, other))], digits,
                         DST_PROTOCOL, progress=False, device="cpu")
 
 
@@ -525,7 +525,7 @@ def test_dst_fused_on_a_resnet_matches_lone_runs_within_rounding(method, digits)
     lone_c, fused_c = ([method(s, 12, update_every=3, end_fraction=0.75) for s in DST_SPARSITIES] for _ in range(2))
     for i in range(K):
         train(lone[i], digits, protocol, data_seed=DATA_SEEDS[i], controller=lone_c[i], progress=False, device="cpu")
-    train_fused([Member(m, DATA_SEEDS[i], controller=c) for i, (m, c) in enumerate(zip(fused, fused_c))],
+    train_group([Member(m, DATA_SEEDS[i], controller=c) for i, (m, c) in enumerate(zip(fused, fused_c))],
                 digits, protocol, progress=False, device="cpu", members_at_once=K)
     if method is RigL:  # ERK keeps more layers dense at 50% than at 90%: members differ in their sparse layers
         assert len({tuple(c.names) for c in fused_c}) == K

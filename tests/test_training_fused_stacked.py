@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import elth.training.fused.loop as fused_loop
+import elth.training.fused.engine as fused_engine
 from elth.data import load_dataset
 from elth.models import build_model
 from elth.masks import count
 from elth.sparsity.dst import DPF, RigL
 from elth.training import Protocol, train
-from elth.training.fused import FusedNetwork, FusionError, Member, train_fused
+from elth.training import Member, train_group
+from elth.training.fused import FusedNetwork, FusionError
 from elth.training.fused.network import GROUPED, STACKED
 from elth.training.fused.sizing import cpu_members_at_once
 from test_training_fused import (
@@ -123,7 +124,7 @@ def test_a_forward_that_mixes_members_is_caught_by_the_probe_and_trained_stacked
 
 
 def test_batchnorm_members_keep_their_own_statistics_in_the_stacked_layout(digits, monkeypatch):
-    monkeypatch.setattr(fused_loop, "FusedNetwork", functools.partial(FusedNetwork, layout=STACKED))
+    monkeypatch.setattr(fused_engine, "FusedNetwork", functools.partial(FusedNetwork, layout=STACKED))
     models, masks = make_members("cifar_resnet_8_8", digits)
     lone, fused = copy.deepcopy(models), copy.deepcopy(models)
     protocol = PROTOCOL.replace(length="10it", batch_size=8)
@@ -171,7 +172,7 @@ def test_dst_members_of_a_vit_train_stacked_as_their_lone_runs(digits, method):
     lone_c, fused_c = ([method(s, 12, update_every=3, end_fraction=0.75) for s in (0.5, 0.7, 0.9)] for _ in range(2))
     for i in range(K):
         train(lone[i], digits, protocol, data_seed=DATA_SEEDS[i], controller=lone_c[i], progress=False, device="cpu")
-    train_fused([Member(m, DATA_SEEDS[i], controller=c) for i, (m, c) in enumerate(zip(fused, fused_c))],
+    train_group([Member(m, DATA_SEEDS[i], controller=c) for i, (m, c) in enumerate(zip(fused, fused_c))],
                 digits, protocol, progress=False, device="cpu", members_at_once=K)
     for i in range(K):
         assert relative_distance(fused[i], lone[i]) < 1e-4

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from elth.elastic.strategies import ORDERS, SQUEEZE_MODES
-from elth.models import parse_model_name
-from elth.models.vit import DEFAULT_WIDTH as VIT_WIDTH
+from elth.models import families, parse_model_name
 
 Kind = Literal["dense", "imp", "ett", "ett-control", "pruning", "dst"]
+#: The kinds of method compared with ETTs (drawn dashed, listed in a setup's `baselines`).
+BASELINE_KINDS: tuple[Kind, ...] = ("pruning", "ett-control", "dst")
 
 #: How the FLOPs of finding a method's mask are counted:
 #: "imp"             dense training to the rewind point plus every earlier IMP round (IMP's own levels);
@@ -53,7 +54,7 @@ class Method:
     @property
     def is_baseline(self) -> bool:
         """Compared with ETTs: drawn dashed, listed in a setup's `baselines`."""
-        return self.kind in ("ett-control", "pruning", "dst")
+        return self.kind in BASELINE_KINDS
 
 
 _REGISTRY = (
@@ -97,7 +98,7 @@ def names(*kinds: Kind, from_transfer: bool | None = None) -> tuple[str, ...]:
 
 
 #: Methods a setup may list as baselines, in the order results and plots list them.
-BASELINES = names("pruning", "ett-control", "dst")
+BASELINES = names(*BASELINE_KINDS)
 #: The methods of `elth prune` (`workflows.baseline_tickets.prune_ticket`).
 PRUNING_METHODS = names("pruning")
 #: Dynamic sparse training methods: trained from scratch, no ticket to start from.
@@ -135,14 +136,4 @@ def short_name(model: str) -> str:
         spec = parse_model_name(model)
     except Exception:
         return model
-    if spec.kind == "cifar_resnet":
-        return f"ResNet-{spec.depth}" + (f" (w{spec.width})" if spec.width != 16 else "")
-    if spec.kind == "imagenet_resnet":
-        return f"ResNet-{spec.depth}"
-    if spec.kind == "cifar_vgg":
-        return f"VGG-{spec.depth}" + (f"-{spec.fc_layers}" if spec.fc_layers > 1 else "")
-    if spec.kind == "mlp":
-        return f"MLP-{spec.depth}"
-    if spec.kind == "vit":
-        return f"ViT-{spec.depth}" + (f" (w{spec.width})" if spec.width != VIT_WIDTH else "")
-    return model
+    return families.family(spec.kind).short_name(spec, model)

@@ -11,11 +11,11 @@ sys.path.insert(0, sys.argv[1])  # the tests folder
 from test_distributed import fused_group_members  # noqa: E402
 
 from elth.training import distributed  # noqa: E402
-from elth.training.fused import train_fused  # noqa: E402
+from elth.training import train_group  # noqa: E402
 
 distributed.init("cpu")
 data, protocol, members = fused_group_members(sys.argv[2])
-train_fused(members, data, protocol, progress=False, device="cpu", members_at_once=3)
+train_group(members, data, protocol, progress=False, device="cpu", members_at_once=3)
 if distributed.is_main():
     for i, m in enumerate(members):
         torch.save(m.model.state_dict(), f"m{i}.pt")

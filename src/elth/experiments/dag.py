@@ -13,56 +13,39 @@ stale) they are run here. So any number of runners can work on one store.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from elth.experiments.jobs import (
-    Context,
-    Diverged,
-    ImpOutcome,
-    LevelCost,
-    TicketOutcome,
-    dataset,
-    imp_directory,
-    imp_levels,
-    imp_outcome,
-    lmc_cached,
-    lmc_run_dir,
-    run_imp_job,
-    run_lmc_job,
-    run_ticket_job,
-    ticket_cached,
-    ticket_run_dir,
-)
-from elth.experiments.attempts import first_line
 from elth.experiments import fusion
-from elth.experiments.leased import Busy, Failed, Finished, GroupOutcome, GroupTask, Task, WorkerSettings
+from elth.experiments.attempts import first_line
+from elth.experiments.jobs import Context, Diverged, LevelCost, dataset_name, imp_directory, imp_levels, on_cpu, on_dataset
+from elth.experiments.kinds import (
+    DIVERGED,
+    DONE,
+    ELSEWHERE,
+    FAILED,
+    FINAL,
+    IMP,
+    LMC,
+    SKIPPED,
+    SUBMITTED,
+    TICKET,
+    WAITING,
+    Cannot,
+    RunKind,
+)
 from elth.experiments.lease import holder
+from elth.experiments.leased import Busy, Failed, Finished, GroupOutcome, GroupTask, Task, WorkerSettings
 from elth.experiments.spec import ImpRun, LMCRun, TicketRun
-from elth.methods import curve_label, method
 
-#: Node states. Final: done, diverged (a ticket run kept as diverged), failed, skipped.
-WAITING, SUBMITTED, ELSEWHERE = "waiting", "submitted", "elsewhere"
-DONE, DIVERGED, FAILED, SKIPPED = "done", "diverged", "failed", "skipped"
-FINAL = (DONE, DIVERGED, FAILED, SKIPPED)
-
-
-@dataclass(frozen=True)
-class Cannot:
-    """Why a run will not run: a failure of the experiment, or (`failed` False) a consequence of a
-    ticket kept as diverged."""
-
-    reason: str
-    failed: bool = True
+__all__ = ["DIVERGED", "DONE", "ELSEWHERE", "FAILED", "FINAL", "SKIPPED", "SUBMITTED", "WAITING", "Cannot", "Graph",
+           "Node", "Scheduler", "Tally", "dataset_name", "on_cpu", "on_dataset"]
 
 
 @dataclass(eq=False)
 class Node:
-    kind: str  # "imp", "ticket", "lmc"
+    kind: RunKind  # what the run is: its inputs, directory, job, fused groups and status text
     ctx: Context  # what the run trains with (sent to the worker)
     here: Context  # what this process finds the run in the store with
     run: ImpRun | TicketRun | LMCRun
@@ -82,18 +65,12 @@ class Node:
     def label(self) -> str:
         return self.run.label + self.place
 
+    def cached(self):
+        """The run's result in the store (None: not finished); its inputs known."""
+        return self.kind.cached(self)
 
-def dataset_name(ctx: Context) -> str:
-    return dataset(ctx).info.name
-
-
-def on_dataset(ctx: Context, name: str) -> Context:
-    """The context of `ctx`'s experiment on another dataset ("": `ctx` itself)."""
-    return dataclasses.replace(ctx, dataset=name) if name else ctx
-
-
-def on_cpu(ctx: Context) -> Context:
-    return dataclasses.replace(ctx, device="cpu")
+    def describe(self, result) -> str:
+        return self.kind.describe(result)
 
 
 class Graph:
@@ -106,18 +83,18 @@ class Graph:
 
     def __init__(self, imp: list[tuple[Context, ImpRun]], tickets: list[tuple[Context, TicketRun]],
                  lmc: list[tuple[Context, LMCRun]], lookups_on_cpu: bool = False):
-        def node(kind: str, ctx: Context, run) -> Node:
+        def node(kind: RunKind, ctx: Context, run) -> Node:
             here = on_cpu(ctx) if lookups_on_cpu else ctx
             return Node(kind, ctx, here, run, dataset_name(here))
 
         self.imp: dict[tuple[str, str, int], Node] = {}
         for ctx, run in imp:
-            n = node("imp", ctx, run)
+            n = node(IMP, ctx, run)
             n.directory = str(imp_directory(n.here, run))
             self.imp[(n.dataset, run.model, run.seed)] = n
-        self.tickets = [node("ticket", ctx, run) for ctx, run in tickets]
+        self.tickets = [node(TICKET, ctx, run) for ctx, run in tickets]
         self.ticket_nodes = {(n.dataset, n.run): n for n in self.tickets}
-        self.lmc = [node("lmc", ctx, run) for ctx, run in lmc]
+        self.lmc = [node(LMC, ctx, run) for ctx, run in lmc]
         self.nodes: list[Node] = [*self.imp.values(), *self.tickets, *self.lmc]
         if len({n.dataset for n in self.nodes}) > 1:
             # the same run label in two parts of the experiment: say which dataset each trains on
@@ -138,7 +115,7 @@ class Graph:
             self._levels[imp] = (time.time(), known)
         return known
 
-    def _level(self, ctx: Context, model: str, seed: int, level: int, max_age: float) -> LevelCost | Cannot | None:
+    def level(self, ctx: Context, model: str, seed: int, level: int, max_age: float) -> LevelCost | Cannot | None:
         """IMP level `level` of (model, seed) on ctx's dataset: its cost, None while it does not
         exist yet, or why it never will."""
         imp = self.imp.get((dataset_name(ctx), model, seed))
@@ -153,37 +130,12 @@ class Graph:
             return Cannot(f"skipped: IMP did not reach level {level}")
         return None
 
+    on_dataset = staticmethod(on_dataset)
+
     def inputs(self, node: Node, max_age: float = 0.0) -> tuple | Cannot | None:
         """The job arguments of `node` (after ctx and run) once what it needs exists; None while
         waiting; `Cannot` when it never will."""
-        run = node.run
-        if node.kind == "imp":
-            return ()
-        if node.kind == "ticket":
-            target = self._level(node.here, run.target, run.seed, run.level, max_age)
-            if isinstance(target, Cannot) or target is None:
-                return target
-            if not run.source:
-                return target, target
-            source = self._level(on_dataset(node.here, run.source_dataset), run.source, run.seed, run.level, max_age)
-            if isinstance(source, Cannot) or source is None:
-                return source
-            return source, target
-        # LMC
-        if run.ticket is None:
-            level = self._level(node.here, run.target, run.seed, run.level, max_age)
-            if isinstance(level, Cannot):
-                return Cannot(f"skipped: IMP on {run.target} (seed {run.seed}) did not reach level {run.level}")
-            return None if level is None else (level.ticket, "IMP")
-        source = self.ticket_nodes.get((node.dataset, run.ticket))
-        if source is not None and source.state == DIVERGED:
-            return Cannot("skipped: its ticket's training diverged (kept as diverged)", failed=False)
-        if source is None or source.state in (FAILED, SKIPPED):
-            return Cannot(f"skipped: the ticket run {run.ticket.label} failed or diverged")
-        if source.state != DONE:
-            return None
-        t = run.ticket
-        return source.result.ticket, curve_label((t.method, t.source, t.strategy))
+        return node.kind.inputs(self, node, max_age)
 
     def read_store(self) -> int:
         """Mark every run whose result is in the store done (with its result); the number of them."""
@@ -194,42 +146,14 @@ class Graph:
                 continue
             node.args = found
             node.directory = self.directory(node)
-            result = cached(node)
+            result = node.cached()
             if result is not None:
                 node.state, node.result = (DIVERGED if isinstance(result, Diverged) else DONE), result
                 done += 1
         return done
 
     def directory(self, node: Node) -> str:
-        if node.kind == "imp":
-            return node.directory
-        if node.kind == "ticket":
-            return str(ticket_run_dir(node.here, node.run, *node.args))
-        return str(lmc_run_dir(node.here, node.run, node.args[0]))
-
-
-# -- the jobs as a worker runs them (top-level functions: they are pickled) ---------------------
-def _imp_cached(ctx: Context, run: ImpRun) -> ImpOutcome | None:
-    return imp_outcome(ctx, run)
-
-
-def _ticket_cached(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> TicketOutcome | None:
-    return ticket_cached(ctx, run, basis, like)
-
-
-def _lmc_cached(ctx: Context, run: LMCRun, ticket_path: str, label: str) -> dict | None:
-    return lmc_cached(ctx, run, ticket_path)
-
-
-_JOBS: dict[str, tuple[Callable, Callable]] = {
-    "imp": (run_imp_job, _imp_cached),
-    "ticket": (run_ticket_job, _ticket_cached),
-    "lmc": (run_lmc_job, _lmc_cached),
-}
-
-
-def cached(node: Node):
-    return _JOBS[node.kind][1](node.here, node.run, *node.args)
+        return node.kind.directory(node)
 
 
 @dataclass
@@ -285,9 +209,8 @@ class Scheduler:
         return True
 
     def _task(self, node: Node) -> Task:
-        fn, check = _JOBS[node.kind]
-        return Task(key=node, label=node.label, directory=node.directory, fn=fn, ctx=node.ctx,
-                    args=(node.run, *node.args), cached=check, settings=self.settings)
+        return Task(key=node, label=node.label, directory=node.directory, fn=node.kind.job, ctx=node.ctx,
+                    args=(node.run, *node.args), cached=node.kind.cached_job, settings=self.settings)
 
     def _ready(self, node: Node, need_slot: bool = True) -> bool | str:
         """True if `node` can start now (its inputs exist, the store has no result, nobody holds it);
@@ -314,7 +237,7 @@ class Scheduler:
             node.looked = True
         elif node.state != ELSEWHERE and full:
             return False
-        done = cached(node)
+        done = node.cached()
         if done is not None:
             if node.state == ELSEWHERE:
                 self.tally.by_others += 1
@@ -333,9 +256,9 @@ class Scheduler:
 
     # -- fused groups ----------------------------------------------------------------------------
     def _size(self, node: Node) -> int:
-        key = fusion.fusion_key(node.kind, node.ctx, node.run)
+        key = node.kind.fusion_key(node.ctx, node.run)
         if key not in self._sizes:
-            self._sizes[key] = fusion.group_size(node.ctx, node.here, fusion.network(node.run), self.fuse)
+            self._sizes[key] = fusion.group_size(node.ctx, node.here, node.kind.network(node.run), self.fuse)
         return self._sizes[key]
 
     def _group(self, node: Node) -> tuple[list[Node], int] | None:
@@ -344,26 +267,23 @@ class Scheduler:
         if self.fuse == 1:  # every kind of run (IMP, ticket, LMC) can train in a fused group
             return None
         size = self._size(node)
-        wanted = fusion.members_per_group(node.kind, size)
-        key = fusion.fusion_key(node.kind, node.ctx, node.run)
+        wanted = node.kind.members_per_group(size)
+        key = node.kind.fusion_key(node.ctx, node.run)
         members = [node]
         for other in self.graph.nodes:
             if len(members) >= wanted:
                 break
             if (other is node or other.kind != node.kind or other.state != WAITING
-                    or fusion.fusion_key(other.kind, other.ctx, other.run) != key):
+                    or other.kind.fusion_key(other.ctx, other.run) != key):
                 continue
             if self._ready(other, need_slot=False) is True:
                 members.append(other)
-        return (members, size) if fusion.worth_fusing(node.kind, len(members), size) else None
+        return (members, size) if node.kind.worth_fusing(len(members), size) else None
 
     def _submit_group(self, members: list[Node], size: int) -> None:
         first = members[0]
-        what = {"imp": "IMP runs (level by level)", "ticket": "tickets", "lmc": "LMC runs (both copies)"}[first.kind]
-        if first.kind == "ticket" and method(first.run.method).dst is not None:
-            what = f"{method(first.run.method).label} runs"
-        label = f"{fusion.network(first.run)}: {len(members)} {what} fused"
-        train = functools.partial(fusion.TRAINERS[first.kind], size=size)
+        label = f"{first.kind.network(first.run)}: {len(members)} {first.kind.group_noun(first.run)} fused"
+        train = functools.partial(first.kind.trainer, size=size)
         group = GroupTask(key=tuple(members), label=label, members=tuple(self._task(n) for n in members),
                           train=train, settings=self.settings)
         for n in members:
@@ -411,7 +331,7 @@ class Scheduler:
         elif isinstance(outcome, Finished):
             if outcome.trained:
                 self.tally.trained += 1
-                self._finish(node, outcome.result, describe(node, outcome.result))
+                self._finish(node, outcome.result, node.describe(outcome.result))
             else:
                 self.tally.by_others += 1
                 self._finish(node, outcome.result, "finished by another worker")
@@ -433,23 +353,3 @@ class Scheduler:
             if not changed:
                 self.progress.running(self.launcher.running())
                 self._collect(self.poll)
-
-
-def describe_imp(o: ImpOutcome) -> str:
-    last = o.levels[-1]
-    return f"level {last.level} at {100 * last.sparsity:.2f}% sparsity: {100 * last.accuracy:.2f}%"
-
-
-def describe_ticket(o: TicketOutcome | Diverged) -> str:
-    if isinstance(o, Diverged):
-        return f"diverged at step {o.step} (kept)"
-    acc = "n/a" if o.accuracy is None or math.isnan(o.accuracy) else f"{100 * o.accuracy:.2f}%"
-    return f"{acc} at {100 * o.sparsity:.2f}% sparsity ({o.seconds:.0f}s)"
-
-
-def describe(node: Node, result) -> str:
-    if node.kind == "imp":
-        return describe_imp(result)
-    if node.kind == "ticket":
-        return describe_ticket(result)
-    return f"instability {100 * result.get('instability', float('nan')):.2f}%"

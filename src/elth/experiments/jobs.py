@@ -7,6 +7,8 @@ back instead of trained again and an interrupted one resumes from its checkpoint
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,10 +30,8 @@ from elth.training import Protocol, TrainingDiverged, default_rewind, preset
 from elth.transfer import to_dataset
 from elth.workflows.baseline_tickets import permute_ticket_mask, prune_ticket
 from elth.workflows.dst_training import train_dst, train_dst_group
-from elth.workflows.imp import IMPConfig, imp_run_dir, level_dir, run_imp
-from elth.workflows.imp_groups import run_imp_together
-from elth.workflows.ticket_groups import train_tickets
-from elth.workflows.ticket_training import train_ticket
+from elth.workflows.imp import IMPConfig, imp_run_dir, level_dir, run_imp, run_imps
+from elth.workflows.ticket_training import train_ticket, train_tickets
 
 #: result.json status of a ticket run whose training diverged and was kept (`Context.keep_diverged`)
 DIVERGED = "diverged"
@@ -108,6 +108,19 @@ def dataset(ctx: Context):
     if key not in _DATA:
         _DATA[key] = load_dataset(ctx.dataset, ctx.data_dir, device=ctx.device or "cpu")
     return _DATA[key]
+
+
+def dataset_name(ctx: Context) -> str:
+    return dataset(ctx).info.name
+
+
+def on_dataset(ctx: Context, name: str) -> Context:
+    """The context of `ctx`'s experiment on another dataset ("": `ctx` itself)."""
+    return dataclasses.replace(ctx, dataset=name) if name else ctx
+
+
+def on_cpu(ctx: Context) -> Context:
+    return dataclasses.replace(ctx, device="cpu")
 
 
 @dataclass(frozen=True)
@@ -239,8 +252,8 @@ def run_imp_group_job(ctx: Context, runs: list[ImpRun], group_size: int) -> int:
     """Advance the IMP runs `runs` (one network, different seeds) level by level, each level's
     trainings fused; `run_imp_job` then reads them back. The number of runs."""
     configs = [imp_config(ctx, run.model, run.seed) for run in runs]
-    run_imp_together(configs, dataset(ctx), [run.levels for run in runs], ctx.root, group_size=group_size,
-                     device=ctx.device, progress=ctx.progress)
+    run_imps(configs, dataset(ctx), [run.levels for run in runs], ctx.root, group_size=group_size,
+             device=ctx.device, progress=ctx.progress)
     return len(runs)
 
 
@@ -372,15 +385,11 @@ def _dst_outcome(ctx: Context, s: ModelSettings, run: TicketRun, like: LevelCost
 
 
 def make_ticket(ctx: Context, s: ModelSettings, run: TicketRun, basis: LevelCost, like: LevelCost) -> Ticket:
-    kind = method(run.method).kind
-    if kind == "ett":
-        return _transformed(s, run, basis)
-    if kind == "ett-control":
-        return _ett_variant(ctx, s, run, basis)
-    return make_baseline(ctx, s, run, basis, like)
+    """The run's ticket, made as its method's kind makes tickets (`_MAKERS`; the pruning baselines otherwise)."""
+    return _MAKERS.get(method(run.method).kind, make_baseline)(ctx, s, run, basis, like)
 
 
-def _transformed(s: ModelSettings, run: TicketRun, basis: LevelCost) -> Ticket:
+def _transformed(ctx: Context, s: ModelSettings, run: TicketRun, basis: LevelCost, like: LevelCost | None = None) -> Ticket:
     """The source's IMP ticket at the run's level, stretched or squeezed as the run says, and moved
     to the experiment's dataset when it was found on another."""
     ticket = load_ticket(basis.ticket)
@@ -396,9 +405,9 @@ def _transformed(s: ModelSettings, run: TicketRun, basis: LevelCost) -> Ticket:
     return ticket
 
 
-def _ett_variant(ctx: Context, s: ModelSettings, run: TicketRun, basis: LevelCost) -> Ticket:
+def _ett_variant(ctx: Context, s: ModelSettings, run: TicketRun, basis: LevelCost, like: LevelCost) -> Ticket:
     """Figure 3's controls: the ETT ticket with fresh weights, with shuffled masks, or both."""
-    ett = _transformed(s, run, basis)
+    ett = _transformed(ctx, s, run, basis)
     if run.method in ("ett-random", "ett-random-reinit"):
         ett = permute_ticket_mask(ett, seed=run.seed)
     if run.method == "ett-random":
@@ -422,6 +431,10 @@ def make_baseline(ctx: Context, s: ModelSettings, run: TicketRun, basis: LevelCo
         progress=ctx.progress,
     )
     return result.ticket
+
+
+#: How the tickets of a method kind are made (a kind not here: `make_baseline`).
+_MAKERS = {"ett": _transformed, "ett-control": _ett_variant}
 
 
 def ticket_mask_cost(s: ModelSettings, run: TicketRun, ticket: Ticket, basis: LevelCost, like: LevelCost) -> float:

@@ -71,24 +71,35 @@ _TYPES = {f.name: f.type for f in fields(Row)}
 _FRACTIONS = ("sparsity", "accuracy")
 
 
-def _coerce(name: str, value) -> object:
-    kind = _TYPES[name]
-    if kind == "int":
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ElthError(f"{name} = {value!r} is not an integer")
-        return int(value)
-    if kind == "float":
-        if isinstance(value, bool):
-            raise ElthError(f"{name} = {value!r} is not a number")
-        number = float(value)
-        if not math.isfinite(number):
-            raise ElthError(f"{name} = {value!r} is not a finite number")
-        if name in _FRACTIONS and not 0.0 <= number <= 1.0:
-            raise ElthError(f"{name} = {value!r} is not a fraction in [0, 1]")
-        if number < 0:
-            raise ElthError(f"{name} = {value!r} is negative")
-        return number
+def _as_int(name: str, value) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ElthError(f"{name} = {value!r} is not an integer")
+    return int(value)
+
+
+def _as_float(name: str, value) -> float:
+    if isinstance(value, bool):
+        raise ElthError(f"{name} = {value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ElthError(f"{name} = {value!r} is not a finite number")
+    if name in _FRACTIONS and not 0.0 <= number <= 1.0:
+        raise ElthError(f"{name} = {value!r} is not a fraction in [0, 1]")
+    if number < 0:
+        raise ElthError(f"{name} = {value!r} is negative")
+    return number
+
+
+def _as_text(name: str, value) -> str:
     return "" if value is None else str(value)
+
+
+#: How a column's value is read, by the column's annotated type (`Row`'s annotations are strings).
+_READERS = {"int": _as_int, "float": _as_float}
+
+
+def _coerce(name: str, value) -> object:
+    return _READERS.get(_TYPES[name], _as_text)(name, value)
 
 
 def row_from_dict(d: dict) -> Row:

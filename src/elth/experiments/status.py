@@ -8,7 +8,6 @@ or launcher is asked; SLURM is, once per survey, about the jobs runs wait for (p
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elth.experiments.attempts import busy_seconds, first_line, read_attempts, read_failure, read_submitted
-from elth.experiments.dag import DIVERGED, DONE, Cannot, Graph, Node, cached, describe
+from elth.experiments.dag import DIVERGED, DONE, Cannot, Graph, Node
 from elth.experiments.jobs import Diverged
 from elth.files import SUBMITTED_FILE
 from elth.experiments.slurm_launcher import slurm_job_states
@@ -45,10 +44,6 @@ def _ago(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds // 60} min ago"
     return f"{seconds / 3600:.1f} h ago"
-
-
-def _imp_progress(graph: Graph, node: Node) -> str:
-    return f"; {_trained_levels(graph, node)} of {node.run.levels + 1} levels trained"
 
 
 class SlurmQueue:
@@ -86,29 +81,29 @@ def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT,
     """The state of one run (after `graph.read_store()` has marked the finished ones); `slurm`: what
     SLURM said of the jobs of a whole survey (None: asked for this run's job alone)."""
     if node.state == DONE:
-        return RunStatus(node.label, node.kind, "done", describe(node, node.result), node.directory)
+        return RunStatus(node.label, node.kind.name, "done", node.describe(node.result), node.directory)
     if node.state == DIVERGED:
-        return RunStatus(node.label, node.kind, "diverged", describe(node, node.result), node.directory)
+        return RunStatus(node.label, node.kind.name, "diverged", node.describe(node.result), node.directory)
     found = graph.inputs(node)
     if isinstance(found, Cannot):
-        return RunStatus(node.label, node.kind, "cannot run", found.reason.removeprefix("skipped: "))
+        return RunStatus(node.label, node.kind.name, "cannot run", found.reason.removeprefix("skipped: "))
     if found is None:
-        return RunStatus(node.label, node.kind, "waiting", _needs(graph, node))
+        return RunStatus(node.label, node.kind.name, "waiting", node.kind.needs(node.run))
     node.args = found
     directory = graph.directory(node)
-    extra = _imp_progress(graph, node) if node.kind == "imp" else ""
+    extra = node.kind.progress(graph, node)
     _, lease = current(directory)
     if lease is not None and not lease.released:
         since = f"since {_clock(lease.started)}, heartbeat {_ago(lease.age())}"
         if lease.live(lease_timeout):
-            return RunStatus(node.label, node.kind, "running", f"on {lease.where()} {since}{extra}", directory)
-        return RunStatus(node.label, node.kind, "stalled",
+            return RunStatus(node.label, node.kind.name, "running", f"on {lease.where()} {since}{extra}", directory)
+        return RunStatus(node.label, node.kind.name, "stalled",
                          f"on {lease.where()} {since}: its worker is gone; the next runner takes it over{extra}",
                          directory)
-    finished = cached(node)  # finished since the store was read
+    finished = node.cached()  # finished since the store was read
     if finished is not None:
         state = "diverged" if isinstance(finished, Diverged) else "done"
-        return RunStatus(node.label, node.kind, state, describe(node, finished), directory)
+        return RunStatus(node.label, node.kind.name, state, node.describe(finished), directory)
     failure = read_failure(directory)
     submitted = read_submitted(directory)
     if submitted is not None and (failure is None or submitted.get("time", 0) > failure.get("time", 0)):
@@ -119,43 +114,20 @@ def run_status(graph: Graph, node: Node, lease_timeout: float = DEFAULT_TIMEOUT,
         if said is not None:
             state, reason = said
             if not state:
-                return RunStatus(node.label, node.kind, "failed",
+                return RunStatus(node.label, node.kind.name, "failed",
                                  f"{job}, {when}, is no longer in SLURM's queue and never started the run "
                                  f"(cancelled, or it failed before elth began){extra}", directory)
             if state == "PENDING":
-                return RunStatus(node.label, node.kind, "queued",
+                return RunStatus(node.label, node.kind.name, "queued",
                                  f"{job}, {when}; pending: {reason or 'no reason given'}{extra}", directory)
-        return RunStatus(node.label, node.kind, "queued", f"{job}, {when}; not started yet{extra}", directory)
+        return RunStatus(node.label, node.kind.name, "queued", f"{job}, {when}; not started yet{extra}", directory)
     if failure is not None:
         line = first_line(failure.get("error", ""))
-        return RunStatus(node.label, node.kind, "failed",
+        return RunStatus(node.label, node.kind.name, "failed",
                          f"{line} (on {failure.get('host', '?')}, {_clock(failure.get('time', 0))})", directory)
     tries = sum(1 for a in read_attempts(directory) if a.get("event") == "start")
     note = f"; {tries} earlier attempt(s)" if tries else ""
-    return RunStatus(node.label, node.kind, "ready", f"its inputs exist; no worker has it{note}{extra}", directory)
-
-
-def _needs(graph: Graph, node: Node) -> str:
-    run = node.run
-    if node.kind == "ticket":
-        what = [f"IMP level {run.level} of {run.target}"]
-        if run.source and run.source != run.target:
-            on = f" on {run.source_dataset}" if run.source_dataset else ""
-            what.insert(0, f"IMP level {run.level} of {run.source}{on}")
-        return f"for {' and '.join(what)} (seed {run.seed})"
-    if run.ticket is None:
-        return f"for IMP level {run.level} of {run.target} (seed {run.seed})"
-    return f"for the ticket run {run.ticket.label}"
-
-
-def trainings(node: Node) -> int:
-    """How many trainings a run is: an IMP run one per level (level 0, the dense network, included),
-    an LMC analysis its two copies, any other run one."""
-    return node.run.levels + 1 if node.kind == "imp" else 2 if node.kind == "lmc" else 1
-
-
-def _trained_levels(graph: Graph, node: Node) -> int:
-    return sum(1 for lv in graph.levels(node, at_least=10**9) if not math.isnan(lv.accuracy))
+    return RunStatus(node.label, node.kind.name, "ready", f"its inputs exist; no worker has it{note}{extra}", directory)
 
 
 def pace(graph: Graph, statuses: list[RunStatus]) -> str:
@@ -164,10 +136,10 @@ def pace(graph: Graph, statuses: list[RunStatus]) -> str:
     unfinished IMP run's trained levels are not left)."""
     finished = ("done", "diverged")
     done = [(s, n) for s, n in zip(statuses, graph.nodes) if s.state in finished]
-    left = sum(trainings(n) - (_trained_levels(graph, n) if n.kind == "imp" else 0)
+    left = sum(n.kind.trainings(n.run) - n.kind.trained(graph, n)
                for s, n in zip(statuses, graph.nodes) if s.state not in (*finished, "cannot run"))
     seconds = busy_seconds(s.directory for s, _ in done if s.directory)
-    count = sum(trainings(n) for _, n in done)
+    count = sum(n.kind.trainings(n.run) for _, n in done)
     if not left or not count or seconds <= 0:
         return ""
     each = seconds / count

@@ -89,5 +89,6 @@ FAMILY = register_builtin(ModelFamily(
     make=lambda spec, name, shape, classes: CifarResNet(name, spec.depth, spec.width, shape, classes),
     bound=lambda spec, shape, classes: conv_net_bound(4 * spec.width, 3 * (spec.depth - 2) // 6 * 2 + 4, shape, classes),
     family_label=lambda spec: f"{KIND} (width {spec.width})",
+    short_label=lambda spec: f"ResNet-{spec.depth}" + (f" (w{spec.width})" if spec.width != DEFAULT_WIDTH else ""),
     recipe="conv",
 ))

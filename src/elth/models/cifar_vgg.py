@@ -100,5 +100,6 @@ FAMILY = register_builtin(ModelFamily(
     bound=lambda spec, shape, classes: conv_net_bound(max(512, FC_WIDTH), spec.depth + spec.fc_layers, shape, classes),
     # members with FC layers to replicate exchange tickets among themselves, the others among themselves
     family_label=lambda spec: f"{KIND} with fully connected layers" if spec.fc_layers > 1 else KIND,
+    short_label=lambda spec: f"VGG-{spec.depth}" + (f"-{spec.fc_layers}" if spec.fc_layers > 1 else ""),
     recipe="conv", rewind="200it",
 ))

@@ -79,6 +79,8 @@ class ModelFamily:
     make: Callable | None = None  # (spec, name, input_shape, num_classes) -> ElasticModel
     bound: Callable | None = None  # (spec, input_shape, num_classes) -> int
     family_label: Callable | None = None  # (spec) -> str
+    #: A network's short name in reports and plots, (spec) -> str ('ResNet-20 (w8)'); None: its name.
+    short_label: Callable | None = None
     #: Which of the paper's training recipes (its Table 4) its "paper" preset is: "conv" or "mlp";
     #: None: the paper has none (a user's family trains by the "short" preset unless told otherwise).
     recipe: str | None = None
@@ -101,6 +103,9 @@ class ModelFamily:
             raise NameRejected("the width must be positive")
         check_units(name, depth)
         return ModelSpec(self.kind, depth, width=width or self.default_width)
+
+    def short_name(self, spec: ModelSpec, name: str) -> str:
+        return self.short_label(spec) if self.short_label is not None else name
 
     def label(self, spec: ModelSpec) -> str:
         return self.family_label(spec) if self.family_label is not None else f"{self.kind} (width {spec.width})"

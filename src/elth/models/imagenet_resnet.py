@@ -84,6 +84,6 @@ FAMILY = register_builtin(ModelFamily(
     name_pattern=re.compile(r"imagenet_resnet_([0-9]+)"), parse_name=_parse,
     make=lambda spec, name, shape, classes: ImageNetResNet(name, spec.depth, shape, classes),
     bound=lambda spec, shape, classes: conv_net_bound(512, 2 * sum(LAYOUTS[spec.depth]) + 4, shape, classes),
-    family_label=lambda spec: KIND,
+    family_label=lambda spec: KIND, short_label=lambda spec: f"ResNet-{spec.depth}",
     recipe="conv",
 ))

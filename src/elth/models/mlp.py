@@ -64,6 +64,6 @@ FAMILY = register_builtin(ModelFamily(
     KIND, build=None, default_width=HIDDEN, description="mlp_<n> (n hidden layers of width 300, then 100)",
     name_pattern=re.compile(r"mlp_([0-9]+)"), parse_name=_parse,
     make=lambda spec, name, shape, classes: MLP(name, spec.depth, shape, classes),
-    bound=_bound, family_label=lambda spec: KIND,
+    bound=_bound, family_label=lambda spec: KIND, short_label=lambda spec: f"MLP-{spec.depth}",
     recipe="mlp", rewind="0",
 ))

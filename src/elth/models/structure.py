@@ -49,7 +49,7 @@ class ElasticStructure:
 
     def relative(self, key: str) -> str:
         """A unit key relative to its unit prefix ('layer2.3.conv1.weight' -> 'conv1.weight')."""
-        kind, s, u = self.part_of(key)
-        if kind != "unit":
+        _, s, u = self.part_of(key)
+        if s is None:  # stem or head
             return key
         return key[len(self.stages[s][u]) + 1 :]

@@ -118,4 +118,5 @@ FAMILY = register_builtin(ModelFamily(
     "vit", build_vit, DEFAULT_WIDTH,
     f"vit_<D>[_<W>] (a Vision Transformer of D encoder blocks, width W, default {DEFAULT_WIDTH})",
     recipe="conv",  # the paper never trained ViTs: its CIFAR recipe
+    short_label=lambda spec: f"ViT-{spec.depth}" + (f" (w{spec.width})" if spec.width != DEFAULT_WIDTH else ""),
 ))

@@ -1,7 +1,7 @@
 """Training: protocols (the paper's Table 4 as presets), the resumable loop, checkpoints, metrics."""
 from elth.training.checkpoint import CheckpointError
 from elth.training.device import PRECISIONS, default_device
-from elth.training.loop import evaluate, train
+from elth.training.loop import Member, evaluate, train, train_group
 from elth.training.masking import MaskError
 from elth.training.protocol import (
     PRESETS,
@@ -17,6 +17,7 @@ from elth.training.step import TrainingController, TrainingDiverged
 __all__ = [
     "CheckpointError",
     "MaskError",
+    "Member",
     "PRECISIONS",
     "PRESETS",
     "Protocol",
@@ -30,4 +31,5 @@ __all__ = [
     "parse_steps",
     "preset",
     "train",
+    "train_group",
 ]

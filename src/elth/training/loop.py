@@ -27,105 +27,45 @@ or result) stops the run with `TrainingDiverged`, naming the step and its learni
 `out_dir`, `result.json` then records `{"status": "failed", "reason": "diverged", ...}` and no
 checkpoint of the diverged weights is written.
 
-The pieces: `resume.RunFiles` (the run directory: key, checkpoint, run.json, result.json),
-`step.SGDStep` (one update on one batch; the part a faster or distributed step replaces),
-`step.EpochBatches` (where the batches come from), `progress.Progress` (running sums, log
-points, the bar). `train` below only strings them together.
+One path for every run: `train_group(members, ...)` trains K runs of one model and protocol, and
+`train` is a group of one. The epoch loop, log points, evaluations, checkpoints and divergence
+handling below are the same for every group; what one group's step is comes from its engine:
+`lone.LoneEngine` (K = 1: the model itself, `step.SGDStep`) or `fused.engine.FusedEngine` (K > 1:
+one fused network, see there). A fused member therefore ends as its lone run would, by
+construction. The pieces: `resume.RunFiles` (the run directory: key, checkpoint, run.json,
+result.json), the engine's step and batches, `progress.Progress` (running sums, log points, the bar).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from elth.errors import ElthError
 from elth.training import distributed
-from elth.training.allocator import tune_malloc
-from elth.training.device import (
-    PRECISIONS,
-    autocast,
-    default_device,
-    model_device,
-    prepare_input,
-    use_channels_last,
-)
+from elth.training.device import PRECISIONS, default_device
+from elth.training.fused.engine import FusedEngine, check_controllers
+from elth.training.fused.network import FusionError
+from elth.training.fused.sizing import cpu_members_at_once
+from elth.training.lone import LoneEngine, evaluate, make_optimizer, place_model
 from elth.training.masking import GradientMask
+from elth.training.member import Member
 from elth.training.progress import Progress
 from elth.training.protocol import LRSchedule, Protocol, ProtocolError, parse_steps
 from elth.training.resume import RunFiles, TrainResult, run_key
 from elth.training.step import (
     DivergenceCheck,
-    EpochBatches,
-    SGDStep,
     TrainingController,
     TrainingDiverged,
+    examples_in_batch,
     steps_by_epoch,
 )
 
-__all__ = ["PRECISIONS", "TrainResult", "TrainingController", "TrainingDiverged", "default_device", "evaluate",
-           "make_optimizer", "train"]
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, data, batch_size: int = 1000, device=None, precision: str = "fp32"
-) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy loss) on the test set, in eval mode (BN running statistics).
-
-    With several ranks the test batches are shared out round-robin (each rank loads only its own)
-    and the sums all-reduced (every rank calls this, with the same weights), so each rank gets the
-    metrics of the whole test set.
-    """
-    device = torch.device(device) if device is not None else model_device(model)
-    channels_last = use_channels_last(model, device)
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
-    try:
-        for x, y in data.test_batches(batch_size, **distributed.data_part_kwargs()):
-            x = prepare_input(x, device, channels_last)
-            y = y.to(device, non_blocking=True)
-            with autocast(device, precision):
-                logits = model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-            count += y.shape[0]
-    finally:
-        model.train(was_training)
-    loss_total, correct_total, count = distributed.all_reduce_numbers([float(loss_sum), float(correct), count], device)
-    if count == 0:
-        raise ElthError("the dataset has no test examples to evaluate on")
-    return int(correct_total) / count, loss_total / count
-
-
-def make_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.SGD:
-    """SGD (no Nesterov), weight decay on every parameter; one fused kernel where torch has it."""
-    kwargs = dict(
-        lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay, nesterov=False
-    )
-    params = list(model.parameters())
-    try:
-        return torch.optim.SGD(params, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.SGD(params, foreach=True, **kwargs)
-
-
-def place_model(model: nn.Module, device: torch.device) -> bool:
-    """Move `model` to `device` in its fastest memory format and tune the backend; True for channels_last."""
-    channels_last = use_channels_last(model, device)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    elif device.type == "cpu":
-        tune_malloc()
-    return channels_last
+__all__ = ["PRECISIONS", "Member", "TrainResult", "TrainingController", "TrainingDiverged", "default_device",
+           "evaluate", "make_optimizer", "train", "train_group"]
 
 
 def resolve_span(
@@ -176,91 +116,218 @@ def train(
     `callback(step, model)` runs after every optimiser step (e.g. to keep the weights of a rewind
     step); it must not change the weights. `controller` (e.g. RigL or DPF) changes the weights and
     the mask during training through the hooks of `TrainingController`; not together with `mask`.
+    Raises `TrainingDiverged` at the first non-finite loss (see the module's docstring).
     """
-    # Settings
-    device, span = resolve_span(data, protocol, start_step, end_step, eval_every, precision, device)
-    ipe, start_step, end, eval_interval = span
-    check_one_sparsity(mask, controller)
-    check_split(data, protocol.batch_size)
+    [result] = train_group(
+        [Member(model, data_seed, mask, out_dir, controller)], data, protocol, start_step=start_step,
+        end_step=end_step, eval_every=eval_every, precision=precision, device=device, progress=progress, desc=desc,
+        eval_batch_size=eval_batch_size, callback=callback,
+    )
+    if isinstance(result, TrainingDiverged):
+        raise result
+    return result
 
-    # Model, optimiser, step and batches
-    channels_last = place_model(model, device)
-    masker = GradientMask(model, mask) if mask is not None else None
-    if masker is not None:
-        masker.apply_to_weights()
+
+def train_group(
+    members: list[Member],
+    data,
+    protocol: Protocol,
+    *,
+    start_step: int = 0,
+    end_step: int | None = None,
+    eval_every: str | None = "1ep",
+    precision: str = "fp32",
+    device=None,
+    progress: bool = True,
+    desc: str = "",
+    eval_batch_size: int = 1000,
+    members_at_once: int | None = None,
+    callback: Callable[[int, nn.Module], None] | None = None,
+) -> list[TrainResult | TrainingDiverged]:
+    """Train every member from global step `start_step` to `end_step` (default: the protocol's
+    end); the results in member order, each what `train` returns for it alone (and each model
+    ends with its final weights), or the `TrainingDiverged` error `train` would raise.
+
+    `members_at_once`: the most members in one fused network (default: all of them on
+    accelerators; on CPUs `cpu_members_at_once`, beyond which a CPU trains them more slowly
+    than one by one); a larger group trains as several fused networks, one after another.
+    A finished member is left out; members whose checkpoints stopped at different steps train in
+    separate groups (each group starts at one step). `callback`: only for a group of one."""
+    device, (ipe, start_step, end, eval_interval) = resolve_span(
+        data, protocol, start_step, end_step, eval_every, precision, device)
+    if not members:
+        return []
+    check_split(data, protocol.batch_size)
+    outs = [Path(m.out_dir).resolve() for m in members if m.out_dir is not None]
+    if len(set(outs)) != len(outs):
+        raise FusionError("members of a fused group need different output directories")
+    if len(members) > 1:
+        if callback is not None:
+            raise FusionError("a per-step callback needs a lone run (a group of one)")
+        check_controllers([m.controller for m in members])
+    if members_at_once is None:
+        members_at_once = len(members) if device.type != "cpu" else cpu_members_at_once(members[0].model)
+    if members_at_once < 1:
+        raise FusionError(f"members_at_once must be at least 1, got {members_at_once}")
+    runs = [_prepare(m, data, protocol, start_step, end, precision, device) for m in members]
+    pending = [r for r in runs if r.result is None]
+    schedule = LRSchedule(protocol, ipe)
+    for step in sorted({r.step for r in pending}):
+        group = [r for r in pending if r.step == step]
+        for first in range(0, len(group), members_at_once):
+            part = group[first : first + members_at_once]
+            if len(part) == 1:
+                r = part[0]
+                m = r.member
+                engine = LoneEngine(m.model, r.optimizer, data, protocol, data_seed=m.data_seed, mask=m.mask,
+                                    controller=m.controller, schedule=schedule, precision=precision, device=device,
+                                    callback=callback)
+            else:
+                engine = FusedEngine([r.member for r in part], [r.optimizer.state_dict() for r in part], data,
+                                     protocol, schedule, precision, device)
+            _train_span(engine, part, data, protocol, schedule, ipe, start_step, end, eval_interval,
+                        progress=progress, desc=desc, eval_batch_size=eval_batch_size, device=device)
+    return [r.result for r in runs]
+
+
+@dataclass
+class _Run:
+    """A member's place in its group: resume step, run files, optimiser (resumed), result."""
+
+    member: Member
+    step: int
+    optimizer: torch.optim.Optimizer
+    seconds_before: float = 0.0
+    files: RunFiles | None = None
+    result: TrainResult | TrainingDiverged | None = None
+
+
+def _prepare(member: Member, data, protocol: Protocol, start_step: int, end: int, precision: str, device) -> _Run:
+    """A run begins: the model on the device, masked, its optimiser made, its controller attached, and
+    resumed from its checkpoint (a finished run gets its result and is left out)."""
+    model, controller = member.model, member.controller
+    check_one_sparsity(member.mask, controller)
+    place_model(model, device)
+    if member.mask is not None:
+        GradientMask(model, member.mask).apply_to_weights()
     optimizer = make_optimizer(model, protocol)
     if controller is not None:
         controller.attach(model, optimizer)
-    schedule = LRSchedule(protocol, ipe)
-    divergence = DivergenceCheck(device, schedule)
-    batches = EpochBatches(data, protocol.batch_size, data_seed, protocol.augment)
+    run = _Run(member, start_step, optimizer)
+    if member.out_dir is None:
+        return run
+    key = run_key(model, protocol, data, member.data_seed, member.mask, precision, controller)
+    run.files = RunFiles(member.out_dir, key, model, start_step)
+    resumed = run.files.resume(model, optimizer, controller, end)
+    if resumed is not None:
+        run.step, run.seconds_before, run.result = resumed.step, resumed.seconds, resumed.result
+    return run
 
-    # Resume
-    step, seconds_before, log, files = start_step, 0.0, None, None
-    if out_dir is not None:
-        files = RunFiles(out_dir, run_key(model, protocol, data, data_seed, mask, precision, controller), model, start_step)
-        resumed = files.resume(model, optimizer, controller, end)
-        if resumed is not None:
-            if resumed.result is not None:
-                return resumed.result
-            step, seconds_before = resumed.step, resumed.seconds
-        log = files.start(step, end, ipe)
-    # Every rank now holds the same weights (one checkpoint); with several ranks DDP all-reduces the
-    # gradients of each rank's share of the global batch.
-    net = distributed.data_parallel(model, device)
-    sgd_step = SGDStep(model, optimizer, schedule, device, precision, channels_last, masker, controller, net=net)
 
-    def test_metrics() -> tuple[float, float]:
-        distributed.broadcast_module_buffers(model)  # per-rank BN statistics: rank 0's, as saved
-        return evaluate(model, data, eval_batch_size, device, precision)
+def _train_span(
+    engine: LoneEngine | FusedEngine, runs: list[_Run], data, protocol: Protocol, schedule: LRSchedule, ipe: int,
+    start_step: int, end: int, eval_interval: int | None, *, progress: bool, desc: str, eval_batch_size: int,
+    device: torch.device,
+) -> None:
+    """The one epoch loop: the engine's K runs, all resuming at one step, trained to `end`; each
+    run's `result` set (a `TrainResult`, or the `TrainingDiverged` error of a member that diverged)."""
+    k = len(runs)
+    step = first_step = runs[0].step
+    logs = [r.files.start(step, end, ipe) if r.files is not None else None for r in runs]
+    reports = [
+        Progress(
+            device, schedule, ipe, start_step=start_step, step=step, end=end, seconds_before=r.seconds_before,
+            log=log, desc=desc or engine.name, enabled=progress and i == 0 and distributed.is_main(),
+            stats=engine.member_stats(i),
+        )
+        for i, (r, log) in enumerate(zip(runs, logs))
+    ]
+    tests: list[tuple[float, float]] | None = None
+    divergence = DivergenceCheck(device, schedule, members=k)
 
-    def save(result: TrainResult | None = None) -> None:
-        if step > start_step:
-            divergence.check_weights(model, step - 1)  # never a checkpoint or a result of a diverged run
-        if files is not None:
-            distributed.broadcast_module_buffers(model)
-            distributed.check_identical(dict(model.named_parameters()), f"the weights at step {step}")
-            files.save(step, report.clock.total(), model, optimizer, controller, result)
+    def end_diverged(new: list[int]) -> None:
+        """Members just found diverged: their failure recorded, no more logs."""
+        for i in new:
+            if runs[i].files is not None:
+                runs[i].files.write_failure(divergence.errors[i].record())
+            reports[i].log = None
 
-    # Train, epoch by epoch (a checkpoint at the end of each)
-    report = Progress(
-        device, schedule, ipe, start_step=start_step, step=step, end=end, seconds_before=seconds_before,
-        log=log, desc=desc or getattr(model, "name", "train"), enabled=progress and distributed.is_main(),
-    )
-    model.train()
+    def all_diverged() -> bool:
+        return len(divergence.errors) == k
+
+    def test_metrics(i: int):
+        # One evaluation of the group serves every member's log point.
+        def read() -> tuple[float, float]:
+            nonlocal tests
+            if tests is None:
+                tests = engine.evaluate(eval_batch_size)
+            return tests[i]
+        return read
+
+    def log_point(evaluate_now: bool) -> None:
+        nonlocal tests
+        tests = None
+        for i, report in enumerate(reports):
+            report.log_point(step, test_metrics(i) if evaluate_now else None)
+
+    def save(results: list[TrainResult] | None = None) -> None:
+        if step > first_step:  # never a checkpoint or a result of diverged weights
+            end_diverged(divergence.diverged_weights(engine.module.named_parameters(), step - 1))
+        if all_diverged():
+            return
+        distributed.broadcast_module_buffers(engine.module)
+        distributed.check_identical(dict(engine.module.named_parameters()), f"the weights at step {step}")
+        for i, r in enumerate(runs):
+            if r.files is not None and i not in divergence.errors:
+                model_state, optimizer_state = engine.member_state(i)
+                r.files.save(step, reports[i].clock.total(), model_state, optimizer_state, r.member.controller,
+                             results[i] if results is not None else None)
+
+    engine.module.train()
     try:
-        for t, (x, y), epoch_ends in steps_by_epoch(step, end, ipe, batches):
-            global_batch = batches.size(t % ipe)
-            loss, logits, labels = sgd_step(t, x, y, global_batch)
-            divergence.after_step(t, loss)
-            report.after_step(loss, logits, labels, images=global_batch)
+        for t, (x, y), epoch_ends in steps_by_epoch(step, end, ipe, engine.batches):
+            global_batch = examples_in_batch(data, protocol.batch_size, t % ipe)
+            losses = engine.step(t, x, y, global_batch)
+            end_diverged(divergence.diverged_after_step(t, losses))
+            if all_diverged():
+                break
+            for report in reports:
+                report.count(global_batch)
             step = t + 1
-            if callback is not None:
-                callback(step, model)
+            engine.after_step(step)
             evaluate_now = step == end or (eval_interval is not None and step % eval_interval == 0)
             if epoch_ends:
-                report.log_point(step, test_metrics if evaluate_now else None)
+                log_point(evaluate_now)
                 if step < end:
                     save()
+                    if all_diverged():
+                        break
             elif evaluate_now:
-                report.log_point(step, test_metrics)
+                log_point(True)
             else:
-                report.refresh(step)
-        test = report.last_test
-        if test[0] is None:
-            # Nothing trained in this call (start == end): still report the test metrics (a collective).
-            test = test_metrics()
-        result = TrainResult(step, test[0], test[1], report.train_loss, report.clock.total())
-        save(result)
-        if files is not None:
-            files.write_result(result)
-        return result
-    except TrainingDiverged as e:
-        if files is not None:
-            files.write_failure(e.record())
-        raise
+                reports[0].refresh(step)
+        if not all_diverged():
+            if any(report.last_test[0] is None for report in reports):
+                # Nothing trained in this call (start == end), or no evaluation at the end: test now.
+                tests = engine.evaluate(eval_batch_size)
+                for report, test in zip(reports, tests):
+                    report.last_test = test
+            results = [
+                TrainResult(step, rep.last_test[0], rep.last_test[1], rep.train_loss, rep.clock.total())
+                for rep in reports
+            ]
+            save(results)
+            for i, r in enumerate(runs):
+                if i not in divergence.errors:
+                    r.result = results[i]
+                    engine.finish(i)
+                    if r.files is not None:
+                        r.files.write_result(results[i])
+        for i, error in divergence.errors.items():
+            runs[i].result = error
     finally:
-        report.close()
+        for report in reports:
+            report.close()
 
 
 def check_one_sparsity(mask, controller: TrainingController | None) -> None:

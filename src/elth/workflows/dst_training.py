@@ -24,8 +24,7 @@ from elth.sparsity.dst.densities import DISTRIBUTIONS, DSTError, layer_densities
 from elth.sparsity.dst.dpf import DPF
 from elth.sparsity.dst.rigl import RigL
 from elth.tickets import from_model, save_ticket
-from elth.training import PRECISIONS, TrainingDiverged, train
-from elth.training.fused import Member, train_fused
+from elth.training import PRECISIONS, Member, TrainingDiverged, train_group
 from elth.training.protocol import scale_steps
 
 METHODS = ("rigl", "dpf")
@@ -254,15 +253,12 @@ def train_dst(
     With `root`, the run lives in `root/dst-<hash>/` (train/ checkpoints, ticket.safetensors,
     result.json): a finished run is returned as recorded, an interrupted one resumes exactly.
     """
-    p = _plan(model_name, data, protocol, method, sparsity, seed, data_seed, root, precision, method_options)
-    if isinstance(p, DSTResult):
-        return p
-    result = train(
-        p.model, data, p.protocol, data_seed=data_seed, out_dir=p.train_dir,
-        eval_every=eval_every, precision=precision, device=device, progress=progress, controller=p.controller,
-        desc=f"{model_name} {p.label} {100 * sparsity:.1f}%",
-    )
-    return _finish(p, result, data, protocol)
+    [result] = train_dst_group(model_name, data, protocol, method, [(sparsity, seed, data_seed)], group_size=1,
+                               root=root, device=device, progress=progress, precision=precision,
+                               eval_every=eval_every, **method_options)
+    if isinstance(result, TrainingDiverged):
+        raise result
+    return result
 
 
 def train_dst_group(
@@ -277,6 +273,7 @@ def train_dst_group(
     device: torch.device | str | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    eval_every: str | None = None,
     **method_options,
 ) -> list[DSTResult | TrainingDiverged]:
     """`train_dst` for several runs of one model, method and options, `runs` = (sparsity, seed,
@@ -295,8 +292,10 @@ def train_dst_group(
     first = planned[todo[0]]
     members = [Member(planned[i].model, planned[i].data_seed, out_dir=planned[i].train_dir,
                       controller=planned[i].controller) for i in todo]
-    trained = train_fused(members, data, first.protocol, precision=precision, device=device, progress=progress,
-                          eval_every=None, members_at_once=group_size, desc=f"{model_name} {first.label} fused")
+    desc = (f"{model_name} {first.label} {100 * runs[todo[0]][0]:.1f}%" if len(todo) == 1
+            else f"{model_name} {first.label} fused")
+    trained = train_group(members, data, first.protocol, precision=precision, device=device, progress=progress,
+                          eval_every=eval_every, members_at_once=group_size, desc=desc)
     for i, result in zip(todo, trained):
         results[i] = result if isinstance(result, TrainingDiverged) else _finish(planned[i], result, data, protocol)
     return results

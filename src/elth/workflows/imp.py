@@ -17,6 +17,10 @@ Layout of `root/imp-<hash>/` (the hash covers everything but the number of level
 
 Each file is written atomically and only after the work it records, so a run killed at any moment
 resumes from its last checkpoint and produces the same masks and weights as an uninterrupted one.
+
+`run_imps` advances several IMP runs level by level together, each level's trainings fused in groups
+(runs of one model, protocol, rewind step and precision: different seeds or prune settings); every
+file lands where a lone run puts it, and `run_imp` is a group of one.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import torch
 
 from elth.errors import ElthError
 from elth.files import (
+    CHECKPOINT_FILE,
     IMP_LEVELS_FILE,
     RESULT_FILE,
     TICKET_FILE,
@@ -49,7 +54,8 @@ from elth.tickets import (
     model_layout,
     save_ticket,
 )
-from elth.training import Protocol, distributed, train
+from elth.training import Member, Protocol, TrainingDiverged, distributed, train_group
+from elth.training.checkpoint import load_checkpoint
 from elth.workflows.rewind import rewind_point, rewind_step_of
 
 
@@ -183,42 +189,101 @@ def run_imp(
 
     `on_level(result)` is called as each level's result is known (e.g. to print it at once).
     """
-    _check(config, data, levels)
-    hp = imp_hparams(config, data)
-    eligible = [n for n in _prunable(config, data.info) if n not in set(hp["excluded"])]
-    if not eligible and levels > 0:
-        raise IMPError("every prunable layer is excluded: nothing to prune")
-    check_depth(config, data.info, levels)
-    run = run_dir(root, "imp", hp)
-    results: list[LevelResult] = []
-    rewind_state: dict[str, torch.Tensor] = {}
-    for k in range(levels + 1):
-        ticket_path = level_dir(run, k) / TICKET_FILE
-        if k == 0 and not ticket_path.is_file():
-            _write_level_zero(config, data, run, ticket_path, hp, root, device, progress)
-        ticket = read_level_ticket(run, k)
-        if k == 0:
-            rewind_state = ticket.state  # level 0 is the rewind weights, unmasked
-        model = None
-        result_path = level_dir(run, k) / RESULT_FILE
-        if not result_path.is_file():
-            model, result = _train_level(config, data, ticket, k, levels, run, device, progress)
-            write_json_atomic(result_path, result)
-        results.append(read_record(result_path, lambda r: _level_result(r, ticket_path)))
-        _write_summary(run)
-        if on_level is not None:
-            on_level(results[-1])
-        next_path = level_dir(run, k + 1) / TICKET_FILE
-        if k < levels and not next_path.is_file():
-            if model is None:  # trained in an earlier, interrupted call: its training reloads the final weights
-                model, _ = _train_level(config, data, ticket, k, levels, run, device, progress)
-            trained = {n: p.detach() for n, p in model.named_parameters()}
-            mask = magnitude_prune(trained, ticket.mask, config.prune_fraction, eligible)
-            # Several ranks prune the same weights (DDP keeps them identical): check, then rank 0 writes
-            # the ticket that every rank loads for the next level.
-            distributed.check_identical(mask, f"the masks of IMP level {k + 1}")
-            save_ticket(_level_ticket(config, data, run, k + 1, rewind_state, mask, hp), next_path)
+    [results] = run_imps([config], data, [levels], root, group_size=1, device=device, progress=progress,
+                         on_level=None if on_level is None else lambda i, result: on_level(result))
+    if isinstance(results, TrainingDiverged):
+        raise results
     return results
+
+
+def run_imps(
+    configs: list[IMPConfig],
+    data,
+    levels: list[int],
+    root: str | os.PathLike,
+    *,
+    group_size: int,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    on_level: Callable[[int, LevelResult], None] | None = None,
+) -> list[list[LevelResult] | TrainingDiverged]:
+    """`run_imp(configs[i], data, levels[i], root)` for every i, each level's trainings fused in
+    groups of at most `group_size` (runs of one model, protocol, rewind step and precision); for a
+    run whose training diverged, the `TrainingDiverged` that `run_imp` would raise.
+    `on_level(i, result)` is called as run i's result of a level is known."""
+    if len(levels) != len(configs):
+        raise ValueError("one number of levels per IMP config")
+    if group_size < 1:
+        raise ValueError(f"group size must be at least 1, got {group_size}")
+    hps, eligible = [], []
+    for config, n in zip(configs, levels):
+        _check(config, data, n)
+        hp = imp_hparams(config, data)
+        names = [name for name in _prunable(config, data.info) if name not in set(hp["excluded"])]
+        if not names and n > 0:
+            raise IMPError("every prunable layer is excluded: nothing to prune")
+        check_depth(config, data.info, n)
+        hps.append(hp)
+        eligible.append(names)
+    runs = [run_dir(root, "imp", hp) for hp in hps]
+    results: list[list[LevelResult]] = [[] for _ in configs]
+    diverged: dict[int, TrainingDiverged] = {}
+    for k in range(max(levels, default=-1) + 1):
+        active = [i for i in range(len(configs)) if levels[i] >= k and i not in diverged]
+        tickets = {}
+        for i in active:  # every level's ticket is read (and so checked), also where its training is done
+            _make_level_ticket(configs[i], data, runs[i], k, hps[i], eligible[i], root, device, progress)
+            tickets[i] = read_level_ticket(runs[i], k)
+        todo = [i for i in active if not (level_dir(runs[i], k) / RESULT_FILE).is_file()]
+        groups: dict[tuple, list[int]] = {}
+        for i in todo:
+            c = configs[i]
+            groups.setdefault((c.model, c.protocol, hps[i]["rewind_step"], c.precision), []).append(i)
+        for (model, protocol, rewind_step, precision), indices in groups.items():
+            for start in range(0, len(indices), group_size):
+                chunk = indices[start : start + group_size]
+                members = [
+                    Member(tickets[i].build(device if device is not None else "cpu"), configs[i].data_seed,
+                           tickets[i].mask, level_dir(runs[i], k) / TRAIN_DIR)
+                    for i in chunk
+                ]
+                desc = (f"IMP level {k}/{levels[chunk[0]]} ({100 * tickets[chunk[0]].sparsity:.1f}% sparse)"
+                        if len(chunk) == 1 else f"IMP level {k} of {model} x{len(chunk)} fused")
+                trained = train_group(members, data, protocol, start_step=rewind_step, precision=precision,
+                                      device=device, progress=progress, desc=desc)
+                for i, res in zip(chunk, trained):
+                    if isinstance(res, TrainingDiverged):
+                        diverged[i] = res
+                    else:
+                        write_json_atomic(level_dir(runs[i], k) / RESULT_FILE, level_record(tickets[i], k, res))
+        for i in active:
+            if i in diverged:
+                continue
+            path = level_dir(runs[i], k) / RESULT_FILE
+            results[i].append(read_record(path, lambda r: _level_result(r, level_dir(runs[i], k) / TICKET_FILE)))
+            _write_summary(runs[i])
+            if on_level is not None:
+                on_level(i, results[i][-1])
+    return [diverged.get(i, results[i]) for i in range(len(configs))]
+
+
+def _make_level_ticket(config: IMPConfig, data, run: Path, k: int, hp: dict, eligible: list[str], root, device,
+                       progress) -> None:
+    """Level k's ticket: the rewind point for level 0, else level k-1's trained weights (read from
+    its finished training's checkpoint) pruned by magnitude, rewound."""
+    path = level_dir(run, k) / TICKET_FILE
+    if path.is_file():
+        return
+    if k == 0:
+        _write_level_zero(config, data, run, path, hp, root, device, progress)
+        return
+    previous = read_level_ticket(run, k - 1)
+    trained = load_checkpoint(level_dir(run, k - 1) / TRAIN_DIR / CHECKPOINT_FILE)["model"]
+    mask = magnitude_prune(trained, previous.mask, config.prune_fraction, eligible)
+    # Several ranks prune the same weights (DDP keeps them identical): check, then rank 0 writes
+    # the ticket that every rank loads for the next level.
+    distributed.check_identical(mask, f"the masks of IMP level {k}")
+    save_ticket(_level_ticket(config, data, run, k, read_level_ticket(run, 0).state, mask, hp), path)
 
 
 def _prunable(config: IMPConfig, info) -> list[str]:
@@ -253,18 +318,6 @@ def _level_ticket(config, data, run: Path, level: int, rewind_state, mask, hp) -
             "data_seed": config.data_seed,
         },
     )
-
-
-def _train_level(config, data, ticket: Ticket, level: int, levels: int, run: Path, device, progress):
-    """Train level `level` from the rewind step to the end with its mask fixed (resumable)."""
-    model = ticket.build(device if device is not None else "cpu")
-    res = train(
-        model, data, config.protocol, data_seed=config.data_seed, start_step=ticket.rewind_step,
-        mask=ticket.mask, out_dir=level_dir(run, level) / TRAIN_DIR, precision=config.precision,
-        device=device, progress=progress,
-        desc=f"IMP level {level}/{levels} ({100 * ticket.sparsity:.1f}% sparse)",
-    )
-    return model, level_record(ticket, level, res)
 
 
 def level_record(ticket: Ticket, level: int, res) -> dict:

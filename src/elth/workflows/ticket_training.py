@@ -3,7 +3,9 @@
 This is how every ticket is judged, however it was made (IMP, an elastic transformation, a pruning
 method). With `root`, the training lives in `root/train-<hash>/` where the hash covers the ticket's
 content, the dataset, the protocol and the data seed: training the same ticket again costs nothing,
-and an interrupted training resumes.
+and an interrupted training resumes. `train_tickets` trains many at once: tickets of one model and
+rewind step share fused groups (`elth.training.train_group`), each training where `train_ticket`
+would put it; `train_ticket` is a group of one.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from elth.files import CHECKPOINT_FILE, TRAIN_DIR
 from elth.runs import run_dir
 from elth.tickets import Ticket, TicketError, check_dataset
-from elth.training import Protocol, TrainResult, train
+from elth.training import Member, Protocol, TrainingDiverged, TrainResult, train_group
 from elth.training.checkpoint import load_checkpoint
 
 
@@ -50,22 +52,58 @@ def train_ticket(
     precision: str = "fp32",
 ) -> TrainResult:
     """Train `ticket` from its rewind step to the end of `protocol`, pruned weights held at zero."""
-    check_dataset(ticket, data.info)
+    [result] = train_tickets([(ticket, data_seed)], data, protocol, group_size=1, root=root, device=device,
+                             progress=progress, precision=precision)
+    if isinstance(result, TrainingDiverged):
+        raise result
+    return result
+
+
+def train_tickets(
+    tickets: list[tuple[Ticket, int]],
+    data,
+    protocol: Protocol,
+    *,
+    group_size: int,
+    root: str | os.PathLike | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    precision: str = "fp32",
+) -> list[TrainResult | TrainingDiverged]:
+    """Train every (ticket, data seed) of `tickets`, at most `group_size` at once as one fused
+    network (tickets of one model and rewind step share a group); results in the given order (a
+    training that diverged: the `TrainingDiverged` that `train_ticket` would raise)."""
+    if group_size < 1:
+        raise ValueError(f"group size must be at least 1, got {group_size}")
     total = protocol.total_steps(data.iterations_per_epoch(protocol.batch_size))
-    if ticket.rewind_step >= total:
-        raise TicketError(
-            f"the ticket's rewind step {ticket.rewind_step} is not before the end of the protocol "
-            f"({protocol.length} = {total} steps on {data.info.name}): nothing to train"
-        )
-    out_dir = None
-    if root is not None:
-        out_dir = ticket_run_dir(ticket, data, protocol, data_seed, root, precision) / TRAIN_DIR
-    model = ticket.build(device if device is not None else "cpu")
-    return train(
-        model, data, protocol, data_seed=data_seed, start_step=ticket.rewind_step, mask=ticket.mask,
-        out_dir=out_dir, precision=precision, device=device, progress=progress,
-        desc=f"{ticket.model} ticket ({100 * ticket.sparsity:.1f}% sparse)",
-    )
+    for ticket, _ in tickets:
+        check_dataset(ticket, data.info)
+        if ticket.rewind_step >= total:
+            raise TicketError(
+                f"the ticket's rewind step {ticket.rewind_step} is not before the end of the protocol "
+                f"({protocol.length} = {total} steps on {data.info.name}): nothing to train"
+            )
+    results: list[TrainResult | TrainingDiverged | None] = [None] * len(tickets)
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, (ticket, _) in enumerate(tickets):
+        groups.setdefault((ticket.model, ticket.rewind_step), []).append(i)
+    for (model, rewind_step), indices in groups.items():
+        for start in range(0, len(indices), group_size):
+            chunk = indices[start : start + group_size]
+            members = [
+                Member(ticket.build(device if device is not None else "cpu"), seed, ticket.mask,
+                       None if root is None else ticket_run_dir(ticket, data, protocol, seed, root, precision) / TRAIN_DIR)
+                for ticket, seed in (tickets[i] for i in chunk)
+            ]
+            if len(chunk) == 1:
+                desc = f"{model} ticket ({100 * tickets[chunk[0]][0].sparsity:.1f}% sparse)"
+            else:
+                desc = f"{model} x{len(chunk)} tickets fused"
+            trained = train_group(members, data, protocol, start_step=rewind_step, precision=precision, device=device,
+                                  progress=progress, desc=desc)
+            for i, result in zip(chunk, trained):
+                results[i] = result
+    return results
 
 
 def trained_state(

@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim.sgd import sgd
 
 from elth.training.fused.network import FusedNetwork, member_slice, member_views, stack_members
-from elth.training.loop import make_optimizer
+from elth.training.lone import make_optimizer
 from elth.training.protocol import Protocol
 
 
