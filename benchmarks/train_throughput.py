@@ -100,7 +100,7 @@ def _worker(conn, case: str, model_name: str, warmup: int, steps: int, sparsity:
     if case == "reference":
         import sys
 
-        sys.path.insert(0, reference_src)  # its elth, not this one
+        sys.path.insert(0, os.path.abspath(reference_src))  # its elth, not this one
     import torch
 
     if threads:

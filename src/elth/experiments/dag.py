@@ -198,14 +198,8 @@ class Scheduler:
         ready = self._ready(node)
         if ready is not True:
             return ready == "changed"
-        group = self._group(node)
-        if group is not None:
-            self._submit_group(*group)
-            return True
-        node.state = SUBMITTED
-        self.progress.start(node.label)
-        self.launcher.submit(self._task(node))
-        self._collect(0.0)  # an inline launcher has finished it already
+        members, size = self._group(node) or ([node], 1)
+        self._submit(members, size)
         return True
 
     def _task(self, node: Node) -> Task:
@@ -280,9 +274,11 @@ class Scheduler:
                 members.append(other)
         return (members, size) if node.kind.worth_fusing(len(members), size) else None
 
-    def _submit_group(self, members: list[Node], size: int) -> None:
+    def _submit(self, members: list[Node], size: int) -> None:
+        """One task for the runs `members` (a lone run is a group of one), `size` trainings at once."""
         first = members[0]
-        label = f"{first.kind.network(first.run)}: {len(members)} {first.kind.group_noun(first.run)} fused"
+        label = (first.label if len(members) == 1
+                 else f"{first.kind.network(first.run)}: {len(members)} {first.kind.group_noun(first.run)} fused")
         train = functools.partial(first.kind.trainer, size=size)
         group = GroupTask(key=tuple(members), label=label, members=tuple(self._task(n) for n in members),
                           train=train, settings=self.settings)
@@ -290,7 +286,7 @@ class Scheduler:
             n.state = SUBMITTED
         self.progress.start(label)
         self.launcher.submit(group)
-        self._collect(0.0)
+        self._collect(0.0)  # an inline launcher has finished it already
 
     def _complete_group(self, group: GroupTask, outcome: GroupOutcome | None, error: str | None) -> None:
         if outcome is None:  # the whole task failed (its worker died, its SLURM job ended without a result)
@@ -306,10 +302,7 @@ class Scheduler:
     def _collect(self, timeout: float) -> bool:
         done = self.launcher.wait(timeout)
         for task, outcome, error in done:
-            if isinstance(task, GroupTask):
-                self._complete_group(task, outcome, error)
-            else:
-                self._complete(task, outcome, error)
+            self._complete_group(task, outcome, error)
         return bool(done)
 
     def _elsewhere(self, node: Node, who) -> None:

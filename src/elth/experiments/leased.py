@@ -235,7 +235,8 @@ def follow_rank_zero() -> None:
 
 @dataclass(frozen=True)
 class GroupTask:
-    """Runs trained together as one fused group, then each run's own task.
+    """What the scheduler hands a worker: one or more runs' tasks (a lone run is a group of one).
+    Several are first trained together as one fused group, then each run's own task runs.
 
     `train(ctx, [member args...])` trains what the members' tasks would train (writing it where
     they look for it) and returns how many trainings it did; each member's task then runs as it
@@ -290,8 +291,9 @@ def run_group_task(group: GroupTask) -> GroupOutcome:
             held.append((i, member, lease))
         fused, error = 0, None
         started = time.time()
+        in_group = {"fused_group": group.label} if len(group.members) > 1 else {}  # else a lone run
         for _, member, lease in held:  # each member's attempt starts with the group
-            _record_start(member, lease, fused_group=group.label)
+            _record_start(member, lease, **in_group)
         if len(held) > 1:
             try:
                 _on_every_rank((group, [m.args for _, m, _ in held]), ctx)
