@@ -59,11 +59,10 @@ def main() -> None:
     import torch
 
     import elth.training.loop as loop
-    from elth.data import load_dataset
     from elth.analysis.stats import paired_difference
-    from elth.training import Protocol, train
+    from elth.data import load_dataset
+    from elth.training import Member, Protocol, train, train_group
     from elth.training.protocol import parse_steps
-    from elth.training import Member, train_group
 
     torch.set_num_threads(1)
     data = load_dataset(args.dataset)

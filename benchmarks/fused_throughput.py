@@ -72,8 +72,7 @@ def measure(model_name: str, k: int, steps: int, batch: int, rounds: int, device
     """Total images/s for K members of `model_name`: "separate", "fused" (all K in one fused network)
     and, on CPUs, "default" (`train_group` as elth calls it there: at most a few members at once)."""
     from elth.data.base import synthetic
-    from elth.training import Protocol, train
-    from elth.training import train_group
+    from elth.training import Protocol, train, train_group
 
     data = synthetic(input_shape=SHAPE, num_classes=CLASSES, num_train=batch * steps, num_test=batch, seed=0).to(device)
     protocol = Protocol(length=f"{steps}it", batch_size=batch, lr=0.05, milestones=())

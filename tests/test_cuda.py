@@ -18,8 +18,7 @@ from elth.data import load_dataset
 from elth.masks import count
 from elth.models import build_model
 from elth.sparsity.dst import DPF, RigL
-from elth.training import Protocol, train
-from elth.training import Member, train_group
+from elth.training import Member, Protocol, train, train_group
 from elth.training.fused import default_group_size
 from elth.workflows.imp import IMPConfig, run_imp
 

@@ -272,8 +272,7 @@ def fused_group_members(model_name: str = "mlp_1"):
     """Three tickets of `model_name` (different weights, masks and data seeds) and their protocol."""
     from elth.data import load_dataset
     from elth.models import build_model
-    from elth.training import Protocol
-    from elth.training import Member
+    from elth.training import Member, Protocol
 
     data = load_dataset("digits")
     members = []

@@ -6,8 +6,8 @@ from elth.cli import main
 from elth.data.base import DatasetInfo
 from elth.experiments import read_results
 from elth.experiments.aggregate import aggregate
+from elth.experiments.shipped import get_experiment
 from elth.experiments.spec import Setup, SpecError, TicketRun, Transfer, expand
-from elth.experiments.specs import get_experiment
 from elth.masks import PruningError, full_mask, magnitude_prune
 from elth.methods import curve_label
 from elth.models import build_model

@@ -1,6 +1,6 @@
 """Every cpu-scale spec runs enough seeds for a paired 95% interval to decide a claim."""
 from elth.experiments import get_experiment
-from elth.experiments.specs import EXPERIMENTS
+from elth.experiments.shipped import EXPERIMENTS
 from elth.experiments.verdicts import MIN_SEEDS
 
 

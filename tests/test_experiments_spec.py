@@ -7,8 +7,15 @@ import torch
 
 from elth.elastic import PlanError, make_plan, validate_plan
 from elth.errors import ElthError
-from elth.experiments.spec import ALL_PAIRS, Setup, SpecError, Transfer, expand, is_stretch
-from elth.experiments.specs import EXPERIMENTS, get_experiment
+from elth.experiments.shipped import EXPERIMENTS, get_experiment
+from elth.experiments.spec import (
+    ALL_PAIRS,
+    Setup,
+    SpecError,
+    Transfer,
+    expand,
+    is_stretch,
+)
 from elth.models import build_model
 
 

@@ -14,7 +14,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("elth.models", "elth.data", "elth.masks", "elth.files", "elth.runs"),
     ("elth.tickets", "elth.training", "elth.flops"),
     ("elth.sparsity",),
-    ("elth.elastic", "elth.transfer", "elth.methods", "elth.open_lth"),
+    ("elth.elastic", "elth.dataset_move", "elth.methods", "elth.open_lth"),
     ("elth.workflows",),
     ("elth.analysis", "elth.experiments"),
     ("elth.commands", "elth.cli", "elth.__main__"),

@@ -25,9 +25,8 @@ from elth.files import CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE, RUN_FILE
 from elth.masks import count, count_for_sparsity
 from elth.models import build_model
 from elth.sparsity.dst import DPF, RigL
-from elth.training import Protocol, TrainingDiverged, train
+from elth.training import Member, Protocol, TrainingDiverged, train, train_group
 from elth.training.checkpoint import load_checkpoint
-from elth.training import Member, train_group
 from elth.training.fused import FusedNetwork, FusionError
 
 K = 3

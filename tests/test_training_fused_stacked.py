@@ -11,18 +11,6 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-import elth.training.fused.engine as fused_engine
-from elth.data import load_dataset
-from elth.models import build_model
-from elth.masks import count
-from elth.sparsity.dst import DPF, RigL
-from elth.training import Protocol, train
-from elth.training import Member, train_group
-from elth.training.fused import FusedNetwork, FusionError
-from elth.training.fused.network import GROUPED, STACKED
-from elth.training.fused.sizing import cpu_members_at_once
 from test_training_fused import (
     DATA_SEEDS,
     K,
@@ -32,6 +20,17 @@ from test_training_fused import (
     train_separately,
     train_together,
 )
+from torch import nn
+
+import elth.training.fused.engine as fused_engine
+from elth.data import load_dataset
+from elth.masks import count
+from elth.models import build_model
+from elth.sparsity.dst import DPF, RigL
+from elth.training import Member, Protocol, train, train_group
+from elth.training.fused import FusedNetwork, FusionError
+from elth.training.fused.network import GROUPED, STACKED
+from elth.training.fused.sizing import cpu_members_at_once
 
 PROTOCOL = Protocol(length="40it", batch_size=16, lr=0.02, milestones=("20it",), warmup="5it")
 

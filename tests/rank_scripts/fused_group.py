@@ -10,8 +10,10 @@ import torch.distributed as dist
 sys.path.insert(0, sys.argv[1])  # the tests folder
 from test_distributed import fused_group_members  # noqa: E402
 
-from elth.training import distributed  # noqa: E402
-from elth.training import train_group  # noqa: E402
+from elth.training import (
+    distributed,  # noqa: E402
+    train_group,  # noqa: E402
+)
 
 distributed.init("cpu")
 data, protocol, members = fused_group_members(sys.argv[2])

@@ -13,7 +13,7 @@ from elth.data import load_dataset
 from elth.errors import ElthError
 from elth.experiments.evidence import plain_summary
 from elth.experiments.results import read_results
-from elth.experiments.specs import DEMO
+from elth.experiments.shipped import DEMO
 from elth.experiments.verdicts import verdicts_for
 
 DESCRIPTION = """\

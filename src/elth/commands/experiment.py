@@ -15,17 +15,22 @@ from elth.commands.common import (
     run_on_ranks,
 )
 from elth.errors import ElthError
-from elth.limits import MAX_SEEDS, check_real
 from elth.experiments.launch import LaunchOptions
-from elth.experiments.leased import follow_rank_zero, leading_ranks
-from elth.experiments.slurm_launcher import SlurmOptions, parse_slurm_args, parse_time
 from elth.experiments.lease import DEFAULT_TIMEOUT
+from elth.experiments.leased import follow_rank_zero, leading_ranks
 from elth.experiments.report import report_figures, summary_text, write_report
 from elth.experiments.results import read_results
-from elth.experiments.runner import ExperimentFailed, build_graph, report_from_store, run_experiment
+from elth.experiments.runner import (
+    ExperimentFailed,
+    build_graph,
+    report_from_store,
+    run_experiment,
+)
+from elth.experiments.shipped import EXPERIMENTS, get_experiment
+from elth.experiments.slurm_launcher import SlurmOptions, parse_slurm_args, parse_time
 from elth.experiments.spec import expand
-from elth.experiments.specs import EXPERIMENTS, get_experiment
 from elth.experiments.status import format_status, pace, survey
+from elth.limits import MAX_SEEDS, check_real
 from elth.training import distributed
 
 DESCRIPTION = """\

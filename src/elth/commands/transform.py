@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from elth.commands.common import (
+    add_data_dir_argument,
+    check_output_file,
+    index_list,
+    seed_arg,
+)
 from elth.data import dataset_info
+from elth.dataset_move import to_dataset
 from elth.elastic import (
     ORDERS,
     SQUEEZE_MODES,
@@ -15,14 +22,12 @@ from elth.elastic import (
     replica_units,
     transform,
 )
-from elth.commands.common import add_data_dir_argument, check_output_file, index_list, seed_arg
 from elth.elastic.block_mapping import block_mapping_plan
-from elth.elastic.strategies import APPENDING, CONSECUTIVE
 from elth.elastic.plan import model_view
+from elth.elastic.strategies import APPENDING, CONSECUTIVE
 from elth.errors import ElthError
 from elth.masks import count
 from elth.tickets import Ticket, load_ticket, save_ticket
-from elth.transfer import to_dataset
 
 DESCRIPTION = """\
 Stretch or squeeze a ticket into another depth of its model family (an Elastic Ticket

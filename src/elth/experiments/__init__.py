@@ -1,8 +1,8 @@
 """The paper's figures and tables as runnable specs: expansion into runs, execution, results, reports."""
 from elth.experiments.results import COLUMNS, Row, read_results, write_results
 from elth.experiments.runner import ExperimentFailed, Outcome, run_experiment
+from elth.experiments.shipped import EXPERIMENTS, get_experiment
 from elth.experiments.spec import SCALES, Experiment, Setup, SpecError, Transfer, expand
-from elth.experiments.specs import EXPERIMENTS, get_experiment
 
 __all__ = [
     "COLUMNS",

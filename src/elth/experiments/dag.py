@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 
 from elth.experiments import fusion
 from elth.experiments.attempts import first_line
-from elth.experiments.jobs import Context, Diverged, LevelCost, dataset_name, imp_directory, imp_levels, on_cpu, on_dataset
+from elth.experiments.jobs import (
+    Context,
+    Diverged,
+    LevelCost,
+    dataset_name,
+    imp_directory,
+    imp_levels,
+    on_cpu,
+    on_dataset,
+)
 from elth.experiments.kinds import (
     DIVERGED,
     DONE,
@@ -36,7 +45,15 @@ from elth.experiments.kinds import (
     RunKind,
 )
 from elth.experiments.lease import holder
-from elth.experiments.leased import Busy, Failed, Finished, GroupOutcome, GroupTask, Task, WorkerSettings
+from elth.experiments.leased import (
+    Busy,
+    Failed,
+    Finished,
+    GroupOutcome,
+    GroupTask,
+    Task,
+    WorkerSettings,
+)
 from elth.experiments.spec import ImpRun, LMCRun, TicketRun
 
 __all__ = ["DIVERGED", "DONE", "ELSEWHERE", "FAILED", "FINAL", "SKIPPED", "SUBMITTED", "WAITING", "Cannot", "Graph",

@@ -8,7 +8,6 @@ back instead of trained again and an interrupted one resumes from its checkpoint
 from __future__ import annotations
 
 import dataclasses
-
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,17 +16,24 @@ import torch
 
 from elth.analysis import linear_mode_connectivity
 from elth.data import Dataset, DatasetInfo, load_dataset
+from elth.dataset_move import to_dataset
 from elth.elastic import match_sparsity, source_sparsity, transform
 from elth.experiments.compute import mask_cost_flops
 from elth.experiments.spec import ImpRun, LMCRun, TicketRun
-from elth.files import LMC_FILE, RESULT_FILE, TICKET_FILE, json_object, read_record, write_json_atomic
+from elth.files import (
+    LMC_FILE,
+    RESULT_FILE,
+    TICKET_FILE,
+    json_object,
+    read_record,
+    write_json_atomic,
+)
 from elth.flops import forward_macs, training_flops
 from elth.methods import method
 from elth.models import build_model
 from elth.runs import run_dir
 from elth.tickets import Ticket, load_ticket, save_ticket
 from elth.training import Protocol, TrainingDiverged, default_rewind, preset
-from elth.transfer import to_dataset
 from elth.workflows.baseline_tickets import permute_ticket_mask, prune_ticket
 from elth.workflows.dst_training import train_dst, train_dst_group
 from elth.workflows.imp import IMPConfig, imp_run_dir, level_dir, run_imp, run_imps

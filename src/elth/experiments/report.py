@@ -24,13 +24,13 @@ from elth.experiments.aggregate import (
     read_at,
     targets_of,
 )
+from elth.experiments.compute import dense_training_flops, dst_comparisons, elth_savings
 from elth.experiments.evidence import paired_section, verdict_section
 from elth.experiments.markdown import table
-from elth.experiments.compute import dense_training_flops, dst_comparisons, elth_savings
 from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
 from elth.experiments.results import Row, read_lmc, read_meta, read_results
+from elth.experiments.shipped import get_experiment
 from elth.experiments.spec import SMOKE_SCALE, SpecError
-from elth.experiments.specs import get_experiment
 from elth.files import ACCURACY_FIGURE, REPORT_FILE, write_text_atomic
 from elth.methods import DEFAULT_STRATEGIES, curve_label, short_name
 

@@ -314,7 +314,9 @@ class LMCRun:
 
 
 @dataclass(frozen=True)
-class Plan:
+class SetupRuns:
+    """Every run one setup needs (`expand`)."""
+
     imp: tuple[ImpRun, ...]
     tickets: tuple[TicketRun, ...]
     lmc: tuple[LMCRun, ...] = ()
@@ -335,7 +337,7 @@ def _transfer_run(method: str, t: Transfer, level: int, seed: int) -> TicketRun:
                      t.random_replicas, t.source_dataset or "")
 
 
-def expand(setup: Setup) -> Plan:
+def expand(setup: Setup) -> SetupRuns:
     """Every run a setup needs: IMP per (member, seed), then ETTs and baselines per level and seed."""
     setup.validate()
     seeds = range(setup.seeds)
@@ -370,4 +372,4 @@ def expand(setup: Setup) -> Plan:
                 for t in transfers:
                     if t.target == target:
                         lmc.append(LMCRun(target, level, s, setup.lmc_points, _transfer_run("ett", t, level, s)))
-    return Plan(imp, tuple(tickets), tuple(lmc))
+    return SetupRuns(imp, tuple(tickets), tuple(lmc))

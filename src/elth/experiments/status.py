@@ -14,12 +14,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from elth.experiments.attempts import busy_seconds, first_line, read_attempts, read_failure, read_submitted
+from elth.experiments.attempts import (
+    busy_seconds,
+    first_line,
+    read_attempts,
+    read_failure,
+    read_submitted,
+)
 from elth.experiments.dag import DIVERGED, DONE, Cannot, Graph, Node
 from elth.experiments.jobs import Diverged
-from elth.files import SUBMITTED_FILE
-from elth.experiments.slurm_launcher import slurm_job_states
 from elth.experiments.lease import DEFAULT_TIMEOUT, current
+from elth.experiments.slurm_launcher import slurm_job_states
+from elth.files import SUBMITTED_FILE
 
 STATES = ("done", "diverged", "running", "queued", "stalled", "failed", "ready", "waiting", "cannot run")
 

@@ -22,7 +22,14 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from elth.analysis.stats import MOST_SEEDS, PairedDifference, format_difference, paired_difference, pooled, seeds_to_decide
+from elth.analysis.stats import (
+    MOST_SEEDS,
+    PairedDifference,
+    format_difference,
+    paired_difference,
+    pooled,
+    seeds_to_decide,
+)
 from elth.elastic.strategies import APPENDING
 from elth.experiments.aggregate import aggregate, curves, targets_of
 from elth.experiments.paired import IMP_KEY, SeedPoints, compare_paired, ett_comparisons

@@ -3,11 +3,18 @@ from __future__ import annotations
 
 import re
 
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from elth.models.base import ElasticModel
-from elth.models.families import ModelFamily, ModelSpec, NameRejected, check_units, conv_net_bound, register_builtin
+from elth.models.families import (
+    ModelFamily,
+    ModelSpec,
+    NameRejected,
+    check_units,
+    conv_net_bound,
+    register_builtin,
+)
 from elth.models.init import init_weights
 from elth.models.structure import ElasticStructure
 

@@ -6,7 +6,13 @@ import re
 from torch import nn
 
 from elth.models.base import ElasticModel
-from elth.models.families import ModelFamily, ModelSpec, NameRejected, conv_net_bound, register_builtin
+from elth.models.families import (
+    ModelFamily,
+    ModelSpec,
+    NameRejected,
+    conv_net_bound,
+    register_builtin,
+)
 from elth.models.init import init_weights
 from elth.models.structure import ElasticStructure
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 import math
 import re
 
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from elth.models.base import ElasticModel
-from elth.models.families import ModelFamily, ModelSpec, NameRejected, check_units, register_builtin
+from elth.models.families import (
+    ModelFamily,
+    ModelSpec,
+    NameRejected,
+    check_units,
+    register_builtin,
+)
 from elth.models.init import init_weights
 from elth.models.structure import ElasticStructure
 

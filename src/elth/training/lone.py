@@ -16,7 +16,12 @@ from torch import nn
 from elth.errors import ElthError
 from elth.training import distributed
 from elth.training.allocator import tune_malloc
-from elth.training.device import autocast, model_device, prepare_input, use_channels_last
+from elth.training.device import (
+    autocast,
+    model_device,
+    prepare_input,
+    use_channels_last,
+)
 from elth.training.masking import GradientMask
 from elth.training.metrics import RunningStats
 from elth.training.protocol import LRSchedule, Protocol

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import torch
 
-from elth.files import RESULT_FILE, TICKET_FILE, TRAIN_DIR, read_record, write_json_atomic
+from elth.files import (
+    RESULT_FILE,
+    TICKET_FILE,
+    TRAIN_DIR,
+    read_record,
+    write_json_atomic,
+)
 from elth.flops import (
     dpf_training_flops,
     forward_macs,

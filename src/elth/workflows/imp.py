@@ -42,7 +42,13 @@ from elth.files import (
     write_json_atomic,
 )
 from elth.limits import BadNumberError, check_real, check_seed
-from elth.masks import count, excluded_names, full_mask, imp_kept_counts, magnitude_prune
+from elth.masks import (
+    count,
+    excluded_names,
+    full_mask,
+    imp_kept_counts,
+    magnitude_prune,
+)
 from elth.models import build_model
 from elth.runs import run_dir
 from elth.tickets import (

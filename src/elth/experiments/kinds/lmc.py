@@ -2,8 +2,23 @@
 line between them (`elth.analysis.lmc`)."""
 from __future__ import annotations
 
-from elth.experiments.jobs import LMC_SEED_OFFSET, Context, lmc_cached, lmc_run_dir, run_lmc_job, train_ticket_group_job
-from elth.experiments.kinds.base import DIVERGED, DONE, FAILED, SKIPPED, Cannot, RunKind, register
+from elth.experiments.jobs import (
+    LMC_SEED_OFFSET,
+    Context,
+    lmc_cached,
+    lmc_run_dir,
+    run_lmc_job,
+    train_ticket_group_job,
+)
+from elth.experiments.kinds.base import (
+    DIVERGED,
+    DONE,
+    FAILED,
+    SKIPPED,
+    Cannot,
+    RunKind,
+    register,
+)
 from elth.methods import curve_label
 
 

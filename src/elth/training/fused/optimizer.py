@@ -14,7 +14,12 @@ import torch
 from torch import nn
 from torch.optim.sgd import sgd
 
-from elth.training.fused.network import FusedNetwork, member_slice, member_views, stack_members
+from elth.training.fused.network import (
+    FusedNetwork,
+    member_slice,
+    member_views,
+    stack_members,
+)
 from elth.training.lone import make_optimizer
 from elth.training.protocol import Protocol
 

@@ -4,11 +4,11 @@ import torch
 
 from elth.cli import main
 from elth.data.base import DatasetInfo
+from elth.dataset_move import DatasetMoveError, to_dataset
 from elth.elastic.apply import METHOD
 from elth.masks import full_mask, magnitude_prune
 from elth.models import build_model
 from elth.tickets import from_model, load_ticket, save_ticket
-from elth.transfer import TransferError, to_dataset
 
 CIFAR = DatasetInfo("synthetic_3x8x8_n64", (3, 8, 8), 10)
 
@@ -64,7 +64,7 @@ def test_an_mlp_keeps_its_output_layer_dense():
      "inputs fit the same weights"),
 ])
 def test_inputs_that_do_not_fit_are_clear_errors(model, source, target, message):
-    with pytest.raises(TransferError, match=message):
+    with pytest.raises(DatasetMoveError, match=message):
         to_dataset(_ticket(model, source), target)
 
 

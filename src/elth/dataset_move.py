@@ -20,7 +20,7 @@ from elth.sparsity.baselines import derived_seed
 from elth.tickets import Ticket, TicketError
 
 
-class TransferError(TicketError):
+class DatasetMoveError(TicketError):
     """A ticket whose weights cannot fit the other dataset's inputs."""
 
 
@@ -33,7 +33,7 @@ def to_dataset(ticket: Ticket, info: DatasetInfo, *, seed: int = 0) -> Ticket:
         result.provenance = _provenance(ticket, info, head=None)
         return result
     if mine.input_shape[0] != info.input_shape[0]:
-        raise TransferError(
+        raise DatasetMoveError(
             f"the ticket's {ticket.model} takes {mine.input_shape[0]}-channel images ({mine.name}) and "
             f"{info.name} has {info.input_shape[0]} channels: its first layer's weights cannot be used"
         )
@@ -46,7 +46,7 @@ def to_dataset(ticket: Ticket, info: DatasetInfo, *, seed: int = 0) -> Ticket:
     blocking = [k for k in mismatched if not in_head(k)]
     if blocking:
         k = blocking[0]
-        raise TransferError(
+        raise DatasetMoveError(
             f"{k!r} has shape {tuple(ticket.state[k].shape)} for {mine.name} (input {tuple(mine.input_shape)}) "
             f"but {tuple(fresh[k].shape)} for {info.name} (input {tuple(info.input_shape)}): a {ticket.model} "
             "ticket moves only between datasets whose inputs fit the same weights"
@@ -99,4 +99,4 @@ def _provenance(ticket: Ticket, info: DatasetInfo, head: list[str] | None, seed:
     return out
 
 
-__all__ = ["TransferError", "to_dataset"]
+__all__ = ["DatasetMoveError", "to_dataset"]
