@@ -3,14 +3,21 @@
 `run_dir(root, "imp", hparams)` is `root/imp-<hash>`: running the same work again finds the same
 directory (finished work is reused, interrupted work resumes from its checkpoints), and different
 settings never share one. Each directory keeps its `hparams.json`, so it explains itself.
+
+Every kind of run says what determines its result as a `RunKey`: a frozen dataclass of plain JSON
+fields (as open_lth's hparams descriptors) whose `directory(root)` is the run's directory. The keys
+are defined where their runs are made (`ImpKey` beside IMP, `TicketRunKey` beside the experiment's
+ticket runs, ...); this module is the one place that turns a key into a directory.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
 from pathlib import Path
+from typing import ClassVar
 
 from elth.errors import ElthError
 from elth.files import HPARAMS_FILE, write_text_atomic
@@ -58,3 +65,22 @@ def run_dir(root: str | os.PathLike, kind: str, hparams: dict, create: bool = Tr
     elif create:
         write_text_atomic(record, json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n")
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class RunKey:
+    """What determines a run's result, as typed fields of plain JSON data: fields -> hash ->
+    directory. A subclass names its runs' directory prefix (`prefix`, or `kind()` when it depends
+    on the fields) and declares its fields in the order they are recorded."""
+
+    prefix: ClassVar[str] = ""
+
+    def kind(self) -> str:
+        return self.prefix
+
+    def hparams(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def directory(self, root: str | os.PathLike, create: bool = True) -> Path:
+        """`root/<kind>-<hash of the fields>` (created with its `hparams.json` unless `create` is False)."""
+        return run_dir(root, self.kind(), self.hparams(), create=create)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from elth.analysis import alphas_of, linear_mode_connectivity, plot_lmc
 from elth.commands.common import (
@@ -18,7 +20,7 @@ from elth.data import canonical_name, dataset_info, load_dataset
 from elth.errors import ElthError
 from elth.files import LMC_FIGURE, LMC_FILE, json_text, write_text_atomic
 from elth.limits import check_seed
-from elth.runs import run_dir
+from elth.runs import RunKey
 from elth.tickets import check_dataset, load_ticket
 
 DESCRIPTION = """\
@@ -46,6 +48,22 @@ examples:
   elth lmc runs/imp-*/level_6/ticket.safetensors r20_to_r32.safetensors --label IMP --label "ETT <- ResNet-20"
   elth lmc ticket.safetensors --preset short --points 11 --seeds 0,1 --out lmc_result
 """
+
+
+@dataclass(frozen=True)
+class LMCKey(RunKey):
+    """What determines an `elth lmc` run (`root/lmc-<hash>`)."""
+
+    prefix: ClassVar[str] = "lmc"
+    tickets: list
+    datasets: list
+    protocols: list
+    data_seeds: list
+    points: int
+    bn: str
+    bn_batches: int
+    train_per_class: int | None
+    precision: str
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,18 +150,12 @@ def run(args: argparse.Namespace) -> int:
         jobs.append((path, ticket, key, protocol))
 
     root = Path(args.root)
-    settings = {
-        "tickets": [t.content_hash() for _, t, _, _ in jobs],
-        "datasets": [k for _, _, k, _ in jobs],
-        "protocols": [p.to_dict() for _, _, _, p in jobs],
-        "data_seeds": list(seeds),
-        "points": args.points,
-        "bn": args.bn,
-        "bn_batches": args.bn_batches,
-        "train_per_class": args.train_per_class,
-        "precision": args.precision,
-    }
-    out = Path(args.out) if args.out else run_dir(root, "lmc", settings)
+    lmc_key = LMCKey(
+        tickets=[t.content_hash() for _, t, _, _ in jobs], datasets=[k for _, _, k, _ in jobs],
+        protocols=[p.to_dict() for _, _, _, p in jobs], data_seeds=list(seeds), points=args.points, bn=args.bn,
+        bn_batches=args.bn_batches, train_per_class=args.train_per_class, precision=args.precision,
+    )
+    out = Path(args.out) if args.out else lmc_key.directory(root)
 
     datasets: dict[str, object] = {}
     results = []
@@ -177,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         print(flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"settings": settings, "results": [r.to_dict() for r in results]}
+    payload = {"settings": lmc_key.hparams(), "results": [r.to_dict() for r in results]}
     write_text_atomic(out / LMC_FILE, json_text(payload, indent=2) + "\n")
     plot_lmc(results, out / LMC_FIGURE)
     if len(results) > 1:

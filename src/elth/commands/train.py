@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from elth.commands import common
 from elth.data import canonical_name, load_dataset
 from elth.models import build_model, parse_model_name
-from elth.runs import run_dir
+from elth.runs import RunKey
 from elth.training import train
 from elth.training.protocol import PRESETS
 
@@ -31,6 +32,21 @@ examples:
   elth train --model mlp_2 --dataset fashion_mnist --epochs 3
   elth train --model cifar_resnet_20 --dataset cifar10 --preset short --precision bf16
 """
+
+
+@dataclass(frozen=True)
+class DenseTrainKey(RunKey):
+    """What determines an `elth train` run (`root/train_<model>_<dataset>-<hash>`)."""
+
+    model: str
+    dataset: str
+    protocol: dict
+    seed: int
+    data_seed: int
+    precision: str
+
+    def kind(self) -> str:
+        return f"train_{self.model}_{self.dataset}".lower().replace("-", "_")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,19 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
     data = load_dataset(dataset_key, args.data_dir, device=device)
     model = build_model(args.model, data.info.input_shape, data.info.num_classes, seed=args.seed)
-    hparams = {
-        "model": args.model,
-        "dataset": data.info.name,
-        "protocol": protocol.to_dict(),
-        "seed": args.seed,
-        "data_seed": data_seed,
-        "precision": args.precision,
-    }
-    if args.out:
-        out = Path(args.out)
-    else:
-        kind = f"train_{args.model}_{data.info.name}".lower().replace("-", "_")
-        out = run_dir(Path(args.root), kind, hparams)
+    key = DenseTrainKey(args.model, data.info.name, protocol.to_dict(), args.seed, data_seed, args.precision)
+    out = Path(args.out) if args.out else key.directory(args.root)
 
     ipe = data.iterations_per_epoch(protocol.batch_size)
     total = protocol.total_steps(ipe)

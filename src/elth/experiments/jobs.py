@@ -11,6 +11,7 @@ import dataclasses
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -31,7 +32,7 @@ from elth.files import (
 from elth.flops import forward_macs, training_flops
 from elth.methods import method
 from elth.models import build_model
-from elth.runs import run_dir
+from elth.runs import RunKey
 from elth.tickets import Ticket, load_ticket, save_ticket
 from elth.training import Protocol, TrainingDiverged, default_rewind, preset
 from elth.workflows.baseline_tickets import permute_ticket_mask, prune_ticket
@@ -264,18 +265,45 @@ def run_imp_group_job(ctx: Context, runs: list[ImpRun], group_size: int) -> int:
 
 
 # -- tickets (ETTs and baselines) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class TicketRunKey(RunKey):
+    """What determines a ticket run of an experiment (`root/ticket-<hash>`): the run (its method,
+    networks, level, seed and strategy: `TicketRun.hparams`, recorded at the top level), the
+    tickets it starts from and the protocol."""
+
+    prefix: ClassVar[str] = "ticket"
+    run: dict
+    from_ticket: str
+    like_ticket: str
+    dataset: dict
+    protocol: dict
+    rewind: str
+
+    def hparams(self) -> dict:
+        fields = super().hparams()
+        return {**fields.pop("run"), **fields}
+
+
+@dataclass(frozen=True)
+class LMCRunKey(RunKey):
+    """What determines an LMC run of an experiment (`root/lmc-<hash>`)."""
+
+    prefix: ClassVar[str] = "lmc"
+    ticket: str
+    target: str
+    level: int
+    seed: int
+    points: int
+    dataset: dict
+    protocol: dict
+    data_seeds: list
+
+
 def ticket_run_dir(ctx: Context, run: TicketRun, basis: LevelCost, like: LevelCost) -> Path:
     """`root/ticket-<hash>`: the hash covers the run, the ticket(s) it starts from and the protocol."""
     s = settings(ctx, run.target)
-    hp = {
-        **run.hparams(),
-        "from_ticket": _relative(basis.ticket, ctx.root),
-        "like_ticket": _relative(like.ticket, ctx.root),
-        "dataset": s.info.to_dict(),
-        "protocol": s.protocol.to_dict(),
-        "rewind": s.rewind,
-    }
-    return run_dir(ctx.root, "ticket", hp)
+    return TicketRunKey(run.hparams(), _relative(basis.ticket, ctx.root), _relative(like.ticket, ctx.root),
+                        s.info.to_dict(), s.protocol.to_dict(), s.rewind).directory(ctx.root)
 
 
 def _level_facts(record: dict) -> dict:
@@ -462,12 +490,8 @@ LMC_SEED_OFFSET = 1000
 
 def lmc_run_dir(ctx: Context, run: LMCRun, ticket_path: str) -> Path:
     s = settings(ctx, run.target)
-    hp = {
-        "ticket": _relative(ticket_path, ctx.root), "target": run.target, "level": run.level, "seed": run.seed,
-        "points": run.points, "dataset": s.info.to_dict(), "protocol": s.protocol.to_dict(),
-        "data_seeds": [run.seed, run.seed + LMC_SEED_OFFSET],
-    }
-    return run_dir(ctx.root, "lmc", hp)
+    return LMCRunKey(_relative(ticket_path, ctx.root), run.target, run.level, run.seed, run.points, s.info.to_dict(),
+                     s.protocol.to_dict(), [run.seed, run.seed + LMC_SEED_OFFSET]).directory(ctx.root)
 
 
 def lmc_cached(ctx: Context, run: LMCRun, ticket_path: str) -> dict | None:

@@ -227,7 +227,7 @@ class ImpRun:
     @property
     def label(self) -> str:
         on = f" on {self.dataset}" if self.dataset else ""
-        return f"imp {self.model}{on} seed {self.seed} ({self.levels} levels)"
+        return f"imp {self.model}{on} seed {self.seed} (to level {self.levels})"
 
 
 @dataclass(frozen=True)

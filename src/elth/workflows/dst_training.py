@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -24,7 +25,7 @@ from elth.flops import (
 from elth.limits import MAX_MULTIPLIER, check_seed
 from elth.masks import count, excluded_names
 from elth.models import build_model
-from elth.runs import run_dir
+from elth.runs import RunKey
 from elth.sparsity.dst.common import check_settings
 from elth.sparsity.dst.densities import DISTRIBUTIONS, DSTError, layer_densities
 from elth.sparsity.dst.dpf import DPF
@@ -122,15 +123,28 @@ class DSTResult:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def dst_hparams(model_name: str, data, protocol, method: str, sparsity: float, options: dict, excluded: list[str],
-                seed: int, data_seed: int, precision: str) -> dict:
-    """Everything that determines a DST run (the `dst-<hash>` directory name)."""
+@dataclass(frozen=True)
+class DstKey(RunKey):
+    """What determines a DST run (`root/dst-<hash>`)."""
+
+    prefix: ClassVar[str] = "dst"
+    model: str
+    dataset: dict
+    protocol: dict
+    method: str
+    sparsity: float
+    options: dict
+    excluded: list
+    seed: int
+    data_seed: int
+    precision: str
+
+
+def dst_key(model_name: str, data, protocol, method: str, sparsity: float, options: dict, excluded: list[str],
+            seed: int, data_seed: int, precision: str) -> DstKey:
     opts = {k: v for k, v in options.items() if k != "exclude"}
-    return {
-        "model": model_name, "dataset": data.info.to_dict(), "protocol": protocol.to_dict(), "method": method,
-        "sparsity": float(sparsity), "options": opts, "excluded": list(excluded), "seed": int(seed),
-        "data_seed": int(data_seed), "precision": precision,
-    }
+    return DstKey(model_name, data.info.to_dict(), protocol.to_dict(), method, float(sparsity), opts, list(excluded),
+                  int(seed), int(data_seed), precision)
 
 
 def _check_sparsity(model: torch.nn.Module, sparsity: float, options: dict) -> None:
@@ -185,8 +199,8 @@ def _plan(model_name: str, data, protocol, method: str, sparsity: float, seed: i
     _check_sparsity(model, sparsity, options)  # before any run directory
     run = None
     if root is not None:
-        hp = dst_hparams(model_name, data, scaled, method, sparsity, options, excluded, seed, data_seed, precision)
-        run = run_dir(root, "dst", hp)
+        run = dst_key(model_name, data, scaled, method, sparsity, options, excluded, seed, data_seed,
+                      precision).directory(root)
         done = read_record(run / RESULT_FILE, DSTResult.from_dict)
         if done is not None:
             return done

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
@@ -50,7 +50,7 @@ from elth.masks import (
     magnitude_prune,
 )
 from elth.models import build_model
-from elth.runs import run_dir
+from elth.runs import RunKey
 from elth.tickets import (
     ModelLayout,
     Ticket,
@@ -128,24 +128,35 @@ def _layout(config: IMPConfig, info) -> ModelLayout:
     return model_layout(config.model, tuple(info.input_shape), info.num_classes)
 
 
-def imp_hparams(config: IMPConfig, data) -> dict:
-    return {
-        "model": config.model,
-        "dataset": data.info.to_dict(),
-        "protocol": config.protocol.to_dict(),
-        "rewind_step": rewind_step_of(config.rewind, data, config.protocol),
-        "prune_fraction": config.prune_fraction,
-        "excluded": resolved_exclusions(config, data.info),
-        "seed": config.seed,
-        "data_seed": config.data_seed,
-        "precision": config.precision,
-    }
+@dataclass(frozen=True)
+class ImpKey(RunKey):
+    """What determines an IMP run (`root/imp-<hash>`): everything but the number of levels."""
+
+    prefix: ClassVar[str] = "imp"
+    model: str
+    dataset: dict
+    protocol: dict
+    rewind_step: int
+    prune_fraction: float
+    excluded: list
+    seed: int
+    data_seed: int
+    precision: str
+
+
+def imp_key(config: IMPConfig, data) -> ImpKey:
+    return ImpKey(
+        model=config.model, dataset=data.info.to_dict(), protocol=config.protocol.to_dict(),
+        rewind_step=rewind_step_of(config.rewind, data, config.protocol), prune_fraction=config.prune_fraction,
+        excluded=resolved_exclusions(config, data.info), seed=config.seed, data_seed=config.data_seed,
+        precision=config.precision,
+    )
 
 
 def imp_run_dir(config: IMPConfig, data, root: str | os.PathLike, create: bool = True) -> Path:
     """`root/imp-<hash>`: where `run_imp(config, data, ..., root)` keeps its levels (created unless
     `create` is False)."""
-    return run_dir(root, "imp", imp_hparams(config, data), create=create)
+    return imp_key(config, data).directory(root, create=create)
 
 
 def level_dir(run: Path, level: int) -> Path:
@@ -224,14 +235,14 @@ def run_imps(
     hps, eligible = [], []
     for config, n in zip(configs, levels):
         _check(config, data, n)
-        hp = imp_hparams(config, data)
-        names = [name for name in _prunable(config, data.info) if name not in set(hp["excluded"])]
+        hp = imp_key(config, data)
+        names = [name for name in _prunable(config, data.info) if name not in set(hp.excluded)]
         if not names and n > 0:
             raise IMPError("every prunable layer is excluded: nothing to prune")
         check_depth(config, data.info, n)
         hps.append(hp)
         eligible.append(names)
-    runs = [run_dir(root, "imp", hp) for hp in hps]
+    runs = [hp.directory(root) for hp in hps]
     results: list[list[LevelResult]] = [[] for _ in configs]
     diverged: dict[int, TrainingDiverged] = {}
     for k in range(max(levels, default=-1) + 1):
@@ -244,7 +255,7 @@ def run_imps(
         groups: dict[tuple, list[int]] = {}
         for i in todo:
             c = configs[i]
-            groups.setdefault((c.model, c.protocol, hps[i]["rewind_step"], c.precision), []).append(i)
+            groups.setdefault((c.model, c.protocol, hps[i].rewind_step, c.precision), []).append(i)
         for (model, protocol, rewind_step, precision), indices in groups.items():
             for start in range(0, len(indices), group_size):
                 chunk = indices[start : start + group_size]
@@ -273,7 +284,7 @@ def run_imps(
     return [diverged.get(i, results[i]) for i in range(len(configs))]
 
 
-def _make_level_ticket(config: IMPConfig, data, run: Path, k: int, hp: dict, eligible: list[str], root, device,
+def _make_level_ticket(config: IMPConfig, data, run: Path, k: int, hp: ImpKey, eligible: list[str], root, device,
                        progress) -> None:
     """Level k's ticket: the rewind point for level 0, else level k-1's trained weights (read from
     its finished training's checkpoint) pruned by magnitude, rewound."""
@@ -312,14 +323,14 @@ def _level_ticket(config, data, run: Path, level: int, rewind_state, mask, hp) -
     model.load_state_dict(rewind_state)
     return from_model(
         model, data.info, {k: v.cpu() for k, v in mask.items()},
-        rewind_step=hp["rewind_step"], rewind=config.rewind, protocol=config.protocol.to_dict(),
+        rewind_step=hp.rewind_step, rewind=config.rewind, protocol=config.protocol.to_dict(),
         provenance={
             "method": "imp",
             "description": f"IMP level {level} of run {run.name}",
             "run": run.name,
             "level": level,
             "prune_fraction": config.prune_fraction,
-            "excluded": hp["excluded"],
+            "excluded": hp.excluded,
             "seed": config.seed,
             "data_seed": config.data_seed,
         },

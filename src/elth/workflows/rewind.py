@@ -7,7 +7,9 @@ is kept under `root/rewind-<hash>/`.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -15,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from elth.errors import ElthError
 from elth.files import REWIND_WEIGHTS_FILE, TRAIN_DIR, atomic_path
 from elth.models import ElasticModel, build_model
-from elth.runs import run_dir
+from elth.runs import RunKey
 from elth.training import Protocol, parse_steps, train
 
 
@@ -35,19 +37,18 @@ def rewind_step_of(rewind: str, data, protocol: Protocol) -> int:
     return step
 
 
-def rewind_hparams(
-    model_name: str, data, protocol: Protocol, rewind_step: int, seed: int, data_seed: int, precision: str = "fp32"
-) -> dict:
-    """Everything that determines the rewind weights."""
-    return {
-        "model": model_name,
-        "dataset": data.info.to_dict(),
-        "protocol": protocol.to_dict(),
-        "rewind_step": rewind_step,
-        "seed": seed,
-        "data_seed": data_seed,
-        "precision": precision,
-    }
+@dataclass(frozen=True)
+class RewindKey(RunKey):
+    """What determines the rewind weights (`root/rewind-<hash>`)."""
+
+    prefix: ClassVar[str] = "rewind"
+    model: str
+    dataset: dict
+    protocol: dict
+    rewind_step: int
+    seed: int
+    data_seed: int
+    precision: str
 
 
 def rewind_point(
@@ -75,7 +76,7 @@ def rewind_point(
         model.to(device)
     if step == 0:
         return model, 0
-    out = run_dir(root, "rewind", rewind_hparams(model_name, data, protocol, step, seed, data_seed, precision))
+    out = RewindKey(model_name, data.info.to_dict(), protocol.to_dict(), step, seed, data_seed, precision).directory(root)
     weights = Path(out) / REWIND_WEIGHTS_FILE
     if weights.is_file():
         model.load_state_dict(load_file(str(weights)))

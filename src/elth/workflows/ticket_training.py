@@ -10,34 +10,38 @@ would put it; `train_ticket` is a group of one.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from elth.files import CHECKPOINT_FILE, TRAIN_DIR
-from elth.runs import run_dir
+from elth.runs import RunKey
 from elth.tickets import Ticket, TicketError, check_dataset
 from elth.training import Member, Protocol, TrainingDiverged, TrainResult, train_group
 from elth.training.checkpoint import load_checkpoint
 
 
-def train_ticket_hparams(ticket: Ticket, data, protocol: Protocol, data_seed: int, precision: str = "fp32") -> dict:
-    """Everything that determines the result of training `ticket`."""
-    return {
-        "ticket": ticket.content_hash(),
-        "model": ticket.model,
-        "dataset": data.info.to_dict(),
-        "protocol": protocol.to_dict(),
-        "data_seed": data_seed,
-        "precision": precision,
-    }
+@dataclass(frozen=True)
+class TrainKey(RunKey):
+    """What determines the result of training a ticket (`root/train-<hash>`)."""
+
+    prefix: ClassVar[str] = "train"
+    ticket: str  # the ticket's content hash
+    model: str
+    dataset: dict
+    protocol: dict
+    data_seed: int
+    precision: str
 
 
 def ticket_run_dir(
     ticket: Ticket, data, protocol: Protocol, data_seed: int, root: str | os.PathLike, precision: str = "fp32"
 ) -> Path:
     """`root/train-<hash>`: where `train_ticket(..., root=root)` trains `ticket`."""
-    return Path(run_dir(root, "train", train_ticket_hparams(ticket, data, protocol, data_seed, precision)))
+    return TrainKey(ticket.content_hash(), ticket.model, data.info.to_dict(), protocol.to_dict(), data_seed,
+                    precision).directory(root)
 
 
 def train_ticket(
