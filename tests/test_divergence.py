@@ -128,10 +128,10 @@ def test_a_kept_diverged_ticket_run_is_recorded_as_diverged_and_read_back(tmp_pa
     from elth.experiments.leased import WorkerSettings
     from elth.experiments.local_launchers import InlineLauncher
     from elth.experiments.report import _diverged_section
-    from elth.experiments.runner import _Progress
+    from elth.experiments.runner import _ExperimentLines
 
     graph = Graph([(fine, ImpRun("mlp_2", 0, 1))], [(keep, run)], [])
-    tally = Scheduler(graph, InlineLauncher(), WorkerSettings(), _Progress(2, False, False)).run()
+    tally = Scheduler(graph, InlineLauncher(), WorkerSettings(), _ExperimentLines(2, False, False)).run()
     assert graph.tickets[0].state == DIVERGED
     assert tally.failures == [] and tally.diverged == [(run.label, kept.error)]
     section = _diverged_section({"diverged": [{"run": run.label, "error": kept.error}]})

@@ -11,6 +11,7 @@ others go on; the experiment then ends with an error naming the failures.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -61,8 +62,9 @@ class Outcome:
     busy_seconds: float = 0.0
 
 
-class _Progress:
-    """'[i/N] label' lines, and on a terminal with parallel runs an overall bar (the runs' own bars are off then)."""
+class _ExperimentLines:
+    """An experiment's progress: '[i/N] label' lines, and on a terminal with parallel runs an overall bar
+    (the runs' own bars are off then); drawn through `console` like every bar and line elth prints."""
 
     def __init__(self, total: int, enabled: bool, parallel: bool):
         self.total, self.done, self.enabled, self.parallel = total, 0, enabled, parallel
@@ -138,47 +140,13 @@ def build_graph(experiment: Experiment, scale: str, *, root, seeds=None, data_di
     return parts, [on_cpu(c) if lookups_on_cpu else c for c in ctxs], graph
 
 
-def run_experiment(experiment: Experiment, scale: str, **options) -> Outcome:
-    """Execute every run of `experiment` at `scale` and write `results.jsonl`/`.csv` to `out_dir`
-    (the options: `_run_experiment`'s).
-
-    Over several ranks (torchrun), rank 0 runs the experiment and hands each training to every
-    rank, which trains it together (`launch.leading_ranks`); the other ranks return an empty
-    `Outcome` once rank 0 is done.
-    """
-    if distributed.is_active() and not distributed.is_main():
-        follow_rank_zero()
-        return Outcome(rows=[], out_dir=Path(options["out_dir"]))
-    with leading_ranks():
-        return _run_experiment(experiment, scale, **options)
-
-
-def _run_experiment(
-    experiment: Experiment,
-    scale: str,
-    *,
-    root: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    seeds: int | None = None,
-    workers: int = 1,
-    data_dir: str | os.PathLike | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    threads: int | None = None,
-    setups: tuple[Setup, ...] | None = None,
-    command: str | None = None,
-    launch: LaunchOptions | None = None,
-    lease_timeout: float = DEFAULT_TIMEOUT,
-    tensorboard: bool = False,
-    poll: float = POLL_SECONDS,
-    keep_diverged: bool = False,
-    fuse: int | None = None,
-) -> Outcome:
-    """`run_experiment` on one process (or rank 0, alone).
+@dataclass(frozen=True)
+class RunOptions:
+    """How `run_experiment` runs an experiment (every field but `root` and `out_dir` has a default).
 
     `launch` says where runs execute (default: here with `workers` == 1, else `workers` spawned
     processes with `threads` torch threads each, the cores shared out by default). `setups`
-    replaces the spec's parts for `scale` (the demo uses it to pick its dataset).
+    replaces the spec's parts for the scale (the demo uses it to pick its dataset).
     `lease_timeout`: seconds without a heartbeat after which another runner takes over a run.
     `keep_diverged`: a ticket run whose training diverges is recorded as diverged (listed in
     experiment.json and the report, no row in the results) instead of failing the experiment; an IMP
@@ -186,10 +154,51 @@ def _run_experiment(
     network, dataset and protocol (IMP runs of different seeds, ticket runs, LMC copies) train K at
     a time as one fused network, one task per group (`fusion.py`; the same run directories, results
     and attempt records as one at a time); None picks K from the device and the network; 1 trains
-    every run alone. Raises
-    `ExperimentFailed` after writing the results of the runs that finished.
+    every run alone.
     """
-    launch = launch or LaunchOptions(workers=workers, threads=threads)
+
+    root: str | os.PathLike
+    out_dir: str | os.PathLike
+    seeds: int | None = None
+    workers: int = 1
+    data_dir: str | os.PathLike | None = None
+    device: str | None = None
+    progress: bool = True
+    threads: int | None = None
+    setups: tuple[Setup, ...] | None = None
+    command: str | None = None
+    launch: LaunchOptions | None = None
+    lease_timeout: float = DEFAULT_TIMEOUT
+    tensorboard: bool = False
+    poll: float = POLL_SECONDS
+    keep_diverged: bool = False
+    fuse: int | None = None
+
+
+def run_experiment(experiment: Experiment, scale: str, options: RunOptions | None = None, **fields) -> Outcome:
+    """Execute every run of `experiment` at `scale` and write `results.jsonl`/`.csv` to `out_dir`
+    (`options`, or its fields as keyword arguments: see `RunOptions`). Raises `ExperimentFailed`
+    after writing the results of the runs that finished.
+
+    Over several ranks (torchrun), rank 0 runs the experiment and hands each training to every
+    rank, which trains it together (`launch.leading_ranks`); the other ranks return an empty
+    `Outcome` once rank 0 is done.
+    """
+    if options is None:
+        options = RunOptions(**fields)
+    elif fields:
+        options = dataclasses.replace(options, **fields)
+    if distributed.is_active() and not distributed.is_main():
+        follow_rank_zero()
+        return Outcome(rows=[], out_dir=Path(options.out_dir))
+    with leading_ranks():
+        return _run_experiment(experiment, scale, options)
+
+
+def _run_experiment(experiment: Experiment, scale: str, o: RunOptions) -> Outcome:
+    """`run_experiment` on one process (or rank 0, alone)."""
+    root, progress, fuse, tensorboard = o.root, o.progress, o.fuse, o.tensorboard
+    launch = o.launch or LaunchOptions(workers=o.workers, threads=o.threads)
     launch.check()
     plugins.propagate([*families.builders(), *registered_loaders()])  # workers and jobs register what this process has
     if fuse is not None and fuse < 1:
@@ -204,24 +213,24 @@ def _run_experiment(
     start = time.time()
     # Runs print their own progress when they run here (one at a time) or in a job's log.
     run_progress = progress and (launch.launcher != "local" or launch.workers == 1)
-    parts, ctxs, graph = build_graph(experiment, scale, root=root, seeds=seeds, data_dir=data_dir, device=device,
-                                     progress=run_progress, setups=setups, lookups_on_cpu=not in_process,
-                                     keep_diverged=keep_diverged)
-    out = Path(out_dir)
+    parts, ctxs, graph = build_graph(experiment, scale, root=root, seeds=o.seeds, data_dir=o.data_dir, device=o.device,
+                                     progress=run_progress, setups=o.setups, lookups_on_cpu=not in_process,
+                                     keep_diverged=o.keep_diverged)
+    out = Path(o.out_dir)
     total = len(graph.nodes)
-    bar = _Progress(total, progress, parallel=launch.launcher != "local" or launch.workers > 1)
+    bar = _ExperimentLines(total, progress, parallel=launch.launcher != "local" or launch.workers > 1)
     outcome = Outcome(rows=[], out_dir=out)
     bar.say(f"{experiment.name} ({scale}): {len(graph.imp)} IMP runs, {len(graph.tickets)} other tickets, "
             f"{parts[0].seeds} seed(s); store {root}; {launch.describe()}")
-    worker = WorkerSettings(threads=launch.worker_threads(), lease_timeout=lease_timeout, tensorboard=tensorboard)
+    worker = WorkerSettings(threads=launch.worker_threads(), lease_timeout=o.lease_timeout, tensorboard=tensorboard)
     try:
         with make_launcher(launch, out) as launcher:
-            tally = Scheduler(graph, launcher, worker, bar, poll=poll, fuse=fuse).run()
+            tally = Scheduler(graph, launcher, worker, bar, poll=o.poll, fuse=fuse).run()
     finally:
         bar.close()
     outcome.trained, outcome.cached, outcome.by_others = tally.trained, tally.cached, tally.by_others
     outcome.failures, outcome.diverged, outcome.fused = tally.failures, tally.diverged, tally.fused
-    _finish(experiment, scale, parts, ctxs, graph, outcome, command, start)
+    _finish(experiment, scale, parts, ctxs, graph, outcome, o.command, start)
     if outcome.failures:
         for label, err in outcome.failures:
             print(f"\n--- run failed: {label}\n{err}", file=sys.stderr)
