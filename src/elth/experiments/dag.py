@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from elth.experiments import fusion
 from elth.experiments.attempts import first_line
@@ -128,7 +129,7 @@ class Graph:
             return list(imp.result.levels)
         seen, known = self._levels.get(imp, (0.0, []))
         if len(known) <= at_least and time.time() - seen >= max_age:
-            known = imp_levels(imp.here, imp.run)
+            known = imp_levels(imp.here, imp.run, Path(imp.directory))
             self._levels[imp] = (time.time(), known)
         return known
 

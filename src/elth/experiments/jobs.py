@@ -180,10 +180,9 @@ def _relative(path: str | os.PathLike, root: str) -> str:
 
 
 # -- IMP --------------------------------------------------------------------------------------
-def imp_cached(ctx: Context, run: ImpRun) -> bool:
-    """Whether the IMP run already has every level trained (no work left): each level's own result
-    record, not the summary, which outlives a record deleted to have its level trained again."""
-    directory = imp_directory(ctx, run)
+def imp_finished(directory: Path, run: ImpRun) -> bool:
+    """Whether the IMP run in `directory` has every level trained (no work left): each level's own
+    result record, not the summary, which outlives a record deleted to have its level trained again."""
     return all((level_dir(directory, k) / RESULT_FILE).is_file() for k in range(run.levels + 1))
 
 
@@ -194,10 +193,11 @@ def imp_directory(ctx: Context, run: ImpRun) -> Path:
 
 def imp_outcome(ctx: Context, run: ImpRun) -> ImpOutcome | None:
     """The finished IMP run read back from the store (None while some level is missing)."""
-    if not imp_cached(ctx, run):
+    directory = imp_directory(ctx, run)
+    if not imp_finished(directory, run):
         return None
-    levels = imp_levels(ctx, run)[: run.levels + 1]
-    return ImpOutcome(run.model, run.seed, imp_directory(ctx, run).name, tuple(levels))
+    levels = imp_levels(ctx, run, directory)[: run.levels + 1]
+    return ImpOutcome(run.model, run.seed, directory.name, tuple(levels))
 
 
 def run_imp_job(ctx: Context, run: ImpRun) -> ImpOutcome:
@@ -222,15 +222,15 @@ def _ticket_facts(s: ModelSettings, path: Path) -> tuple[float, int, int]:
     return _TICKET_FACTS[key]
 
 
-def imp_levels(ctx: Context, run: ImpRun) -> list[LevelCost]:
+def imp_levels(ctx: Context, run: ImpRun, directory: Path | None = None) -> list[LevelCost]:
     """The levels of an IMP run whose tickets are in the store, priced, even while the run goes on.
 
     A level's ticket exists once every earlier level is trained, so its mask cost is known; a level
     not trained yet has accuracy NaN and no training steps. The ticket runs of the experiment's
-    graph start from these as soon as the level they need appears.
+    graph start from these as soon as the level they need appears. `directory`: the run's (when known).
     """
     s = settings(ctx, run.model)
-    directory = imp_directory(ctx, run)
+    directory = imp_directory(ctx, run) if directory is None else directory
     levels: list[LevelCost] = []
     spent = 0.0
     k = 0
