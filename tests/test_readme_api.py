@@ -108,20 +108,3 @@ def test_plugins_named_by_path_or_beside_the_working_directory_and_bad_names_fai
                            timeout=300, env={**env, "ELTH_PLUGINS": value})
         assert p.returncode == 2 and p.stderr.startswith(f"elth inspect: error: {says}"), p.stderr
         assert len(p.stderr.splitlines()) == 1
-
-
-def test_the_readme_experiment_of_ones_own_runs_as_a_script(tmp_path):
-    """The `my_family.py` block, run as the script file it says it is (spawned workers import it
-    again), with a protocol and seeds small enough for a test."""
-    text, env = _own_family_workspace(tmp_path)
-    (script,) = [b for b in code_blocks(text, "python") if b.startswith("# my_family.py")]
-    small = (script.replace('"fashion_mnist"', '"digits"').replace("levels=(2, 4, 6)", "levels=(1,)")
-             .replace('"938it"', '"24it"').replace('("469it", "703it")', '("12it",)').replace("seeds=3", "seeds=1")
-             .replace('rewind="30it"', 'rewind="4it"').replace('("snip", "random")', '("random",)'))
-    assert small.count("digits") == 1 and "seeds=1" in small and '"24it"' in small
-    (tmp_path / "my_family.py").write_text(small)
-    p = subprocess.run([sys.executable, "my_family.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                       env={**env, "ELTH_PLUGINS": "my_models"})
-    assert p.returncode == 0, p.stderr[-3000:]
-    rows = (tmp_path / "results" / "my_family" / "results.csv").read_text().splitlines()
-    assert sum(",ett," in r for r in rows) == 6  # my_net_2, _4, _6: each member from the two others

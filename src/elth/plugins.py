@@ -67,31 +67,42 @@ def _is_path(entry: str) -> bool:
     return entry.endswith(".py") or "/" in entry or os.sep in entry
 
 
-def _import(entry: str) -> None:
-    """Import one entry of `ELTH_PLUGINS`: a module name, or the path of a `.py` file."""
+def load_entry(entry: str, source: str = PLUGINS_ENV) -> None:
+    """Import one plugin named in `source` (`ELTH_PLUGINS`, a spec file's key): a module name, or
+    the path of a `.py` file; processes elth starts import it too."""
+    _import(entry, source)
+    if _is_path(entry):
+        entry = str(Path(entry).expanduser().resolve())
+    named = _named_modules()
+    if entry not in named:
+        os.environ[PLUGINS_ENV] = ",".join([*named, entry])
+
+
+def _import(entry: str, source: str = PLUGINS_ENV) -> None:
+    """Import one entry of `ELTH_PLUGINS` (or of `source`): a module name, or the path of a `.py` file."""
     try:
         if _is_path(entry):
-            _import_file(entry)
+            _import_file(entry, source)
         elif importlib.util.find_spec(entry) is None:
-            _import_from_working_directory(entry)
+            _import_from_working_directory(entry, source)
         else:
             importlib.import_module(entry)
     except PluginError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure of the user's module is reported as one error
-        raise PluginError(f"{PLUGINS_ENV}: cannot import {entry!r} ({type(e).__name__}: {e})") from None
+        raise PluginError(f"{source}: cannot import {entry!r} ({type(e).__name__}: {e})") from None
 
 
-def _import_file(entry: str) -> None:
+def _import_file(entry: str, source: str = PLUGINS_ENV) -> None:
     path = Path(entry).expanduser().resolve()
     if not path.is_file():
-        raise PluginError(f"{PLUGINS_ENV}: {entry!r}: no such file")
+        raise PluginError(f"{source}: {entry!r}: no such file")
     name = path.stem
     if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
         return
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise PluginError(f"{PLUGINS_ENV}: {entry!r}: not a Python file")
+        raise PluginError(f"{source}: {entry!r}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -101,12 +112,12 @@ def _import_file(entry: str) -> None:
         raise
 
 
-def _import_from_working_directory(entry: str) -> None:
+def _import_from_working_directory(entry: str, source: str = PLUGINS_ENV) -> None:
     """A module that is not on the Python path but in the working directory (as `python -m` would find
     it); processes elth starts find it there too (the directory joins their PYTHONPATH)."""
     here = os.getcwd()
     if importlib.machinery.PathFinder.find_spec(entry.split(".")[0], [here]) is None:
-        raise PluginError(f"{PLUGINS_ENV}: no module named {entry!r} on the Python path or in the working directory "
+        raise PluginError(f"{source}: no module named {entry!r} on the Python path or in the working directory "
                           f"{here} (a file elsewhere can be named by its path, e.g. /path/to/{entry}.py)")
     sys.path.append(here)
     importlib.import_module(entry)

@@ -29,6 +29,12 @@ from elth.experiments.runner import (
 from elth.experiments.shipped import EXPERIMENTS, get_experiment
 from elth.experiments.slurm_launcher import SlurmOptions, parse_slurm_args, parse_time
 from elth.experiments.spec import expand
+from elth.experiments.spec_file import (
+    experiment_toml,
+    is_spec_file,
+    load_experiment_file,
+    measures_text,
+)
 from elth.experiments.status import format_status, pace, survey
 from elth.limits import MAX_SEEDS, check_real
 from elth.training import distributed
@@ -71,6 +77,8 @@ levels it needs exist, not when every IMP run is finished. --status prints what 
 
 examples:
   elth experiment --list
+  elth experiment --show demo > my_spec.toml     # a spec file to start from; edit it, then:
+  elth experiment my_spec.toml --scale cpu
   elth experiment smoke --scale smoke
   elth experiment fc_table5 --scale cpu --workers 2
   elth experiment resnet_family --scale cpu --seeds 1
@@ -83,9 +91,15 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", help="experiment name (see --list)")
+    parser.add_argument("name", nargs="?",
+                        help="experiment name (see --list), or a spec file of your own (FILE.toml; see --show)")
     mode = parser.add_mutually_exclusive_group()  # what the command does instead of running the experiment
     mode.add_argument("--list", action="store_true", help="list the experiments with their scales and exit")
+    mode.add_argument("--show", action="store_true",
+                      help="print the experiment as a spec file (a start for your own: edit it, then run "
+                           "`elth experiment FILE.toml`) and exit")
+    mode.add_argument("--measures", action="store_true",
+                      help="list the measures a spec file's claims can name and exit")
     parser.add_argument("--scale", choices=("paper", "cpu", "smoke"), default="cpu",
                         help="protocol scale (default: cpu)")
     parser.add_argument("--seeds", type=int, metavar="N",
@@ -165,10 +179,10 @@ def list_experiments() -> str:
     return "\n".join(lines).rstrip()
 
 
-def dry_run(name: str, scale: str, seeds: int | None) -> str:
+def dry_run(experiment, scale: str, seeds: int | None) -> str:
     lines = []
     imp, others = set(), 0
-    for setup in get_experiment(name).setups(scale):
+    for setup in experiment.setups(scale):
         plan = expand(setup.with_seeds(seeds))
         imp |= {(r.dataset or setup.dataset, r.model, r.seed) for r in plan.imp}  # shared IMP runs once
         others += len(plan.tickets) + len(plan.lmc)
@@ -187,27 +201,40 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(list_experiments())
         return 0
+    if args.measures:
+        print("The measures a claim of a spec file can name (measure = NAME, params = { ... }):")
+        print(measures_text())
+        return 0
     if not args.name:
-        raise ElthError("name an experiment (`elth experiment --list` shows them)")
-
-    experiment = get_experiment(args.name)
+        raise ElthError("name an experiment (`elth experiment --list` shows them) or a spec file (FILE.toml)")
+    experiment = find_experiment(args.name)
+    if args.show:
+        print(experiment_toml(experiment), end="")
+        return 0
     experiment.setups(args.scale)  # a clear error for a scale the experiment lacks
     if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
         raise ElthError(f"--seeds must be from 1 to {MAX_SEEDS}, got {args.seeds}")
     # below a second, heartbeats (a sixth of it) would be missed by a merely busy worker
     check_real(args.lease_timeout, "--lease-timeout", low=1.0)
     if args.dry_run:
-        print(dry_run(args.name, args.scale, args.seeds))
+        print(dry_run(experiment, args.scale, args.seeds))
         return 0
     if args.status:
         print(status(experiment, args))
         return 0
-    out = Path(args.out) if args.out else default_out(args.root, args.name, args.scale)
+    out = Path(args.out) if args.out else default_out(args.root, experiment.name, args.scale)
     check_output_dir(args.root, "--root")
     check_output_dir(out, "--out")
     if args.report_only:
         return report_only(experiment, args, out)
     return execute(experiment, args.scale, args, out, command=command_of(args))
+
+
+def find_experiment(name: str):
+    """A shipped experiment by name, or the experiment of a spec file (a name ending in .toml or a path)."""
+    if is_spec_file(name):
+        return load_experiment_file(name)
+    return get_experiment(name)
 
 
 def status(experiment, args: argparse.Namespace) -> str:

@@ -5,11 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from elth.analysis.stats import WITHIN_NOISE, format_difference
-from elth.files import EXPERIMENT_FILE, REPORT_FILE, write_text_atomic
 from elth.experiments.markdown import table as _table
-from elth.experiments.paired import PairedComparison, ett_comparisons, ett_vs_every_baseline
+from elth.experiments.paired import (
+    PairedComparison,
+    ett_comparisons,
+    ett_vs_every_baseline,
+)
 from elth.experiments.results import Row, read_lmc, read_meta, read_results
-from elth.experiments.verdicts import CLAIMS, RULE, VERDICT_HEADER, verdict_rows, verdicts_for
+from elth.experiments.verdicts import (
+    RULE,
+    VERDICT_HEADER,
+    all_claims,
+    verdict_rows,
+    verdicts_for,
+)
+from elth.files import EXPERIMENT_FILE, REPORT_FILE, write_text_atomic
 from elth.methods import DEFAULT_STRATEGIES, short_name
 
 INDEX = "README.md"
@@ -76,7 +86,8 @@ def write_verdict_index(results_root: str | Path, title: str = "Results made wit
         seeds = len({r.seed for r in results})
         link = f"[{d.name}]({d.name}/{REPORT_FILE})"
         verdicts = verdicts_for(meta.get("name", ""), results, read_lmc(d))
-        ranked += [(CLAIMS.index(v.claim), d.name, row) for v, row in zip(verdicts, verdict_rows(verdicts, link))]
+        order = all_claims()
+        ranked += [(order.index(v.claim), d.name, row) for v, row in zip(verdicts, verdict_rows(verdicts, link))]
         protocols = sorted(set(meta.get("protocols", {}).values()))
         listing.append([link, meta.get("paper", ""), str(seeds), "; ".join(protocols) or "n/a",
                         _minutes(meta),

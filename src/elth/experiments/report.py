@@ -31,6 +31,8 @@ from elth.experiments.plots import plot_accuracy_vs_sparsity, plot_single_level
 from elth.experiments.results import Row, read_lmc, read_meta, read_results
 from elth.experiments.shipped import get_experiment
 from elth.experiments.spec import SMOKE_SCALE, SpecError
+from elth.experiments.spec_file import load_experiment_file
+from elth.experiments.verdicts import claims_of
 from elth.files import ACCURACY_FIGURE, REPORT_FILE, write_text_atomic
 from elth.methods import DEFAULT_STRATEGIES, curve_label, short_name
 
@@ -327,6 +329,13 @@ def _lmc_section(paths: list[dict], out: Path) -> str:
     return "\n".join(text)
 
 
+def _claims_of_spec_file(meta: dict) -> None:
+    """An experiment read from a spec file: its claims, from the file it recorded (when still there)."""
+    path = meta.get("spec_file")
+    if path and not claims_of(meta.get("name", "")) and Path(path).is_file():
+        load_experiment_file(path)
+
+
 def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  rows: list[Row] | None = None) -> Path:
     """Write `report.md` and its PNG figure; return the report's path.
@@ -340,6 +349,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     if rows is None:
         rows = read_results(source)
     meta = read_meta(results_dir)
+    _claims_of_spec_file(meta)
     datasets = sorted({r.dataset for r in rows})
     title = meta.get("title", "")
     lmc = read_lmc(results_dir)

@@ -21,17 +21,26 @@ from pathlib import Path
 import torch
 
 from elth import plugins
-from elth.console import progress_bar, use_bars, write as write_line
+from elth.console import progress_bar, use_bars
+from elth.console import write as write_line
+from elth.data.registered import loaders as registered_loaders
 from elth.errors import ElthError
 from elth.experiments.attempts import busy_seconds, first_line
-from elth.experiments.dag import DIVERGED, DONE, Graph, Scheduler, dataset_name, on_cpu, on_dataset
+from elth.experiments.dag import (
+    DIVERGED,
+    DONE,
+    Graph,
+    Scheduler,
+    dataset_name,
+    on_cpu,
+    on_dataset,
+)
 from elth.experiments.jobs import Context, settings
 from elth.experiments.launch import LaunchOptions, make_launcher
-from elth.experiments.leased import WorkerSettings, follow_rank_zero, leading_ranks
 from elth.experiments.lease import DEFAULT_TIMEOUT
+from elth.experiments.leased import WorkerSettings, follow_rank_zero, leading_ranks
 from elth.experiments.results import Row, write_lmc, write_results
 from elth.experiments.spec import Experiment, ImpRun, Setup, expand
-from elth.data.registered import loaders as registered_loaders
 from elth.files import EXPERIMENT_FILE, write_json_atomic
 from elth.models import families
 from elth.training import distributed
@@ -339,6 +348,7 @@ def _meta(experiment: Experiment, scale: str, parts, ctxs, outcome: Outcome, com
         ],
         "protocols": {m: describe_protocol(c, m) for s, c in zip(parts, ctxs) for m in s.members},
         "command": command or "",
+        **({"spec_file": experiment.source} if experiment.source else {}),
         "wall_seconds": round(outcome.seconds, 1),
         "busy_seconds": round(outcome.busy_seconds, 1),
         "runs": {"trained": outcome.trained, "cached": outcome.cached, "by_others": outcome.by_others,

@@ -200,6 +200,8 @@ class Experiment:
     paper: str
     description: str
     scales: tuple[tuple[str, tuple[Setup, ...]], ...] = field(default=())
+    #: the spec file it was read from ("" for one defined in Python)
+    source: str = ""
 
     def scale_names(self) -> tuple[str, ...]:
         return tuple(s for s, _ in self.scales)

@@ -19,7 +19,7 @@ point (`ON_PAR_MARGIN`) where the paper says "nearly the same" without a number.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from elth.analysis.stats import (
@@ -72,7 +72,7 @@ class Claim:
     statement: str
     effect: str  # what the difference is, in words
     margin: float  # accuracy fraction (or instability fraction)
-    measure: Measure
+    measure: "NamedMeasure"
 
 
 @dataclass(frozen=True)
@@ -277,49 +277,100 @@ def simpler_dataset_costs_most(rows: list[Row], lmc: list[dict]):
     return _pool(diffs)
 
 
-CLAIMS: tuple[Claim, ...] = (
-    Claim("resnet_family", "Fig. 6", "ETT tickets are on par with IMP tickets on the target at matched sparsity",
-          "ETT − IMP at the ETT ticket's sparsity, all transfers and levels", ON_PAR_MARGIN, ett_vs_imp),
-    Claim("resnet_family", "Fig. 6 (its depths)",
-          f"the same, between the figure's depths (ResNet-{FIG6_MIN_DEPTH} and deeper)",
-          f"ETT − IMP at the ETT ticket's sparsity, transfers between ResNet-{FIG6_MIN_DEPTH} and deeper",
-          ON_PAR_MARGIN, ett_vs_imp_from_depth(FIG6_MIN_DEPTH)),
-    Claim("resnet_depths", "Fig. 6 (its depths)", "ETT tickets are on par with IMP tickets on the target at matched sparsity",
-          "ETT − IMP at the ETT ticket's sparsity, ResNet-14 <-> ResNet-20, every level", ON_PAR_MARGIN, ett_vs_imp),
-    Claim("resnet_family", "Fig. 6", "ETT tickets beat the pruning baselines",
-          "ETT − the best baseline at the ETT ticket's sparsity", 0.0, ett_vs_best_baseline),
-    Claim("ett_baselines", "Fig. 3", "ETT tickets beat their controls at non-trivial sparsity (≥ 50%)",
-          "ETT − the best control (reinit, random mask, both) at the ETT ticket's sparsity",
-          0.0, ett_vs_controls),
-    Claim("ett_baselines", "Fig. 3", "ETT tickets beat SNIP-extra (the source's masks, SNIP on the extra blocks)",
-          "ETT − SNIP-extra at the ETT ticket's sparsity, every level", 0.0, ett_vs_snip_extra),
-    Claim("replicate_units", "Fig. 4", "replicating more unique blocks beats replicating only the first",
-          "appending the most blocks − appending the first block, at the former's sparsity", 0.0, replicate_more),
-    Claim("earlier_later", "Fig. 5", "replicating earlier blocks beats replicating later ones",
-          "appending the earliest blocks − appending the latest ones", 0.0, replicate_earlier),
-    Claim("earlier_later", "Fig. 5", "dropping the earliest blocks hurts most",
-          "each other drop − dropping the earliest blocks", 0.0, drop_earliest_hurts),
-    Claim("dpf_table3", "Table 3", "ETT tickets are on par with DPF at ~90% and ~95% sparsity",
-          "ETT − DPF at the ETT ticket's sparsity, both transfers and levels", ON_PAR_MARGIN, ett_vs_dpf),
-    Claim("lmc_figure8", "Fig. 8", "close-depth ETT tickets are linearly more stable than far-depth ones",
-          "instability of the far-depth ETT − that of the close-depth ETT (points of error)", 0.0,
-          lmc_close_more_stable),
-    Claim("fc_table5", "Table 5", "ETT is within 0.21 points of IMP on FC layers",
-          "ETT − IMP at the ETT ticket's sparsity, every source and target", TABLE5_MARGIN, ett_vs_imp),
-    Claim("fc_table5", "Table 5 (beyond)", "sparsity-matched ETT is within 0.21 points of IMP on FC layers",
-          "matched ETT − IMP at the same sparsity, every source and target", TABLE5_MARGIN, matched_ett_vs_imp),
-    Claim("demo", "Sec. 4 in miniature", "ETT tickets are on par with IMP tickets on the target at matched sparsity",
-          "ETT − IMP at the ETT ticket's sparsity, both transfers", ON_PAR_MARGIN, ett_vs_imp),
-    Claim("demo", "Sec. 4 in miniature", "ETT tickets beat the pruning baselines",
-          "ETT − the best baseline (SNIP, random) at the ETT ticket's sparsity", 0.0, ett_vs_best_baseline),
-    Claim("dataset_table6", "Table 6", "transfer from the simpler dataset costs most",
-          "accuracy drop (IMP − moved ticket) into the harder dataset − drop into the simpler one", 0.0,
-          simpler_dataset_costs_most),
-)
+# -- the measures a claim can name (in a spec file too) ----------------------------------------
+def _any_transfer(setups) -> bool:
+    return any(s.expand_transfers() for s in setups)
+
+
+def _makes(method: str):
+    return lambda setups: any(method in s.baselines for s in setups)
+
+
+@dataclass(frozen=True)
+class MeasureKind:
+    """A measure a claim names: what it compares, its parameters and what runs it needs."""
+
+    name: str
+    doc: str
+    make: Callable[..., Measure]
+    #: parameter name -> (type, what it is)
+    params: dict = field(default_factory=dict)
+    #: (whether a spec's setups make the runs it reads, what they lack otherwise)
+    needs: tuple[Callable, str] | None = None
+
+
+MEASURE_KINDS: dict[str, MeasureKind] = {k.name: k for k in (
+    MeasureKind("ett_vs_imp", "ETT - IMP at each ETT ticket's sparsity, every transfer (default strategies) and level",
+                lambda min_depth=None: ett_vs_imp if min_depth is None else ett_vs_imp_from_depth(min_depth),
+                {"min_depth": (int, "only transfers whose source and target have at least this depth")},
+                (_any_transfer, "a transfer")),
+    MeasureKind("matched_ett_vs_imp", "sparsity-matched ETT - IMP at the same sparsity", lambda: matched_ett_vs_imp,
+                needs=(lambda setups: any(s.match_sparsity for s in setups), "match_sparsity = true")),
+    MeasureKind("ett_vs_best_baseline", "ETT - the most accurate baseline at each ETT ticket's sparsity",
+                lambda: ett_vs_best_baseline, needs=(lambda setups: any(s.baselines for s in setups), "baselines")),
+    MeasureKind("ett_vs_controls", "ETT - the best control (re-initialised, random mask, both) at >= 50% sparsity",
+                lambda: ett_vs_controls,
+                needs=(lambda setups: any(set(CONTROLS) & set(s.baselines) for s in setups),
+                       f"a control among the baselines ({', '.join(CONTROLS)})")),
+    MeasureKind("ett_vs_snip_extra", "ETT - SNIP-extra at each ETT ticket's sparsity", lambda: ett_vs_snip_extra,
+                needs=(_makes(SNIP_EXTRA), f"{SNIP_EXTRA} among the baselines")),
+    MeasureKind("ett_vs_dpf", "ETT - DPF at each ETT ticket's sparsity", lambda: ett_vs_dpf,
+                needs=(_makes("dpf"), "dpf among the baselines")),
+    MeasureKind("replicate_more", "appending the most blocks - appending the first block", lambda: replicate_more,
+                needs=(lambda setups: any(t.units for s in setups for t in s.expand_transfers()),
+                       "transfers with units to replicate")),
+    MeasureKind("replicate_earlier", "appending the earliest blocks - appending the latest ones",
+                lambda: replicate_earlier,
+                needs=(lambda setups: any(t.units for s in setups for t in s.expand_transfers()),
+                       "transfers with units to replicate")),
+    MeasureKind("drop_earliest_hurts", "each other drop - dropping the earliest blocks", lambda: drop_earliest_hurts,
+                needs=(lambda setups: any(t.drop for s in setups for t in s.expand_transfers()),
+                       "transfers with units to drop")),
+    MeasureKind("lmc_close_more_stable", "instability of the far-depth ETT - that of the close-depth ETT",
+                lambda: lmc_close_more_stable,
+                needs=(lambda setups: any(s.lmc_levels for s in setups), "lmc_levels")),
+    MeasureKind("simpler_dataset_costs_most",
+                "accuracy drop into the harder dataset - drop into the simpler one (tickets moved across datasets)",
+                lambda: simpler_dataset_costs_most,
+                needs=(lambda setups: any(t.source_dataset for s in setups for t in s.expand_transfers()),
+                       "transfers with a source_dataset")),
+)}
+
+
+@dataclass(frozen=True)
+class NamedMeasure:
+    """A registered measure with its parameters, as a claim (or a spec file) names it."""
+
+    name: str
+    params: tuple[tuple[str, object], ...] = ()
+
+    def __call__(self, rows: list[Row], lmc: list[dict]) -> tuple[PairedDifference | None, int]:
+        return MEASURE_KINDS[self.name].make(**dict(self.params))(rows, lmc)
+
+
+def measure(name: str, **params) -> NamedMeasure:
+    return NamedMeasure(name, tuple(sorted(params.items())))
+
+
+
+
+#: The claims of every experiment loaded in this process, in the order they were loaded: those of the
+#: shipped experiments (`shipped.py` loads them with the package) and of users' spec files.
+_CLAIMS: list[Claim] = []
+
+
+def register_claims(claims: list[Claim], experiment: str | None = None) -> None:
+    """The claims of an experiment read from its spec file (those of an earlier read of it replaced)."""
+    names = {c.experiment for c in claims} | ({experiment} if experiment else set())
+    _CLAIMS[:] = [c for c in _CLAIMS if c.experiment not in names] + list(claims)
+
+
+def all_claims() -> list[Claim]:
+    return list(_CLAIMS)
 
 
 def claims_of(experiment: str) -> list[Claim]:
-    return [c for c in CLAIMS if c.experiment == experiment]
+    return [c for c in _CLAIMS if c.experiment == experiment]
 
 
 def judge(claim: Claim, rows: list[Row], lmc: list[dict]) -> Verdict:
