@@ -197,7 +197,7 @@ def test_errors_are_one_clear_message(tmp_path, capsys):
     # an edited model name
     run = _copy(MLP_RUN, tmp_path)
     hparams = run / "replicate_1" / "level_0" / "main" / "hparams.log"
-    hparams.write_text(hparams.read_text().replace("mnist_lenet_300_100", "mnist_lenet_500_100"))
+    hparams.write_text(hparams.read_text().replace("mnist_lenet_300_100", "mnist_lenet_500_300_100"))
     assert "no elth counterpart" in error(run)
     # a damaged mask file
     run = _copy(RESNET_RUN, tmp_path / "b")

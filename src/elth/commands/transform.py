@@ -25,8 +25,10 @@ from elth.elastic import (
 from elth.elastic.block_mapping import block_mapping_plan
 from elth.elastic.plan import model_view
 from elth.elastic.strategies import APPENDING, CONSECUTIVE
+from elth.elastic.width import SQUEEZE_CRITERIA, apply_width_plan, format_width_plan, make_width_plan
 from elth.errors import ElthError
 from elth.masks import count
+from elth.models import build_model, parse_model_name
 from elth.tickets import Ticket, load_ticket, save_ticket
 
 DESCRIPTION = """\
@@ -57,6 +59,16 @@ one map for every stage; ImageNet ResNets and VGGs one per stage, separated by '
 several FC layers one map of their hidden FC layers (ids of their classifier: 0, 2, 4, ...); MLPs
 one map of their fc_layers (the layer to 100 last, mapped to the target's last).
   --block-mapping '0:0;1:1,3;2:2,4'     ResNet-20 -> ResNet-32: the plan 0,1,2,1,2
+
+Another width (beyond the paper; MLPs: mlp_<n>_<W>, W hidden units per layer, default 300): --to a
+network of the same depth and another width. Stretching replicates each layer's units in order
+(target unit j copies source unit j mod W) with their masks, and divides the next layer's inputs
+from each source unit by its number of copies (--no-rescale: not), so that at the rewind point the
+wider network computes the same function; --permute-replicas gives each copy a random permutation
+of its mask. Squeezing keeps the units ranked highest by --width-squeeze: norm (of their kept rewind
+weights, in and out; default), density (of their masks) or first (units 0..W-1, the naive control).
+Change the depth and the width in two steps.
+  elth transform mlp2.safetensors --to mlp_2_600 --dry-run
 
 Another dataset (--dataset, the paper's Appendix D): every weight and mask is kept when the
 inputs fit the same weights (conv nets: the same number of channels, any image size; MLPs: the
@@ -117,10 +129,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(smallest rewind magnitudes) or restoring (largest dense rewind magnitudes) weights of the "
         "replicable units only; stem, head and transition units stay as copied (recorded in the provenance)",
     )
+    parser.add_argument("--width-squeeze", choices=SQUEEZE_CRITERIA, default=None,
+                        help="which units a narrower target keeps: norm (default), density, first (see above)")
+    parser.add_argument("--no-rescale", action="store_true",
+                        help="a wider target: keep the replicated units' outgoing weights as copied (default: "
+                        "divided by the number of copies, which preserves the function at the rewind point)")
+    parser.add_argument("--permute-replicas", action="store_true",
+                        help="a wider target: give every copy of a unit a random permutation of its mask")
     parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed for --random-replicas and for a new output layer on --dataset (default 0)")
     parser.add_argument("-o", "--output", metavar="OUT.safetensors", help="where to write the new ticket")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the sparsity, write nothing")
+
+
+def _other_width(source: Ticket, target: str) -> bool:
+    """Whether `target` is the source's family at another width, a family that declares its width (a
+    width transformation); an error when both the depth and the width change."""
+    a, b = parse_model_name(source.model), parse_model_name(target)
+    if a.kind != b.kind or a.width == b.width:
+        return False
+    shape, classes = tuple(source.dataset.input_shape), source.dataset.num_classes
+    if not build_model(source.model, shape, classes, seed=0).width_groups():
+        return False  # a family without a width axis: the depth path says what it takes
+    if a.depth != b.depth or a.fc_layers != b.fc_layers:
+        raise ElthError(f"{source.model} -> {target} changes the depth and the width: change them in two steps "
+                        "(the width first, to the source's depth at the target's width)")
+    return True
 
 
 def _sparsity_line(source: Ticket, target: Ticket) -> str:
@@ -167,7 +201,20 @@ def run(args: argparse.Namespace) -> int:
     new_dataset = dataset_info(args.dataset, args.data_dir) if args.dataset is not None else None
     source = load_ticket(args.ticket)
     result, plan = source, None
-    if args.to is not None:
+    width_options = args.width_squeeze or args.no_rescale or args.permute_replicas
+    if args.to is not None and _other_width(source, args.to):
+        if (args.plan or args.block_mapping or args.order or args.squeeze or args.units or args.drop
+                or args.random_replicas or args.match_sparsity):
+            raise ElthError("the depth options (--plan, --block-mapping, --order, --units, --squeeze, --drop, "
+                            "--random-replicas, --match-sparsity) do not apply to a change of width")
+        width_plan = make_width_plan(source, args.to, args.width_squeeze or SQUEEZE_CRITERIA[0])
+        result = apply_width_plan(source, args.to, width_plan, rescale=not args.no_rescale,
+                                  permute_replicas=args.permute_replicas, seed=args.seed)
+        print(f"{source.model} -> {result.model} (width)")
+        print("width plan, each layer's units <- the source's:\n" + format_width_plan(width_plan))
+    elif width_options:
+        raise ElthError("--width-squeeze, --no-rescale and --permute-replicas need --to a network of another width")
+    elif args.to is not None:
         explicit = args.plan
         if args.block_mapping is not None:
             explicit = format_plan(block_mapping_plan(args.block_mapping, source.model, args.to))

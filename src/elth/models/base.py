@@ -36,5 +36,9 @@ class ElasticModel(nn.Module):
             f"{n}.weight" for n, m in self.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
         ]
 
+    def width_groups(self) -> tuple:
+        """The model's width as `structure.WidthGroup`s (empty: its width is not an elastic axis)."""
+        return ()
+
     def default_excluded(self) -> list[str]:
         return [] if self.prune_output_layer else [self.output_layer]

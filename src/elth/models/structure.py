@@ -53,3 +53,15 @@ class ElasticStructure:
         if s is None:  # stem or head
             return key
         return key[len(self.stages[s][u]) + 1 :]
+
+
+@dataclass(frozen=True)
+class WidthGroup:
+    """One set of coupled units along a model's width (a layer's neurons, a stage's channels): the
+    tensors whose `dim` indexes those units, as producers (a layer's outputs: weight rows, bias,
+    BatchNorm) and consumers (the next layers' inputs). A width plan maps every target unit of the
+    group to a source unit (`elth.elastic.width`)."""
+
+    name: str
+    producers: tuple[tuple[str, int], ...]
+    consumers: tuple[tuple[str, int], ...]

@@ -196,12 +196,13 @@ def model_names(open_lth_name: str) -> tuple[str, UnitNames]:
     name = open_lth_name.strip()
     if m := re.fullmatch(r"mnist_lenet((?:_[0-9]+)+)", name):
         widths = [int(w) for w in m.group(1).strip("_").split("_")]
-        if len(widths) < 2 or widths[-1] != 100 or any(w != 300 for w in widths[:-1]):
-            raise OpenLTHError(f"open_lth model {name!r} has no elth counterpart: elth's MLPs (mlp_<n>) have "
-                               "n hidden layers of 300 then 100 (mnist_lenet_300_100, mnist_lenet_300_300_100, ...)")
-        n = len(widths) - 1
+        if len(widths) < 2 or widths[-1] != 100 or len(set(widths[:-1])) != 1 or widths[0] < 1:
+            raise OpenLTHError(f"open_lth model {name!r} has no elth counterpart: elth's MLPs (mlp_<n>[_<W>]) have "
+                               "n hidden layers of one width W (default 300) then 100 (mnist_lenet_300_100, "
+                               "mnist_lenet_300_300_100, mnist_lenet_600_600_100, ...)")
+        n, width = len(widths) - 1, widths[0]
         # its fc_layers are elth's hidden layers, then the layer to 100
-        return f"mlp_{n}", UnitNames("fc_layers", tuple((i, f"hidden.{i}") for i in range(n)) + ((n, "bottleneck"),))
+        return f"mlp_{n}" + (f"_{width}" if width != 300 else ""), UnitNames("fc_layers", tuple((i, f"hidden.{i}") for i in range(n)) + ((n, "bottleneck"),))
     if m := re.fullmatch(r"cifar_resnet_([0-9]+)(?:_([0-9]+))?", name):
         depth = int(m.group(1))
         elth = f"cifar_resnet_{depth}" + (f"_{m.group(2)}" if m.group(2) else "")
@@ -385,9 +386,9 @@ def _count(keys, pattern: str) -> int:
     return len({m.group(1) for k in keys if (m := re.fullmatch(pattern, k))})
 
 
-def lenet_name(hidden: int) -> str:
-    """open_lth's name of elth's `mlp_<hidden>`: `hidden` layers of 300, then 100."""
-    return "mnist_lenet_" + "_".join(["300"] * hidden + ["100"])
+def lenet_name(hidden: int, width: int = 300) -> str:
+    """open_lth's name of elth's `mlp_<hidden>[_<width>]`: `hidden` layers of `width`, then 100."""
+    return "mnist_lenet_" + "_".join([str(width)] * hidden + ["100"])
 
 
 def open_lth_name_from_tensors(source_name: str, keys: Collection[str]) -> str:

@@ -53,7 +53,7 @@ def open_lth_model(model: str) -> OpenLTHModel:
     """open_lth's counterpart of elth's `model` (read back by `model_names`, the one table of both
     ways of naming), or one error saying which models open_lth has."""
     spec = parse_model_name(model)
-    candidate = lenet_name(spec.depth) if spec.kind == MLP_KIND else model
+    candidate = lenet_name(spec.depth, spec.width) if spec.kind == MLP_KIND else model
     try:
         elth, names = model_names(candidate)
     except OpenLTHError:
