@@ -270,3 +270,23 @@ def test_fig3_claims_take_the_best_control_from_50_percent_and_snip_extra_apart(
     assert c.cells == 1 and c.difference.differences == pytest.approx((0.01, 0.01, 0.01)) and c.outcome == "confirmed"
     assert s.cells == 2 and s.difference.differences == pytest.approx((0.001, 0.0, -0.001))
     assert s.outcome == "inconclusive"
+
+
+def test_width_claims_pair_the_strategies_of_one_source_and_read_only_width_tickets():
+    """Beyond the paper: width_family's claims on a hand table (MLP-2 widened to 600, MLP-2_600
+    narrowed to 300), every width ticket at IMP level 2's sparsity."""
+    on_par, rescaled, ranked = (c for c in claims_of("width_family") if c.measure.name in (
+        "width_ett_vs_imp", "width_rescaled_beats_plain", "width_ranked_beats_first"))
+    rows = []
+    for seed in (0, 1, 2):
+        rows += _imp_rows("mlp_2_600", seed, [0.88, 0.88, 0.87]) + _imp_rows("mlp_2", seed, [0.87, 0.87, 0.86])
+        rows += [_ett("mlp_2_600", "mlp_2", "widen", 2, 0.36, seed, 0.868),
+                 _ett("mlp_2_600", "mlp_2", "widen plain", 2, 0.36, seed, 0.85 - 0.001 * seed),
+                 _ett("mlp_2", "mlp_2_600", "narrow norm", 2, 0.36, seed, 0.86),
+                 _ett("mlp_2", "mlp_2_600", "narrow first", 2, 0.36, seed, 0.84),
+                 _ett("mlp_2", "mlp_2_600", "appending", 2, 0.36, seed, 0.10)]  # a depth ETT: another claim's
+    v = judge(rescaled, rows, [])
+    assert v.cells == 1 and v.difference.differences == pytest.approx((0.018, 0.019, 0.020))
+    assert judge(ranked, rows, []).difference.differences == pytest.approx((0.02, 0.02, 0.02))
+    v = judge(on_par, rows, [])  # widen - IMP: -0.2 points; narrow norm - IMP: -0.0 points; pooled per seed
+    assert v.cells == 2 and v.difference.differences == pytest.approx((-0.001, -0.001, -0.001))

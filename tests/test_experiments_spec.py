@@ -15,6 +15,7 @@ from elth.experiments.spec import (
     Transfer,
     expand,
     is_stretch,
+    is_width_change,
 )
 from elth.models import build_model
 
@@ -109,6 +110,10 @@ def test_shipped_specs_expand_and_every_transfer_has_a_plan(name):
             plan = expand(setup)
             assert plan.imp and plan.total > len(plan.imp)
             for t in setup.expand_transfers():
+                if is_width_change(t.source, t.target):  # a width plan: its groups must match
+                    assert [g.name for g in _skeleton(t.source).width_groups()] == \
+                        [g.name for g in _skeleton(t.target).width_groups()] != []
+                    continue
                 # Raises PlanError if the strategy cannot transform source into target.
                 source, target = _skeleton(t.source), _skeleton(t.target)
                 plan = make_plan(source.structure().stage_lengths, target.structure().stage_lengths,

@@ -19,8 +19,10 @@ from elth.analysis import linear_mode_connectivity
 from elth.data import Dataset, DatasetInfo, load_dataset
 from elth.dataset_move import to_dataset
 from elth.elastic import match_sparsity, source_sparsity, transform
+from elth.elastic.width import SQUEEZE_CRITERIA as WIDTH_SQUEEZE_CRITERIA
+from elth.elastic.width import transform_width
 from elth.experiments.compute import mask_cost_flops
-from elth.experiments.spec import ImpRun, LMCRun, TicketRun
+from elth.experiments.spec import ImpRun, LMCRun, TicketRun, is_width_change
 from elth.files import (
     LMC_FILE,
     RESULT_FILE,
@@ -427,7 +429,10 @@ def _transformed(ctx: Context, s: ModelSettings, run: TicketRun, basis: LevelCos
     """The source's IMP ticket at the run's level, stretched or squeezed as the run says, and moved
     to the experiment's dataset when it was found on another."""
     ticket = load_ticket(basis.ticket)
-    if run.target != run.source:
+    if run.target != run.source and is_width_change(run.source, run.target):
+        ticket = transform_width(ticket, run.target, criterion=run.width_squeeze or WIDTH_SQUEEZE_CRITERIA[0],
+                                 rescale=run.rescale, permute_replicas=run.random_replicas, seed=run.seed)
+    elif run.target != run.source:
         ticket = transform(
             ticket, run.target, order=run.order, squeeze_mode=run.squeeze_mode, units=run.units, drop=run.drop,
             random_replicas=run.random_replicas, seed=run.seed, source_path=basis.ticket,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from elth.elastic.match import has_replicable_units
 from elth.elastic.strategies import ORDERS, SQUEEZE_MODES
+from elth.elastic.width import SQUEEZE_CRITERIA as WIDTH_SQUEEZE_CRITERIA
 from elth.errors import ElthError
 from elth.limits import MAX_SEEDS, check_int, check_real
 from elth.methods import BASELINES, DEFAULT_STRATEGIES, TRANSFER_BASELINES
@@ -51,6 +52,10 @@ class Transfer:
     #: the source's IMP runs on this dataset and its ticket moves to the setup's (Appendix D); with
     #: it, source and target may be the same network (a dataset transfer alone)
     source_dataset: str | None = None
+    #: a change of width (beyond the paper): which units a narrower target keeps ("": by norm; see
+    #: `elastic.width.SQUEEZE_CRITERIA`), and whether a wider one divides its copies' outgoing weights
+    width_squeeze: str = ""
+    rescale: bool = True
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,14 @@ class Setup:
                 raise SpecError(f"unknown stretch order {t.order!r} (one of {', '.join(ORDERS)})")
             if t.squeeze_mode not in SQUEEZE_MODES:
                 raise SpecError(f"unknown squeeze mode {t.squeeze_mode!r} (one of {', '.join(SQUEEZE_MODES)})")
+            if is_width_change(t.source, t.target):
+                if t.units is not None or t.drop is not None:
+                    raise SpecError(f"transfer {t.source} -> {t.target} changes the width: units and drop are for depth")
+                if t.width_squeeze and t.width_squeeze not in WIDTH_SQUEEZE_CRITERIA:
+                    raise SpecError(f"unknown width squeeze {t.width_squeeze!r} (one of {', '.join(WIDTH_SQUEEZE_CRITERIA)})")
+                continue
+            if t.width_squeeze or not t.rescale:
+                raise SpecError(f"transfer {t.source} -> {t.target}: width_squeeze and rescale are for a change of width")
             stretch = is_stretch(t.source, t.target)
             if t.units is not None and not stretch:
                 raise SpecError(f"transfer {t.source} -> {t.target}: units to replicate given for a squeeze")
@@ -249,6 +262,8 @@ class TicketRun:
     source_dataset: str = ""
     #: the ETT ticket brought to its source's exact sparsity (`elastic.match_sparsity`)
     match_sparsity: bool = False
+    width_squeeze: str = ""
+    rescale: bool = True
 
     @property
     def label(self) -> str:
@@ -270,6 +285,10 @@ class TicketRun:
     def _depth_strategy(self) -> str:
         if self.source == self.target:
             return ""
+        if is_width_change(self.source, self.target):
+            if is_wider(self.source, self.target):
+                return WIDEN + ("" if self.rescale else " plain") + (" random" if self.random_replicas else "")
+            return f"{NARROW} {self.width_squeeze or WIDTH_SQUEEZE_CRITERIA[0]}"
         if is_stretch(self.source, self.target):
             text = self.order
             if self.units is not None:
@@ -292,6 +311,10 @@ class TicketRun:
             d["source_dataset"] = self.source_dataset
         if self.match_sparsity:
             d["match_sparsity"] = True
+        if self.width_squeeze:
+            d["width_squeeze"] = self.width_squeeze
+        if not self.rescale:
+            d["rescale"] = False
         return d
 
 
@@ -328,6 +351,21 @@ class SetupRuns:
         return len(self.imp) + len(self.tickets) + len(self.lmc)
 
 
+#: Strategy labels of width transfers (beyond the paper): "widen", "widen plain" (outgoing weights
+#: not rescaled), "narrow norm", "narrow first", ...
+WIDEN, NARROW = "widen", "narrow"
+
+
+def is_width_change(source: str, target: str) -> bool:
+    """Whether `target` is `source`'s family and depth at another width."""
+    a, b = parse_model_name(source), parse_model_name(target)
+    return a.kind == b.kind and a.depth == b.depth and a.fc_layers == b.fc_layers and a.width != b.width
+
+
+def is_wider(source: str, target: str) -> bool:
+    return parse_model_name(target).width > parse_model_name(source).width
+
+
 def is_stretch(source: str, target: str) -> bool:
     """Whether `target` is deeper than `source` (more units in total)."""
     a, b = parse_model_name(source), parse_model_name(target)
@@ -336,7 +374,7 @@ def is_stretch(source: str, target: str) -> bool:
 
 def _transfer_run(method: str, t: Transfer, level: int, seed: int) -> TicketRun:
     return TicketRun(method, t.target, level, seed, t.source, t.order, t.squeeze_mode, t.units, t.drop,
-                     t.random_replicas, t.source_dataset or "")
+                     t.random_replicas, t.source_dataset or "", width_squeeze=t.width_squeeze, rescale=t.rescale)
 
 
 def expand(setup: Setup) -> SetupRuns:

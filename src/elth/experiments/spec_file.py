@@ -73,7 +73,7 @@ _SETUP_TYPES = {
     "lmc_levels": list, "lmc_points": int, "match_sparsity": bool, "note": str,
 }
 _TRANSFER_TYPES = {"source": str, "target": str, "order": str, "squeeze_mode": str, "units": list, "drop": list,
-                   "random_replicas": bool, "source_dataset": str}
+                   "random_replicas": bool, "source_dataset": str, "width_squeeze": str, "rescale": bool}
 _REQUIRED_SETUP = ("dataset", "members", "levels")
 _TUPLES = ("members", "levels", "sources", "baselines", "baseline_targets", "baseline_levels", "lmc_levels",
            "units", "drop")

@@ -18,6 +18,7 @@ point (`ON_PAR_MARGIN`) where the paper says "nearly the same" without a number.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -34,6 +35,7 @@ from elth.elastic.strategies import APPENDING
 from elth.experiments.aggregate import aggregate, curves, targets_of
 from elth.experiments.paired import IMP_KEY, SeedPoints, compare_paired, ett_comparisons
 from elth.experiments.results import Row
+from elth.experiments.spec import is_width_change
 from elth.methods import DEFAULT_STRATEGIES, CurveKey, names
 from elth.models import parse_model_name
 
@@ -223,6 +225,62 @@ def drop_earliest_hurts(rows: list[Row], lmc: list[dict]):
     return _pool(_strategy_pairs(rows, "drop", _others_vs_earliest))
 
 
+def _width_pairs(rows: list[Row], pick) -> list[PairedDifference | None]:
+    """Per target and source: the width-ETT curve `pick` names as A minus the one it names as B (read
+    at A's sparsity, seed by seed), at every level of A."""
+    diffs = []
+    for part in _by_dataset(rows):
+        points = aggregate(part)
+        seeds = SeedPoints.of(part)
+        for target in targets_of(points):
+            cs = curves(points, target)
+            by_source: dict[str, dict[str, CurveKey]] = {}
+            for k in cs:
+                if k[0] == "ett":
+                    by_source.setdefault(k[1], {})[k[2]] = k
+            for strategies in by_source.values():
+                for a, b in pick(strategies):
+                    diffs += [compare_paired(seeds, target, strategies[a], p.level, strategies[b]).difference
+                              for p in cs[strategies[a]]]
+    return diffs
+
+
+def width_rescaled_beats_plain(rows: list[Row], lmc: list[dict]):
+    """Widening with the copies' outgoing weights divided minus widening without (beyond the paper)."""
+    return _pool(_width_pairs(rows, lambda s: [("widen", "widen plain")] if {"widen", "widen plain"} <= set(s) else []))
+
+
+def width_ranked_beats_first(rows: list[Row], lmc: list[dict]):
+    """Narrowing to the units of largest kept-weight norm minus keeping the first units (beyond the paper)."""
+    return _pool(_width_pairs(rows, lambda s: [("narrow norm", "narrow first")]
+                              if {"narrow norm", "narrow first"} <= set(s) else []))
+
+
+def _width_default(rows: list[Row]) -> list[Row]:
+    """IMP, dense, the baselines and the width-ETT rows of the default width strategies, relabelled as
+    default strategies, so that the on-par and baseline comparisons read them."""
+    out = []
+    for r in rows:
+        if r.strategy.startswith(("widen", "narrow")):  # width ETTs and the baselines made from them
+            if r.strategy not in ("widen", "narrow norm"):
+                continue
+            r = dataclasses.replace(r, strategy=DEFAULT_STRATEGIES[0])
+        elif r.method == "ett":
+            continue  # depth ETTs are other claims'
+        out.append(r)
+    return out
+
+
+def width_ett_vs_imp(rows: list[Row], lmc: list[dict]):
+    """Width-ETT (widen, narrow by norm) - IMP at each ticket's sparsity (beyond the paper)."""
+    return ett_vs_imp(_width_default(rows), lmc)
+
+
+def width_ett_vs_best_baseline(rows: list[Row], lmc: list[dict]):
+    """Width-ETT (widen, narrow by norm) - the most accurate baseline at each ticket's sparsity."""
+    return ett_vs_best_baseline(_width_default(rows), lmc)
+
+
 def _depth(model: str) -> int:
     return parse_model_name(model).depth
 
@@ -282,6 +340,10 @@ def _any_transfer(setups) -> bool:
     return any(s.expand_transfers() for s in setups)
 
 
+def _any_width(setups) -> bool:
+    return any(is_width_change(t.source, t.target) for s in setups for t in s.expand_transfers())
+
+
 def _makes(method: str):
     return lambda setups: any(method in s.baselines for s in setups)
 
@@ -329,6 +391,20 @@ MEASURE_KINDS: dict[str, MeasureKind] = {k.name: k for k in (
     MeasureKind("lmc_close_more_stable", "instability of the far-depth ETT - that of the close-depth ETT",
                 lambda: lmc_close_more_stable,
                 needs=(lambda setups: any(s.lmc_levels for s in setups), "lmc_levels")),
+    MeasureKind("width_ett_vs_imp", "width-ETT (widen, narrow by norm) - IMP at each ticket's sparsity",
+                lambda: width_ett_vs_imp, needs=(lambda setups: _any_width(setups), "a transfer that changes the width")),
+    MeasureKind("width_ett_vs_best_baseline", "width-ETT (widen, narrow by norm) - the most accurate baseline",
+                lambda: width_ett_vs_best_baseline,
+                needs=(lambda setups: _any_width(setups) and any(s.baselines for s in setups),
+                       "a transfer that changes the width, and baselines")),
+    MeasureKind("width_rescaled_beats_plain", "widening with outgoing weights divided by the copies - without",
+                lambda: width_rescaled_beats_plain,
+                needs=(lambda setups: any(not t.rescale for s in setups for t in s.expand_transfers()),
+                       "a widening transfer with rescale = false")),
+    MeasureKind("width_ranked_beats_first", "narrowing to the units of largest norm - keeping the first units",
+                lambda: width_ranked_beats_first,
+                needs=(lambda setups: any(t.width_squeeze == "first" for s in setups for t in s.expand_transfers()),
+                       "a narrowing transfer with width_squeeze = \"first\"")),
     MeasureKind("simpler_dataset_costs_most",
                 "accuracy drop into the harder dataset - drop into the simpler one (tickets moved across datasets)",
                 lambda: simpler_dataset_costs_most,
