@@ -101,11 +101,46 @@ def test_width_transform_through_the_cli_and_its_errors(tmp_path, capsys):
         assert main(["transform", str(path), *args, "--dry-run"]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1, err
-    resnet = tmp_path / "r.safetensors"
-    data = synthetic(input_shape=(3, 8, 8), num_classes=2, num_train=16, num_test=4, seed=0)
-    model = build_model("cifar_resnet_8_4", (3, 8, 8), 2, seed=0)
+    resnet = save_ticket(_conv_ticket("cifar_resnet_8_4"), tmp_path / "r.safetensors")
+    assert main(["transform", str(resnet), "--to", "cifar_resnet_8_8", "--dry-run"]) == 0
+    assert "layer3: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ... (32 units)" in capsys.readouterr().out
+
+
+def _conv_ticket(name: str, density: float = 0.6):
+    shape = (3, 8, 8)
+    data = synthetic(input_shape=shape, num_classes=3, num_train=16, num_test=4, seed=0)
+    model = build_model(name, shape, 3, seed=1)
+    for m in model.modules():  # BatchNorms as after training: statistics and affine parameters of their own
+        if isinstance(m, torch.nn.BatchNorm2d):
+            g = torch.Generator().manual_seed(m.num_features)
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
     params = dict(model.named_parameters())
-    save_ticket(from_model(model, data.info, {n: torch.ones_like(params[n], dtype=torch.bool)
-                                               for n in model.prunable_names()}), resnet)
-    assert main(["transform", str(resnet), "--to", "cifar_resnet_8_8", "--dry-run"]) == 2
-    assert "one family and width" in capsys.readouterr().err  # ResNets declare no width axis (yet)
+    g = torch.Generator().manual_seed(0)
+    return from_model(model, data.info, {n: torch.rand(params[n].shape, generator=g) < density
+                                         for n in model.prunable_names()})
+
+
+def test_a_resnet_s_width_groups_couple_each_stage_s_residual_stream_and_each_block_s_inner_channels():
+    groups = {g.name: g for g in build_model("cifar_resnet_14_4", (3, 8, 8), 3, seed=0).width_groups()}
+    assert sorted(groups) == sorted(["layer1", "layer2", "layer3"] + [f"layer{s}.{u}.conv1" for s in (1, 2, 3)
+                                                                      for u in (0, 1)])
+    stream = groups["layer2"]
+    assert ("layer2.0.shortcut.0.weight", 0) in stream.producers and ("layer2.1.bn2.running_var", 0) in stream.producers
+    assert set(stream.consumers) == {("layer2.1.conv1.weight", 1), ("layer3.0.conv1.weight", 1),
+                                     ("layer3.0.shortcut.0.weight", 1)}
+    assert ("fc.weight", 1) in groups["layer3"].consumers and ("conv.weight", 0) in groups["layer1"].producers
+
+
+@pytest.mark.parametrize("density", [1.0, 0.6])
+def test_a_widened_resnet_computes_the_source_s_function_at_the_rewind_point(density):
+    t = _conv_ticket("cifar_resnet_14_4", density)
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    source = t.build().eval()
+    for width in (6, 8):
+        wide = transform_width(t, f"cifar_resnet_14_{width}").build().eval()
+        assert torch.allclose(wide(x), source(x), atol=1e-5)
+    narrow = transform_width(t, "cifar_resnet_14_2").build().eval()
+    assert narrow(x).shape == (4, 3) and torch.isfinite(narrow(x)).all()

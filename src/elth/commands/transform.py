@@ -60,8 +60,10 @@ several FC layers one map of their hidden FC layers (ids of their classifier: 0,
 one map of their fc_layers (the layer to 100 last, mapped to the target's last).
   --block-mapping '0:0;1:1,3;2:2,4'     ResNet-20 -> ResNet-32: the plan 0,1,2,1,2
 
-Another width (beyond the paper; MLPs: mlp_<n>_<W>, W hidden units per layer, default 300): --to a
-network of the same depth and another width. Stretching replicates each layer's units in order
+Another width (beyond the paper; MLPs: mlp_<n>_<W>, W hidden units per layer, default 300; CIFAR
+ResNets: cifar_resnet_<D>_<W>, W channels in the first stage): --to a network of the same depth and
+another width; each layer's units (a ResNet stage's residual channels, a block's inner channels)
+are one group. Stretching replicates each layer's units in order
 (target unit j copies source unit j mod W) with their masks, and divides the next layer's inputs
 from each source unit by its number of copies (--no-rescale: not), so that at the rewind point the
 wider network computes the same function; --permute-replicas gives each copy a random permutation
@@ -69,6 +71,7 @@ of its mask. Squeezing keeps the units ranked highest by --width-squeeze: norm (
 weights, in and out; default), density (of their masks) or first (units 0..W-1, the naive control).
 Change the depth and the width in two steps.
   elth transform mlp2.safetensors --to mlp_2_600 --dry-run
+  elth transform r14_w8.safetensors --to cifar_resnet_14_16 --width-squeeze norm -o r14_w16.safetensors
 
 Another dataset (--dataset, the paper's Appendix D): every weight and mask is kept when the
 inputs fit the same weights (conv nets: the same number of channels, any image size; MLPs: the

@@ -16,7 +16,7 @@ from elth.models.families import (
     register_builtin,
 )
 from elth.models.init import init_weights
-from elth.models.structure import ElasticStructure
+from elth.models.structure import ElasticStructure, WidthGroup
 
 KIND = "cifar_resnet"
 #: The width (channels of the first stage) of a name without one: the paper's.
@@ -69,6 +69,27 @@ class CifarResNet(ElasticModel):
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.fc(x)
 
+    def width_groups(self) -> tuple[WidthGroup, ...]:
+        """Per stage, the channels of its residual stream (the stem's or the transition's shortcut,
+        every block's second conv and BN; read by the blocks' first convs, the next stage's
+        transition and the classifier); per block, its inner channels (first conv and BN; read by
+        the second conv). Identity shortcuts tie a stage's blocks to one stream."""
+        n, groups = self.blocks_per_stage, []
+        for s in (1, 2, 3):
+            stream_in = [("conv.weight", 0), *_bn("bn")] if s == 1 else \
+                [(f"layer{s}.0.shortcut.0.weight", 0), *_bn(f"layer{s}.0.shortcut.1")]
+            producers = stream_in + [p for u in range(n) for p in ((f"layer{s}.{u}.conv2.weight", 0),
+                                                                   *_bn(f"layer{s}.{u}.bn2"))]
+            readers = [(f"layer{s}.{u}.conv1.weight", 1) for u in range(0 if s == 1 else 1, n)]
+            readers += ([(f"layer{s + 1}.0.conv1.weight", 1), (f"layer{s + 1}.0.shortcut.0.weight", 1)] if s < 3
+                        else [("fc.weight", 1)])
+            groups.append(WidthGroup(f"layer{s}", tuple(producers), tuple(readers)))
+            for u in range(n):
+                block = f"layer{s}.{u}"
+                groups.append(WidthGroup(f"{block}.conv1", ((f"{block}.conv1.weight", 0), *_bn(f"{block}.bn1")),
+                                         ((f"{block}.conv2.weight", 1),)))
+        return tuple(groups)
+
     def structure(self) -> ElasticStructure:
         n = self.blocks_per_stage
         return ElasticStructure(
@@ -76,6 +97,11 @@ class CifarResNet(ElasticModel):
             stages=tuple(tuple(f"layer{s}.{u}" for u in range(n)) for s in (1, 2, 3)),
             head=("fc",),
         )
+
+
+def _bn(prefix: str) -> tuple[tuple[str, int], ...]:
+    """A BatchNorm's per-channel tensors (its step count is not per channel)."""
+    return tuple((f"{prefix}.{t}", 0) for t in ("weight", "bias", "running_mean", "running_var"))
 
 
 def _parse(name: str, m) -> ModelSpec:
