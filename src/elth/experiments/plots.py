@@ -136,7 +136,11 @@ def _legend(fig, handles: dict, ncols: int, order: list[str]) -> float:
     fits = int(fig.get_figwidth() / (0.07 * widest + 0.6))
     per_row = max(1, min(max(3, 2 * ncols), fits))
     rows = math.ceil(len(labels) / per_row)
-    height = (0.28 * rows + 0.15) / fig.get_figheight()
+    # The legend gets room of its own below the panels (the figure grows), so that many curves
+    # do not squash the panels.
+    room = 0.28 * rows + 0.15
+    fig.set_figheight(fig.get_figheight() + room)
+    height = room / fig.get_figheight()
     fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=min(per_row, len(labels)),
                fontsize=9, frameon=False)
     return height
