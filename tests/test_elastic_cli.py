@@ -101,7 +101,6 @@ def test_explicit_plan(elth, tickets, tmp_path):
 @pytest.mark.parametrize(
     "args, fragment",
     [(["--to", "cifar_vgg_13"], "one family and width"),
-     (["--to", "cifar_resnet_32_32"], "changes the depth and the width: change them in two steps"),
      (["--to", "cifar_resnet_32", "--plan", "0,1,2,1"], "leaving layer1.4 unfilled"),
      (["--to", "cifar_resnet_32", "--plan", "1,1,2,1,2"], "transition"),
      (["--to", "cifar_resnet_32", "--plan", "0,1,2,1,9"], "names source unit 9"),

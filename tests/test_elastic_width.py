@@ -92,10 +92,17 @@ def test_width_transform_through_the_cli_and_its_errors(tmp_path, capsys):
     assert main(["transform", str(path), "--to", "mlp_2_3", "--width-squeeze", "first", "-o",
                  str(tmp_path / "n.safetensors")]) == 0
     capsys.readouterr()
+    # depth and width in one command: the width first (mlp_2_6), then the depth, with its options
+    both = tmp_path / "both.safetensors"
+    assert main(["transform", str(path), "--to", "mlp_3_6", "--order", "interpolation", "-o", str(both)]) == 0
+    out = capsys.readouterr().out
+    assert "mlp_2_4 -> mlp_2_6 (width)" in out and "mlp_2_6 -> mlp_3_6" in out and "plan: 0,1,1" in out
+    from elth.tickets import load_ticket
+    t = load_ticket(both)
+    assert t.model == "mlp_3_6" and t.provenance["source"]["provenance"]["method"] == "width_transformation"
     for args, says in [
-        (["--to", "mlp_3_6"], "changes the depth and the width: change them in two steps"),
         (["--to", "mlp_2_6", "--order", "interpolation"], "do not apply to a change of width"),
-        (["--to", "mlp_3", "--no-rescale"], "changes the depth and the width"),
+        (["--to", "mlp_2_4", "--no-rescale"], "need --to a network of another width"),
         (["--to", "mlp_2_4", "--dataset", "digits", "--no-rescale"], "need --to a network of another width"),
     ]:
         assert main(["transform", str(path), *args, "--dry-run"]) == 2

@@ -69,7 +69,8 @@ from each source unit by its number of copies (--no-rescale: not), so that at th
 wider network computes the same function; --permute-replicas gives each copy a random permutation
 of its mask. Squeezing keeps the units ranked highest by --width-squeeze: norm (of their kept rewind
 weights, in and out; default), density (of their masks) or first (units 0..W-1, the naive control).
-Change the depth and the width in two steps.
+With a new depth as well (--to mlp_3_600 from mlp_2), the width changes first, then the depth, in
+one command.
   elth transform mlp2.safetensors --to mlp_2_600 --dry-run
   elth transform r14_w8.safetensors --to cifar_resnet_14_16 --width-squeeze norm -o r14_w16.safetensors
 
@@ -145,19 +146,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the sparsity, write nothing")
 
 
-def _other_width(source: Ticket, target: str) -> bool:
-    """Whether `target` is the source's family at another width, a family that declares its width (a
-    width transformation); an error when both the depth and the width change."""
+def _width_step(source: Ticket, target: str) -> str | None:
+    """The network the width changes to first (the source's depth at the target's width; the target
+    itself when only the width changes), or None when the width stays (or the family declares none)."""
     a, b = parse_model_name(source.model), parse_model_name(target)
     if a.kind != b.kind or a.width == b.width:
-        return False
+        return None
     shape, classes = tuple(source.dataset.input_shape), source.dataset.num_classes
     if not build_model(source.model, shape, classes, seed=0).width_groups():
-        return False  # a family without a width axis: the depth path says what it takes
-    if a.depth != b.depth or a.fc_layers != b.fc_layers:
-        raise ElthError(f"{source.model} -> {target} changes the depth and the width: change them in two steps "
-                        "(the width first, to the source's depth at the target's width)")
-    return True
+        return None  # a family without a width axis: the depth path says what it takes
+    if a.depth == b.depth and a.fc_layers == b.fc_layers:
+        return target
+    middle = f"{a.kind}_{a.depth}_{b.width}"  # the family's <kind>_<D>_<W> name, checked below
+    try:
+        spec = parse_model_name(middle)
+    except Exception:
+        spec = None
+    if spec is None or (spec.kind, spec.depth, spec.width, spec.fc_layers) != (a.kind, a.depth, b.width, a.fc_layers):
+        raise ElthError(f"{source.model} -> {target} changes the depth and the width, and {a.kind} names no network "
+                        "of the source's depth at the target's width: change them in two steps")
+    return middle
 
 
 def _sparsity_line(source: Ticket, target: Ticket) -> str:
@@ -205,26 +213,30 @@ def run(args: argparse.Namespace) -> int:
     source = load_ticket(args.ticket)
     result, plan = source, None
     width_options = args.width_squeeze or args.no_rescale or args.permute_replicas
-    if args.to is not None and _other_width(source, args.to):
-        if (args.plan or args.block_mapping or args.order or args.squeeze or args.units or args.drop
-                or args.random_replicas or args.match_sparsity):
+    middle = _width_step(source, args.to) if args.to is not None else None
+    depth_options = (args.plan or args.block_mapping or args.order or args.squeeze or args.units or args.drop
+                     or args.random_replicas or args.match_sparsity)
+    if middle is not None:  # the width first (then the depth, when it changes too)
+        if middle == args.to and depth_options:
             raise ElthError("the depth options (--plan, --block-mapping, --order, --units, --squeeze, --drop, "
                             "--random-replicas, --match-sparsity) do not apply to a change of width")
-        width_plan = make_width_plan(source, args.to, args.width_squeeze or SQUEEZE_CRITERIA[0])
-        result = apply_width_plan(source, args.to, width_plan, rescale=not args.no_rescale,
+        width_plan = make_width_plan(source, middle, args.width_squeeze or SQUEEZE_CRITERIA[0])
+        result = apply_width_plan(source, middle, width_plan, rescale=not args.no_rescale,
                                   permute_replicas=args.permute_replicas, seed=args.seed)
         print(f"{source.model} -> {result.model} (width)")
         print("width plan, each layer's units <- the source's:\n" + format_width_plan(width_plan))
     elif width_options:
         raise ElthError("--width-squeeze, --no-rescale and --permute-replicas need --to a network of another width")
-    elif args.to is not None:
+    depth_source = result
+    if args.to is not None and (middle is None or result.model != args.to):
         explicit = args.plan
         if args.block_mapping is not None:
-            explicit = format_plan(block_mapping_plan(args.block_mapping, source.model, args.to))
+            explicit = format_plan(block_mapping_plan(args.block_mapping, depth_source.model, args.to))
         result = transform(
-            source, args.to, plan=explicit, order=args.order or APPENDING,
+            depth_source, args.to, plan=explicit, order=args.order or APPENDING,
             squeeze_mode=args.squeeze or CONSECUTIVE, units=args.units, drop=args.drop,
-            random_replicas=args.random_replicas, seed=args.seed, source_path=str(args.ticket),
+            random_replicas=args.random_replicas, seed=args.seed,
+            source_path=str(args.ticket) if depth_source is source else None,
         )
         if args.match_sparsity:
             result = match_sparsity(result, source.sparsity)
@@ -233,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
                   f"({m['pruned']:,} weights pruned, {m['restored']:,} restored in the replicable units)")
         plan_text = result.provenance["plan"]
         plan = parse_plan(plan_text, plan_text.count(";") + 1)
-        print(f"{source.model} -> {result.model}")
+        print(f"{depth_source.model} -> {result.model}")
         print(f"plan: {plan_text}")
     elif (args.plan or args.block_mapping or args.order or args.squeeze or args.units or args.drop
           or args.random_replicas or args.match_sparsity):
@@ -246,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
               + ("output layer replaced" if result.provenance["replaced"] else "weights and masks kept"))
     if args.dry_run:
         if plan is not None:
-            print("\n".join(plan_table(source, result, plan, args.random_replicas)))
+            print("\n".join(plan_table(depth_source, result, plan, args.random_replicas)))
         print(_sparsity_line(source, result))
         print("dry run: nothing written")
         return 0
