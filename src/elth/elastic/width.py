@@ -113,10 +113,11 @@ def apply_width_plan(ticket: Ticket, target_model: str, plan: WidthPlan, *, resc
     mask = {k: v.clone() for k, v in ticket.mask.items()}
     dense = None if ticket.dense is None else {k: v.clone() for k, v in ticket.dense.items()}
     g = torch.Generator().manual_seed(seed)
+    expected = target.state_dict()
     for sg, tg in zip(source_groups, target_groups):
         units = plan.get(tg.name)
         ws = _width(ticket.state, sg)
-        wt = _width(target.state_dict(), tg)
+        wt = _width(expected, tg)
         if units is None or len(units) != wt or not all(0 <= u < ws for u in units):
             raise PlanError(f"width group {tg.name}: the plan must give each of its {wt} target units a source unit "
                             f"0..{ws - 1}")
@@ -149,7 +150,6 @@ def apply_width_plan(ticket: Ticket, target_model: str, plan: WidthPlan, *, resc
                             row.copy_(new)
                             state[key].select(dim, j).copy_(dense[key].select(dim, j) * new.to(dense[key].dtype))
                 seen.add(u)
-    expected = target.state_dict()
     for key, value in expected.items():
         if key not in state or state[key].shape != value.shape:
             raise PlanError(f"{target_model}: {key} does not take the transformed tensor "

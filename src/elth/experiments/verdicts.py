@@ -170,20 +170,26 @@ def _blocks(strategy: str, order: str) -> tuple[int, ...] | None:
     return tuple(int(i) for i in m.group(1).split(",")) if m else None
 
 
-def _strategy_pairs(rows: list[Row], order: str, pick) -> list[PairedDifference | None]:
-    """Per target: the ETT curve `pick` chooses as A minus the ETT curve it chooses as B (read at A's
-    sparsity, seed by seed), at every level of A."""
+def _ett_curve_pairs(rows: list[Row], pick) -> list[PairedDifference | None]:
+    """Per target: for each pair (A, B) of ETT curves `pick(the target's ETT curve keys)` gives, A
+    minus B (read at A's sparsity, seed by seed), at every level of A."""
     diffs = []
     for part in _by_dataset(rows):
         points = aggregate(part)
         seeds = SeedPoints.of(part)
         for target in targets_of(points):
             cs = curves(points, target)
-            options = {k: _blocks(k[2], order) for k in cs if k[0] == "ett"}
-            options = {k: v for k, v in options.items() if v}
-            for a, b in pick(options):
+            for a, b in pick([k for k in cs if k[0] == "ett"]):
                 diffs += [compare_paired(seeds, target, a, p.level, b).difference for p in cs[a]]
     return diffs
+
+
+def _strategy_pairs(rows: list[Row], order: str, pick) -> list[PairedDifference | None]:
+    """`_ett_curve_pairs` over the ETT curves of one stretch order or drop, `pick` given their blocks."""
+    def blocks(keys: list[CurveKey]):
+        options = {k: _blocks(k[2], order) for k in keys}
+        return pick({k: v for k, v in options.items() if v})
+    return _ett_curve_pairs(rows, blocks)
 
 
 def _more_vs_first(options: dict[CurveKey, tuple[int, ...]]):
@@ -225,35 +231,22 @@ def drop_earliest_hurts(rows: list[Row], lmc: list[dict]):
     return _pool(_strategy_pairs(rows, "drop", _others_vs_earliest))
 
 
-def _width_pairs(rows: list[Row], pick) -> list[PairedDifference | None]:
-    """Per target and source: the width-ETT curve `pick` names as A minus the one it names as B (read
-    at A's sparsity, seed by seed), at every level of A."""
-    diffs = []
-    for part in _by_dataset(rows):
-        points = aggregate(part)
-        seeds = SeedPoints.of(part)
-        for target in targets_of(points):
-            cs = curves(points, target)
-            by_source: dict[str, dict[str, CurveKey]] = {}
-            for k in cs:
-                if k[0] == "ett":
-                    by_source.setdefault(k[1], {})[k[2]] = k
-            for strategies in by_source.values():
-                for a, b in pick(strategies):
-                    diffs += [compare_paired(seeds, target, strategies[a], p.level, strategies[b]).difference
-                              for p in cs[strategies[a]]]
-    return diffs
+def _width_pairs(rows: list[Row], a: str, b: str) -> list[PairedDifference | None]:
+    """Per target and source: the width-ETT curve of strategy `a` minus that of strategy `b`."""
+    def same_source(keys: list[CurveKey]):
+        by = {(k[1], k[2]): k for k in keys}
+        return [(by[s, a], by[s, b]) for s in {k[1] for k in keys} if (s, a) in by and (s, b) in by]
+    return _ett_curve_pairs(rows, same_source)
 
 
 def width_rescaled_beats_plain(rows: list[Row], lmc: list[dict]):
     """Widening with the copies' outgoing weights divided minus widening without (beyond the paper)."""
-    return _pool(_width_pairs(rows, lambda s: [("widen", "widen plain")] if {"widen", "widen plain"} <= set(s) else []))
+    return _pool(_width_pairs(rows, "widen", "widen plain"))
 
 
 def width_ranked_beats_first(rows: list[Row], lmc: list[dict]):
     """Narrowing to the units of largest kept-weight norm minus keeping the first units (beyond the paper)."""
-    return _pool(_width_pairs(rows, lambda s: [("narrow norm", "narrow first")]
-                              if {"narrow norm", "narrow first"} <= set(s) else []))
+    return _pool(_width_pairs(rows, "narrow norm", "narrow first"))
 
 
 def _width_default(rows: list[Row]) -> list[Row]:

@@ -88,19 +88,18 @@ def place_model(model: nn.Module, device: torch.device) -> bool:
 
 
 class LoneEngine:
-    """One run (`model`, placed, masked and resumed, with its optimiser) as a group of one."""
+    """One run (`model`, placed, masked and resumed, with its optimiser and its `masker`) as a group of one."""
 
     k = 1
 
     def __init__(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, data, protocol: Protocol, *, data_seed: int,
-        mask: dict[str, torch.Tensor] | None, controller: TrainingController | None, schedule: LRSchedule,
+        masker: GradientMask | None, controller: TrainingController | None, schedule: LRSchedule,
         precision: str, device: torch.device, callback: Callable[[int, nn.Module], None] | None = None,
     ):
         self.model, self.optimizer, self.data, self.precision, self.device = model, optimizer, data, precision, device
         self.name = getattr(model, "name", "train")
         self.callback = callback
-        masker = GradientMask(model, mask) if mask is not None else None
         # Every rank now holds the same weights (one checkpoint); with several ranks DDP all-reduces the
         # gradients of each rank's share of the global batch.
         net = distributed.data_parallel(model, device)

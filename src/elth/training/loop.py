@@ -179,7 +179,7 @@ def train_group(
             if len(part) == 1:
                 r = part[0]
                 m = r.member
-                engine = LoneEngine(m.model, r.optimizer, data, protocol, data_seed=m.data_seed, mask=m.mask,
+                engine = LoneEngine(m.model, r.optimizer, data, protocol, data_seed=m.data_seed, masker=r.masker,
                                     controller=m.controller, schedule=schedule, precision=precision, device=device,
                                     callback=callback)
             else:
@@ -200,6 +200,8 @@ class _Run:
     seconds_before: float = 0.0
     files: RunFiles | None = None
     result: TrainResult | TrainingDiverged | None = None
+    #: the member's mask over its model's parameters (None: no mask)
+    masker: GradientMask | None = None
 
 
 def _prepare(member: Member, data, protocol: Protocol, start_step: int, end: int, precision: str, device) -> _Run:
@@ -208,12 +210,13 @@ def _prepare(member: Member, data, protocol: Protocol, start_step: int, end: int
     model, controller = member.model, member.controller
     check_one_sparsity(member.mask, controller)
     place_model(model, device)
-    if member.mask is not None:
-        GradientMask(model, member.mask).apply_to_weights()
+    masker = GradientMask(model, member.mask) if member.mask is not None else None
+    if masker is not None:
+        masker.apply_to_weights()
     optimizer = make_optimizer(model, protocol)
     if controller is not None:
         controller.attach(model, optimizer)
-    run = _Run(member, start_step, optimizer)
+    run = _Run(member, start_step, optimizer, masker=masker)
     if member.out_dir is None:
         return run
     key = run_key(model, protocol, data, member.data_seed, member.mask, precision, controller)

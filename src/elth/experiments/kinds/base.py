@@ -8,6 +8,7 @@ registered in `kinds/__init__.py`.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,9 +27,9 @@ class Cannot:
     failed: bool = True
 
 
-class RunKind:
+class RunKind(ABC):
     """One kind of run. Subclasses set `name`, `noun`, `job`, `cached_job` and `trainer` and
-    implement `inputs`, `directory`, `describe` and `needs`; the rest has defaults."""
+    implement the abstract methods (`inputs`, `directory`, `describe`, `needs`); the rest has defaults."""
 
     #: how status lines and records name the kind
     name: str = ""
@@ -49,27 +50,27 @@ class RunKind:
         return f"<run kind {self.name}>"
 
     # -- inputs and identity -------------------------------------------------------------------------
+    @abstractmethod
     def inputs(self, graph, node, max_age: float) -> tuple | Cannot | None:
         """The job's arguments after (ctx, run) once what the run needs exists; None while waiting;
         `Cannot` when it never will."""
-        raise NotImplementedError
 
+    @abstractmethod
     def directory(self, node) -> str:
         """The run's directory in the store (its inputs known)."""
-        raise NotImplementedError
 
     def cached(self, node):
         """The run's result in the store (None: not finished)."""
         return self.cached_job(node.here, node.run, *node.args)
 
     # -- status text ---------------------------------------------------------------------------------
+    @abstractmethod
     def describe(self, result) -> str:
         """A finished run's result in a few words."""
-        raise NotImplementedError
 
+    @abstractmethod
     def needs(self, run) -> str:
         """What a waiting run waits for ("for IMP level 2 of ...")."""
-        raise NotImplementedError
 
     def trainings(self, run) -> int:
         """How many trainings the run is."""
