@@ -139,7 +139,7 @@ def test_paper_wide_verdict_table_links_each_row_to_its_report(tmp_path):
     assert "-1.17 [-1.88, -0.45]" in line and "**contradicted**" in line
     assert line.endswith("[fc_table5-cpu](fc_table5-cpu/report.md) |")
     report = write_report(exp).read_text()
-    assert "## Verdicts on the paper's claims at this scale" in report and "**contradicted**" in report
+    assert "## Verdicts on its claims at this scale" in report and "**contradicted**" in report
 
 
 def test_report_index_command(tmp_path, capsys):

@@ -132,7 +132,9 @@ def test_families():
 
 def test_vit_layout():
     m = build_model("vit_2", (1, 28, 28), 10)
-    assert m.embed.pos.shape == (1, 50, 64)  # 7x7 patches of 4x4 pixels and the class token
+    assert m.embed.pos.shape == (1, 17, 64)  # 4x4 patches of 7x7 pixels and the class token
+    assert m.embed.proj.weight.shape == (64, 1, 7, 7)
+    assert build_model("vit_2", (3, 32, 32), 10).embed.pos.shape == (1, 65, 64)  # 8x8 patches of 4x4 pixels
     assert m.blocks[0].attn.heads == 2 and m.blocks[0].fc1.weight.shape == (128, 64)
     assert m.prunable_names() == ["embed.proj.weight"] + [
         f"blocks.{i}.{k}.weight" for i in (0, 1) for k in ("attn.qkv", "attn.out", "fc1", "fc2")] + ["fc.weight"]

@@ -65,7 +65,7 @@ def verdict_section(experiment: str, rows: list[Row], lmc: list[dict]) -> str:
     verdicts = verdicts_for(experiment, rows, lmc)
     if not verdicts:
         return ""
-    return ("## Verdicts on the paper's claims at this scale\n\n" + RULE + "\n\n"
+    return ("## Verdicts on its claims at this scale\n\n" + RULE + "\n\n"
             + _table(VERDICT_HEADER, verdict_rows(verdicts)))
 
 
@@ -95,7 +95,7 @@ def write_verdict_index(results_root: str | Path, title: str = "Results made wit
     text = [f"# {title}\n"]
     if preamble:
         text.append(preamble.strip() + "\n")
-    text.append("## Verdicts on the paper's claims\n\n" + RULE + "\n")
+    text.append("## Verdicts on the claims\n\n" + RULE + "\n")
     text.append(_table(VERDICT_HEADER + ["report"], [row for *_, row in sorted(ranked)]))
     text.append("## Reports\n")
     text.append("The protocol each report was run with (its training of every ticket), its seeds and its wall "

@@ -17,7 +17,7 @@ SPEC_FILES = Path(__file__).parent / "spec_files"
 #: The order `elth experiment --list` and the verdict tables follow.
 ORDER = ("resnet_family", "resnet_depths", "ett_baselines", "replicate_units", "earlier_later", "vgg_family",
          "imagenet_table1", "dpf_table3", "rigl_table2", "lmc_figure8", "dataset_table6", "imagenet_table7",
-         "fc_table5", "width_family", "smoke", "demo")
+         "fc_table5", "width_family", "vit_family", "smoke", "demo")
 
 EXPERIMENTS: dict[str, Experiment] = {
     name: load_experiment_file(SPEC_FILES / f"{name}.toml", shipped=True) for name in ORDER}
