@@ -1,4 +1,5 @@
 """Aggregation, matched-sparsity comparisons, compute accounting and the report, on hand-made tables."""
+import dataclasses
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from elth.experiments.aggregate import (
     read_at,
 )
 from elth.experiments.compute import elth_savings
-from elth.experiments.report import write_report
+from elth.experiments.report import summary_text, write_report
 from elth.experiments.results import COLUMNS, Row, read_results, write_results
 from elth.files import ACCURACY_FIGURE as FIGURE
 from elth.files import REPORT_FILE as REPORT
@@ -171,3 +172,12 @@ def test_a_collapsed_bar_does_not_set_the_axis():
     assert _far_below([86.6, 85.7, 83.4, 32.2, 78.0]) == {3}
     assert _far_below([86.6, 85.7, 83.4]) == set()  # nothing far below: every bar sets the axis
     assert _far_below([50.0, 90.0]) == set()  # too few bars to call one an outlier
+
+
+def test_terminal_table_columns_fit_the_longest_label():
+    matched = [dataclasses.replace(row("mlp_3", "ett", 2, 0.36, seed, 0.84, source="mlp_2"), strategy="appending matched")
+               for seed in (0, 1)]
+    header, *lines = summary_text(table() + matched).splitlines()
+    assert any("(appending matched)" in line for line in lines)
+    # the sparsity column ends where its heading does on every line, however long a method's label
+    assert {line.index("%") + 1 for line in lines} == {header.index("sparsity") + len("sparsity")}

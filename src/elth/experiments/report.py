@@ -421,15 +421,19 @@ def summary_text(rows: list[Row]) -> str:
         return "\n\n".join(f"on {ds}:\n" + summary_text([r for r in rows if r.dataset == ds]) for ds in datasets)
     points = aggregate(rows)
     levels = set(evaluated_levels(points))
-    lines = [f"{'target':<22} {'method':<28} {'level':>5} {'sparsity':>9} {'accuracy (%)':>15} {'seeds':>5}"]
+    entries = []
     for target in targets_of(points):
         for key, pts in curves(points, target).items():
             for p in pts:
                 if p.level not in levels and key[0] != "dense":
                     continue
                 acc = f"{100 * p.accuracy:.2f}" + (f" ± {100 * p.accuracy_std:.2f}" if p.n > 1 else "")
-                lines.append(f"{short_name(target):<22} {curve_label(key):<28} {p.level:>5} "
-                             f"{100 * p.sparsity:>8.2f}% {acc:>15} {p.n:>5}")
+                entries.append((short_name(target), curve_label(key), p, acc))
+    tw = max([len("target")] + [len(e[0]) for e in entries])
+    mw = max([len("method")] + [len(e[1]) for e in entries])
+    lines = [f"{'target':<{tw}}  {'method':<{mw}} {'level':>5} {'sparsity':>9} {'accuracy (%)':>15} {'seeds':>5}"]
+    lines += [f"{t:<{tw}}  {m:<{mw}} {p.level:>5} {100 * p.sparsity:>8.2f}% {acc:>15} {p.n:>5}"
+              for t, m, p, acc in entries]
     return "\n".join(lines)
 
 
