@@ -9,7 +9,7 @@ third of the cost of 4x4 patches' 49 tokens), otherwise 4x4 up to 32 pixels (64 
 4 at 8x8) and 16x16 above. Attention heads of 32 channels (at least one); MLPs twice as wide as the blocks.
 Weights are Kaiming-normal like elth's other families (biases zero, position embeddings N(0, 0.02)):
 under elth's SGD protocols they train faster than a ViT's customary N(0, 0.02) weights (vit_2,
-938 iterations on Fashion-MNIST: 81.6% against 72.3% test accuracy).
+938 iterations on Fashion-MNIST: 82.6% against 77.3% test accuracy).
 """
 from __future__ import annotations
 
