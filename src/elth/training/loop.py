@@ -234,103 +234,123 @@ def _train_span(
 ) -> None:
     """The one epoch loop: the engine's K runs, all resuming at one step, trained to `end`; each
     run's `result` set (a `TrainResult`, or the `TrainingDiverged` error of a member that diverged)."""
-    k = len(runs)
-    step = first_step = runs[0].step
-    logs = [r.files.start(step, end, ipe) if r.files is not None else None for r in runs]
-    reports = [
-        Progress(
-            device, schedule, ipe, start_step=start_step, step=step, end=end, seconds_before=r.seconds_before,
-            log=log, desc=desc or engine.name, enabled=progress and i == 0 and distributed.is_main(),
-            stats=engine.member_stats(i),
-        )
-        for i, (r, log) in enumerate(zip(runs, logs))
-    ]
-    tests: list[tuple[float, float]] | None = None
-    divergence = DivergenceCheck(device, schedule, members=k)
+    _Span(engine, runs, data, protocol, schedule, ipe, start_step, end, eval_interval, progress=progress,
+          desc=desc, eval_batch_size=eval_batch_size, device=device).run()
 
-    def end_diverged(new: list[int]) -> None:
-        """Members just found diverged: their failure recorded, no more logs."""
-        for i in new:
-            if runs[i].files is not None:
-                runs[i].files.write_failure(divergence.errors[i].record())
-            reports[i].log = None
 
-    def all_diverged() -> bool:
-        return len(divergence.errors) == k
+class _Span:
+    """One call of the epoch loop: its step, its members' progress reports, the group's last test
+    evaluation (shared by every member's log point) and which members diverged."""
 
-    def test_metrics(i: int):
-        # One evaluation of the group serves every member's log point.
-        def read() -> tuple[float, float]:
-            nonlocal tests
-            if tests is None:
-                tests = engine.evaluate(eval_batch_size)
-            return tests[i]
-        return read
+    def __init__(self, engine: LoneEngine | FusedEngine, runs: list[_Run], data, protocol: Protocol,
+                 schedule: LRSchedule, ipe: int, start_step: int, end: int, eval_interval: int | None, *,
+                 progress: bool, desc: str, eval_batch_size: int, device: torch.device):
+        self.engine, self.runs, self.data, self.protocol = engine, runs, data, protocol
+        self.ipe, self.end, self.eval_interval, self.eval_batch_size = ipe, end, eval_interval, eval_batch_size
+        self.step = self.first_step = runs[0].step
+        logs = [r.files.start(self.step, end, ipe) if r.files is not None else None for r in runs]
+        self.reports = [
+            Progress(
+                device, schedule, ipe, start_step=start_step, step=self.step, end=end, seconds_before=r.seconds_before,
+                log=log, desc=desc or engine.name, enabled=progress and i == 0 and distributed.is_main(),
+                stats=engine.member_stats(i),
+            )
+            for i, (r, log) in enumerate(zip(runs, logs))
+        ]
+        self.tests: list[tuple[float, float]] | None = None
+        self.divergence = DivergenceCheck(device, schedule, members=len(runs))
 
-    def log_point(evaluate_now: bool) -> None:
-        nonlocal tests
-        tests = None
-        for i, report in enumerate(reports):
-            report.log_point(step, test_metrics(i) if evaluate_now else None)
+    def run(self) -> None:
+        self.engine.module.train()
+        try:
+            self._steps()
+            if not self._all_diverged():
+                self._finish()
+            for i, error in self.divergence.errors.items():
+                self.runs[i].result = error
+        finally:
+            for report in self.reports:
+                report.close()
 
-    def save(results: list[TrainResult] | None = None) -> None:
-        if step > first_step:  # never a checkpoint or a result of diverged weights
-            end_diverged(divergence.diverged_weights(engine.module.named_parameters(), step - 1))
-        if all_diverged():
-            return
-        distributed.broadcast_module_buffers(engine.module)
-        distributed.check_identical(dict(engine.module.named_parameters()), f"the weights at step {step}")
-        for i, r in enumerate(runs):
-            if r.files is not None and i not in divergence.errors:
-                model_state, optimizer_state = engine.member_state(i)
-                r.files.save(step, reports[i].clock.total(), model_state, optimizer_state, r.member.controller,
-                             results[i] if results is not None else None)
-
-    engine.module.train()
-    try:
-        for t, (x, y), epoch_ends in steps_by_epoch(step, end, ipe, engine.batches):
-            global_batch = examples_in_batch(data, protocol.batch_size, t % ipe)
+    def _steps(self) -> None:
+        """Train to `end` (or until every member diverged): log points, evaluations and checkpoints
+        at the ends of epochs and at the evaluation interval."""
+        engine, reports = self.engine, self.reports
+        for t, (x, y), epoch_ends in steps_by_epoch(self.step, self.end, self.ipe, engine.batches):
+            global_batch = examples_in_batch(self.data, self.protocol.batch_size, t % self.ipe)
             losses = engine.step(t, x, y, global_batch)
-            end_diverged(divergence.diverged_after_step(t, losses))
-            if all_diverged():
-                break
+            self._end_diverged(self.divergence.diverged_after_step(t, losses))
+            if self._all_diverged():
+                return
             for report in reports:
                 report.count(global_batch)
-            step = t + 1
+            self.step = step = t + 1
             engine.after_step(step)
-            evaluate_now = step == end or (eval_interval is not None and step % eval_interval == 0)
+            evaluate_now = step == self.end or (self.eval_interval is not None and step % self.eval_interval == 0)
             if epoch_ends:
-                log_point(evaluate_now)
-                if step < end:
-                    save()
-                    if all_diverged():
-                        break
+                self._log_point(evaluate_now)
+                if step < self.end:
+                    self._save()
+                    if self._all_diverged():
+                        return
             elif evaluate_now:
-                log_point(True)
+                self._log_point(True)
             else:
                 reports[0].refresh(step)
-        if not all_diverged():
-            if any(report.last_test[0] is None for report in reports):
-                # Nothing trained in this call (start == end), or no evaluation at the end: test now.
-                tests = engine.evaluate(eval_batch_size)
-                for report, test in zip(reports, tests):
-                    report.last_test = test
-            results = [
-                TrainResult(step, rep.last_test[0], rep.last_test[1], rep.train_loss, rep.clock.total())
-                for rep in reports
-            ]
-            save(results)
-            for i, r in enumerate(runs):
-                if i not in divergence.errors:
-                    r.result = results[i]
-                    engine.finish(i)
-                    if r.files is not None:
-                        r.files.write_result(results[i])
-        for i, error in divergence.errors.items():
-            runs[i].result = error
-    finally:
-        for report in reports:
-            report.close()
+
+    def _finish(self) -> None:
+        """The members' results (tested now if nothing trained or the last step was not evaluated),
+        saved with the last checkpoint and handed to the runs that did not diverge."""
+        if any(report.last_test[0] is None for report in self.reports):
+            for report, test in zip(self.reports, self.engine.evaluate(self.eval_batch_size)):
+                report.last_test = test
+        results = [TrainResult(self.step, rep.last_test[0], rep.last_test[1], rep.train_loss, rep.clock.total())
+                   for rep in self.reports]
+        self._save(results)
+        for i, r in enumerate(self.runs):
+            if i not in self.divergence.errors:
+                r.result = results[i]
+                self.engine.finish(i)
+                if r.files is not None:
+                    r.files.write_result(results[i])
+
+    def _end_diverged(self, new: list[int]) -> None:
+        """Members just found diverged: their failure recorded, no more logs."""
+        for i in new:
+            if self.runs[i].files is not None:
+                self.runs[i].files.write_failure(self.divergence.errors[i].record())
+            self.reports[i].log = None
+
+    def _all_diverged(self) -> bool:
+        return len(self.divergence.errors) == len(self.runs)
+
+    def _test_metrics(self, i: int) -> Callable[[], tuple[float, float]]:
+        """Member i's test metrics, read when its log point asks: one evaluation serves the group."""
+        def read() -> tuple[float, float]:
+            if self.tests is None:
+                self.tests = self.engine.evaluate(self.eval_batch_size)
+            return self.tests[i]
+        return read
+
+    def _log_point(self, evaluate_now: bool) -> None:
+        self.tests = None
+        for i, report in enumerate(self.reports):
+            report.log_point(self.step, self._test_metrics(i) if evaluate_now else None)
+
+    def _save(self, results: list[TrainResult] | None = None) -> None:
+        """A checkpoint of every member that has not diverged (with its result at the end)."""
+        engine = self.engine
+        if self.step > self.first_step:  # never a checkpoint or a result of diverged weights
+            self._end_diverged(self.divergence.diverged_weights(engine.module.named_parameters(), self.step - 1))
+        if self._all_diverged():
+            return
+        distributed.broadcast_module_buffers(engine.module)
+        distributed.check_identical(dict(engine.module.named_parameters()), f"the weights at step {self.step}")
+        for i, r in enumerate(self.runs):
+            if r.files is not None and i not in self.divergence.errors:
+                model_state, optimizer_state = engine.member_state(i)
+                r.files.save(self.step, self.reports[i].clock.total(), model_state, optimizer_state,
+                             r.member.controller, results[i] if results is not None else None)
 
 
 def check_one_sparsity(mask, controller: TrainingController | None) -> None:
