@@ -1,4 +1,4 @@
-"""Width transformations: plans per group of coupled units, applied to weights and masks (MLPs)."""
+"""Width transformations: plans per group of coupled units, applied to weights and masks (MLPs, CIFAR ResNets, VGGs)."""
 import pytest
 import torch
 
@@ -151,3 +151,46 @@ def test_a_widened_resnet_computes_the_source_s_function_at_the_rewind_point(den
         assert torch.allclose(wide(x), source(x), atol=1e-5)
     narrow = transform_width(t, "cifar_resnet_14_2").build().eval()
     assert narrow(x).shape == (4, 3) and torch.isfinite(narrow(x)).all()
+
+
+def test_vgg_names_take_a_width_and_the_default_is_the_paper_s():
+    assert parse_model_name("cifar_vgg_16").width == 64 and parse_model_name("cifar_vgg_16_32").width == 32
+    spec = parse_model_name("cifar_vgg_13_16_fc3")
+    assert (spec.depth, spec.width, spec.fc_layers) == (13, 16, 3)
+    assert parse_model_name("cifar_vgg_16").family == "cifar_vgg"  # unchanged: stores and tickets keep their labels
+    assert parse_model_name("cifar_vgg_16_32").family != parse_model_name("cifar_vgg_16").family
+    vgg = build_model("cifar_vgg_11_4_fc2", (3, 8, 8), 3, seed=0)
+    assert [u.conv.out_channels for s in range(5) for u in getattr(vgg, f"layer{s + 1}")] == [4, 8, 16, 16, 32, 32, 32, 32]
+    assert vgg.classifier[0].linear.weight.shape == (32, 32) and vgg.fc.weight.shape == (3, 32)
+    with pytest.raises(Exception, match="the width must be positive"):
+        parse_model_name("cifar_vgg_16_0")
+
+
+def test_a_vgg_s_width_groups_are_its_conv_layers_and_hidden_linear_layers():
+    groups = {g.name: g for g in build_model("cifar_vgg_11_4_fc2", (3, 8, 8), 3, seed=0).width_groups()}
+    assert list(groups) == ["layer1.0", "layer2.0", "layer3.0", "layer3.1", "layer4.0", "layer4.1", "layer5.0",
+                            "layer5.1", "classifier.0.linear"]
+    assert groups["layer3.1"].consumers == (("layer4.0.conv.weight", 1),)
+    assert ("layer3.1.bn.running_var", 0) in groups["layer3.1"].producers
+    assert groups["layer5.1"].consumers == (("classifier.0.linear.weight", 1),)
+    assert groups["classifier.0.linear"].consumers == (("fc.weight", 1),)
+
+
+@pytest.mark.parametrize("density", [1.0, 0.6])
+def test_a_widened_vgg_computes_the_source_s_function_at_the_rewind_point(density):
+    t = _conv_ticket("cifar_vgg_11_2_fc2", density)
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    source = t.build().eval()
+    for width in (3, 4):
+        wide = transform_width(t, f"cifar_vgg_11_{width}_fc2")
+        assert wide.mask["layer2.0.conv.weight"].shape == (2 * width, width, 3, 3)
+        assert torch.allclose(wide.build().eval()(x), source(x), atol=1e-5)
+    narrow = transform_width(t, "cifar_vgg_11_1_fc2").build().eval()
+    assert narrow(x).shape == (4, 3) and torch.isfinite(narrow(x)).all()
+
+
+def test_a_vgg_of_another_width_has_no_open_lth_counterpart():
+    from elth.open_lth.writing import open_lth_model
+    assert open_lth_model("cifar_vgg_16").name == "cifar_vgg_16"
+    with pytest.raises(Exception, match="open_lth has no counterpart of cifar_vgg_16_32"):
+        open_lth_model("cifar_vgg_16_32")

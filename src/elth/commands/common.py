@@ -22,7 +22,7 @@ from elth.training.protocol import PRESETS, Protocol, ProtocolError, preset, pre
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --dataset and --data-dir (shared by commands that build a network from scratch)."""
     parser.add_argument("--model", required=True,
-                        help="model name: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_fc<K>], mlp_<n>, "
+                        help="model name: cifar_resnet_<D>[_<W>], imagenet_resnet_<D>, cifar_vgg_<D>[_<W>][_fc<K>], mlp_<n>[_<W>], "
                         "vit_<D>[_<W>] or <kind>_<D>[_<W>] of a family registered through ELTH_PLUGINS")
     parser.add_argument("--dataset", required=True,
                         help="cifar10, svhn, mnist, fashion_mnist, imagenet, digits (built in) or synthetic; "
