@@ -142,14 +142,19 @@ def test_a_resnet_s_width_groups_couple_each_stage_s_residual_stream_and_each_bl
 
 
 @pytest.mark.parametrize("density", [1.0, 0.6])
-def test_a_widened_resnet_computes_the_source_s_function_at_the_rewind_point(density):
-    t = _conv_ticket("cifar_resnet_14_4", density)
+@pytest.mark.parametrize("source,wider,narrower", [
+    ("cifar_resnet_14_4", ("cifar_resnet_14_6", "cifar_resnet_14_8"), "cifar_resnet_14_2"),
+    ("cifar_vgg_11_2_fc2", ("cifar_vgg_11_3_fc2", "cifar_vgg_11_4_fc2"), "cifar_vgg_11_1_fc2"),
+])
+def test_a_widened_conv_net_computes_the_source_s_function_at_the_rewind_point(source, wider, narrower, density):
+    t = _conv_ticket(source, density)
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    source = t.build().eval()
-    for width in (6, 8):
-        wide = transform_width(t, f"cifar_resnet_14_{width}").build().eval()
-        assert torch.allclose(wide(x), source(x), atol=1e-5)
-    narrow = transform_width(t, "cifar_resnet_14_2").build().eval()
+    for target in wider:
+        wide = transform_width(t, target)
+        assert {k: m.shape for k, m in wide.mask.items()} == {k: p.shape for k, p in wide.build().named_parameters()
+                                                              if k in wide.mask}
+        assert torch.allclose(wide.build().eval()(x), t.build().eval()(x), atol=1e-5)
+    narrow = transform_width(t, narrower).build().eval()
     assert narrow(x).shape == (4, 3) and torch.isfinite(narrow(x)).all()
 
 
@@ -174,19 +179,6 @@ def test_a_vgg_s_width_groups_are_its_conv_layers_and_hidden_linear_layers():
     assert ("layer3.1.bn.running_var", 0) in groups["layer3.1"].producers
     assert groups["layer5.1"].consumers == (("classifier.0.linear.weight", 1),)
     assert groups["classifier.0.linear"].consumers == (("fc.weight", 1),)
-
-
-@pytest.mark.parametrize("density", [1.0, 0.6])
-def test_a_widened_vgg_computes_the_source_s_function_at_the_rewind_point(density):
-    t = _conv_ticket("cifar_vgg_11_2_fc2", density)
-    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    source = t.build().eval()
-    for width in (3, 4):
-        wide = transform_width(t, f"cifar_vgg_11_{width}_fc2")
-        assert wide.mask["layer2.0.conv.weight"].shape == (2 * width, width, 3, 3)
-        assert torch.allclose(wide.build().eval()(x), source(x), atol=1e-5)
-    narrow = transform_width(t, "cifar_vgg_11_1_fc2").build().eval()
-    assert narrow(x).shape == (4, 3) and torch.isfinite(narrow(x)).all()
 
 
 def test_a_vgg_of_another_width_has_no_open_lth_counterpart():
