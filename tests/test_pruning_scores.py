@@ -255,3 +255,13 @@ def test_iterative_synflow_avoids_the_layer_collapse_of_one_shot():
     new = synflow_mask(model, names, mask, keep, rounds=30)
     assert sum(int(new[n].sum()) for n in names) == keep
     assert all(bool(new[n].any()) for n in names)
+
+
+def test_grasp_scores_a_vit_whose_attention_kernel_has_no_second_derivative():
+    """PyTorch's fused CPU attention kernel cannot be differentiated twice; GraSP's Hessian-gradient
+    product runs attention by its plain formula instead, which gives the same first derivatives."""
+    model = build_model("vit_2_32", (1, 28, 28), 3, seed=0)
+    x, y = _examples(n=8, shape=(1, 28, 28))
+    names = model.prunable_names()
+    scores = grasp_scores(model, names, (x, y), batch_size=4)
+    assert set(scores) == set(names) and all(torch.isfinite(s).all() and s.abs().sum() > 0 for s in scores.values())

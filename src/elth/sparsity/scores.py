@@ -42,6 +42,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from elth.console import progress_bar
 from elth.errors import ElthError
@@ -162,12 +163,14 @@ def grasp_scores(
     weights = _weights(net, all_names)
     g = loss_gradient(net, weights, examples, temperature=temperature, batch_size=batch_size)
     hg = [torch.zeros_like(w) for w in weights]
-    for x, y in _my_batches(examples, batch_size, _device(net)):
-        loss = F.cross_entropy(net(x) / temperature, y)
-        grad = torch.autograd.grad(loss, weights, create_graph=True)
-        z = sum((gi * di).sum() for gi, di in zip(g, grad))
-        for acc, h in zip(hg, torch.autograd.grad(z, weights)):
-            acc += h
+    # Attention by its plain formula: PyTorch's fused attention kernels have no second derivative.
+    with sdpa_kernel(SDPBackend.MATH):
+        for x, y in _my_batches(examples, batch_size, _device(net)):
+            loss = F.cross_entropy(net(x) / temperature, y)
+            grad = torch.autograd.grad(loss, weights, create_graph=True)
+            z = sum((gi * di).sum() for gi, di in zip(g, grad))
+            for acc, h in zip(hg, torch.autograd.grad(z, weights)):
+                acc += h
     distributed.all_reduce_sum_(hg)
     index = {n: i for i, n in enumerate(all_names)}
     return {n: (weights[index[n]] * hg[index[n]]).detach() for n in names}
