@@ -160,7 +160,7 @@ def _width_step(source: Ticket, target: str) -> str | None:
     middle = f"{a.kind}_{a.depth}_{b.width}"  # the family's <kind>_<D>_<W> name, checked below
     try:
         spec = parse_model_name(middle)
-    except Exception:
+    except ElthError:  # the family spells its names otherwise
         spec = None
     if spec is None or (spec.kind, spec.depth, spec.width, spec.fc_layers) != (a.kind, a.depth, b.width, a.fc_layers):
         raise ElthError(f"{source.model} -> {target} changes the depth and the width, and {a.kind} names no network "

@@ -235,7 +235,7 @@ def _width_pairs(rows: list[Row], a: str, b: str) -> list[PairedDifference | Non
     """Per target and source: the width-ETT curve of strategy `a` minus that of strategy `b`."""
     def same_source(keys: list[CurveKey]):
         by = {(k[1], k[2]): k for k in keys}
-        return [(by[s, a], by[s, b]) for s in {k[1] for k in keys} if (s, a) in by and (s, b) in by]
+        return [(by[s, a], by[s, b]) for s in sorted({k[1] for k in keys}) if (s, a) in by and (s, b) in by]
     return _ett_curve_pairs(rows, same_source)
 
 
